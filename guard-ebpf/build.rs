@@ -1,0 +1,50 @@
+//! Builds the XDP object with clang, generates the Rust view of the ABI
+//! header with bindgen, and compiles the host copy of the name hash that the
+//! Rust list compiler is tested against.
+use std::{env, path::PathBuf, process::Command};
+
+fn main() {
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    let include = PathBuf::from("include");
+    let clang = env::var("GUARD_CLANG").unwrap_or_else(|_| "clang".into());
+
+    println!("cargo:rerun-if-changed=include");
+    println!("cargo:rerun-if-changed=src");
+    println!("cargo:rerun-if-env-changed=GUARD_CLANG");
+
+    // -g keeps BTF, which aya needs for the map-in-map and ring buffer
+    // definitions. -mcpu=v3 gives 32-bit jumps and atomics (kernel >= 5.1).
+    let object = out.join("guard.bpf.o");
+    let status = Command::new(&clang)
+        .args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-mcpu=v3"])
+        .arg("-I")
+        .arg(&include)
+        .arg("-I")
+        .arg("/usr/include/x86_64-linux-gnu")
+        .args(["-c", "src/guard.bpf.c", "-o"])
+        .arg(&object)
+        .status()
+        .unwrap_or_else(|e| panic!("running {clang}: {e}; install clang (scripts/setup.sh)"));
+    assert!(status.success(), "clang failed to build src/guard.bpf.c");
+
+    let bindings = bindgen::Builder::default()
+        .header("include/guard_abi.h")
+        .use_core()
+        .derive_default(true)
+        .derive_debug(true)
+        .prepend_enum_name(false)
+        .rustified_enum("guard_.*")
+        .allowlist_type("guard_.*")
+        .allowlist_var("GUARD_.*")
+        .generate()
+        .expect("bindgen failed on include/guard_abi.h");
+    bindings
+        .write_to_file(out.join("abi.rs"))
+        .expect("writing abi.rs");
+
+    cc::Build::new()
+        .file("src/hash_host.c")
+        .include(&include)
+        .warnings_into_errors(true)
+        .compile("guard_hash_host");
+}

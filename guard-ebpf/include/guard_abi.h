@@ -1,0 +1,200 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR MIT) */
+/*
+ * guard_abi.h - the one contract between the XDP program and dns-guard.
+ *
+ * Every struct, constant, reason code and map key that crosses the
+ * kernel/userspace boundary lives here. The Rust side is generated from this
+ * file by bindgen (guard-ebpf/build.rs); layout drift is caught by the ABI
+ * test in guard/tests/abi.rs. Never mirror anything from here by hand.
+ *
+ * Structs are padded explicitly: no implicit holes, no bool, so the bytes
+ * the kernel writes are the bytes Rust reads.
+ */
+#ifndef GUARD_ABI_H
+#define GUARD_ABI_H
+
+#ifdef __BPF__
+#include <linux/types.h>
+#else
+#include <stdint.h>
+typedef uint8_t __u8;
+typedef uint16_t __u16;
+typedef uint32_t __u32;
+typedef uint64_t __u64;
+#endif
+
+/* Bumped on any change to a pinned map's layout: a restart that finds pins
+ * of another version refuses to reuse them instead of misreading them. */
+#define GUARD_ABI_VERSION 1
+
+/* ---- limits ------------------------------------------------------------ */
+
+/* RFC 1035 2.3.4: names are at most 255 octets on the wire, labels 63. */
+#define GUARD_QNAME_MAX 255
+#define GUARD_LABEL_MAX 63
+/* 255 octets hold at most 127 one-byte labels plus the root. */
+#define GUARD_MAX_LABELS 128
+/* Scratch copy of the qname: 256 bytes plus one word of slack so that
+ * 8-byte reads of the last label never leave the buffer. */
+#define GUARD_NAME_BUF 264
+#define GUARD_MAX_PORTS 8
+
+/* ---- the name table (blocklist + allowlist) -----------------------------
+ *
+ * One BPF_ARRAY (BPF_F_MMAPABLE | BPF_F_INNER_MAP) per list generation,
+ * installed in slot 0 of the guard_tables array-of-maps. Userspace builds a
+ * new table, fills it through mmap and swaps it in with one map update, so a
+ * reload is atomic and the steady state holds exactly one table.
+ *
+ * Element 0 is a guard_table_header; elements 1..=nbuckets are buckets.
+ * A key is the 64-bit name hash of guard_hash.h (0 marks an empty slot; a
+ * hash of 0 is stored as 1). Bucketised linear probing: a key lives in its
+ * home bucket or within max_probe following buckets (wrapping); a lookup
+ * stops at the first bucket with an empty slot. The builder guarantees
+ * max_probe <= GUARD_MAX_PROBE, so the kernel's bounded loop never misses.
+ */
+#define GUARD_BUCKET_SLOTS 8
+#define GUARD_MAX_PROBE 16
+#define GUARD_TABLE_MAGIC 0x31656c6261746764ULL /* "dgtable1" little-endian */
+
+struct guard_bucket {
+	__u64 keys[GUARD_BUCKET_SLOTS];
+	__u8 flags[GUARD_BUCKET_SLOTS]; /* enum guard_rule_flags, per slot */
+};
+
+struct guard_table_header {
+	__u64 magic;
+	__u64 seed;      /* per-table hash seed: names are hashed with it */
+	__u32 nbuckets;  /* buckets follow the header, 1..=nbuckets */
+	__u32 max_probe; /* longest displacement, in buckets, <= GUARD_MAX_PROBE */
+	__u64 nnames;
+	__u64 generation;
+	__u8 _pad[32];   /* pads to sizeof(struct guard_bucket) */
+};
+
+/* What a table entry says about the name it was built from. A name can
+ * carry several bits (a list with both "example.com" and "*.example.com"). */
+enum guard_rule_flags {
+	GUARD_RULE_BLOCK_SELF = 1 << 0,     /* block the name itself */
+	GUARD_RULE_BLOCK_SUB = 1 << 1,      /* block every subdomain */
+	GUARD_RULE_ALLOW_SELF = 1 << 2,     /* allow the name itself */
+	GUARD_RULE_ALLOW_SUB = 1 << 3,      /* allow every subdomain */
+	GUARD_RULE_FORCE_NXDOMAIN = 1 << 4, /* RPZ "CNAME .": answer NXDOMAIN */
+	GUARD_RULE_FORCE_DROP = 1 << 5,     /* RPZ "rpz-drop.": drop */
+};
+
+/* ---- runtime configuration (guard_config[0]) ---------------------------- */
+
+enum guard_action {
+	GUARD_ACTION_PASS = 0,
+	GUARD_ACTION_NXDOMAIN = 1,
+	GUARD_ACTION_REFUSED = 2,
+	GUARD_ACTION_DROP = 3,
+	GUARD_ACTION_LOG = 4,      /* dry run: count and log, then pass */
+	GUARD_ACTION_TRUNCATE = 5, /* TC=1, so real clients retry over TCP */
+};
+
+struct guard_config {
+	__u32 abi_version;  /* GUARD_ABI_VERSION; 0 = not configured: pass all */
+	__u8 block_action;  /* enum guard_action */
+	__u8 rl_action;     /* enum guard_action */
+	__u8 ipv4_prefix;   /* rate-limit aggregation, bits */
+	__u8 ipv6_prefix;
+	__u32 rl_qps;       /* 0 = rate limit off */
+	__u32 rl_burst;
+	__u16 ports[GUARD_MAX_PORTS]; /* DNS ports, host byte order; 0 = unused */
+	__u32 nports;
+	__u32 _pad;
+};
+
+/* ---- rate limiting ------------------------------------------------------ */
+
+/* LRU key: the client address masked to its prefix. */
+struct guard_rl_key {
+	__u8 family; /* GUARD_FAMILY_* */
+	__u8 _pad[3];
+	__u8 addr[16];
+};
+
+/* GCRA state (a token bucket in one word): the theoretical arrival time. */
+struct guard_rl_state {
+	__u64 tat_ns;
+};
+
+#define GUARD_FAMILY_IPV4 4
+#define GUARD_FAMILY_IPV6 6
+
+/* ---- verdicts, reasons, counters --------------------------------------- */
+
+enum guard_verdict {
+	GUARD_VERDICT_ALLOW = 0,
+	GUARD_VERDICT_BLOCK = 1,
+	GUARD_VERDICT_RATELIMIT = 2,
+	GUARD_VERDICT_MALFORMED = 3,
+};
+
+/* Why. Each reason is also the index of its counter in guard_stats, so
+ * "why was this dropped?" is always answerable. Malformed names follow
+ * Suricata/Zeek vocabulary. */
+enum guard_reason {
+	GUARD_REASON_PASS_NOT_DNS = 0,     /* not UDP to a DNS port: untouched */
+	GUARD_REASON_PASS_NOT_QUERY,       /* QR=1: a response, not ours to judge */
+	GUARD_REASON_PASS_IPV6_EXTHDR,     /* IPv6 extension headers: passed */
+	GUARD_REASON_ALLOW_CLEAN,          /* parsed, no rule matched */
+	GUARD_REASON_ALLOW_ALLOWLIST,      /* allowlist match won over the blocklist */
+	GUARD_REASON_BLOCK_EXACT,          /* blocklisted name */
+	GUARD_REASON_BLOCK_SUFFIX,         /* subdomain of a blocklisted suffix */
+	GUARD_REASON_RATELIMIT,            /* client prefix over its rate */
+	GUARD_REASON_MALFORMED_TRUNCATED_HEADER,
+	GUARD_REASON_MALFORMED_OPCODE,     /* opcode is not QUERY */
+	GUARD_REASON_MALFORMED_QDCOUNT,    /* QDCOUNT != 1 */
+	GUARD_REASON_MALFORMED_LABEL_TOO_LONG,
+	GUARD_REASON_MALFORMED_NAME_TOO_LONG,
+	GUARD_REASON_MALFORMED_COMPRESSION, /* pointer or reserved label type in a query */
+	GUARD_REASON_MALFORMED_TRUNCATED_QUESTION,
+	GUARD_REASON_TX_FAILED,            /* reply could not be built: passed */
+	GUARD_REASON_NO_TABLE,             /* no table installed: lists not checked */
+	GUARD_REASON__COUNT,
+};
+
+/* Counters beyond the reasons. */
+enum guard_stat {
+	GUARD_STAT_EVENTS_LOST = GUARD_REASON__COUNT, /* ring buffer was full */
+	GUARD_STAT_REPLIES_TX,                        /* synthesized replies sent */
+	GUARD_STAT__COUNT,
+};
+
+/* ---- events (guard_events ring buffer) ---------------------------------- */
+
+/* One per non-pass verdict, and per log-action match. */
+struct guard_event {
+	__u64 ts_ns;      /* bpf_ktime_get_ns() */
+	__u64 rule_id;    /* the matched table key (name hash); 0 if none */
+	__u8 client_addr[16]; /* IPv4 in the first 4 bytes */
+	__u16 client_port;    /* host byte order */
+	__u16 qtype;          /* host byte order */
+	__u16 qname_len;      /* wire-format length, including the root label */
+	__u8 family;          /* GUARD_FAMILY_* */
+	__u8 verdict;         /* enum guard_verdict */
+	__u8 action;          /* enum guard_action actually taken */
+	__u8 reason;          /* enum guard_reason */
+	__u8 _pad[6];
+	__u8 qname[256];      /* wire format, lower-cased; valid up to qname_len */
+};
+
+/* ---- per-CPU scratch ---------------------------------------------------- */
+
+struct guard_scratch {
+	__u8 name[GUARD_NAME_BUF];              /* qname, wire format */
+	__u8 label_off[GUARD_MAX_LABELS];       /* offset of each length byte */
+	__u64 suffix_hash[GUARD_MAX_LABELS];    /* hash of the suffix at label i */
+};
+
+/* ---- pinned names -------------------------------------------------------- */
+
+/* Under the configured pin directory (default /sys/fs/bpf/dns-guard/<ifname>):
+ * maps pin by their own names; these two are the program and its link. */
+#define GUARD_PIN_PROG "prog"
+#define GUARD_PIN_LINK "link"
+
+#endif /* GUARD_ABI_H */
