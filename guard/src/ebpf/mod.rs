@@ -1,0 +1,1 @@
+//! TODO: the eBPF loader, maps and events

@@ -1,0 +1,8 @@
+//! dns-guard: an XDP DNS query guard and a validating forwarder for the
+//! CoreDNS pod. `main.rs` only wires these modules together.
+
+pub mod config;
+pub mod ebpf;
+pub mod lists;
+pub mod verdict;
+pub mod watch;

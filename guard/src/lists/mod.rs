@@ -1,0 +1,1 @@
+//! TODO: list formats, normalization, rules
