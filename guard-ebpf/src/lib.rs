@@ -16,6 +16,8 @@ pub mod abi {
     unsafe impl aya::Pod for guard_event {}
 }
 
+pub mod table;
+
 /// The XDP object file built by clang from `src/guard.bpf.c`.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard.bpf.o"));
 

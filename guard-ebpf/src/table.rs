@@ -1,0 +1,330 @@
+//! The kernel's name table, built in userspace.
+//!
+//! The layout is defined in `guard_abi.h` (bucketised linear probing, 8
+//! 64-bit keys and 8 flag bytes per bucket, a header in element 0) and the
+//! hash in `guard_hash.h`; this module is the Rust half of both. The XDP
+//! program probes at most `max_probe + 1` buckets per suffix, so the builder
+//! grows the table until every key sits within `GUARD_MAX_PROBE` buckets of
+//! its home, and the kernel can never miss a stored name.
+
+use crate::abi::{
+    guard_bucket, guard_table_header, GUARD_BUCKET_SLOTS, GUARD_LABEL_MAX, GUARD_MAX_LABELS,
+    GUARD_MAX_PROBE, GUARD_TABLE_MAGIC,
+};
+
+const K1: u64 = 0x9e37_79b9_7f4a_7c15;
+const SLOTS: usize = GUARD_BUCKET_SLOTS as usize;
+
+/// Target fill of the slots. 0.85 keeps a miss to about one bucket read
+/// while costing 72 B / 8 slots / 0.85 = 10.6 bytes per name.
+pub const DEFAULT_LOAD: f64 = 0.85;
+
+#[inline]
+fn lower8(w: u64) -> u64 {
+    let heptets = w & 0x7f7f_7f7f_7f7f_7f7f;
+    let ge_a = heptets + 0x3f3f_3f3f_3f3f_3f3f;
+    let gt_z = heptets + 0x2525_2525_2525_2525;
+    let upper = ge_a & !gt_z & !w & 0x8080_8080_8080_8080;
+    w | (upper >> 2)
+}
+
+#[inline]
+fn fmix64(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+#[inline]
+fn hash_word(h: u64, w: u64) -> u64 {
+    let h = (h ^ w).wrapping_mul(K1);
+    h ^ (h >> 32)
+}
+
+/// Folds one label (without its length byte) into the suffix state `h`,
+/// exactly as the kernel does: the length byte leads the first word.
+#[inline]
+fn hash_label(mut h: u64, label: &[u8]) -> u64 {
+    // The wire form of the label: length byte, then the bytes.
+    let total = label.len() + 1;
+    let mut j = 0;
+    while j < total {
+        let mut buf = [0u8; 8];
+        for (b, slot) in buf.iter_mut().enumerate() {
+            let i = j + b;
+            if i >= total {
+                break;
+            }
+            *slot = if i == 0 { label.len() as u8 } else { label[i - 1] };
+        }
+        h = hash_word(h, lower8(u64::from_le_bytes(buf)));
+        j += 8;
+    }
+    fmix64(h)
+}
+
+#[inline]
+fn to_key(h: u64) -> u64 {
+    if h == 0 {
+        1
+    } else {
+        h
+    }
+}
+
+/// The table key of a dotted name ("www.example.com", no trailing dot,
+/// already normalized): the key the kernel computes for the full qname.
+pub fn name_key(dotted: &str, seed: u64) -> u64 {
+    let h = dotted
+        .rsplit('.')
+        .filter(|l| !l.is_empty())
+        .fold(seed, |h, label| hash_label(h, label.as_bytes()));
+    to_key(h)
+}
+
+/// Keys of every suffix of a wire-format name, the full name first, or
+/// `None` if the name is not valid uncompressed wire format.
+pub fn suffix_keys(wire: &[u8], seed: u64) -> Option<Vec<u64>> {
+    let mut labels: Vec<&[u8]> = Vec::new();
+    let mut off = 0usize;
+    loop {
+        let len = *wire.get(off)? as usize;
+        if len == 0 {
+            break;
+        }
+        if len > GUARD_LABEL_MAX as usize || labels.len() >= GUARD_MAX_LABELS as usize {
+            return None;
+        }
+        labels.push(wire.get(off + 1..off + 1 + len)?);
+        off += 1 + len;
+    }
+    let mut keys = vec![0; labels.len()];
+    let mut h = seed;
+    for (i, label) in labels.iter().enumerate().rev() {
+        h = hash_label(h, label);
+        keys[i] = to_key(h);
+    }
+    Some(keys)
+}
+
+/// A table ready to be copied into an inner map: element 0 is the header,
+/// elements 1..=nbuckets the buckets.
+pub struct Table {
+    pub header: guard_table_header,
+    pub buckets: Vec<guard_bucket>,
+    /// Distinct names whose 64-bit keys collided and were merged.
+    pub merged_collisions: usize,
+}
+
+impl Table {
+    /// Elements of the inner array map: the header plus the buckets.
+    pub fn elements(&self) -> u32 {
+        self.buckets.len() as u32 + 1
+    }
+
+    /// Bytes of table data per stored name (excluding map overhead).
+    pub fn bytes_per_name(&self) -> f64 {
+        let bytes = self.elements() as f64 * std::mem::size_of::<guard_bucket>() as f64;
+        bytes / (self.header.nnames.max(1)) as f64
+    }
+
+    /// Looks a key up the way the kernel does; for tests and `check`.
+    pub fn lookup(&self, key: u64) -> Option<u8> {
+        let n = self.header.nbuckets;
+        let mut b = home_bucket(key, n);
+        for _ in 0..=self.header.max_probe {
+            let bucket = &self.buckets[b as usize];
+            for s in 0..SLOTS {
+                if bucket.keys[s] == key {
+                    return Some(bucket.flags[s]);
+                }
+            }
+            if bucket.keys.contains(&0) {
+                return None;
+            }
+            b = (b + 1) % n;
+        }
+        None
+    }
+
+    /// The whole table as the bytes of the inner map's value area.
+    pub fn as_bytes(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(pod_bytes(&self.header)).chain(self.buckets.iter().map(pod_bytes))
+    }
+}
+
+fn pod_bytes<T: aya::Pod>(v: &T) -> &[u8] {
+    // SAFETY: T is Pod: plain bytes with explicit padding, no invalid states.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+/// Same as `guard_home_bucket()` in guard_hash.h (0-based).
+#[inline]
+pub fn home_bucket(key: u64, nbuckets: u32) -> u32 {
+    (((key >> 32) * nbuckets as u64) >> 32) as u32
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("{0} names do not fit in one kernel table (at most {max})", max = u32::MAX / 16)]
+    TooLarge(usize),
+}
+
+/// Builds a table from `(key, flags)` pairs. Flags of equal keys are merged.
+pub fn build(entries: &[(u64, u8)], seed: u64, generation: u64, load: f64) -> Result<Table, TableError> {
+    if entries.len() > (u32::MAX / 16) as usize {
+        return Err(TableError::TooLarge(entries.len()));
+    }
+    let slots_wanted = (entries.len() as f64 / load).ceil() as usize;
+    let mut nbuckets = slots_wanted.div_ceil(SLOTS).max(1) as u32;
+    loop {
+        if let Some(table) = try_build(entries, seed, generation, nbuckets) {
+            return Ok(table);
+        }
+        // A displacement longer than the kernel probes: give it more room.
+        nbuckets += nbuckets / 16 + 1;
+    }
+}
+
+fn try_build(entries: &[(u64, u8)], seed: u64, generation: u64, nbuckets: u32) -> Option<Table> {
+    let empty = guard_bucket { keys: [0; SLOTS], flags: [0; SLOTS] };
+    let mut buckets = vec![empty; nbuckets as usize];
+    let mut max_probe = 0u32;
+    let mut merged = 0usize;
+    let mut stored = 0u64;
+    'entry: for &(key, flags) in entries {
+        let key = to_key(key);
+        let mut b = home_bucket(key, nbuckets);
+        for d in 0..=GUARD_MAX_PROBE {
+            let bucket = &mut buckets[b as usize];
+            for s in 0..SLOTS {
+                if bucket.keys[s] == key {
+                    bucket.flags[s] |= flags;
+                    merged += 1;
+                    continue 'entry;
+                }
+                if bucket.keys[s] == 0 {
+                    bucket.keys[s] = key;
+                    bucket.flags[s] = flags;
+                    max_probe = max_probe.max(d);
+                    stored += 1;
+                    continue 'entry;
+                }
+            }
+            b = (b + 1) % nbuckets;
+        }
+        return None;
+    }
+    let header = guard_table_header {
+        magic: GUARD_TABLE_MAGIC,
+        seed,
+        nbuckets,
+        max_probe,
+        nnames: stored,
+        generation,
+        _pad: [0; 32],
+    };
+    Some(Table { header, buckets, merged_collisions: merged })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(name: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        for l in name.split('.').filter(|l| !l.is_empty()) {
+            out.push(l.len() as u8);
+            out.extend_from_slice(l.as_bytes());
+        }
+        out.push(0);
+        out
+    }
+
+    #[test]
+    fn rust_hash_matches_the_c_reference() {
+        let mut names = vec![
+            "a".to_string(),
+            "example.com".into(),
+            "WWW.Example.COM".into(),
+            "exactly-eight.x".into(),
+            "sixteen-bytes-ab.cd".into(),
+            format!("{}.{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61)),
+        ];
+        // Deterministic pseudo-random names over the whole label alphabet.
+        let mut x = 0x1234_5678_9abc_def0u64;
+        for _ in 0..2000 {
+            let mut name = String::new();
+            x = fmix64(x);
+            for l in 0..(x % 6 + 1) {
+                if l > 0 {
+                    name.push('.');
+                }
+                x = fmix64(x.wrapping_add(l));
+                for c in 0..(x % 40 + 1) {
+                    let v = fmix64(x ^ c) % 38;
+                    name.push(b"abcdefghijklmnopqrstuvwxyzABCDEFGH0-_9"[v as usize] as char);
+                }
+            }
+            names.push(name);
+        }
+        for (i, name) in names.iter().enumerate() {
+            let seed = fmix64(i as u64);
+            let w = wire(name);
+            let ours = suffix_keys(&w, seed).unwrap();
+            let reference = crate::reference_suffix_keys(&w, seed).unwrap();
+            assert_eq!(ours, reference, "suffix keys differ for {name}");
+            assert_eq!(ours[0], name_key(&name.to_ascii_lowercase(), seed), "name_key differs for {name}");
+        }
+    }
+
+    #[test]
+    fn case_does_not_change_the_key() {
+        assert_eq!(name_key("example.com", 7), suffix_keys(&wire("EXAMPLE.Com"), 7).unwrap()[0]);
+    }
+
+    #[test]
+    fn suffix_keys_are_the_keys_of_the_suffixes() {
+        let keys = suffix_keys(&wire("a.b.example.com"), 99).unwrap();
+        assert_eq!(keys.len(), 4);
+        assert_eq!(keys[1], name_key("b.example.com", 99));
+        assert_eq!(keys[3], name_key("com", 99));
+    }
+
+    #[test]
+    fn every_stored_key_is_found_and_absent_keys_are_not() {
+        let entries: Vec<(u64, u8)> = (0..50_000u64).map(|i| (name_key(&format!("n{i}.test"), 5), (i % 63) as u8 + 1)).collect();
+        let table = build(&entries, 5, 1, DEFAULT_LOAD).unwrap();
+        assert_eq!(table.header.nnames, 50_000);
+        assert!(table.header.max_probe <= GUARD_MAX_PROBE);
+        for &(k, f) in &entries {
+            assert_eq!(table.lookup(k), Some(f));
+        }
+        for i in 0..50_000u64 {
+            assert_eq!(table.lookup(name_key(&format!("absent{i}.test"), 5)), None);
+        }
+        assert!(table.bytes_per_name() < 12.0, "{} bytes per name", table.bytes_per_name());
+    }
+
+    #[test]
+    fn equal_keys_merge_their_flags() {
+        let table = build(&[(42, 1), (42, 2)], 0, 1, DEFAULT_LOAD).unwrap();
+        assert_eq!(table.lookup(42), Some(3));
+        assert_eq!(table.merged_collisions, 1);
+    }
+
+    #[test]
+    fn an_empty_table_is_valid() {
+        let table = build(&[], 0, 1, DEFAULT_LOAD).unwrap();
+        assert_eq!(table.header.nbuckets, 1);
+        assert_eq!(table.lookup(1234), None);
+    }
+
+    #[test]
+    fn a_zero_hash_is_stored_as_one() {
+        let table = build(&[(0, 4)], 0, 1, DEFAULT_LOAD).unwrap();
+        assert_eq!(table.lookup(1), Some(4));
+    }
+}
