@@ -1,6 +1,7 @@
 //! dns-guard: an XDP DNS query guard and a validating forwarder for the
 //! CoreDNS pod. `main.rs` only wires these modules together.
 
+pub mod app;
 pub mod config;
 pub mod ebpf;
 pub mod lists;

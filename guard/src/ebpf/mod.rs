@@ -1,1 +1,13 @@
-//! TODO: the eBPF loader, maps and events
+//! The XDP fast path from userspace: loading and pinning the program
+//! (`loader`), choosing an attach mode in which XDP_TX replies really arrive
+//! (`attach_mode`), installing list tables atomically (`tables`), and
+//! reading the kernel's counters and verdict events (`stats`, `events`).
+
+pub mod attach_mode;
+pub mod events;
+pub mod loader;
+pub mod stats;
+pub mod tables;
+
+pub use guard_ebpf::abi;
+pub use loader::{detach, pin_root, AttachMode, LoaderError, RateLimitSettings, XdpGuard, XdpSettings};

@@ -1,0 +1,224 @@
+//! Wires the components: config, lists, the XDP guard, the verdict log and
+//! the list watcher. Each subcommand of `dns-guard` is one function here.
+
+use std::{
+    path::Path,
+    sync::{Arc, RwLock},
+    time::Instant,
+};
+
+use anyhow::Context;
+use tracing::{error, info, warn};
+
+use crate::{
+    config::{self, Config},
+    ebpf::{
+        self,
+        abi::guard_action,
+        events::{stream_events, RuleIndex, SharedRuleIndex},
+        AttachMode, RateLimitSettings, XdpGuard, XdpSettings,
+    },
+    lists::{self, RuleSet},
+    verdict::VerdictLog,
+    watch::ListWatcher,
+};
+
+/// Exit codes: 64 for bad configuration (EX_USAGE, as linkerd2-proxy).
+pub const EXIT_BAD_CONFIG: i32 = 64;
+
+/// An error with the exit code it deserves.
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure { code: 1, message: format!("{:#}", e.into()) }
+    }
+}
+
+fn bad_config(message: String) -> Failure {
+    Failure { code: EXIT_BAD_CONFIG, message }
+}
+
+fn load_config(path: &Path) -> Result<Config, Failure> {
+    config::load(path).map_err(|errors| bad_config(format!("{} is not valid:\n{errors}", path.display())))
+}
+
+fn load_lists(cfg: &Config) -> Result<RuleSet, Failure> {
+    let rules = lists::load(&cfg.blocklists, &cfg.allowlists).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+        bad_config(format!("lists could not be read:\n{}", lines.join("\n")))
+    })?;
+    for d in &rules.diagnostics {
+        warn!("skipped list line: {d}");
+    }
+    Ok(rules)
+}
+
+/// The loader's view of the config.
+pub fn xdp_settings(cfg: &Config) -> Option<XdpSettings> {
+    let interface = cfg.interface.clone()?;
+    let x = &cfg.xdp;
+    Some(XdpSettings {
+        interface,
+        mode: match x.mode {
+            config::XdpMode::Auto => AttachMode::Auto,
+            config::XdpMode::Native => AttachMode::Native,
+            config::XdpMode::Generic => AttachMode::Generic,
+        },
+        ports: x.ports.clone(),
+        block_action: match x.action {
+            config::XdpAction::Nxdomain => guard_action::GUARD_ACTION_NXDOMAIN,
+            config::XdpAction::Refused => guard_action::GUARD_ACTION_REFUSED,
+            config::XdpAction::Drop => guard_action::GUARD_ACTION_DROP,
+            config::XdpAction::Log => guard_action::GUARD_ACTION_LOG,
+        },
+        ratelimit: RateLimitSettings {
+            qps: x.ratelimit.qps,
+            burst: x.ratelimit.burst,
+            ipv4_prefix: x.ratelimit.ipv4_prefix,
+            ipv6_prefix: x.ratelimit.ipv6_prefix,
+            action: match x.ratelimit.action {
+                config::RateLimitAction::Drop => guard_action::GUARD_ACTION_DROP,
+                config::RateLimitAction::Refused => guard_action::GUARD_ACTION_REFUSED,
+                config::RateLimitAction::Truncate => guard_action::GUARD_ACTION_TRUNCATE,
+                config::RateLimitAction::Log => guard_action::GUARD_ACTION_LOG,
+            },
+            max_clients: x.ratelimit.max_clients,
+        },
+        pin_dir: x.pin_dir.clone(),
+    })
+}
+
+/// `dns-guard check`: validates the config and every list, prints counts.
+pub fn check(path: &Path) -> Result<(), Failure> {
+    let cfg = load_config(path)?;
+    let started = Instant::now();
+    let rules = load_lists(&cfg)?;
+    let table = lists::table::compile(&rules, rand::random(), 0)?;
+    println!("config {}: ok", path.display());
+    for s in &rules.stats {
+        println!("list {} ({:?}): {} rules, {} lines skipped", s.path.display(), s.kind, s.rules, s.skipped);
+    }
+    for d in &rules.diagnostics {
+        println!("  {d}");
+    }
+    println!(
+        "table: {} names ({} block, {} allow), {} buckets, {:.1} bytes/name, built in {:.0} ms",
+        table.header.nnames,
+        rules.count_block(),
+        rules.count_allow(),
+        table.header.nbuckets,
+        table.bytes_per_name(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+/// `dns-guard detach`: removes the program, its link and every pin.
+pub fn detach(path: &Path) -> Result<(), Failure> {
+    let cfg = load_config(path)?;
+    let Some(interface) = cfg.interface.as_deref() else {
+        return Err(bad_config(format!("{}: no `interface:` set, nothing is attached", path.display())));
+    };
+    let report = ebpf::detach(&cfg.xdp.pin_dir, interface).context("detaching")?;
+    println!(
+        "detached from {interface}: link {}, {} pins removed from {}",
+        if report.link_removed { "removed" } else { "not found" },
+        report.pins_removed,
+        report.pin_root.display()
+    );
+    Ok(())
+}
+
+/// Builds and installs a table for `rules`, then points the event reader
+/// at it. The new table is complete before the swap: no window.
+fn install(guard: &mut XdpGuard, rules: RuleSet, generation: u64, index: &SharedRuleIndex) -> Result<(), Failure> {
+    let started = Instant::now();
+    let seed: u64 = rand::random();
+    let table = lists::table::compile(&rules, seed, generation)?;
+    let report = guard.install_table(&table).context("installing the list table")?;
+    *index.write().unwrap_or_else(|p| p.into_inner()) = Some(RuleIndex { seed, rules: Arc::new(rules) });
+    info!(
+        generation,
+        names = report.names,
+        kernel_bytes = report.kernel_bytes,
+        bytes_per_name = format!("{:.1}", report.bytes_per_name()),
+        load_ms = format!("{:.0}", started.elapsed().as_secs_f64() * 1e3),
+        "list table installed"
+    );
+    Ok(())
+}
+
+/// `dns-guard run`: attach, enforce, log verdicts, reload on change.
+pub async fn run(path: &Path) -> Result<(), Failure> {
+    let cfg = load_config(path)?;
+    let rules = load_lists(&cfg)?;
+    let log = Arc::new(VerdictLog::stdout());
+    let index: SharedRuleIndex = Arc::new(RwLock::new(None));
+
+    let Some(settings) = xdp_settings(&cfg) else {
+        warn!("no `interface:` configured: the XDP fast path is off");
+        eprintln!("dns-guard ready");
+        return wait_for_shutdown().await;
+    };
+    let mut guard = XdpGuard::start(&settings)?;
+    install(&mut guard, rules, 1, &index)?;
+
+    let events = guard.take_events().context("opening the event ring buffer")?;
+    tokio::spawn(stream_events(events, index.clone(), log.clone()));
+
+    let list_paths: Vec<_> = cfg.blocklists.iter().chain(&cfg.allowlists).cloned().collect();
+    let (_watcher, mut changes) = ListWatcher::new(&list_paths).context("watching the list files")?;
+    eprintln!("dns-guard ready: XDP {} on {}", guard.attach, settings.interface);
+
+    let mut generation = 1;
+    loop {
+        tokio::select! {
+            changed = changes.recv() => {
+                if changed.is_none() {
+                    warn!("list watcher stopped; lists will no longer reload");
+                    return wait_for_shutdown().await;
+                }
+                generation += 1;
+                // A bad reload keeps the old table: enforcement never lapses.
+                match lists::load(&cfg.blocklists, &cfg.allowlists) {
+                    Ok(rules) => {
+                        for d in &rules.diagnostics {
+                            warn!("skipped list line: {d}");
+                        }
+                        match install(&mut guard, rules, generation, &index) {
+                            Ok(()) => eprintln!("dns-guard lists reloaded (generation {generation})"),
+                            Err(f) => error!("reload failed, keeping the previous table: {}", f.message),
+                        }
+                    }
+                    Err(errors) => {
+                        for e in errors {
+                            error!("reload failed, keeping the previous table: {e}");
+                        }
+                    }
+                }
+            }
+            _ = shutdown_signal() => {
+                info!("shutting down; the pinned XDP program keeps enforcing (dns-guard detach removes it)");
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn wait_for_shutdown() -> Result<(), Failure> {
+    shutdown_signal().await;
+    Ok(())
+}

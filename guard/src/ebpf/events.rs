@@ -1,0 +1,228 @@
+//! Streams the kernel's verdict events (the `guard_events` ring buffer)
+//! into the verdict log.
+//!
+//! The kernel reports the key of the rule that matched, not its text; the
+//! rule and the list line it came from are recovered here by hashing the
+//! event's qname suffix by suffix with the active table's seed.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::{Arc, RwLock},
+};
+
+use aya::maps::{MapData, RingBuf};
+use guard_ebpf::{
+    abi::{guard_event, guard_rule_flags, GUARD_FAMILY_IPV4},
+    table::suffix_keys,
+};
+use tokio::io::unix::AsyncFd;
+use tracing::warn;
+
+use super::stats::{action_name, reason_from_u8, reason_name, verdict_name};
+use crate::{
+    lists::RuleSet,
+    verdict::{qtype_name, rfc3339_now, Verdict, VerdictLog},
+};
+
+/// What the event reader needs to name the rule behind a key.
+pub struct RuleIndex {
+    pub seed: u64,
+    pub rules: Arc<RuleSet>,
+}
+
+pub type SharedRuleIndex = Arc<RwLock<Option<RuleIndex>>>;
+
+/// An event as decoded from the ring buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct XdpEvent {
+    pub ts_ns: u64,
+    pub rule_id: u64,
+    pub client: IpAddr,
+    pub client_port: u16,
+    pub qtype: u16,
+    pub wire_qname: Vec<u8>,
+    pub verdict: u8,
+    pub action: u8,
+    pub reason: u8,
+}
+
+impl XdpEvent {
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < std::mem::size_of::<guard_event>() {
+            return None;
+        }
+        // SAFETY: length checked; guard_event is Pod and read unaligned.
+        let e: guard_event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let client = if e.family == GUARD_FAMILY_IPV4 as u8 {
+            IpAddr::V4(Ipv4Addr::new(e.client_addr[0], e.client_addr[1], e.client_addr[2], e.client_addr[3]))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(e.client_addr))
+        };
+        let len = (e.qname_len as usize).min(e.qname.len());
+        Some(Self {
+            ts_ns: e.ts_ns,
+            rule_id: e.rule_id,
+            client,
+            client_port: e.client_port,
+            qtype: e.qtype,
+            wire_qname: e.qname[..len].to_vec(),
+            verdict: e.verdict,
+            action: e.action,
+            reason: e.reason,
+        })
+    }
+
+    /// The qname in dotted form, lower case, no trailing dot; `.` for the
+    /// root. Non-printable bytes are escaped as `\DDD` (RFC 4343).
+    pub fn qname(&self) -> Option<String> {
+        let w = &self.wire_qname;
+        if w.is_empty() {
+            return None;
+        }
+        let mut out = String::new();
+        let mut off = 0;
+        while let Some(&len) = w.get(off) {
+            if len == 0 {
+                break;
+            }
+            let Some(label) = w.get(off + 1..off + 1 + len as usize) else { break };
+            if !out.is_empty() {
+                out.push('.');
+            }
+            for &b in label {
+                if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                    out.push(b as char);
+                } else {
+                    out.push_str(&format!("\\{b:03}"));
+                }
+            }
+            off += 1 + len as usize;
+        }
+        Some(if out.is_empty() { ".".into() } else { out })
+    }
+}
+
+/// The rule text and "list:line" behind a matched key, if still known.
+pub fn describe_rule(event: &XdpEvent, index: &RuleIndex) -> (Option<String>, Option<String>) {
+    if event.rule_id == 0 {
+        return (None, None);
+    }
+    let Some(keys) = suffix_keys(&event.wire_qname, index.seed) else {
+        return (Some(format!("{:#018x}", event.rule_id)), None);
+    };
+    let Some(i) = keys.iter().position(|&k| k == event.rule_id) else {
+        // Matched under a previous table generation.
+        return (Some(format!("{:#018x}", event.rule_id)), None);
+    };
+    let qname = event.qname().unwrap_or_default();
+    let suffix = qname.splitn(i + 1, '.').last().unwrap_or_default().to_string();
+    match index.rules.rules.get(suffix.as_str()) {
+        Some(info) => {
+            let f = info.flags;
+            let sub = f & (guard_rule_flags::GUARD_RULE_BLOCK_SUB as u8) != 0;
+            let own = f & (guard_rule_flags::GUARD_RULE_BLOCK_SELF as u8) != 0;
+            let rule = match (own, sub) {
+                (true, true) => format!("||{suffix}^"),
+                (false, true) => format!("*.{suffix}"),
+                _ => suffix,
+            };
+            (Some(rule), Some(format!("{}:{}", info.origin.list.display(), info.origin.line)))
+        }
+        None => (Some(suffix), None),
+    }
+}
+
+pub fn to_verdict(event: &XdpEvent, index: Option<&RuleIndex>) -> Verdict {
+    let (rule, list) = index.map(|ix| describe_rule(event, ix)).unwrap_or((None, None));
+    Verdict {
+        ts: rfc3339_now(),
+        layer: "xdp",
+        verdict: verdict_name(event.verdict).into(),
+        action: action_name(event.action).into(),
+        reason: reason_from_u8(event.reason).map_or("unknown", reason_name).into(),
+        rule,
+        list,
+        client: Some(event.client),
+        client_port: Some(event.client_port),
+        qname: event.qname(),
+        qtype: (!event.wire_qname.is_empty()).then(|| qtype_name(event.qtype)),
+        upstream: None,
+        rcode: None,
+        dnssec: None,
+        latency_ms: None,
+    }
+}
+
+impl super::XdpGuard {
+    /// Takes the event ring buffer out of the object for the reader task.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, aya::maps::MapError> {
+        let map = self.ebpf.take_map("guard_events").ok_or(aya::maps::MapError::InvalidName { name: "guard_events".into() })?;
+        RingBuf::try_from(map)
+    }
+}
+
+/// Reads events until the ring buffer fails; each becomes one log line.
+pub async fn stream_events(ring: RingBuf<MapData>, index: SharedRuleIndex, log: Arc<VerdictLog>) {
+    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd
+    // holds it, and nothing else closes or re-registers that fd.
+    let mut fd = match unsafe { AsyncFd::register(ring) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(error = %e, "cannot poll the event ring buffer; verdict events will not be logged");
+            return;
+        }
+    };
+    loop {
+        let mut ready = match fd.readable_mut().await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "event ring buffer poll failed");
+                return;
+            }
+        };
+        let ring = ready.get_inner_mut();
+        let guard = index.read().unwrap_or_else(|p| p.into_inner());
+        while let Some(item) = ring.next() {
+            match XdpEvent::decode(&item) {
+                Some(ev) => log.emit(&to_verdict(&ev, guard.as_ref())),
+                None => warn!(len = item.len(), "short event in ring buffer"),
+            }
+        }
+        drop(guard);
+        ready.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(wire: &[u8]) -> XdpEvent {
+        XdpEvent {
+            ts_ns: 0,
+            rule_id: 0,
+            client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            client_port: 1,
+            qtype: 1,
+            wire_qname: wire.to_vec(),
+            verdict: 1,
+            action: 1,
+            reason: 5,
+        }
+    }
+
+    #[test]
+    fn qname_renders_dotted_and_escapes() {
+        assert_eq!(event(b"\x03www\x07example\x03com\x00").qname().as_deref(), Some("www.example.com"));
+        assert_eq!(event(b"\x00").qname().as_deref(), Some("."));
+        assert_eq!(event(b"\x03a b\x00").qname().as_deref(), Some("a\\032b"));
+        assert_eq!(event(b"").qname(), None);
+        // A label running past the end is cut, not a panic.
+        assert_eq!(event(b"\x03ab").qname().as_deref(), Some("."));
+    }
+
+    #[test]
+    fn decode_rejects_short_buffers() {
+        assert!(XdpEvent::decode(&[0u8; 10]).is_none());
+    }
+}

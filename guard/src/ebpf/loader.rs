@@ -1,0 +1,317 @@
+//! Loads the XDP program, pins it with its link and maps, and attaches it.
+//!
+//! Pinning is what lets the kernel keep enforcing while the sidecar
+//! restarts: a restart finds the pinned maps (aya reuses pins by name) and
+//! the pinned link, and swaps the freshly loaded program into that link
+//! with one `bpf_link_update`, so there is no moment without a program.
+//! Needs kernel >= 5.9 (bpf_link for XDP) and >= 5.10 (BPF_F_INNER_MAP).
+
+use std::{
+    fs, io,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, MapError},
+    programs::{links::FdLink, links::PinnedLink, ProgramError, Xdp, XdpMode},
+    EbpfError, EbpfLoader,
+};
+use guard_ebpf::abi::{guard_action, guard_config, GUARD_ABI_VERSION, GUARD_MAX_PORTS, GUARD_PIN_LINK, GUARD_PIN_PROG};
+use tracing::{info, warn};
+
+use super::attach_mode;
+
+const PROGRAM: &str = "dns_guard";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Debug)]
+pub struct RateLimitSettings {
+    pub qps: u32,
+    pub burst: u32,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    pub action: guard_action,
+    pub max_clients: u32,
+}
+
+/// What the loader needs from the config, decoupled from its YAML shape.
+#[derive(Clone, Debug)]
+pub struct XdpSettings {
+    pub interface: String,
+    pub mode: AttachMode,
+    pub ports: Vec<u16>,
+    pub block_action: guard_action,
+    pub ratelimit: RateLimitSettings,
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error("interface {0} not found in this network namespace; set `interface:` in the config (in a pod: eth0)")]
+    NoInterface(String),
+    #[error("{path} is not on a bpf filesystem; mount one (`mount -t bpf bpf /sys/fs/bpf`) or, in Kubernetes, mount the host's /sys/fs/bpf into the sidecar")]
+    NotBpfFs { path: PathBuf },
+    #[error("creating pin directory {path}: {source}")]
+    PinDir { path: PathBuf, source: io::Error },
+    #[error("loading the XDP object (are you root, with CAP_BPF and CAP_NET_ADMIN?): {0}")]
+    Load(#[from] EbpfError),
+    #[error("XDP program: {0}")]
+    Program(#[from] ProgramError),
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: MapError },
+    #[error("map {0} missing from the XDP object")]
+    MissingMap(&'static str),
+    #[error("pinned state in {path} is from ABI version {found}, this build uses {ours}; run `dns-guard detach --config FILE` first")]
+    AbiMismatch { path: PathBuf, found: u32, ours: u32 },
+    #[error("pinning {what} at {path}: {reason}")]
+    Pin { what: &'static str, path: PathBuf, reason: String },
+    #[error("attaching XDP to {interface} in {mode:?} mode: {source}")]
+    Attach { interface: String, mode: XdpMode, source: ProgramError },
+}
+
+/// A pin file name from the ABI header (bindgen makes it a C string).
+fn pin_file(c_name: &'static [u8]) -> &'static str {
+    std::str::from_utf8(c_name.strip_suffix(&[0]).unwrap_or(c_name)).expect("ASCII pin names")
+}
+
+/// The directory that holds this interface's pins: one per pod network
+/// namespace and interface, so CoreDNS replicas on one node never share.
+pub fn pin_root(pin_dir: &Path, interface: &str) -> io::Result<PathBuf> {
+    let netns = fs::metadata("/proc/self/ns/net")?.ino();
+    Ok(pin_dir.join(format!("{interface}-netns{netns}")))
+}
+
+/// A loaded, attached and pinned guard.
+pub struct XdpGuard {
+    pub(crate) ebpf: aya::Ebpf,
+    pub pin_root: PathBuf,
+    /// "native", "generic", or "reused" when a pinned link was taken over.
+    pub attach: &'static str,
+}
+
+impl XdpGuard {
+    /// Loads the program, reusing any pinned state, and attaches it.
+    pub fn start(settings: &XdpSettings) -> Result<Self, LoaderError> {
+        let interface = &settings.interface;
+        let c_name = std::ffi::CString::new(interface.as_str()).map_err(|_| LoaderError::NoInterface(interface.clone()))?;
+        // SAFETY: plain libc call on a NUL-terminated string.
+        if unsafe { libc::if_nametoindex(c_name.as_ptr()) } == 0 {
+            return Err(LoaderError::NoInterface(interface.clone()));
+        }
+        ensure_bpffs(&settings.pin_dir)?;
+        let pin_root = pin_root(&settings.pin_dir, interface)
+            .map_err(|source| LoaderError::PinDir { path: settings.pin_dir.clone(), source })?;
+        fs::create_dir_all(&pin_root).map_err(|source| LoaderError::PinDir { path: pin_root.clone(), source })?;
+
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin_root)
+            .map_max_entries("guard_ratelimit", settings.ratelimit.max_clients)
+            .load(guard_ebpf::XDP_OBJECT)?;
+
+        write_config(&mut ebpf, settings, &pin_root)?;
+
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .expect("the object defines dns_guard")
+            .try_into()?;
+        prog.load()?;
+
+        let link_path = pin_root.join(pin_file(GUARD_PIN_LINK));
+        let attach = match take_over_pinned_link(prog, &link_path) {
+            Some(()) => "reused",
+            None => attach_fresh(prog, settings, &link_path)?,
+        };
+
+        // The program pin is for operators (bpftool prog show pinned ...);
+        // the link pin is what keeps the program attached.
+        let prog_path = pin_root.join(pin_file(GUARD_PIN_PROG));
+        let _ = fs::remove_file(&prog_path);
+        prog.pin(&prog_path).map_err(|e| LoaderError::Pin { what: "program", path: prog_path, reason: e.to_string() })?;
+
+        info!(interface = %interface, attach, pins = %pin_root.display(), "XDP program attached");
+        Ok(Self { ebpf, pin_root, attach })
+    }
+
+    /// Loads and configures the program without attaching it, pinning maps
+    /// under `pin_root`: for BPF_PROG_TEST_RUN in tests and benchmarks.
+    pub fn load_detached(settings: &XdpSettings, pin_root: &Path) -> Result<Self, LoaderError> {
+        fs::create_dir_all(pin_root).map_err(|source| LoaderError::PinDir { path: pin_root.into(), source })?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_root)
+            .map_max_entries("guard_ratelimit", settings.ratelimit.max_clients)
+            .load(guard_ebpf::XDP_OBJECT)?;
+        write_config(&mut ebpf, settings, pin_root)?;
+        let prog: &mut Xdp = ebpf.program_mut(PROGRAM).expect("the object defines dns_guard").try_into()?;
+        prog.load()?;
+        Ok(Self { ebpf, pin_root: pin_root.into(), attach: "detached" })
+    }
+
+    /// The loaded program, for `test_run`.
+    pub fn program(&self) -> &Xdp {
+        self.ebpf.program(PROGRAM).expect("the object defines dns_guard").try_into().expect("an XDP program")
+    }
+
+    /// Rewrites the runtime knobs (actions, ports, rate limit) in place.
+    pub fn configure(&mut self, settings: &XdpSettings) -> Result<(), LoaderError> {
+        write_config(&mut self.ebpf, settings, &self.pin_root)
+    }
+}
+
+fn ensure_bpffs(dir: &Path) -> Result<(), LoaderError> {
+    // The pin dir itself may not exist yet; its nearest existing ancestor
+    // must be on bpffs, or pins would silently land on tmpfs and vanish.
+    let mut probe = dir.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    let c = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes()).map_err(|_| LoaderError::NotBpfFs { path: dir.into() })?;
+    // SAFETY: statfs writes into the zeroed struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is NUL-terminated; st is a valid out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 || st.f_type as i64 != BPF_FS_MAGIC {
+        return Err(LoaderError::NotBpfFs { path: dir.into() });
+    }
+    Ok(())
+}
+
+fn write_config(ebpf: &mut aya::Ebpf, settings: &XdpSettings, pin_root: &Path) -> Result<(), LoaderError> {
+    let map = ebpf.map_mut("guard_config").ok_or(LoaderError::MissingMap("guard_config"))?;
+    let mut config: Array<_, guard_config> =
+        Array::try_from(map).map_err(|source| LoaderError::Map { name: "guard_config", source })?;
+    let old = config.get(&0, 0).map_err(|source| LoaderError::Map { name: "guard_config", source })?;
+    if old.abi_version != 0 && old.abi_version != GUARD_ABI_VERSION {
+        return Err(LoaderError::AbiMismatch { path: pin_root.into(), found: old.abi_version, ours: GUARD_ABI_VERSION });
+    }
+    let mut ports = [0u16; GUARD_MAX_PORTS as usize];
+    for (slot, port) in ports.iter_mut().zip(&settings.ports) {
+        *slot = *port;
+    }
+    let rl = &settings.ratelimit;
+    let new = guard_config {
+        abi_version: GUARD_ABI_VERSION,
+        block_action: settings.block_action as u8,
+        rl_action: rl.action as u8,
+        ipv4_prefix: rl.ipv4_prefix,
+        ipv6_prefix: rl.ipv6_prefix,
+        rl_qps: rl.qps,
+        rl_burst: rl.burst.max(1),
+        ports,
+        nports: settings.ports.len().min(GUARD_MAX_PORTS as usize) as u32,
+        _pad: 0,
+    };
+    config.set(0, new, 0).map_err(|source| LoaderError::Map { name: "guard_config", source })
+}
+
+/// Swaps the new program into a link pinned by an earlier run. Returns
+/// `None` when there is no usable link (clean node, or the interface it was
+/// attached to is gone), and removes a stale pin.
+fn take_over_pinned_link(prog: &mut Xdp, link_path: &Path) -> Option<()> {
+    if !link_path.exists() {
+        return None;
+    }
+    let result = PinnedLink::from_pin(link_path)
+        .map_err(|e| e.to_string())
+        .and_then(|pinned| {
+            let fd_link: FdLink = pinned.into();
+            let link = aya::programs::xdp::XdpLink::try_from(fd_link).map_err(|e| e.to_string())?;
+            prog.attach_to_link(link).map_err(|e| e.to_string())
+        });
+    match result {
+        Ok(_) => {
+            info!(link = %link_path.display(), "re-using the pinned XDP link: no gap in enforcement");
+            Some(())
+        }
+        Err(e) => {
+            warn!(link = %link_path.display(), error = %e, "pinned XDP link unusable; attaching afresh");
+            let _ = fs::remove_file(link_path);
+            None
+        }
+    }
+}
+
+fn attach_fresh(prog: &mut Xdp, settings: &XdpSettings, link_path: &Path) -> Result<&'static str, LoaderError> {
+    let interface = &settings.interface;
+    let (first, fallback) = match settings.mode {
+        AttachMode::Generic => (XdpMode::Skb, None),
+        AttachMode::Native => (XdpMode::Driver, None),
+        AttachMode::Auto => {
+            let driver = attach_mode::driver_name(interface).unwrap_or_default();
+            if attach_mode::prefers_generic(&driver) {
+                info!(interface = %interface, driver = %driver, "auto: generic mode, where XDP_TX replies are delivered on this driver");
+                (XdpMode::Skb, None)
+            } else {
+                (XdpMode::Driver, Some(XdpMode::Skb))
+            }
+        }
+    };
+    let (id, mode) = match prog.attach(interface, first) {
+        Ok(id) => (id, first),
+        Err(e) => match fallback {
+            Some(mode) => {
+                warn!(interface = %interface, error = %e, "native XDP unavailable; falling back to generic mode");
+                let id = prog
+                    .attach(interface, mode)
+                    .map_err(|source| LoaderError::Attach { interface: interface.clone(), mode, source })?;
+                (id, mode)
+            }
+            None => return Err(LoaderError::Attach { interface: interface.clone(), mode: first, source: e }),
+        },
+    };
+    let link = prog.take_link(id)?;
+    let fd_link = FdLink::try_from(link).map_err(|e| LoaderError::Pin {
+        what: "link",
+        path: link_path.into(),
+        reason: format!("the kernel attached XDP through netlink, not a bpf_link, so it cannot be pinned: {e}"),
+    })?;
+    fd_link
+        .pin(link_path)
+        .map_err(|e| LoaderError::Pin { what: "link", path: link_path.into(), reason: e.to_string() })?;
+    Ok(if mode == XdpMode::Skb { "generic" } else { "native" })
+}
+
+/// What `detach` removed.
+#[derive(Debug, Default)]
+pub struct DetachReport {
+    pub pin_root: PathBuf,
+    pub link_removed: bool,
+    pub pins_removed: usize,
+}
+
+/// Detaches the program and removes every pin of this interface. A running
+/// `dns-guard run` keeps its own link fd: stop it first.
+pub fn detach(pin_dir: &Path, interface: &str) -> io::Result<DetachReport> {
+    let root = pin_root(pin_dir, interface)?;
+    let mut report = DetachReport { pin_root: root.clone(), ..Default::default() };
+    let link_path = root.join(pin_file(GUARD_PIN_LINK));
+    if link_path.exists() {
+        match PinnedLink::from_pin(&link_path) {
+            // Unpinning drops the last reference: the kernel detaches.
+            Ok(link) => {
+                link.unpin()?;
+                report.link_removed = true;
+            }
+            Err(e) => {
+                warn!(link = %link_path.display(), error = %e, "removing unreadable link pin");
+                fs::remove_file(&link_path)?;
+            }
+        }
+    }
+    if root.exists() {
+        for entry in fs::read_dir(&root)? {
+            fs::remove_file(entry?.path())?;
+            report.pins_removed += 1;
+        }
+        fs::remove_dir(&root)?;
+    }
+    Ok(report)
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every test: installs what is missing, builds, then the Rust unit and
+# kernel-fixture tests and the privileged lab tests in integration/.
+# Needs root (XDP, network namespaces); CI runs it as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+
+echo "== cargo test (unit tests, ABI, BPF_PROG_TEST_RUN fixtures)"
+cargo test --workspace --release
+
+echo "== lab tests (integration/)"
+# Debian's python3 carries scapy and pytest from apt (scripts/setup.sh).
+cd integration
+status=0
+/usr/bin/python3 -m pytest -v -p no:cacheprovider "$@" || status=$?
+if [ "$status" -eq 5 ]; then
+    echo "pytest collected no tests: that is a failure here" >&2
+    exit 1
+fi
+exit "$status"
