@@ -1,1 +1,398 @@
-//! TODO(owner assigned): verdict
+//! The verdict log: one JSON object per line on stdout, one line per
+//! decision, so an operator can always answer "why was this blocked?".
+//! Diagnostics go to stderr through `tracing` and are never mixed in.
+
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use time::macros::format_description;
+use time::OffsetDateTime;
+
+/// One decision. Field order is the JSON key order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Verdict {
+    /// RFC 3339 UTC with milliseconds, e.g. `2026-11-28T15:04:05.123Z`.
+    pub ts: String,
+    /// `"xdp"` or `"proxy"`.
+    pub layer: &'static str,
+    /// xdp: block|ratelimit|malformed|allow; proxy: allow|block|rebind|bogus|
+    /// spoof|poisoning-attempt|servfail.
+    pub verdict: String,
+    pub action: String,
+    pub reason: String,
+    pub rule: Option<String>,
+    pub list: Option<String>,
+    pub client: Option<IpAddr>,
+    pub client_port: Option<u16>,
+    pub qname: Option<String>,
+    /// `"A"`, `"AAAA"`, `"TYPE65534"`: see [`qtype_name`].
+    pub qtype: Option<String>,
+    // Proxy-only: omitted from XDP lines rather than written as null.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rcode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dnssec: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+}
+
+impl Verdict {
+    /// A verdict stamped now, other fields empty.
+    pub fn new(
+        layer: &'static str,
+        verdict: impl Into<String>,
+        action: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Verdict {
+            ts: rfc3339_now(),
+            layer,
+            verdict: verdict.into(),
+            action: action.into(),
+            reason: reason.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Thread-safe, line-atomic verdict writer.
+///
+/// Lines go into a buffer under a mutex and are flushed by the last writer
+/// out (group commit): one `write(2)` per line when quiet, batches under
+/// load, and `tail -f` never waits for a timer.
+pub struct VerdictLog {
+    inner: Mutex<Inner>,
+    /// Emitters between "about to lock" and "done"; the one that sees it
+    /// drop to zero flushes.
+    waiting: AtomicUsize,
+    emitted: AtomicU64,
+    dropped: AtomicU64,
+    /// Set on EPIPE: the reader is gone for good, so stop making syscalls.
+    broken: AtomicBool,
+}
+
+struct Inner {
+    out: Box<dyn Write + Send>,
+    buf: Vec<u8>,
+    lines: u64,
+}
+
+/// Flush early past this size so a burst cannot grow the buffer unbounded.
+const FLUSH_AT: usize = 64 * 1024;
+
+impl VerdictLog {
+    pub fn stdout() -> Self {
+        Self::to_writer(Box::new(io::stdout()))
+    }
+
+    pub fn to_writer(w: Box<dyn Write + Send>) -> Self {
+        VerdictLog {
+            inner: Mutex::new(Inner {
+                out: w,
+                buf: Vec::with_capacity(FLUSH_AT),
+                lines: 0,
+            }),
+            waiting: AtomicUsize::new(0),
+            emitted: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            broken: AtomicBool::new(false),
+        }
+    }
+
+    /// Writes `v` as one line. Never panics and never blocks on a dead
+    /// reader: a line that cannot be written is counted in [`dropped`].
+    ///
+    /// [`dropped`]: VerdictLog::dropped
+    pub fn emit(&self, v: &Verdict) {
+        if self.broken.load(Ordering::Relaxed) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // Serialize outside the lock; a String field cannot fail to encode.
+        let mut line = match serde_json::to_vec(v) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode verdict");
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        line.push(b'\n');
+
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        // A panic elsewhere while holding the lock leaves plain bytes behind;
+        // keep logging rather than poison every later verdict.
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.buf.extend_from_slice(&line);
+        inner.lines += 1;
+        let last = self.waiting.fetch_sub(1, Ordering::AcqRel) == 1;
+        if last || inner.buf.len() >= FLUSH_AT {
+            self.flush_locked(&mut inner);
+        }
+    }
+
+    fn flush_locked(&self, inner: &mut Inner) {
+        if inner.buf.is_empty() {
+            return;
+        }
+        let Inner { out, buf, lines } = inner;
+        let result = out.write_all(buf).and_then(|()| out.flush());
+        match result {
+            Ok(()) => {
+                self.emitted.fetch_add(*lines, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // Part of the batch may have gone out; count it all as
+                // dropped, which errs toward "something is missing".
+                self.dropped.fetch_add(*lines, Ordering::Relaxed);
+                if e.kind() == io::ErrorKind::BrokenPipe {
+                    if !self.broken.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "verdict log reader went away (EPIPE); dropping verdicts from now on"
+                        );
+                    }
+                } else {
+                    tracing::warn!(error = %e, "cannot write verdict log");
+                }
+            }
+        }
+        buf.clear();
+        *lines = 0;
+    }
+
+    /// Lines written out successfully.
+    pub fn emitted(&self) -> u64 {
+        self.emitted.load(Ordering::Relaxed)
+    }
+
+    /// Lines lost to write errors (e.g. EPIPE on a closed stdout).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for VerdictLog {
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        let mut taken = Inner {
+            out: Box::new(io::sink()),
+            buf: std::mem::take(&mut inner.buf),
+            lines: inner.lines,
+        };
+        std::mem::swap(&mut taken.out, &mut inner.out);
+        self.flush_locked(&mut taken);
+    }
+}
+
+/// Mnemonic for a query type; unknown types use the RFC 3597 §5 form
+/// `TYPE<n>` so every value round-trips through zone-file syntax.
+pub fn qtype_name(qtype: u16) -> String {
+    use hickory_proto::rr::RecordType;
+    match RecordType::from(qtype) {
+        RecordType::Unknown(n) => format!("TYPE{n}"),
+        known => known.to_string(),
+    }
+}
+
+/// Now, as RFC 3339 UTC with milliseconds: `2026-11-28T15:04:05.123Z`.
+pub fn rfc3339_now() -> String {
+    rfc3339(SystemTime::now())
+}
+
+/// `t` as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    let fmt =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    // Formatting only fails for years past 9999; never worth a panic.
+    OffsetDateTime::from(t)
+        .format(fmt)
+        .unwrap_or_else(|_| "9999-12-31T23:59:59.999Z".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex as StdMutex};
+    use std::time::Duration;
+
+    /// A writer whose bytes the test can read back.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<StdMutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Broken;
+
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from(io::ErrorKind::BrokenPipe))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn keys(line: &str) -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        // serde_json without preserve_order sorts keys; compare as sets.
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    }
+
+    fn sorted(k: &[&str]) -> Vec<String> {
+        let mut k: Vec<String> = k.iter().map(|s| s.to_string()).collect();
+        k.sort();
+        k
+    }
+
+    const COMMON: &[&str] = &[
+        "ts",
+        "layer",
+        "verdict",
+        "action",
+        "reason",
+        "rule",
+        "list",
+        "client",
+        "client_port",
+        "qname",
+        "qtype",
+    ];
+
+    #[test]
+    fn xdp_verdict_json_shape() {
+        let v = Verdict {
+            ts: "2026-11-28T15:04:05.123Z".into(),
+            layer: "xdp",
+            verdict: "block".into(),
+            action: "nxdomain".into(),
+            reason: "blocklist".into(),
+            rule: Some("evil.example".into()),
+            list: Some("malware.txt".into()),
+            client: Some("10.0.0.7".parse().unwrap()),
+            client_port: Some(40000),
+            qname: Some("www.evil.example".into()),
+            qtype: Some(qtype_name(1)),
+            ..Default::default()
+        };
+        let line = serde_json::to_string(&v).unwrap();
+        assert_eq!(keys(&line), sorted(COMMON));
+        // Key order follows the struct, which is what a human reads first.
+        assert_eq!(
+            line,
+            r#"{"ts":"2026-11-28T15:04:05.123Z","layer":"xdp","verdict":"block","action":"nxdomain","reason":"blocklist","rule":"evil.example","list":"malware.txt","client":"10.0.0.7","client_port":40000,"qname":"www.evil.example","qtype":"A"}"#
+        );
+        let empty =
+            serde_json::to_string(&Verdict::new("xdp", "malformed", "drop", "short-header"))
+                .unwrap();
+        assert_eq!(keys(&empty), sorted(COMMON));
+        assert!(empty.contains(r#""client":null"#), "{empty}");
+    }
+
+    #[test]
+    fn proxy_verdict_json_shape() {
+        let v = Verdict {
+            upstream: Some("9.9.9.9:53".into()),
+            rcode: Some("NOERROR".into()),
+            dnssec: Some("secure".into()),
+            latency_ms: Some(12.5),
+            ..Verdict::new("proxy", "allow", "forward", "ok")
+        };
+        let line = serde_json::to_string(&v).unwrap();
+        let mut all = COMMON.to_vec();
+        all.extend(["upstream", "rcode", "dnssec", "latency_ms"]);
+        assert_eq!(keys(&line), sorted(&all));
+        assert!(
+            line.ends_with(
+                r#""upstream":"9.9.9.9:53","rcode":"NOERROR","dnssec":"secure","latency_ms":12.5}"#
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_millis() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_878_245_123);
+        assert_eq!(rfc3339(t), "2026-11-28T15:04:05.123Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let now = rfc3339_now();
+        assert_eq!(now.len(), 24, "{now}");
+        let b = now.as_bytes();
+        for (i, c) in [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'.'),
+            (23, b'Z'),
+        ] {
+            assert_eq!(b[i], c, "{now}");
+        }
+    }
+
+    #[test]
+    fn qtype_names() {
+        assert_eq!(qtype_name(1), "A");
+        assert_eq!(qtype_name(28), "AAAA");
+        assert_eq!(qtype_name(65), "HTTPS");
+        assert_eq!(qtype_name(255), "ANY");
+        assert_eq!(qtype_name(65534), "TYPE65534");
+    }
+
+    #[test]
+    fn emit_writes_whole_lines_from_many_threads() {
+        let sink = Shared::default();
+        let log = Arc::new(VerdictLog::to_writer(Box::new(sink.clone())));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        let mut v = Verdict::new("proxy", "allow", "forward", "ok");
+                        v.qname = Some(format!("t{t}-{i}.example"));
+                        log.emit(&v);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // Every emit is visible without an explicit flush.
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1600);
+        for l in lines {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["layer"], "proxy");
+        }
+        assert_eq!(log.emitted(), 1600);
+        assert_eq!(log.dropped(), 0);
+    }
+
+    #[test]
+    fn closed_reader_counts_and_drops() {
+        let log = VerdictLog::to_writer(Box::new(Broken));
+        for _ in 0..5 {
+            log.emit(&Verdict::new("xdp", "block", "drop", "blocklist"));
+        }
+        assert_eq!(log.dropped(), 5);
+        assert_eq!(log.emitted(), 0);
+    }
+}
