@@ -188,6 +188,17 @@ struct guard_scratch {
 	__u8 name[GUARD_NAME_BUF];              /* qname, wire format */
 	__u8 label_off[GUARD_MAX_LABELS];       /* offset of each length byte */
 	__u64 suffix_hash[GUARD_MAX_LABELS];    /* hash of the suffix at label i */
+	/* Working state of one packet, kept here rather than on the stack: a
+	 * value re-read from a map is unknown to the verifier, so the code after
+	 * a loop (or a bpf_loop callback) is verified once, not once per exit. */
+	__u64 match_rule_id;                    /* key of the most specific block */
+	__u32 qname_len;                        /* wire length, root included */
+	__u32 nlabels;                          /* labels in label_off */
+	__u8 match_allow;                       /* an allow rule matched */
+	__u8 match_block;                       /* a block rule matched */
+	__u8 match_exact;                       /* ... on the full name */
+	__u8 match_flags;                       /* that rule's enum guard_rule_flags */
+	__u8 _pad[4];
 };
 
 /* ---- pinned names -------------------------------------------------------- */

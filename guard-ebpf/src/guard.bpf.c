@@ -1,5 +1,239 @@
-// placeholder: replaced by the real program
+/* SPDX-License-Identifier: (GPL-2.0 OR MIT) */
+/*
+ * guard.bpf.c - DNS Guard's XDP fast path.
+ *
+ * Reads top to bottom in the order a packet is handled: configuration,
+ * Ethernet/VLAN, IPv4/IPv6, UDP port, DNS header, question, name table,
+ * rate limit, action. Anything that is not a well-formed DNS query is
+ * passed (fail-open): this program only ever drops or answers queries it
+ * fully understood. Each outcome has a reason code, counted per CPU.
+ */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
-SEC("xdp") int dns_guard(struct xdp_md *ctx) { return XDP_PASS; }
+#include "guard_abi.h"
+#include "guard_hash.h"
+#include "guard_consts.h"
+#include "guard_maps.h"
+#include "pckt_parsing.h"
+#include "guard_table.h"
+#include "guard_ratelimit.h"
+#include "guard_events.h"
+#include "dns_reply.h"
+
+/*
+ * The program is cut into global (non-static, never inlined) functions at
+ * the points where verifier state would otherwise multiply: the verifier
+ * checks a global function once, with unknown arguments, instead of once per
+ * caller state (VLAN or not, IPv4 or IPv6, each exit of the qname walk ...).
+ * That is why each of them re-checks the offsets it is handed.
+ */
+
+/* Longest header chain in front of DNS: Ethernet, one tag, IPv4 with
+ * options, UDP. */
+#define GUARD_DNS_OFF_MAX (14 + 4 + 60 + 8)
+
+/* Steps 2-3: Ethernet, IP, UDP to a DNS port, the DNS header. */
+__attribute__((noinline)) int parse_packet(struct xdp_md *ctx,
+					   const struct guard_config *cfg,
+					   struct packet_description *pd)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u16 l3_proto;
+	int r;
+
+	if (!cfg || !pd)
+		return GUARD_REASON_PASS_NOT_DNS;
+	r = parse_eth(data, data_end, pd, &l3_proto);
+	if (r != GUARD_PARSE_OK)
+		return r;
+	if (l3_proto == GUARD_ETH_P_IP)
+		r = parse_ipv4(data, data_end, pd);
+	else if (l3_proto == GUARD_ETH_P_IPV6)
+		r = parse_ipv6(data, data_end, pd);
+	else
+		r = GUARD_REASON_PASS_NOT_DNS;
+	if (r != GUARD_PARSE_OK)
+		return r;
+	r = parse_udp(data, data_end, cfg, pd);
+	if (r != GUARD_PARSE_OK)
+		return r;
+	return parse_dns_header(data, data_end, pd);
+}
+
+/* Step 4-5: the question, then the name copied and lower-cased into the
+ * scratch. Leaves qname_len and nlabels in the scratch. */
+__attribute__((noinline)) int parse_question(struct xdp_md *ctx,
+					     struct packet_description *pd,
+					     struct guard_scratch *s)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 dns_off, qname_len;
+	int r;
+
+	if (!pd || !s)
+		return GUARD_REASON_MALFORMED_TRUNCATED_QUESTION;
+	dns_off = pd->dns_off;
+	barrier_var(dns_off);
+	if (dns_off > GUARD_DNS_OFF_MAX)
+		return GUARD_REASON_MALFORMED_TRUNCATED_QUESTION;
+	r = parse_qname(data, data_end, dns_off, s);
+	if (r != GUARD_PARSE_OK)
+		return r;
+	/* Re-read through memory and fresh packet pointers: otherwise each
+	 * exit of the walk (its own offset and verified range) is a separate
+	 * verifier state for everything below. */
+	asm volatile("" ::: "memory");
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	qname_len = *(volatile __u32 *)&s->qname_len;
+	if (qname_len < 1 || qname_len > GUARD_QNAME_MAX ||
+	    *(volatile __u32 *)&s->nlabels >= GUARD_MAX_LABELS)
+		return GUARD_REASON_MALFORMED_NAME_TOO_LONG;
+	r = parse_question_tail(data, data_end, pd, dns_off, qname_len);
+	if (r != GUARD_PARSE_OK)
+		return r;
+	if (copy_qname(ctx, pd, s, qname_len))
+		return GUARD_REASON_MALFORMED_TRUNCATED_QUESTION;
+	return GUARD_PARSE_OK;
+}
+
+/* Not DNS, or not ours to judge: counted and passed untouched. */
+static __always_inline int pass(__u32 reason)
+{
+	count(reason);
+	return XDP_PASS;
+}
+
+/* Malformed queries are passed too (the resolver answers FORMERR), but
+ * logged: they are what fuzzers and parser exploits look like. */
+static __always_inline int malformed(const struct packet_description *pd, __u32 reason)
+{
+	struct decision d = {
+		.verdict = GUARD_VERDICT_MALFORMED,
+		.action = GUARD_ACTION_PASS,
+		.reason = reason,
+	};
+
+	emit_event(pd, NULL, &d, 0);
+	return pass(reason);
+}
+
+/* The block action a matched rule gets. A LOG (dry run) configuration
+ * wins over the rule's own FORCE_* flags: dry run must never touch traffic. */
+static __always_inline __u8 block_action(const struct guard_config *cfg, __u8 flags)
+{
+	if (cfg->block_action == GUARD_ACTION_LOG)
+		return GUARD_ACTION_LOG;
+	if (flags & GUARD_RULE_FORCE_DROP)
+		return GUARD_ACTION_DROP;
+	if (flags & GUARD_RULE_FORCE_NXDOMAIN)
+		return GUARD_ACTION_NXDOMAIN;
+	return cfg->block_action;
+}
+
+/* Step 8: carries out a decision: event, counter, XDP verdict. */
+static __always_inline int act(struct xdp_md *ctx, const struct packet_description *pd,
+			       const struct guard_scratch *s, struct decision *d,
+			       __u64 qname_len)
+{
+	switch (d->action) {
+	case GUARD_ACTION_DROP:
+		emit_event(pd, s, d, qname_len);
+		count(d->reason);
+		return XDP_DROP;
+	case GUARD_ACTION_NXDOMAIN:
+	case GUARD_ACTION_REFUSED:
+	case GUARD_ACTION_TRUNCATE:
+		if (dns_reply(ctx, pd, d->action) == 0) {
+			emit_event(pd, s, d, qname_len);
+			count(d->reason);
+			count(GUARD_STAT_REPLIES_TX);
+			return XDP_TX;
+		}
+		/* never drop legitimate DNS because of our own limits */
+		d->action = GUARD_ACTION_PASS;
+		d->reason = GUARD_REASON_TX_FAILED;
+		emit_event(pd, s, d, qname_len);
+		return pass(GUARD_REASON_TX_FAILED);
+	case GUARD_ACTION_LOG:
+		emit_event(pd, s, d, qname_len);
+		return pass(d->reason);
+	default:
+		d->action = GUARD_ACTION_PASS;
+		if (d->verdict != GUARD_VERDICT_ALLOW)
+			emit_event(pd, s, d, qname_len);
+		return pass(d->reason);
+	}
+}
+
+SEC("xdp")
+int dns_guard(struct xdp_md *ctx)
+{
+	struct packet_description pd = {};
+	struct decision d = {};
+	struct guard_config *cfg;
+	struct guard_scratch *s;
+	__u64 qname_len, rule_id;
+	__u8 allow, block, exact, flags;
+	__u32 zero = 0;
+	int r;
+
+	/* 1. Unconfigured (or configured by another ABI): hands off. */
+	cfg = bpf_map_lookup_elem(&guard_config, &zero);
+	if (!cfg || cfg->abi_version != GUARD_ABI_VERSION)
+		return XDP_PASS;
+
+	/* 2-3. Headers. Responses (QR=1) are not ours to judge. */
+	r = parse_packet(ctx, cfg, &pd);
+	if (r == GUARD_REASON_MALFORMED_TRUNCATED_HEADER ||
+	    r == GUARD_REASON_MALFORMED_OPCODE || r == GUARD_REASON_MALFORMED_QDCOUNT)
+		return malformed(&pd, r);
+	if (r != GUARD_PARSE_OK)
+		return pass(r);
+
+	/* 4-5. The question, and the name copied for hashing. */
+	s = bpf_map_lookup_elem(&guard_scratch, &zero);
+	if (!s)
+		return pass(GUARD_REASON_PASS_NOT_DNS); /* cannot happen */
+	r = parse_question(ctx, &pd, s);
+	if (r != GUARD_PARSE_OK)
+		return malformed(&pd, r);
+	qname_len = *(volatile __u32 *)&s->qname_len;
+
+	/* 6. The name against the table. */
+	r = match_name(s, *(volatile __u32 *)&s->nlabels);
+	allow = *(volatile __u8 *)&s->match_allow;
+	block = *(volatile __u8 *)&s->match_block;
+	exact = *(volatile __u8 *)&s->match_exact;
+	flags = *(volatile __u8 *)&s->match_flags;
+	rule_id = *(volatile __u64 *)&s->match_rule_id;
+
+	/* 7. Verdict: rate limit first (it applies to every query, and a
+	 * flood of blocked names is still a flood), then allow, then block. */
+	if (cfg->rl_qps && rl_over_rate(cfg, &pd)) {
+		d.verdict = GUARD_VERDICT_RATELIMIT;
+		d.reason = GUARD_REASON_RATELIMIT;
+		d.action = cfg->rl_action;
+		d.rule_id = block && !allow ? rule_id : 0;
+	} else if (allow) {
+		d.verdict = GUARD_VERDICT_ALLOW;
+		d.reason = GUARD_REASON_ALLOW_ALLOWLIST;
+		d.action = GUARD_ACTION_PASS;
+	} else if (block) {
+		d.verdict = GUARD_VERDICT_BLOCK;
+		d.reason = exact ? GUARD_REASON_BLOCK_EXACT : GUARD_REASON_BLOCK_SUFFIX;
+		d.action = block_action(cfg, flags);
+		d.rule_id = rule_id;
+	} else {
+		d.verdict = GUARD_VERDICT_ALLOW;
+		d.reason = r ? GUARD_REASON_NO_TABLE : GUARD_REASON_ALLOW_CLEAN;
+		d.action = GUARD_ACTION_PASS;
+	}
+
+	/* 8. Act. */
+	return act(ctx, &pd, s, &d, qname_len);
+}
+
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

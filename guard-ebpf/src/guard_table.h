@@ -1,0 +1,171 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR MIT) */
+/*
+ * guard_table.h - the qname against the name table: copy and lower-case the
+ * name, then hash it suffix by suffix (guard_hash.h) and look each suffix
+ * up in the bucketised open-addressing table of guard_abi.h.
+ */
+#ifndef GUARD_TABLE_H
+#define GUARD_TABLE_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "guard_abi.h"
+#include "guard_hash.h"
+#include "guard_consts.h"
+#include "guard_maps.h"
+#include "pckt_parsing.h"
+
+#define GUARD_NAME_WORDS (GUARD_NAME_BUF / 8)
+
+/* State carried across the per-suffix bpf_loop callback. The callback is
+ * verified once however many labels a name has; nested bounded loops over
+ * labels, words and probes were the verifier's worst case. Results go to
+ * the scratch map (match_*), not to this struct: stack writes would make
+ * every callback exit a new verifier state. */
+struct suffix_walk {
+	struct guard_scratch *s;
+	void *table;
+	__u64 h;         /* hash state, carried right to left */
+	__u64 n;         /* labels */
+	__u32 nbuckets;
+	__u32 max_probe;
+};
+
+/* Copies the qname into the scratch and lower-cases it a word at a time,
+ * up to the word holding its last byte; the rest of that word is zeroed.
+ * Bytes after it are stale: hashing masks them and events zero them.
+ * Length bytes are <= 63 and so untouched by guard_lower8. */
+static __always_inline int copy_qname(struct xdp_md *ctx,
+				      struct packet_description *pd,
+				      struct guard_scratch *s, __u64 len)
+{
+	__u64 i;
+
+	if (len < 1 || len > GUARD_QNAME_MAX)
+		return -1;
+	if (bpf_xdp_load_bytes(ctx, pd->dns_off + DNS_HDR_LEN, s->name, len))
+		return -1;
+#pragma clang loop unroll(disable)
+	for (i = 0; i < GUARD_NAME_WORDS; i++) {
+		__u64 at = i * 8;
+		__u64 w;
+
+		if (at >= len)
+			break;
+		w = load_word(&s->name[at]) & word_mask_clamped((__s64)len - (__s64)at);
+		store_word(&s->name[at], guard_lower8(w));
+	}
+	return 0;
+}
+
+/* Probes for one key: its home bucket, then up to max_probe more (the
+ * builder guarantees no key sits further). A bucket with an empty slot ends
+ * a miss. Returns the slot's flags, or 0. */
+static __always_inline __u8 table_probe(void *table, __u32 nbuckets,
+					__u32 max_probe, __u64 key)
+{
+	__u32 b = 1 + guard_home_bucket(key, nbuckets);
+	int p, j;
+
+#pragma clang loop unroll(disable)
+	for (p = 0; p <= GUARD_MAX_PROBE; p++) {
+		struct guard_bucket *bk;
+		__u64 full = 1;
+
+		if (p > max_probe)
+			break;
+		bk = bpf_map_lookup_elem(table, &b);
+		if (!bk)
+			break;
+#pragma clang loop unroll(full)
+		for (j = 0; j < GUARD_BUCKET_SLOTS; j++) {
+			__u64 k = bk->keys[j];
+
+			if (k == key)
+				return bk->flags[j];
+			/* bit 63 of k | -k is set iff k != 0: no branch per slot */
+			full &= (k | -k) >> 63;
+		}
+		if (!full)
+			break;
+		b = b >= nbuckets ? 1 : b + 1;
+	}
+	return 0;
+}
+
+/* One label, right to left (k = 0 is the top-level label): fold its words
+ * into the hash as guard_suffix_keys() does, then look the suffix up. */
+static long suffix_step(__u64 k, void *arg)
+{
+	struct suffix_walk *w = arg;
+	struct guard_scratch *s = w->s;
+	__u64 i = w->n - 1 - k, o, bytes, key, j;
+	__u8 flags;
+
+	if (i >= GUARD_MAX_LABELS)
+		return 1;
+	o = s->label_off[i];
+	bytes = (__u64)s->name[o] + 1;
+#pragma clang loop unroll(disable)
+	for (j = 0; j < GUARD_LABEL_MAX + 1; j += 8) {
+		__u64 at = o + j, word;
+
+		if (j >= bytes || at > GUARD_NAME_BUF - 8)
+			break;
+		word = load_word(&s->name[at]);
+		w->h = guard_hash_word(w->h, word & guard_word_mask(bytes - j));
+	}
+	w->h = guard_fmix64(w->h);
+	key = guard_key(w->h);
+	s->suffix_hash[i] = key;
+
+	flags = table_probe(w->table, w->nbuckets, w->max_probe, key);
+	if (!flags)
+		return 0;
+	if (flags & (i == 0 ? GUARD_RULE_ALLOW_SELF : GUARD_RULE_ALLOW_SUB)) {
+		s->match_allow = 1;
+		return 1; /* allow wins (Pi-hole, AdGuard): nothing left to learn */
+	}
+	if (flags & (i == 0 ? GUARD_RULE_BLOCK_SELF : GUARD_RULE_BLOCK_SUB)) {
+		/* right to left: a later hit is more specific and overrides */
+		s->match_block = 1;
+		s->match_exact = i == 0;
+		s->match_flags = flags;
+		s->match_rule_id = key;
+	}
+	return 0;
+}
+
+/* Matches the (copied, lower-cased) qname against the live table, leaving
+ * the result in s->match_*. Returns -1 if no valid table is installed. */
+static __always_inline int match_name(struct guard_scratch *s, __u64 nlabels)
+{
+	__u32 zero = 0;
+	struct guard_table_header *hdr;
+	struct suffix_walk w = {};
+	void *table;
+
+	s->match_rule_id = 0;
+	s->match_allow = 0;
+	s->match_block = 0;
+	s->match_exact = 0;
+	s->match_flags = 0;
+	table = bpf_map_lookup_elem(&guard_tables, &zero);
+	if (!table)
+		return -1;
+	hdr = bpf_map_lookup_elem(table, &zero);
+	if (!hdr || hdr->magic != GUARD_TABLE_MAGIC || hdr->nbuckets == 0)
+		return -1;
+	if (nlabels == 0 || nlabels >= GUARD_MAX_LABELS)
+		return 0; /* the root name: nothing to look up */
+	w.s = s;
+	w.table = table;
+	w.h = hdr->seed;
+	w.n = nlabels;
+	w.nbuckets = hdr->nbuckets;
+	w.max_probe = hdr->max_probe > GUARD_MAX_PROBE ? GUARD_MAX_PROBE : hdr->max_probe;
+	bpf_loop(nlabels, suffix_step, &w, 0);
+	return 0;
+}
+
+#endif /* GUARD_TABLE_H */

@@ -1,0 +1,1609 @@
+//! Kernel fixtures for the XDP program, in Katran's style: each fixture is an
+//! input frame, the XDP verdict and reason counter it must produce and, for
+//! answered queries, the exact reply frame, checked byte by byte (checksums
+//! included). Frames go through BPF_PROG_TEST_RUN, so no network is needed,
+//! but loading a program needs root: without it the tests print a loud
+//! SKIPPED line (or fail, when CI is set).
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::{
+    maps::{Array, ArrayOfMaps, MapData, PerCpuArray, RingBuf},
+    programs::{TestRun as _, TestRunOptions, Xdp},
+    Ebpf, EbpfLoader,
+};
+use guard_ebpf::{abi::*, reference_suffix_keys, XDP_OBJECT};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+const BPF_F_INNER_MAP: u32 = 1 << 12;
+
+const SEED: u64 = 0x5eed_0123_4567_89ab;
+
+const BLOCK_SELF: u8 = guard_rule_flags::GUARD_RULE_BLOCK_SELF as u8;
+const BLOCK_SUB: u8 = guard_rule_flags::GUARD_RULE_BLOCK_SUB as u8;
+const ALLOW_SELF: u8 = guard_rule_flags::GUARD_RULE_ALLOW_SELF as u8;
+const ALLOW_SUB: u8 = guard_rule_flags::GUARD_RULE_ALLOW_SUB as u8;
+const FORCE_NXDOMAIN: u8 = guard_rule_flags::GUARD_RULE_FORCE_NXDOMAIN as u8;
+const FORCE_DROP: u8 = guard_rule_flags::GUARD_RULE_FORCE_DROP as u8;
+
+use guard_action::*;
+use guard_reason::*;
+
+// ---- harness -----------------------------------------------------------
+
+/// The pin directory of one loaded copy; removed on drop, also on panic.
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One loaded copy of the program with its own pinned maps.
+struct Guard {
+    ebpf: Ebpf,
+    _pins: PinDir, // declared after ebpf: the maps close first, then the pins go
+}
+
+fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: needs root (BPF_PROG_TEST_RUN); CI must run these tests");
+    }
+    // Straight to fd 2: the test harness captures eprintln!.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("\n*** SKIPPED: needs root: {test} (run `sudo -E cargo test -p guard-ebpf`) ***\n")
+            .as_bytes(),
+    );
+    false
+}
+
+fn base_config() -> guard_config {
+    let mut ports = [0u16; GUARD_MAX_PORTS as usize];
+    ports[0] = 53;
+    ports[1] = 5300;
+    guard_config {
+        abi_version: GUARD_ABI_VERSION,
+        block_action: GUARD_ACTION_NXDOMAIN as u8,
+        rl_action: GUARD_ACTION_DROP as u8,
+        ipv4_prefix: 24,
+        ipv6_prefix: 56,
+        rl_qps: 0,
+        rl_burst: 0,
+        ports,
+        nports: 2,
+        _pad: 0,
+    }
+}
+
+/// The rules every fixture table holds, as list syntax would give them.
+fn base_rules() -> Vec<(String, u8)> {
+    let mut rules: Vec<(String, u8)> = [
+        ("blocked.example", BLOCK_SELF),             // hosts-file line
+        ("ads.example", BLOCK_SELF | BLOCK_SUB),     // ||ads.example^
+        ("sub.example", BLOCK_SUB),                  // *.sub.example
+        ("good.ads.example", ALLOW_SELF),            // @@good.ads.example
+        ("allowed.example", ALLOW_SELF | ALLOW_SUB), // @@||allowed.example^
+        ("x.allowed.example", BLOCK_SELF),           // loses to the allowlist
+        ("drop.example", BLOCK_SELF | FORCE_DROP),   // RPZ rpz-drop.
+        ("nx.example", BLOCK_SELF | FORCE_NXDOMAIN), // RPZ CNAME .
+    ]
+    .iter()
+    .map(|(n, f)| (n.to_string(), *f))
+    .collect();
+    rules.push((long_name('b'), BLOCK_SELF));
+    rules
+}
+
+/// A 253-character name (255 octets on the wire: the RFC 1035 maximum).
+fn long_name(c: char) -> String {
+    let l63: String = std::iter::repeat_n(c, 63).collect();
+    let l61: String = std::iter::repeat_n(c, 61).collect();
+    let name = format!("{l63}.{l63}.{l63}.{l61}");
+    assert_eq!(name.len(), 253);
+    name
+}
+
+fn home_bucket(key: u64, nbuckets: u32) -> u32 {
+    (((key >> 32) * nbuckets as u64) >> 32) as u32
+}
+
+fn name_key(name: &str) -> u64 {
+    reference_suffix_keys(&wire(name), SEED).expect("valid name")[0]
+}
+
+impl Guard {
+    fn load(test: &str) -> Option<Guard> {
+        if !privileged(test) {
+            return None;
+        }
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = PathBuf::from(format!(
+            "/sys/fs/bpf/dgfix-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&dir)
+            .unwrap_or_else(|e| panic!("{test}: mkdir {}: {e}", dir.display()));
+        let pins = PinDir(dir);
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pins.0)
+            .load(XDP_OBJECT)
+            .unwrap_or_else(|e| panic!("{test}: loading guard.bpf.o: {e:?}"));
+        let prog: &mut Xdp = ebpf.program_mut("dns_guard").unwrap().try_into().unwrap();
+        prog.load()
+            .unwrap_or_else(|e| panic!("{test}: verifier rejected dns_guard: {e}"));
+        let mut g = Guard { ebpf, _pins: pins };
+        g.config(base_config());
+        g.table(&base_rules(), 64);
+        Some(g)
+    }
+
+    fn config(&mut self, cfg: guard_config) {
+        let mut map: Array<_, guard_config> = self
+            .ebpf
+            .map_mut("guard_config")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        map.set(0, cfg, 0).unwrap();
+    }
+
+    /// Builds a table the way guard_abi.h describes it (bucketised linear
+    /// probing, header in element 0) and swaps it into slot 0.
+    fn table(&mut self, rules: &[(String, u8)], nbuckets: u32) {
+        let mut buckets = vec![guard_bucket::default(); nbuckets as usize + 1];
+        let mut max_probe = 0;
+        for (name, flags) in rules {
+            let key = name_key(name);
+            let mut b = 1 + home_bucket(key, nbuckets);
+            let mut probe = 0;
+            loop {
+                let bucket = &mut buckets[b as usize];
+                if let Some(slot) = bucket.keys.iter().position(|&k| k == 0) {
+                    bucket.keys[slot] = key;
+                    bucket.flags[slot] = *flags;
+                    break;
+                }
+                b = if b >= nbuckets { 1 } else { b + 1 };
+                probe += 1;
+                assert!(probe <= GUARD_MAX_PROBE, "fixture table too full");
+            }
+            max_probe = max_probe.max(probe);
+        }
+        let header = guard_table_header {
+            magic: GUARD_TABLE_MAGIC,
+            seed: SEED,
+            nbuckets,
+            max_probe,
+            nnames: rules.len() as u64,
+            generation: 1,
+            _pad: [0; 32],
+        };
+        // SAFETY: both are 72-byte plain-old-data structs (checked by bindgen).
+        buckets[0] = unsafe { std::mem::transmute::<guard_table_header, guard_bucket>(header) };
+
+        let mut inner =
+            Array::<MapData, guard_bucket>::create(nbuckets + 1, BPF_F_MMAPABLE | BPF_F_INNER_MAP)
+                .expect("creating the inner table");
+        for (i, b) in buckets.iter().enumerate() {
+            inner.set(i as u32, b, 0).unwrap();
+        }
+        let mut outer: ArrayOfMaps<&mut MapData, Array<MapData, guard_bucket>> = self
+            .ebpf
+            .map_mut("guard_tables")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        outer.set(0, &inner, 0).expect("installing the table");
+    }
+
+    fn remove_table(&mut self) {
+        let map: &mut MapData = match self.ebpf.map_mut("guard_tables").unwrap() {
+            aya::maps::Map::ArrayOfMaps(m) => m,
+            other => panic!("guard_tables is {other:?}"),
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(map.fd()));
+        let key: u32 = 0;
+        // aya 0.14 has no delete for map-of-maps: BPF_MAP_DELETE_ELEM by hand.
+        #[repr(C)]
+        struct Attr {
+            map_fd: u32,
+            _pad: u32,
+            key: u64,
+            value: u64,
+            flags: u64,
+        }
+        let attr = Attr {
+            map_fd: fd as u32,
+            _pad: 0,
+            key: &key as *const u32 as u64,
+            value: 0,
+            flags: 0,
+        };
+        // SAFETY: BPF_MAP_DELETE_ELEM (3) reads map_fd and key from attr.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                3,
+                &attr as *const Attr,
+                std::mem::size_of::<Attr>(),
+            )
+        };
+        assert_eq!(
+            r,
+            0,
+            "deleting the table: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    fn stats(&self) -> Vec<u64> {
+        let map: PerCpuArray<_, u64> = self.ebpf.map("guard_stats").unwrap().try_into().unwrap();
+        (0..guard_stat::GUARD_STAT__COUNT as u32)
+            .map(|i| map.get(&i, 0).unwrap().iter().sum())
+            .collect()
+    }
+
+    fn events(&mut self) -> Vec<guard_event> {
+        let mut ring = RingBuf::try_from(self.ebpf.map_mut("guard_events").unwrap()).unwrap();
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            assert_eq!(item.len(), std::mem::size_of::<guard_event>());
+            // SAFETY: the kernel wrote a whole guard_event; read_unaligned copes
+            // with the ring buffer's 8-byte alignment.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const guard_event) });
+        }
+        out
+    }
+
+    /// Runs one frame; returns the XDP verdict, the output frame and the
+    /// counters that moved.
+    fn run(&mut self, frame: &[u8]) -> Run {
+        let before = self.stats();
+        let prog: &Xdp = self.ebpf.program("dns_guard").unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 512];
+        let res = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"));
+        out.truncate(res.data_size_out as usize);
+        let after = self.stats();
+        let moved = before
+            .iter()
+            .zip(&after)
+            .enumerate()
+            .filter(|(_, (b, a))| a != b)
+            .map(|(i, (b, a))| (i as u32, a - b))
+            .collect();
+        Run {
+            verdict: res.return_value,
+            out,
+            moved,
+        }
+    }
+
+    /// Runs a frame and checks verdict, reason counter and (for anything
+    /// but TX) that the frame went through untouched.
+    fn expect(&mut self, what: &str, frame: &[u8], verdict: u32, reason: guard_reason) -> Run {
+        let run = self.run(frame);
+        assert_eq!(
+            run.verdict, verdict,
+            "{what}: verdict (counters moved: {:?})",
+            run.moved
+        );
+        let reasons: Vec<_> = run
+            .moved
+            .iter()
+            .filter(|(i, _)| *i < GUARD_REASON__COUNT as u32)
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![&(reason as u32, 1)],
+            "{what}: exactly one reason counter, {reason:?}"
+        );
+        let tx = run
+            .moved
+            .iter()
+            .any(|&(i, n)| i == guard_stat::GUARD_STAT_REPLIES_TX as u32 && n == 1);
+        assert_eq!(tx, verdict == XDP_TX, "{what}: replies_tx counter");
+        if verdict != XDP_TX {
+            assert_eq!(run.out, frame, "{what}: frame must pass untouched");
+        }
+        run
+    }
+
+    /// A blocked query answered in place: the reply must equal `expected`
+    /// byte for byte, and its checksums must verify on their own.
+    fn expect_reply(&mut self, what: &str, frame: &[u8], reason: guard_reason, expected: &[u8]) {
+        let run = self.expect(what, frame, XDP_TX, reason);
+        verify_checksums(what, &run.out);
+        assert_eq!(hex(&run.out), hex(expected), "{what}: reply frame");
+    }
+}
+
+struct Run {
+    verdict: u32,
+    out: Vec<u8>,
+    moved: Vec<(u32, u64)>,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.chunks(16)
+        .map(|c| {
+            c.iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+// ---- frames --------------------------------------------------------------
+
+fn wire(name: &str) -> Vec<u8> {
+    let mut w = Vec::new();
+    for label in name.split('.').filter(|l| !l.is_empty()) {
+        w.push(label.len() as u8);
+        w.extend_from_slice(label.as_bytes());
+    }
+    w.push(0);
+    w
+}
+
+const RD: u16 = 0x0100;
+const CD: u16 = 0x0010;
+const AD: u16 = 0x0020;
+
+/// A DNS message, built field by field.
+#[derive(Clone)]
+struct Dns {
+    id: u16,
+    flags: u16,
+    counts: [u16; 4],
+    qname: Vec<u8>,
+    qtype: u16,
+    qclass: u16,
+    rest: Vec<u8>, // records after the question
+}
+
+impl Dns {
+    fn query(name: &str) -> Dns {
+        Dns {
+            id: 0xbeef,
+            flags: RD,
+            counts: [1, 0, 0, 0],
+            qname: wire(name),
+            qtype: 1,
+            qclass: 1,
+            rest: vec![],
+        }
+    }
+
+    /// Adds an OPT record (RFC 6891) with the given UDP size, DO bit and
+    /// option bytes.
+    fn edns(mut self, udp: u16, do_bit: bool, options: &[u8]) -> Dns {
+        self.counts[3] += 1;
+        self.rest.push(0);
+        self.rest.extend_from_slice(&41u16.to_be_bytes());
+        self.rest.extend_from_slice(&udp.to_be_bytes());
+        self.rest
+            .extend_from_slice(&[0, 0, if do_bit { 0x80 } else { 0 }, 0]);
+        self.rest
+            .extend_from_slice(&(options.len() as u16).to_be_bytes());
+        self.rest.extend_from_slice(options);
+        self
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&self.id.to_be_bytes());
+        b.extend_from_slice(&self.flags.to_be_bytes());
+        for c in self.counts {
+            b.extend_from_slice(&c.to_be_bytes());
+        }
+        b.extend_from_slice(&self.qname);
+        b.extend_from_slice(&self.qtype.to_be_bytes());
+        b.extend_from_slice(&self.qclass.to_be_bytes());
+        b.extend_from_slice(&self.rest);
+        b
+    }
+
+    /// The reply the program must synthesize (RFC 1035 4.1.1; RFC 6891 7
+    /// for the OPT; RFC 3225 for DO).
+    fn reply(&self, rcode: u16, tc: bool, opt_do: Option<bool>) -> Vec<u8> {
+        let tc_bit = if tc { 0x0200 } else { 0 };
+        let flags = 0x8000 | tc_bit | (self.flags & RD) | 0x0080 | (self.flags & CD) | rcode;
+        let r = Dns {
+            id: self.id,
+            flags,
+            counts: [1, 0, 0, opt_do.is_some() as u16],
+            qname: self.qname.clone(),
+            qtype: self.qtype,
+            qclass: self.qclass,
+            rest: match opt_do {
+                Some(d) => vec![
+                    0,
+                    0,
+                    41,
+                    0x04,
+                    0xd0,
+                    0,
+                    0,
+                    if d { 0x80 } else { 0 },
+                    0,
+                    0,
+                    0,
+                ],
+                None => vec![],
+            },
+        };
+        r.bytes()
+    }
+}
+
+/// An Ethernet frame carrying UDP, built field by field with correct
+/// checksums (RFC 791, RFC 768, RFC 8200 8.1).
+#[derive(Clone)]
+struct Frame {
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    vlan: Option<u16>,
+    v6: bool,
+    src: [u8; 16],
+    dst: [u8; 16],
+    ip_options: Vec<u8>,
+    ttl: u8,
+    frag: bool,
+    hop_by_hop: bool,
+    sport: u16,
+    dport: u16,
+    payload: Vec<u8>,
+    padding: usize,
+}
+
+fn v4(a: [u8; 4]) -> [u8; 16] {
+    let mut x = [0u8; 16];
+    x[..4].copy_from_slice(&a);
+    x
+}
+
+const CLIENT6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0x42,
+];
+const SERVER6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x53,
+];
+
+impl Frame {
+    fn v4(payload: Vec<u8>) -> Frame {
+        Frame {
+            smac: [0x02, 0, 0, 0, 0, 0x01],
+            dmac: [0x02, 0, 0, 0, 0, 0x02],
+            vlan: None,
+            v6: false,
+            src: v4([192, 0, 2, 10]),
+            dst: v4([198, 51, 100, 53]),
+            ip_options: vec![],
+            ttl: 61,
+            frag: false,
+            hop_by_hop: false,
+            sport: 40000,
+            dport: 53,
+            payload,
+            padding: 0,
+        }
+    }
+
+    fn v6(payload: Vec<u8>) -> Frame {
+        Frame {
+            v6: true,
+            src: CLIENT6,
+            dst: SERVER6,
+            ..Frame::v4(payload)
+        }
+    }
+
+    fn from(mut self, a: [u8; 4]) -> Frame {
+        self.src = v4(a);
+        self
+    }
+
+    /// The frame the program must send back for this query.
+    fn reply(&self, payload: Vec<u8>) -> Frame {
+        Frame {
+            smac: self.dmac,
+            dmac: self.smac,
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            ttl: 64,
+            padding: 0,
+            hop_by_hop: false,
+            payload,
+            ..self.clone()
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let udp_len = 8 + self.payload.len();
+        let mut udp = Vec::new();
+        udp.extend_from_slice(&self.sport.to_be_bytes());
+        udp.extend_from_slice(&self.dport.to_be_bytes());
+        udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        udp.extend_from_slice(&[0, 0]);
+        udp.extend_from_slice(&self.payload);
+        let alen = if self.v6 { 16 } else { 4 };
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&self.src[..alen]);
+        pseudo.extend_from_slice(&self.dst[..alen]);
+        pseudo.extend_from_slice(&[0, 17]);
+        pseudo.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        pseudo.extend_from_slice(&udp);
+        let mut c = !csum(&pseudo);
+        if c == 0 {
+            c = 0xffff;
+        }
+        udp[6..8].copy_from_slice(&c.to_be_bytes());
+
+        let mut f = Vec::new();
+        f.extend_from_slice(&self.dmac);
+        f.extend_from_slice(&self.smac);
+        if let Some(tci) = self.vlan {
+            f.extend_from_slice(&0x8100u16.to_be_bytes());
+            f.extend_from_slice(&tci.to_be_bytes());
+        }
+        if self.v6 {
+            f.extend_from_slice(&0x86ddu16.to_be_bytes());
+            let ext = if self.hop_by_hop { 8 } else { 0 };
+            f.extend_from_slice(&[0x60, 0, 0, 0]);
+            f.extend_from_slice(&((udp_len + ext) as u16).to_be_bytes());
+            f.push(if self.hop_by_hop { 0 } else { 17 });
+            f.push(self.ttl);
+            f.extend_from_slice(&self.src);
+            f.extend_from_slice(&self.dst);
+            if self.hop_by_hop {
+                f.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]); // PadN
+            }
+        } else {
+            f.extend_from_slice(&0x0800u16.to_be_bytes());
+            let ihl = 5 + self.ip_options.len() / 4;
+            let mut ip = vec![0x40 | ihl as u8, 0];
+            ip.extend_from_slice(&((ihl * 4 + udp_len) as u16).to_be_bytes());
+            ip.extend_from_slice(&0x1234u16.to_be_bytes());
+            ip.extend_from_slice(&(if self.frag { 0x2000u16 } else { 0x4000 }).to_be_bytes());
+            ip.extend_from_slice(&[self.ttl, 17, 0, 0]);
+            ip.extend_from_slice(&self.src[..4]);
+            ip.extend_from_slice(&self.dst[..4]);
+            ip.extend_from_slice(&self.ip_options);
+            let c = !csum(&ip);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            f.extend_from_slice(&ip);
+        }
+        f.extend_from_slice(&udp);
+        f.extend(std::iter::repeat_n(0u8, self.padding));
+        f
+    }
+}
+
+/// RFC 1071 one's complement sum (not inverted).
+fn csum(b: &[u8]) -> u16 {
+    let mut s: u32 = 0;
+    for c in b.chunks(2) {
+        s += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+/// Checks the IPv4 header checksum and the UDP checksum of a frame on their
+/// own (a valid checksum sums to 0xffff), independent of the fixture's
+/// expected bytes.
+fn verify_checksums(what: &str, f: &[u8]) {
+    let mut off = 12;
+    let mut ethertype = u16::from_be_bytes([f[off], f[off + 1]]);
+    if ethertype == 0x8100 {
+        off += 4;
+        ethertype = u16::from_be_bytes([f[off], f[off + 1]]);
+    }
+    let l3 = off + 2;
+    let (l4, mut pseudo) = if ethertype == 0x0800 {
+        let ihl = (f[l3] & 0xf) as usize * 4;
+        assert_eq!(
+            csum(&f[l3..l3 + ihl]),
+            0xffff,
+            "{what}: IPv4 header checksum"
+        );
+        assert_eq!(
+            u16::from_be_bytes([f[l3 + 2], f[l3 + 3]]) as usize,
+            f.len() - l3,
+            "{what}: IPv4 total length"
+        );
+        (l3 + ihl, [&f[l3 + 12..l3 + 20]].concat())
+    } else {
+        assert_eq!(
+            u16::from_be_bytes([f[l3 + 4], f[l3 + 5]]) as usize,
+            f.len() - l3 - 40,
+            "{what}: IPv6 payload length"
+        );
+        (l3 + 40, [&f[l3 + 8..l3 + 40]].concat())
+    };
+    let udp_len = u16::from_be_bytes([f[l4 + 4], f[l4 + 5]]) as usize;
+    assert_eq!(udp_len, f.len() - l4, "{what}: UDP length");
+    assert_ne!(
+        u16::from_be_bytes([f[l4 + 6], f[l4 + 7]]),
+        0,
+        "{what}: UDP checksum present"
+    );
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    pseudo.extend_from_slice(&f[l4..]);
+    assert_eq!(csum(&pseudo), 0xffff, "{what}: UDP checksum");
+}
+
+const NXDOMAIN: u16 = 3;
+const REFUSED: u16 = 5;
+
+// ---- fixtures ----------------------------------------------------------
+
+#[test]
+fn clean_names_pass_untouched() {
+    let Some(mut g) = Guard::load("clean_names_pass_untouched") else {
+        return;
+    };
+    for name in [
+        "www.clean.example",
+        "example",
+        "blocked.example.org",
+        "notblocked.example",
+        "ads.example.net",
+    ] {
+        let f = Frame::v4(Dns::query(name).bytes()).bytes();
+        g.expect(name, &f, XDP_PASS, GUARD_REASON_ALLOW_CLEAN);
+    }
+    // The root name has no labels and nothing to look up.
+    let f = Frame::v4(Dns::query(".").bytes()).bytes();
+    g.expect("root", &f, XDP_PASS, GUARD_REASON_ALLOW_CLEAN);
+    // Second configured port.
+    let mut fr = Frame::v4(Dns::query("www.clean.example").bytes());
+    fr.dport = 5300;
+    g.expect("port 5300", &fr.bytes(), XDP_PASS, GUARD_REASON_ALLOW_CLEAN);
+    assert!(g.events().is_empty(), "clean queries make no events");
+}
+
+#[test]
+fn exact_block_with_each_action() {
+    let Some(mut g) = Guard::load("exact_block_with_each_action") else {
+        return;
+    };
+    let q = Dns::query("blocked.example");
+    let fr = Frame::v4(q.bytes());
+    let f = fr.bytes();
+
+    g.expect_reply(
+        "nxdomain",
+        &f,
+        GUARD_REASON_BLOCK_EXACT,
+        &fr.reply(q.reply(NXDOMAIN, false, None)).bytes(),
+    );
+
+    g.config(guard_config {
+        block_action: GUARD_ACTION_REFUSED as u8,
+        ..base_config()
+    });
+    g.expect_reply(
+        "refused",
+        &f,
+        GUARD_REASON_BLOCK_EXACT,
+        &fr.reply(q.reply(REFUSED, false, None)).bytes(),
+    );
+
+    g.config(guard_config {
+        block_action: GUARD_ACTION_TRUNCATE as u8,
+        ..base_config()
+    });
+    g.expect_reply(
+        "truncate",
+        &f,
+        GUARD_REASON_BLOCK_EXACT,
+        &fr.reply(q.reply(0, true, None)).bytes(),
+    );
+
+    g.config(guard_config {
+        block_action: GUARD_ACTION_DROP as u8,
+        ..base_config()
+    });
+    g.expect("drop", &f, XDP_DROP, GUARD_REASON_BLOCK_EXACT);
+
+    g.config(guard_config {
+        block_action: GUARD_ACTION_LOG as u8,
+        ..base_config()
+    });
+    g.expect("log", &f, XDP_PASS, GUARD_REASON_BLOCK_EXACT);
+
+    let actions: Vec<_> = g.events().iter().map(|e| e.action).collect();
+    let want = [
+        GUARD_ACTION_NXDOMAIN,
+        GUARD_ACTION_REFUSED,
+        GUARD_ACTION_TRUNCATE,
+        GUARD_ACTION_DROP,
+        GUARD_ACTION_LOG,
+    ];
+    assert_eq!(
+        actions,
+        want.map(|a| a as u8),
+        "one event per block, with the action taken"
+    );
+}
+
+#[test]
+fn suffix_rules() {
+    let Some(mut g) = Guard::load("suffix_rules") else {
+        return;
+    };
+    // ||ads.example^ : the apex and every subdomain.
+    for (name, reason) in [
+        ("ads.example", GUARD_REASON_BLOCK_EXACT),
+        ("x.ads.example", GUARD_REASON_BLOCK_SUFFIX),
+        ("a.b.c.ads.example", GUARD_REASON_BLOCK_SUFFIX),
+        // *.sub.example : subdomains only.
+        ("a.sub.example", GUARD_REASON_BLOCK_SUFFIX),
+        // blocked.example is exact only.
+        ("www.blocked.example", GUARD_REASON_ALLOW_CLEAN),
+        ("sub.example", GUARD_REASON_ALLOW_CLEAN),
+        ("xads.example", GUARD_REASON_ALLOW_CLEAN),
+    ] {
+        let q = Dns::query(name);
+        let fr = Frame::v4(q.bytes());
+        if reason == GUARD_REASON_ALLOW_CLEAN {
+            g.expect(name, &fr.bytes(), XDP_PASS, reason);
+        } else {
+            g.expect_reply(
+                name,
+                &fr.bytes(),
+                reason,
+                &fr.reply(q.reply(NXDOMAIN, false, None)).bytes(),
+            );
+        }
+    }
+    // The rule id is the key of the most specific matching suffix.
+    let ev = g.events();
+    assert_eq!(ev.len(), 4);
+    assert_eq!(ev[0].rule_id, name_key("ads.example"));
+    assert_eq!(ev[2].rule_id, name_key("ads.example"));
+    assert_eq!(ev[3].rule_id, name_key("sub.example"));
+}
+
+#[test]
+fn allowlist_wins() {
+    let Some(mut g) = Guard::load("allowlist_wins") else {
+        return;
+    };
+    for name in [
+        "good.ads.example",
+        "allowed.example",
+        "x.allowed.example",
+        "deep.x.allowed.example",
+    ] {
+        let f = Frame::v4(Dns::query(name).bytes()).bytes();
+        g.expect(name, &f, XDP_PASS, GUARD_REASON_ALLOW_ALLOWLIST);
+    }
+    // ALLOW_SELF on good.ads.example does not cover its subdomains.
+    let q = Dns::query("x.good.ads.example");
+    let fr = Frame::v4(q.bytes());
+    g.expect_reply(
+        "x.good",
+        &fr.bytes(),
+        GUARD_REASON_BLOCK_SUFFIX,
+        &fr.reply(q.reply(NXDOMAIN, false, None)).bytes(),
+    );
+}
+
+#[test]
+fn case_is_ignored_and_echoed() {
+    let Some(mut g) = Guard::load("case_is_ignored_and_echoed") else {
+        return;
+    };
+    // 0x20 mixed case (as Unbound sends it) must match, and the reply must
+    // echo the client's own case or the client drops it.
+    let q = Dns::query("BlOcKeD.ExAmPlE");
+    let fr = Frame::v4(q.bytes());
+    g.expect_reply(
+        "mixed case",
+        &fr.bytes(),
+        GUARD_REASON_BLOCK_EXACT,
+        &fr.reply(q.reply(NXDOMAIN, false, None)).bytes(),
+    );
+    let ev = g.events();
+    assert_eq!(
+        &ev[0].qname[..17],
+        &wire("blocked.example")[..],
+        "event carries the lower-cased name"
+    );
+}
+
+#[test]
+fn ipv6_vlan_and_ip_options() {
+    let Some(mut g) = Guard::load("ipv6_vlan_and_ip_options") else {
+        return;
+    };
+    let q = Dns::query("x.ads.example");
+
+    let fr = Frame::v6(q.bytes());
+    g.expect_reply(
+        "ipv6",
+        &fr.bytes(),
+        GUARD_REASON_BLOCK_SUFFIX,
+        &fr.reply(q.reply(NXDOMAIN, false, None)).bytes(),
+    );
+
+    let fr = Frame {
+        vlan: Some(0x2064),
+        ..Frame::v4(q.bytes())
+    };
+    g.expect_reply(
+        "vlan ipv4",
+        &fr.bytes(),
+        GUARD_REASON_BLOCK_SUFFIX,
+        &fr.reply(q.reply(NXDOMAIN, false, None)).bytes(),
+    );
+
+    let fr = Frame {
+        vlan: Some(7),
+        ..Frame::v6(q.bytes())
+    };
+    g.expect_reply(
+        "vlan ipv6",
+        &fr.bytes(),
+        GUARD_REASON_BLOCK_SUFFIX,
+        &fr.reply(q.reply(NXDOMAIN, false, None)).bytes(),
+    );
+
+    // 8 bytes of options (NOPs, then end of list): ihl = 7.
+    let fr = Frame {
+        ip_options: vec![1, 1, 1, 1, 1, 1, 1, 0],
+        ..Frame::v4(q.bytes())
+    };
+    g.expect_reply(
+        "ipv4 options",
+        &fr.bytes(),
+        GUARD_REASON_BLOCK_SUFFIX,
+        &fr.reply(q.reply(NXDOMAIN, false, None)).bytes(),
+    );
+
+    // Ethernet padding after the IP packet is not DNS: the reply is cut to
+    // the computed length.
+    let fr = Frame {
+        padding: 9,
+        ..Frame::v4(q.bytes())
+    };
+    g.expect_reply(
+        "padded",
+        &fr.bytes(),
+        GUARD_REASON_BLOCK_SUFFIX,
+        &fr.reply(q.reply(NXDOMAIN, false, None)).bytes(),
+    );
+
+    // Extra records after the question are cut.
+    let mut qx = q.clone();
+    qx.counts[2] = 1;
+    qx.rest = vec![0, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 1, 2, 3, 4];
+    let fr = Frame::v4(qx.bytes());
+    g.expect_reply(
+        "authority record",
+        &fr.bytes(),
+        GUARD_REASON_BLOCK_SUFFIX,
+        &fr.reply(qx.reply(NXDOMAIN, false, None)).bytes(),
+    );
+}
+
+#[test]
+fn edns_and_flags() {
+    let Some(mut g) = Guard::load("edns_and_flags") else {
+        return;
+    };
+    let cookie = [0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8]; // RFC 7873 client cookie
+    for (what, q, opt) in [
+        (
+            "edns do=1",
+            Dns::query("blocked.example").edns(4096, true, &cookie),
+            Some(true),
+        ),
+        (
+            "edns do=0",
+            Dns::query("blocked.example").edns(1400, false, &[]),
+            Some(false),
+        ),
+        ("no edns", Dns::query("blocked.example"), None),
+        (
+            "rd=0 cd=1 ad=1",
+            Dns {
+                flags: CD | AD,
+                ..Dns::query("blocked.example").edns(512, true, &[])
+            },
+            Some(true),
+        ),
+        (
+            "rd=1 cd=1",
+            Dns {
+                flags: RD | CD,
+                ..Dns::query("blocked.example")
+            },
+            None,
+        ),
+    ] {
+        let fr = Frame::v6(q.bytes());
+        g.expect_reply(
+            what,
+            &fr.bytes(),
+            GUARD_REASON_BLOCK_EXACT,
+            &fr.reply(q.reply(NXDOMAIN, false, opt)).bytes(),
+        );
+    }
+    // An OPT that is not the only extra record, or behind other records,
+    // is not recognised: the reply goes out without one.
+    let mut q = Dns::query("blocked.example").edns(4096, true, &[]);
+    q.counts[3] = 2;
+    q.rest
+        .extend_from_slice(&[0, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 1, 2, 3, 4]);
+    let fr = Frame::v4(q.bytes());
+    g.expect_reply(
+        "two additionals",
+        &fr.bytes(),
+        GUARD_REASON_BLOCK_EXACT,
+        &fr.reply(q.reply(NXDOMAIN, false, None)).bytes(),
+    );
+    let mut q = Dns::query("blocked.example").edns(4096, true, &[]);
+    q.counts[1] = 1;
+    let fr = Frame::v4(q.bytes());
+    g.expect_reply(
+        "answer + opt",
+        &fr.bytes(),
+        GUARD_REASON_BLOCK_EXACT,
+        &fr.reply(q.reply(NXDOMAIN, false, None)).bytes(),
+    );
+    // Truncated OPT (ARCOUNT=1 but fewer than 11 bytes left): stripped.
+    let mut q = Dns::query("blocked.example").edns(4096, true, &[]);
+    q.rest.truncate(6);
+    let fr = Frame::v4(q.bytes());
+    g.expect_reply(
+        "short opt",
+        &fr.bytes(),
+        GUARD_REASON_BLOCK_EXACT,
+        &fr.reply(q.reply(NXDOMAIN, false, None)).bytes(),
+    );
+}
+
+#[test]
+fn longest_names() {
+    let Some(mut g) = Guard::load("longest_names") else {
+        return;
+    };
+    let q = Dns::query(&long_name('b'));
+    assert_eq!(q.qname.len(), 255);
+    let fr = Frame::v4(q.bytes());
+    g.expect_reply(
+        "253-char blocked",
+        &fr.bytes(),
+        GUARD_REASON_BLOCK_EXACT,
+        &fr.reply(q.reply(NXDOMAIN, false, None)).bytes(),
+    );
+    let fr = Frame {
+        vlan: Some(1),
+        ip_options: vec![1; 40],
+        ..Frame::v4(q.edns(1232, true, &[]).bytes())
+    };
+    let q2 = Dns::query(&long_name('b')).edns(1232, true, &[]);
+    g.expect_reply(
+        "253-char, vlan, 40 bytes of options, edns",
+        &fr.bytes(),
+        GUARD_REASON_BLOCK_EXACT,
+        &fr.reply(q2.reply(NXDOMAIN, false, Some(true))).bytes(),
+    );
+    let f = Frame::v6(Dns::query(&long_name('c')).bytes()).bytes();
+    g.expect("253-char clean", &f, XDP_PASS, GUARD_REASON_ALLOW_CLEAN);
+    // 127 one-byte labels: the most labels a name can have.
+    let many = vec!["a"; 127].join(".");
+    let f = Frame::v4(Dns::query(&many).bytes()).bytes();
+    g.expect("127 labels", &f, XDP_PASS, GUARD_REASON_ALLOW_CLEAN);
+    let ev = g.events();
+    assert_eq!(ev[0].qname_len, 255);
+    assert_eq!(&ev[0].qname[..255], &wire(&long_name('b'))[..]);
+}
+
+#[test]
+fn malformed_queries_pass_and_are_logged() {
+    let Some(mut g) = Guard::load("malformed_queries_pass_and_are_logged") else {
+        return;
+    };
+    let good = Dns::query("www.example");
+    let mut cases: Vec<(&str, Vec<u8>, guard_reason)> = Vec::new();
+
+    let mut short = good.bytes();
+    short.truncate(11);
+    cases.push((
+        "truncated header",
+        short,
+        GUARD_REASON_MALFORMED_TRUNCATED_HEADER,
+    ));
+
+    let mut l64 = Dns::query("x.example");
+    l64.qname = [vec![64], vec![b'a'; 64], wire("example")].concat();
+    cases.push((
+        "label of 64",
+        l64.bytes(),
+        GUARD_REASON_MALFORMED_LABEL_TOO_LONG,
+    ));
+
+    let mut ptr = Dns::query("x.example");
+    ptr.qname = vec![3, b'w', b'w', b'w', 0xc0, 12];
+    cases.push((
+        "compression pointer",
+        ptr.bytes(),
+        GUARD_REASON_MALFORMED_COMPRESSION,
+    ));
+
+    let mut qd2 = good.clone();
+    qd2.counts[0] = 2;
+    cases.push(("qdcount 2", qd2.bytes(), GUARD_REASON_MALFORMED_QDCOUNT));
+    let mut qd0 = good.clone();
+    qd0.counts[0] = 0;
+    cases.push(("qdcount 0", qd0.bytes(), GUARD_REASON_MALFORMED_QDCOUNT));
+
+    let status = Dns {
+        flags: 2 << 11,
+        ..good.clone()
+    };
+    cases.push((
+        "opcode STATUS",
+        status.bytes(),
+        GUARD_REASON_MALFORMED_OPCODE,
+    ));
+
+    let mut long = Dns::query("x");
+    long.qname = [wire(&long_name('d'))[..255 - 1].to_vec(), vec![1, b'x', 0]].concat();
+    cases.push((
+        "256-octet name",
+        long.bytes(),
+        GUARD_REASON_MALFORMED_NAME_TOO_LONG,
+    ));
+
+    let mut noq = good.bytes();
+    noq.truncate(12 + good.qname.len() + 2);
+    cases.push(("no qclass", noq, GUARD_REASON_MALFORMED_TRUNCATED_QUESTION));
+    let mut cut = good.bytes();
+    cut.truncate(12 + 3);
+    cases.push((
+        "name runs off the end",
+        cut,
+        GUARD_REASON_MALFORMED_TRUNCATED_QUESTION,
+    ));
+
+    for (what, payload, reason) in &cases {
+        let f = Frame::v4(payload.clone()).bytes();
+        g.expect(what, &f, XDP_PASS, *reason);
+    }
+    let ev = g.events();
+    assert_eq!(ev.len(), cases.len(), "one event per malformed query");
+    for (e, (what, _, reason)) in ev.iter().zip(&cases) {
+        assert_eq!(
+            e.verdict,
+            guard_verdict::GUARD_VERDICT_MALFORMED as u8,
+            "{what}"
+        );
+        assert_eq!(e.action, GUARD_ACTION_PASS as u8, "{what}");
+        assert_eq!(e.reason, *reason as u8, "{what}");
+        assert_eq!(e.family, 4, "{what}");
+        assert_eq!(e.client_port, 40000, "{what}");
+    }
+}
+
+#[test]
+fn not_ours_passes_untouched() {
+    let Some(mut g) = Guard::load("not_ours_passes_untouched") else {
+        return;
+    };
+    let q = Dns::query("blocked.example");
+
+    let resp = Dns {
+        flags: 0x8180,
+        ..q.clone()
+    };
+    g.expect(
+        "response (QR=1)",
+        &Frame::v4(resp.bytes()).bytes(),
+        XDP_PASS,
+        GUARD_REASON_PASS_NOT_QUERY,
+    );
+
+    let other_port = Frame {
+        dport: 5353,
+        ..Frame::v4(q.bytes())
+    };
+    g.expect(
+        "port 5353",
+        &other_port.bytes(),
+        XDP_PASS,
+        GUARD_REASON_PASS_NOT_DNS,
+    );
+
+    let hbh = Frame {
+        hop_by_hop: true,
+        ..Frame::v6(q.bytes())
+    };
+    g.expect(
+        "ipv6 hop-by-hop",
+        &hbh.bytes(),
+        XDP_PASS,
+        GUARD_REASON_PASS_IPV6_EXTHDR,
+    );
+
+    let frag = Frame {
+        frag: true,
+        ..Frame::v4(q.bytes())
+    };
+    g.expect(
+        "ipv4 first fragment",
+        &frag.bytes(),
+        XDP_PASS,
+        GUARD_REASON_PASS_NOT_DNS,
+    );
+
+    let mut arp = Frame::v4(q.bytes()).bytes();
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    g.expect("arp ethertype", &arp, XDP_PASS, GUARD_REASON_PASS_NOT_DNS);
+
+    let mut tcp = Frame::v4(q.bytes()).bytes();
+    tcp[14 + 9] = 6;
+    g.expect("tcp", &tcp, XDP_PASS, GUARD_REASON_PASS_NOT_DNS);
+
+    let qinq = Frame {
+        vlan: Some(5),
+        ..Frame::v4(q.bytes())
+    }
+    .bytes();
+    let mut qinq2 = qinq[..12].to_vec();
+    qinq2.extend_from_slice(&[0x88, 0xa8, 0, 9]);
+    qinq2.extend_from_slice(&qinq[12..]);
+    g.expect("two vlan tags", &qinq2, XDP_PASS, GUARD_REASON_PASS_NOT_DNS);
+
+    assert!(
+        g.events().is_empty(),
+        "passing what is not ours makes no events"
+    );
+
+    // Unconfigured: hands off, nothing counted.
+    g.config(guard_config {
+        abi_version: 0,
+        ..base_config()
+    });
+    let run = g.run(&Frame::v4(q.bytes()).bytes());
+    assert_eq!(run.verdict, XDP_PASS);
+    assert!(run.moved.is_empty(), "unconfigured program counts nothing");
+}
+
+#[test]
+fn no_table_means_clean() {
+    let Some(mut g) = Guard::load("no_table_means_clean") else {
+        return;
+    };
+    g.remove_table();
+    let f = Frame::v4(Dns::query("blocked.example").bytes()).bytes();
+    g.expect("no table", &f, XDP_PASS, GUARD_REASON_NO_TABLE);
+    // The rate limit still applies without a table.
+    g.config(guard_config {
+        rl_qps: 1,
+        rl_burst: 1,
+        ..base_config()
+    });
+    g.expect("first", &f, XDP_PASS, GUARD_REASON_NO_TABLE);
+    g.expect("second", &f, XDP_DROP, GUARD_REASON_RATELIMIT);
+}
+
+#[test]
+fn crowded_table_probes() {
+    let Some(mut g) = Guard::load("crowded_table_probes") else {
+        return;
+    };
+    // 14 names in 2 buckets of 8: keys spill into the next bucket (wrapping
+    // to bucket 1), so lookups must probe past a full home bucket.
+    let names: Vec<String> = (0..14).map(|i| format!("n{i}.crowd.example")).collect();
+    let rules: Vec<(String, u8)> = names.iter().map(|n| (n.clone(), BLOCK_SELF)).collect();
+    g.table(&rules, 2);
+    g.config(guard_config {
+        block_action: GUARD_ACTION_DROP as u8,
+        ..base_config()
+    });
+    for n in &names {
+        g.expect(
+            n,
+            &Frame::v4(Dns::query(n).bytes()).bytes(),
+            XDP_DROP,
+            GUARD_REASON_BLOCK_EXACT,
+        );
+    }
+    for n in ["n14.crowd.example", "crowd.example", "www.example"] {
+        g.expect(
+            n,
+            &Frame::v4(Dns::query(n).bytes()).bytes(),
+            XDP_PASS,
+            GUARD_REASON_ALLOW_CLEAN,
+        );
+    }
+}
+
+#[test]
+fn rule_flags_force_the_action() {
+    let Some(mut g) = Guard::load("rule_flags_force_the_action") else {
+        return;
+    };
+    let drop = Frame::v4(Dns::query("drop.example").bytes()).bytes();
+    let q = Dns::query("nx.example");
+    let nx = Frame::v4(q.bytes());
+
+    g.expect(
+        "force drop over nxdomain",
+        &drop,
+        XDP_DROP,
+        GUARD_REASON_BLOCK_EXACT,
+    );
+    g.config(guard_config {
+        block_action: GUARD_ACTION_REFUSED as u8,
+        ..base_config()
+    });
+    g.expect_reply(
+        "force nxdomain over refused",
+        &nx.bytes(),
+        GUARD_REASON_BLOCK_EXACT,
+        &nx.reply(q.reply(NXDOMAIN, false, None)).bytes(),
+    );
+    // Dry run wins over everything.
+    g.config(guard_config {
+        block_action: GUARD_ACTION_LOG as u8,
+        ..base_config()
+    });
+    g.expect(
+        "log over force drop",
+        &drop,
+        XDP_PASS,
+        GUARD_REASON_BLOCK_EXACT,
+    );
+    g.expect(
+        "log over force nxdomain",
+        &nx.bytes(),
+        XDP_PASS,
+        GUARD_REASON_BLOCK_EXACT,
+    );
+}
+
+#[test]
+fn rate_limit_per_prefix() {
+    let Some(mut g) = Guard::load("rate_limit_per_prefix") else {
+        return;
+    };
+    // 1 qps with a burst of 3: three queries conform, the fourth is over.
+    let clean = Dns::query("www.clean.example");
+    for (i, (action, verdict)) in [
+        (GUARD_ACTION_DROP, XDP_DROP),
+        (GUARD_ACTION_TRUNCATE, XDP_TX),
+        (GUARD_ACTION_REFUSED, XDP_TX),
+        (GUARD_ACTION_NXDOMAIN, XDP_TX),
+        (GUARD_ACTION_PASS, XDP_PASS),
+        (GUARD_ACTION_LOG, XDP_PASS),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        g.config(guard_config {
+            rl_qps: 1,
+            rl_burst: 3,
+            rl_action: action as u8,
+            ..base_config()
+        });
+        // Each action gets its own /24; clients .1 to .4 share it.
+        let net = 10 + i as u8;
+        for host in 1..=3u8 {
+            let f = Frame::v4(clean.bytes()).from([10, net, 0, host]).bytes();
+            g.expect(
+                &format!("{action:?} burst {host}"),
+                &f,
+                XDP_PASS,
+                GUARD_REASON_ALLOW_CLEAN,
+            );
+        }
+        let fr = Frame::v4(clean.bytes()).from([10, net, 0, 4]);
+        let what = format!("{action:?} over rate");
+        match verdict {
+            XDP_TX => {
+                let (rcode, tc) = match action {
+                    GUARD_ACTION_TRUNCATE => (0, true),
+                    GUARD_ACTION_REFUSED => (REFUSED, false),
+                    _ => (NXDOMAIN, false),
+                };
+                g.expect_reply(
+                    &what,
+                    &fr.bytes(),
+                    GUARD_REASON_RATELIMIT,
+                    &fr.reply(clean.reply(rcode, tc, None)).bytes(),
+                );
+            }
+            v => {
+                g.expect(&what, &fr.bytes(), v, GUARD_REASON_RATELIMIT);
+            }
+        }
+        // Another /24 is not affected.
+        let other = Frame::v4(clean.bytes()).from([10, net, 1, 1]).bytes();
+        g.expect(
+            &format!("{action:?} other prefix"),
+            &other,
+            XDP_PASS,
+            GUARD_REASON_ALLOW_CLEAN,
+        );
+        let ev = g.events();
+        assert_eq!(ev.len(), 1, "{what}: one event");
+        assert_eq!(ev[0].verdict, guard_verdict::GUARD_VERDICT_RATELIMIT as u8);
+        assert_eq!(ev[0].reason, GUARD_REASON_RATELIMIT as u8);
+        assert_eq!(ev[0].action, action as u8);
+        assert_eq!(&ev[0].client_addr[..4], &[10, net, 0, 4]);
+    }
+
+    // Over-rate wins over a block and over the allowlist; IPv6 shares by /56.
+    g.config(guard_config {
+        rl_qps: 1,
+        rl_burst: 2,
+        rl_action: GUARD_ACTION_DROP as u8,
+        ..base_config()
+    });
+    let blocked = Dns::query("blocked.example");
+    let fr = Frame::v6(blocked.bytes());
+    g.expect_reply(
+        "v6 first",
+        &fr.bytes(),
+        GUARD_REASON_BLOCK_EXACT,
+        &fr.reply(blocked.reply(NXDOMAIN, false, None)).bytes(),
+    );
+    let mut other_host = CLIENT6;
+    other_host[7] = 0xff; // same /56
+    other_host[15] = 0x99;
+    let f = Frame {
+        src: other_host,
+        ..Frame::v6(Dns::query("allowed.example").bytes())
+    }
+    .bytes();
+    g.expect(
+        "v6 allowlisted, same /56",
+        &f,
+        XDP_PASS,
+        GUARD_REASON_ALLOW_ALLOWLIST,
+    );
+    g.expect(
+        "v6 blocked, over rate",
+        &fr.bytes(),
+        XDP_DROP,
+        GUARD_REASON_RATELIMIT,
+    );
+    let f = Frame {
+        src: other_host,
+        ..Frame::v6(Dns::query("allowed.example").bytes())
+    }
+    .bytes();
+    g.expect(
+        "v6 allowlisted, over rate",
+        &f,
+        XDP_DROP,
+        GUARD_REASON_RATELIMIT,
+    );
+    let mut next56 = CLIENT6;
+    next56[6] = 0x01;
+    let f = Frame {
+        src: next56,
+        ..Frame::v6(Dns::query("www.example").bytes())
+    }
+    .bytes();
+    g.expect("v6 next /56", &f, XDP_PASS, GUARD_REASON_ALLOW_CLEAN);
+    let ev = g.events();
+    assert_eq!(
+        ev[1].rule_id,
+        name_key("blocked.example"),
+        "a rate-limited block keeps its rule id"
+    );
+}
+
+#[test]
+fn event_contents() {
+    let Some(mut g) = Guard::load("event_contents") else {
+        return;
+    };
+    let q = Dns {
+        qtype: 28,
+        ..Dns::query("Tracker.ADS.example")
+    };
+    let fr = Frame {
+        sport: 51234,
+        ..Frame::v6(q.bytes())
+    };
+    g.expect_reply(
+        "aaaa",
+        &fr.bytes(),
+        GUARD_REASON_BLOCK_SUFFIX,
+        &fr.reply(q.reply(NXDOMAIN, false, None)).bytes(),
+    );
+    let ev = g.events();
+    assert_eq!(ev.len(), 1);
+    let e = &ev[0];
+    let name = wire("tracker.ads.example");
+    assert!(e.ts_ns > 0);
+    assert_eq!(e.rule_id, name_key("ads.example"));
+    assert_eq!(e.client_addr, CLIENT6);
+    assert_eq!(e.client_port, 51234);
+    assert_eq!(e.qtype, 28);
+    assert_eq!(e.qname_len as usize, name.len());
+    assert_eq!(&e.qname[..name.len()], &name[..]);
+    assert!(
+        e.qname[name.len()..].iter().all(|&b| b == 0),
+        "no stale bytes after the name"
+    );
+    assert_eq!(e.family, 6);
+    assert_eq!(e.verdict, guard_verdict::GUARD_VERDICT_BLOCK as u8);
+    assert_eq!(e.action, GUARD_ACTION_NXDOMAIN as u8);
+    assert_eq!(e.reason, GUARD_REASON_BLOCK_SUFFIX as u8);
+
+    // A short name after a long one leaves nothing of the long one behind.
+    g.config(guard_config {
+        block_action: GUARD_ACTION_DROP as u8,
+        ..base_config()
+    });
+    let f = Frame::v4(Dns::query(&long_name('b')).bytes()).bytes();
+    g.expect("long", &f, XDP_DROP, GUARD_REASON_BLOCK_EXACT);
+    let f = Frame::v4(Dns::query("ads.example").bytes())
+        .from([203, 0, 113, 7])
+        .bytes();
+    g.expect("short", &f, XDP_DROP, GUARD_REASON_BLOCK_EXACT);
+    let ev = g.events();
+    let e = &ev[1];
+    let name = wire("ads.example");
+    assert_eq!(e.family, 4);
+    assert_eq!(e.client_addr, v4([203, 0, 113, 7]));
+    assert_eq!(e.action, GUARD_ACTION_DROP as u8);
+    assert_eq!(&e.qname[..name.len()], &name[..]);
+    assert!(
+        e.qname[name.len()..].iter().all(|&b| b == 0),
+        "no stale bytes after the name"
+    );
+}
+
+/// xorshift64*: a fixed-seed generator, so a failure replays exactly.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+#[test]
+fn garbage_always_passes() {
+    let Some(mut g) = Guard::load("garbage_always_passes") else {
+        return;
+    };
+    g.config(guard_config {
+        block_action: GUARD_ACTION_DROP as u8,
+        ..base_config()
+    });
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut by_reason = BTreeMap::new();
+    for i in 0..1000 {
+        // Half raw bytes, half random DNS payloads behind valid headers, so
+        // the garbage also reaches the DNS parser.
+        let len = 14 + (rng.next() % 300) as usize;
+        let f = if i % 2 == 0 {
+            rng.bytes(len)
+        } else {
+            let fr = if i % 4 == 1 {
+                Frame::v4(rng.bytes(len))
+            } else {
+                Frame::v6(rng.bytes(len))
+            };
+            let mut f = fr.bytes();
+            if i % 8 == 3 {
+                // mostly-valid header: QR=0, opcode 0, QDCOUNT=1
+                let dns = f.len() - len;
+                f[dns + 2] &= 0x07;
+                f[dns + 4] = 0;
+                f[dns + 5] = 1;
+            }
+            f
+        };
+        let run = g.run(&f);
+        assert_eq!(
+            run.verdict,
+            XDP_PASS,
+            "garbage #{i} got verdict {}: {}",
+            run.verdict,
+            hex(&f)
+        );
+        assert_eq!(run.out, f, "garbage #{i} was modified");
+        let reasons: Vec<_> = run
+            .moved
+            .iter()
+            .filter(|(r, _)| *r < GUARD_REASON__COUNT as u32)
+            .collect();
+        assert_eq!(
+            reasons.len(),
+            1,
+            "garbage #{i}: exactly one reason: {:?}",
+            run.moved
+        );
+        *by_reason.entry(reasons[0].0).or_insert(0) += 1;
+    }
+    eprintln!("garbage by reason: {by_reason:?}");
+    assert!(
+        by_reason.len() > 3,
+        "the garbage should reach several parse stages"
+    );
+}
+
+/// Not a pass/fail check: prints the per-packet cost of the common paths
+/// (BPF_PROG_TEST_RUN with repeat, cache-hot), for comparison with the
+/// numbers in REFERENCES.md. Replies are not timed: a repeated run would see
+/// its own reply.
+#[test]
+fn cost_per_packet() {
+    let Some(mut g) = Guard::load("cost_per_packet") else {
+        return;
+    };
+    g.config(guard_config {
+        block_action: GUARD_ACTION_DROP as u8,
+        ..base_config()
+    });
+    for (what, name) in [
+        ("clean, 4 labels", "www.shop.clean.example"),
+        ("clean, 10 labels", "a.b.c.d.e.f.g.h.clean.example"),
+        ("blocked suffix, drop", "a.b.ads.example"),
+    ] {
+        let f = Frame::v4(Dns::query(name).bytes()).bytes();
+        let prog: &Xdp = g.ebpf.program("dns_guard").unwrap().try_into().unwrap();
+        let mut out = vec![0u8; f.len() + 64];
+        let res = prog
+            .test_run(TestRunOptions {
+                data_in: Some(&f),
+                data_out: Some(&mut out),
+                repeat: 200_000,
+                ..Default::default()
+            })
+            .unwrap();
+        eprintln!(
+            "cost: {what}: {} ns/packet (verdict {})",
+            res.duration.as_nanos(),
+            res.return_value
+        );
+    }
+    g.events();
+}
