@@ -27,6 +27,21 @@ fn main() {
         .unwrap_or_else(|e| panic!("running {clang}: {e}; install clang (scripts/setup.sh)"));
     assert!(status.success(), "clang failed to build src/guard.bpf.c");
 
+    // The ABI header compiled for the BPF target alone: tests/abi.rs reads
+    // its BTF to check the kernel's layout against the Rust one.
+    let abi_object = out.join("abi_check.bpf.o");
+    let status = Command::new(&clang)
+        .args(["-O2", "-g", "-target", "bpf", "-I"])
+        .arg(&include)
+        .arg("-I")
+        .arg("/usr/include/x86_64-linux-gnu")
+        .args(["-c", "src/abi_check.bpf.c", "-o"])
+        .arg(&abi_object)
+        .status()
+        .expect("running clang");
+    assert!(status.success(), "clang failed to build src/abi_check.bpf.c");
+    println!("cargo:rustc-env=GUARD_ABI_CHECK_OBJECT={}", abi_object.display());
+
     let bindings = bindgen::Builder::default()
         .header("include/guard_abi.h")
         .use_core()
