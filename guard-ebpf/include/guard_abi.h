@@ -46,15 +46,18 @@ typedef uint64_t __u64;
  * new table, fills it through mmap and swaps it in with one map update, so a
  * reload is atomic and the steady state holds exactly one table.
  *
- * Element 0 is a guard_table_header; elements 1..=nbuckets are buckets.
- * A key is the 64-bit name hash of guard_hash.h (0 marks an empty slot; a
- * hash of 0 is stored as 1). Bucketised linear probing: a key lives in its
- * home bucket or within max_probe following buckets (wrapping); a lookup
- * stops at the first bucket with an empty slot. The builder guarantees
- * max_probe <= GUARD_MAX_PROBE, so the kernel's bounded loop never misses.
+ * Element 0 is a guard_table_header; buckets follow from element 1. A key
+ * is the 64-bit name hash of guard_hash.h (0 marks an empty slot; a hash of
+ * 0 is stored as 1). Its home bucket is 1 + guard_home_bucket(key,
+ * nbuckets), monotone in the key, and keys are inserted in ascending order
+ * with linear probing and no wrap-around, so the whole table is sorted:
+ * a lookup stops at the first empty slot or the first larger key. The
+ * builder appends overflow buckets after the last home bucket and
+ * guarantees every key sits at most max_probe <= GUARD_MAX_PROBE buckets
+ * after its home, so the kernel's bounded loop never misses a stored name.
  */
 #define GUARD_BUCKET_SLOTS 8
-#define GUARD_MAX_PROBE 16
+#define GUARD_MAX_PROBE 128
 #define GUARD_TABLE_MAGIC 0x31656c6261746764ULL /* "dgtable1" little-endian */
 
 struct guard_bucket {
@@ -65,7 +68,7 @@ struct guard_bucket {
 struct guard_table_header {
 	__u64 magic;
 	__u64 seed;      /* per-table hash seed: names are hashed with it */
-	__u32 nbuckets;  /* buckets follow the header, 1..=nbuckets */
+	__u32 nbuckets;  /* home buckets 1..=nbuckets; overflow buckets follow */
 	__u32 max_probe; /* longest displacement, in buckets, <= GUARD_MAX_PROBE */
 	__u64 nnames;
 	__u64 generation;

@@ -58,11 +58,12 @@ static __always_inline int copy_qname(struct xdp_md *ctx,
 	return 0;
 }
 
-/* Probes for one key: its home bucket, then up to max_probe more (the
- * builder guarantees no key sits further). A bucket with an empty slot ends
- * a miss. Returns the slot's flags, or 0. */
-static __always_inline __u8 table_probe(void *table, __u32 nbuckets,
-					__u32 max_probe, __u64 key)
+/* Probes for one key. The table is sorted (see guard_abi.h): a key lives
+ * in its home bucket or up to max_probe buckets after it, and a miss ends
+ * at the first empty slot or the first larger key, almost always inside
+ * the home bucket. Returns the slot's flags, or 0. */
+static __always_inline __u8 table_probe(void *table, __u32 max_probe, __u32 nbuckets,
+					__u64 key)
 {
 	__u32 b = 1 + guard_home_bucket(key, nbuckets);
 	int p, j;
@@ -70,7 +71,6 @@ static __always_inline __u8 table_probe(void *table, __u32 nbuckets,
 #pragma clang loop unroll(disable)
 	for (p = 0; p <= GUARD_MAX_PROBE; p++) {
 		struct guard_bucket *bk;
-		__u64 full = 1;
 
 		if (p > max_probe)
 			break;
@@ -83,12 +83,10 @@ static __always_inline __u8 table_probe(void *table, __u32 nbuckets,
 
 			if (k == key)
 				return bk->flags[j];
-			/* bit 63 of k | -k is set iff k != 0: no branch per slot */
-			full &= (k | -k) >> 63;
+			if (k == 0 || k > key)
+				return 0;
 		}
-		if (!full)
-			break;
-		b = b >= nbuckets ? 1 : b + 1;
+		b++;
 	}
 	return 0;
 }
@@ -119,7 +117,7 @@ static long suffix_step(__u64 k, void *arg)
 	key = guard_key(w->h);
 	s->suffix_hash[i] = key;
 
-	flags = table_probe(w->table, w->nbuckets, w->max_probe, key);
+	flags = table_probe(w->table, w->max_probe, w->nbuckets, key);
 	if (!flags)
 		return 0;
 	if (flags & (i == 0 ? GUARD_RULE_ALLOW_SELF : GUARD_RULE_ALLOW_SUB)) {

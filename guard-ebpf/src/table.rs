@@ -1,11 +1,13 @@
 //! The kernel's name table, built in userspace.
 //!
-//! The layout is defined in `guard_abi.h` (bucketised linear probing, 8
-//! 64-bit keys and 8 flag bytes per bucket, a header in element 0) and the
-//! hash in `guard_hash.h`; this module is the Rust half of both. The XDP
-//! program probes at most `max_probe + 1` buckets per suffix, so the builder
-//! grows the table until every key sits within `GUARD_MAX_PROBE` buckets of
-//! its home, and the kernel can never miss a stored name.
+//! The layout is defined in `guard_abi.h` (8 64-bit keys and 8 flag bytes
+//! per bucket, a header in element 0) and the hash in `guard_hash.h`; this
+//! module is the Rust half of both. Keys are placed in ascending order, each
+//! at the first free slot at or after its home bucket, with no wrap-around:
+//! the table is sorted, so a kernel lookup stops at the first empty slot or
+//! larger key. The XDP program probes at most `max_probe + 1` buckets, so
+//! the builder grows the table until every key sits within
+//! `GUARD_MAX_PROBE` buckets of its home: the kernel never misses a name.
 
 use crate::abi::{
     guard_bucket, guard_table_header, GUARD_BUCKET_SLOTS, GUARD_LABEL_MAX, GUARD_MAX_LABELS,
@@ -15,8 +17,8 @@ use crate::abi::{
 const K1: u64 = 0x9e37_79b9_7f4a_7c15;
 const SLOTS: usize = GUARD_BUCKET_SLOTS as usize;
 
-/// Target fill of the slots. 0.85 keeps a miss to about one bucket read
-/// while costing 72 B / 8 slots / 0.85 = 10.6 bytes per name.
+/// Target fill of the home buckets: 72 B / 8 slots / 0.85 = 10.6 bytes per
+/// name, and a miss still ends in its home bucket nearly every time.
 pub const DEFAULT_LOAD: f64 = 0.85;
 
 #[inline]
@@ -132,19 +134,17 @@ impl Table {
 
     /// Looks a key up the way the kernel does; for tests and `check`.
     pub fn lookup(&self, key: u64) -> Option<u8> {
-        let n = self.header.nbuckets;
-        let mut b = home_bucket(key, n);
-        for _ in 0..=self.header.max_probe {
-            let bucket = &self.buckets[b as usize];
+        let home = home_bucket(key, self.header.nbuckets) as usize;
+        for bucket in self.buckets.iter().skip(home).take(self.header.max_probe as usize + 1) {
             for s in 0..SLOTS {
-                if bucket.keys[s] == key {
+                let k = bucket.keys[s];
+                if k == key {
                     return Some(bucket.flags[s]);
                 }
+                if k == 0 || k > key {
+                    return None;
+                }
             }
-            if bucket.keys.contains(&0) {
-                return None;
-            }
-            b = (b + 1) % n;
         }
         None
     }
@@ -177,56 +177,82 @@ pub fn build(entries: &[(u64, u8)], seed: u64, generation: u64, load: f64) -> Re
     if entries.len() > (u32::MAX / 16) as usize {
         return Err(TableError::TooLarge(entries.len()));
     }
-    let slots_wanted = (entries.len() as f64 / load).ceil() as usize;
-    let mut nbuckets = slots_wanted.div_ceil(SLOTS).max(1) as u32;
-    loop {
-        if let Some(table) = try_build(entries, seed, generation, nbuckets) {
-            return Ok(table);
+    let mut sorted: Vec<(u64, u8)> = entries.iter().map(|&(k, f)| (to_key(k), f)).collect();
+    sorted.sort_unstable_by_key(|&(k, _)| k);
+    let mut merged = 0usize;
+    sorted.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            kept.1 |= later.1;
+            merged += 1;
         }
-        // A displacement longer than the kernel probes: give it more room.
+        same
+    });
+
+    let nbuckets = (sorted.len() as f64 / load / SLOTS as f64).ceil().max(1.0) as u32;
+    Ok(build_sorted(sorted, merged, seed, generation, nbuckets))
+}
+
+/// Builds with a given number of home buckets (grown only if a key would
+/// land too far from home): lets tests crowd a table on purpose.
+pub fn build_with_home_buckets(entries: &[(u64, u8)], seed: u64, generation: u64, nbuckets: u32) -> Table {
+    let mut sorted: Vec<(u64, u8)> = entries.iter().map(|&(k, f)| (to_key(k), f)).collect();
+    sorted.sort_unstable_by_key(|&(k, _)| k);
+    sorted.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            kept.1 |= later.1;
+        }
+        same
+    });
+    build_sorted(sorted, 0, seed, generation, nbuckets.max(1))
+}
+
+fn build_sorted(sorted: Vec<(u64, u8)>, merged: usize, seed: u64, generation: u64, mut nbuckets: u32) -> Table {
+    loop {
+        if let Some(mut table) = place(&sorted, seed, generation, nbuckets) {
+            table.merged_collisions = merged;
+            return table;
+        }
+        // A run longer than the kernel probes: spread the homes out.
         nbuckets += nbuckets / 16 + 1;
     }
 }
 
-fn try_build(entries: &[(u64, u8)], seed: u64, generation: u64, nbuckets: u32) -> Option<Table> {
-    let empty = guard_bucket { keys: [0; SLOTS], flags: [0; SLOTS] };
-    let mut buckets = vec![empty; nbuckets as usize];
+/// Places sorted, distinct keys; `None` if one lands too far from home.
+fn place(sorted: &[(u64, u8)], seed: u64, generation: u64, nbuckets: u32) -> Option<Table> {
+    let mut slots_used = 0usize; // next free slot position, in slots
+    let mut positions = Vec::with_capacity(sorted.len());
     let mut max_probe = 0u32;
-    let mut merged = 0usize;
-    let mut stored = 0u64;
-    'entry: for &(key, flags) in entries {
-        let key = to_key(key);
-        let mut b = home_bucket(key, nbuckets);
-        for d in 0..=GUARD_MAX_PROBE {
-            let bucket = &mut buckets[b as usize];
-            for s in 0..SLOTS {
-                if bucket.keys[s] == key {
-                    bucket.flags[s] |= flags;
-                    merged += 1;
-                    continue 'entry;
-                }
-                if bucket.keys[s] == 0 {
-                    bucket.keys[s] = key;
-                    bucket.flags[s] = flags;
-                    max_probe = max_probe.max(d);
-                    stored += 1;
-                    continue 'entry;
-                }
-            }
-            b = (b + 1) % nbuckets;
+    for &(key, _) in sorted {
+        let home = home_bucket(key, nbuckets) as usize;
+        let pos = slots_used.max(home * SLOTS);
+        let displacement = (pos / SLOTS - home) as u32;
+        if displacement > GUARD_MAX_PROBE {
+            return None;
         }
-        return None;
+        max_probe = max_probe.max(displacement);
+        positions.push(pos);
+        slots_used = pos + 1;
+    }
+    let total_buckets = (nbuckets as usize).max(slots_used.div_ceil(SLOTS));
+    let empty = guard_bucket { keys: [0; SLOTS], flags: [0; SLOTS] };
+    let mut buckets = vec![empty; total_buckets];
+    for (&(key, flags), pos) in sorted.iter().zip(positions) {
+        let bucket = &mut buckets[pos / SLOTS];
+        bucket.keys[pos % SLOTS] = key;
+        bucket.flags[pos % SLOTS] = flags;
     }
     let header = guard_table_header {
         magic: GUARD_TABLE_MAGIC,
         seed,
         nbuckets,
         max_probe,
-        nnames: stored,
+        nnames: sorted.len() as u64,
         generation,
         _pad: [0; 32],
     };
-    Some(Table { header, buckets, merged_collisions: merged })
+    Some(Table { header, buckets, merged_collisions: 0 })
 }
 
 #[cfg(test)]
@@ -320,6 +346,26 @@ mod tests {
         let table = build(&[], 0, 1, DEFAULT_LOAD).unwrap();
         assert_eq!(table.header.nbuckets, 1);
         assert_eq!(table.lookup(1234), None);
+    }
+
+    #[test]
+    fn one_million_names_fit_in_twelve_bytes_each() {
+        let entries: Vec<(u64, u8)> = (0..1_000_000u64).map(|i| (fmix64(i ^ 0xabc), 1)).collect();
+        let table = build(&entries, 0, 1, DEFAULT_LOAD).unwrap();
+        assert!(table.bytes_per_name() <= 11.0, "{} bytes per name", table.bytes_per_name());
+        assert!(table.header.max_probe <= GUARD_MAX_PROBE);
+        for &(k, _) in entries.iter().step_by(97) {
+            assert_eq!(table.lookup(k), Some(1));
+        }
+    }
+
+    #[test]
+    fn keys_are_sorted_across_the_whole_table() {
+        let entries: Vec<(u64, u8)> = (0..10_000u64).map(|i| (fmix64(i), 1)).collect();
+        let table = build(&entries, 0, 1, DEFAULT_LOAD).unwrap();
+        let keys: Vec<u64> = table.buckets.iter().flat_map(|b| b.keys).filter(|&k| k != 0).collect();
+        assert_eq!(keys.len(), 10_000);
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

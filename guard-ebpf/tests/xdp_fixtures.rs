@@ -117,10 +117,6 @@ fn long_name(c: char) -> String {
     name
 }
 
-fn home_bucket(key: u64, nbuckets: u32) -> u32 {
-    (((key >> 32) * nbuckets as u64) >> 32) as u32
-}
-
 fn name_key(name: &str) -> u64 {
     reference_suffix_keys(&wire(name), SEED).expect("valid name")[0]
 }
@@ -165,36 +161,13 @@ impl Guard {
     /// Builds a table the way guard_abi.h describes it (bucketised linear
     /// probing, header in element 0) and swaps it into slot 0.
     fn table(&mut self, rules: &[(String, u8)], nbuckets: u32) {
-        let mut buckets = vec![guard_bucket::default(); nbuckets as usize + 1];
-        let mut max_probe = 0;
-        for (name, flags) in rules {
-            let key = name_key(name);
-            let mut b = 1 + home_bucket(key, nbuckets);
-            let mut probe = 0;
-            loop {
-                let bucket = &mut buckets[b as usize];
-                if let Some(slot) = bucket.keys.iter().position(|&k| k == 0) {
-                    bucket.keys[slot] = key;
-                    bucket.flags[slot] = *flags;
-                    break;
-                }
-                b = if b >= nbuckets { 1 } else { b + 1 };
-                probe += 1;
-                assert!(probe <= GUARD_MAX_PROBE, "fixture table too full");
-            }
-            max_probe = max_probe.max(probe);
-        }
-        let header = guard_table_header {
-            magic: GUARD_TABLE_MAGIC,
-            seed: SEED,
-            nbuckets,
-            max_probe,
-            nnames: rules.len() as u64,
-            generation: 1,
-            _pad: [0; 32],
-        };
-        // SAFETY: both are 72-byte plain-old-data structs (checked by bindgen).
-        buckets[0] = unsafe { std::mem::transmute::<guard_table_header, guard_bucket>(header) };
+        let entries: Vec<(u64, u8)> = rules.iter().map(|(name, flags)| (name_key(name), *flags)).collect();
+        let table = guard_ebpf::table::build_with_home_buckets(&entries, SEED, 1, nbuckets);
+        let mut buckets = vec![guard_bucket::default(); table.elements() as usize];
+        // SAFETY: both are 72-byte plain-old-data structs (checked by tests/abi.rs).
+        buckets[0] = unsafe { std::mem::transmute::<guard_table_header, guard_bucket>(table.header) };
+        buckets[1..].copy_from_slice(&table.buckets);
+        let nbuckets = table.elements() - 1;
 
         let mut inner =
             Array::<MapData, guard_bucket>::create(nbuckets + 1, BPF_F_MMAPABLE | BPF_F_INNER_MAP)
@@ -1225,8 +1198,8 @@ fn crowded_table_probes() {
     let Some(mut g) = Guard::load("crowded_table_probes") else {
         return;
     };
-    // 14 names in 2 buckets of 8: keys spill into the next bucket (wrapping
-    // to bucket 1), so lookups must probe past a full home bucket.
+    // 14 names in 2 home buckets of 8: keys spill into overflow buckets,
+    // so lookups must probe past a full home bucket.
     let names: Vec<String> = (0..14).map(|i| format!("n{i}.crowd.example")).collect();
     let rules: Vec<(String, u8)> = names.iter().map(|n| (n.clone(), BLOCK_SELF)).collect();
     g.table(&rules, 2);
