@@ -46,13 +46,15 @@ fn load_config(path: &Path) -> Result<Config, Failure> {
     config::load(path).map_err(|errors| bad_config(format!("{} is not valid:\n{errors}", path.display())))
 }
 
-fn load_lists(cfg: &Config) -> Result<RuleSet, Failure> {
+fn load_lists(cfg: &Config, warn_skipped: bool) -> Result<RuleSet, Failure> {
     let rules = lists::load(&cfg.blocklists, &cfg.allowlists).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
         bad_config(format!("lists could not be read:\n{}", lines.join("\n")))
     })?;
-    for d in &rules.diagnostics {
-        warn!("skipped list line: {d}");
+    if warn_skipped {
+        for d in &rules.diagnostics {
+            warn!("skipped list line: {d}");
+        }
     }
     Ok(rules)
 }
@@ -96,14 +98,18 @@ pub fn xdp_settings(cfg: &Config) -> Option<XdpSettings> {
 pub fn check(path: &Path) -> Result<(), Failure> {
     let cfg = load_config(path)?;
     let started = Instant::now();
-    let rules = load_lists(&cfg)?;
+    let rules = load_lists(&cfg, false)?;
     let table = lists::table::compile(&rules, rand::random(), 0)?;
     println!("config {}: ok", path.display());
     for s in &rules.stats {
-        println!("list {} ({:?}): {} rules, {} lines skipped", s.path.display(), s.kind, s.rules, s.skipped);
+        let kind = match s.kind {
+            lists::ListKind::Block => "blocklist",
+            lists::ListKind::Allow => "allowlist",
+        };
+        println!("{kind} {}: {} rules, {} lines skipped", s.path.display(), s.rules, s.skipped);
     }
     for d in &rules.diagnostics {
-        println!("  {d}");
+        println!("  skipped {d}");
     }
     println!(
         "table: {} names ({} block, {} allow), {} buckets, {:.1} bytes/name, built in {:.0} ms",
@@ -155,7 +161,7 @@ fn install(guard: &mut XdpGuard, rules: RuleSet, generation: u64, index: &Shared
 /// `dns-guard run`: attach, enforce, log verdicts, reload on change.
 pub async fn run(path: &Path) -> Result<(), Failure> {
     let cfg = load_config(path)?;
-    let rules = load_lists(&cfg)?;
+    let rules = load_lists(&cfg, true)?;
     let log = Arc::new(VerdictLog::stdout());
     let index: SharedRuleIndex = Arc::new(RwLock::new(None));
 

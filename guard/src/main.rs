@@ -35,6 +35,7 @@ fn main() -> ExitCode {
     // Diagnostics on stderr; stdout carries only the verdict log.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DNS_GUARD_LOG").unwrap_or_else(|_| "info".into()),
         )

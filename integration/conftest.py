@@ -1,0 +1,68 @@
+"""Fixtures: one lab per session, one dns-guard per test, everything torn down even on failure."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import lab as labmod  # noqa: E402
+
+
+def _unavailable(reason: str):
+    """Under CI a missing prerequisite is a failure; on a laptop it is a loud skip."""
+    if os.environ.get("CI"):
+        pytest.fail(reason, pytrace=False)
+    # sys.__stderr__: pytest captures sys.stderr, and this must be seen.
+    print(f"\nSKIPPED: {reason}", file=sys.__stderr__, flush=True)
+    pytest.skip(reason)
+
+
+def require_root():
+    if os.geteuid() != 0:
+        _unavailable("lab tests need root")
+
+
+@pytest.fixture(scope="session")
+def lab():
+    require_root()
+    with labmod.Lab() as the_lab:
+        yield the_lab
+
+
+@pytest.fixture
+def guard_binary(lab):
+    if not lab.binary.exists():
+        _unavailable(f"{lab.binary} is not built (cargo build --release)")
+    return lab.binary
+
+
+@pytest.fixture
+def start_guard(lab, guard_binary):
+    """Factory: start_guard(config_overrides, {"block.txt": "..."}) -> running Guard.
+
+    Every guard it started is stopped, detached and unpinned after the test, and the dns
+    pod's eth0 is left with no XDP program, so the next test starts clean.
+    """
+    started = []
+
+    def start(config=None, lists=None, layout="files", ready_timeout=20.0):
+        guard = lab.prepare_guard(config, lists, layout)
+        started.append(guard)
+        return guard.start(ready_timeout)
+
+    yield start
+    for guard in started:
+        guard.cleanup()
+        lab.guards.remove(guard)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On failure, attach the guard's stderr tail so the report says what the guard thought."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed and "lab" in item.funcargs:
+        for guard in item.funcargs["lab"].guards:
+            report.sections.append((f"dns-guard stderr ({guard.dir.name})", guard.stderr_tail(60)))

@@ -1,0 +1,274 @@
+"""Fast path end to end: XDP on the dns pod's eth0 answers or drops before the resolver sees a packet.
+
+Every test runs dns-guard with `mode: auto` (override with DG_XDP_MODE) against the session
+lab, so every pass also proves the client received a synthesized reply in that mode.
+"""
+
+import json
+import time
+
+import pytest
+
+from lab import GOOD_V4, v4, v6
+
+pytestmark = pytest.mark.needs_guard
+
+# 253 characters, the longest name DNS allows (255 octets on the wire, RFC 1035 2.3.4).
+LONG_NAME = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 56, "test"])
+LONG_CLEAN = ".".join(["a" * 63, "b" * 63, "c" * 63, "e" * 56, "test"])
+assert len(LONG_NAME) == 253 and len(LONG_CLEAN) == 253
+
+BLOCK = f"""\
+# AdGuard syntax: name and subdomains
+||blocked.test^
+||suffix.test^
+! subdomains only
+*.wild.test
+exact.test
+0.0.0.0 hosts.test
+Upper.Case.Test.
+{LONG_NAME}
+"""
+ALLOW = """\
+# allowlist beats blocklist (Pi-hole / AdGuard semantics)
+ok.blocked.test
+"""
+LISTS = {"block.txt": BLOCK, "allow.txt": ALLOW}
+
+
+def assert_unseen(lab, name):
+    assert not lab.resolver_saw(name), f"resolver saw {name}: XDP let it through"
+
+
+# --------------------------------------------------------------------------- actions
+
+
+@pytest.mark.parametrize("client,server", [("c1", v4("dns")), ("c2", v6("dns"))], ids=["ipv4", "ipv6"])
+def test_blocked_name_answered_nxdomain_in_kernel(lab, start_guard, client, server):
+    guard = start_guard({"xdp": {"action": "nxdomain"}}, LISTS)
+    assert lab.xdp_attached("dns"), "dns-guard said ready but eth0 has no XDP program"
+    name = f"www.{client}.blocked.test"
+    r = lab.dig(client, name, server)
+    assert r.status == "NXDOMAIN", r.raw
+    assert "qr" in r.flags and not r.answers
+    assert_unseen(lab, name)
+    v = guard.wait_verdict(qname=name)
+    assert v, f"no verdict for {name}: {guard.verdicts()}"
+    assert v["layer"] == "xdp" and v["verdict"] == "block" and v["action"] == "nxdomain", v
+    assert v["client"] == (v4(client) if ":" not in server else v6(client)), v
+    assert v["qtype"] == "A" and v["list"] and v["rule"], v
+    # A clean name still goes through the resolver.
+    clean = lab.dig(client, "good.test", server)
+    assert clean.status == "NOERROR" and clean.addresses == [GOOD_V4], clean.raw
+
+
+def test_action_refused(lab, start_guard):
+    guard = start_guard({"xdp": {"action": "refused"}}, LISTS)
+    r = lab.dig("c1", "refused.blocked.test")
+    assert r.status == "REFUSED", r.raw
+    assert_unseen(lab, "refused.blocked.test")
+    assert guard.wait_verdict(qname="refused.blocked.test", action="refused")
+
+
+def test_action_drop(lab, start_guard):
+    guard = start_guard({"xdp": {"action": "drop"}}, LISTS)
+    r = lab.dig("c1", "drop.blocked.test", None, "+tries=1", "+timeout=1")
+    assert r.timed_out and r.status is None, r.raw
+    assert_unseen(lab, "drop.blocked.test")
+    assert guard.wait_verdict(qname="drop.blocked.test", action="drop")
+    assert lab.dig("c1", "good.test").status == "NOERROR"
+
+
+def test_action_log_resolves_and_logs(lab, start_guard):
+    guard = start_guard({"xdp": {"action": "log"}}, LISTS)
+    r = lab.dig("c1", "log.blocked.test")
+    assert r.status == "NOERROR" and r.addresses, r.raw
+    assert lab.resolver_saw("log.blocked.test")
+    v = guard.wait_verdict(qname="log.blocked.test", action="log")
+    assert v, guard.verdicts()
+
+
+# --------------------------------------------------------------------------- matching
+
+MATCHING = [
+    # (client, server family, query, expected status)
+    ("c1", 4, "blocked.test", "NXDOMAIN"),              # ||x^ covers the apex
+    ("c1", 4, "a.b.suffix.test", "NXDOMAIN"),           # ... and any depth below it
+    ("c1", 4, "notsuffix.test", "NOERROR"),             # label boundary, not a string suffix
+    ("c1", 4, "wild.test", "NOERROR"),                  # *.x leaves the apex alone
+    ("c1", 4, "x.wild.test", "NXDOMAIN"),
+    ("c1", 4, "deep.x.wild.test", "NXDOMAIN"),
+    ("c1", 4, "exact.test", "NXDOMAIN"),                # a plain name is exact
+    ("c1", 4, "sub.exact.test", "NOERROR"),
+    ("c1", 4, "hosts.test", "NXDOMAIN"),                # hosts-file line
+    ("c1", 4, "sub.hosts.test", "NOERROR"),
+    ("c1", 4, "ok.blocked.test", "NOERROR"),            # allowlist beats blocklist
+    ("c1", 4, "not-ok.blocked.test", "NXDOMAIN"),
+    ("c1", 4, "EXACT.TEST", "NXDOMAIN"),                # case-insensitive (RFC 4343)
+    ("c1", 4, "ExAcT.tEsT.", "NXDOMAIN"),               # mixed case, trailing dot
+    ("c1", 4, "upper.case.test", "NXDOMAIN"),           # list entry had capitals and a trailing dot
+    ("c2", 6, "exact.test", "NXDOMAIN"),                # IPv6 client
+    ("c2", 6, "Sub.Suffix.Test", "NXDOMAIN"),
+    ("c2", 6, "good.test", "NOERROR"),
+    ("c1", 4, LONG_NAME, "NXDOMAIN"),                   # 253-byte name
+    ("c1", 4, LONG_CLEAN, "NOERROR"),
+    ("c2", 6, LONG_NAME.upper(), "NXDOMAIN"),
+]
+
+
+def test_matching_semantics(lab, start_guard):
+    start_guard({}, LISTS)
+    failures = []
+    for client, fam, name, want in MATCHING:
+        server = v4("dns") if fam == 4 else v6("dns")
+        r = lab.dig(client, name, server)
+        if r.status != want:
+            failures.append(f"{client} -> {server} {name!r}: got {r.status}, want {want}")
+    assert not failures, "\n".join(failures)
+    lab.resolver_barrier()
+    for _, _, name, want in MATCHING:
+        if want == "NXDOMAIN":
+            assert not lab.resolver_saw(name, sync=False), f"resolver saw blocked {name}"
+
+
+def test_verdict_qname_is_normalized(lab, start_guard):
+    guard = start_guard({}, LISTS)
+    assert lab.dig("c1", "Norm.Blocked.Test.").status == "NXDOMAIN"
+    v = guard.wait_verdict(qname="norm.blocked.test")
+    assert v, guard.verdicts()
+    assert not v["qname"].endswith("."), v
+    v = None
+    assert lab.dig("c1", LONG_NAME).status == "NXDOMAIN"
+    v = guard.wait_verdict(qname=LONG_NAME)
+    assert v and len(v["qname"]) == 253, guard.verdicts()[-3:]
+
+
+# --------------------------------------------------------------------------- rate limit
+
+
+def test_ratelimit_limits_flooding_client_only(lab, start_guard):
+    guard = start_guard({"xdp": {"ratelimit": {"qps": 50, "burst": 50, "action": "drop"}}}, LISTS)
+    flood = lab.dnsperf("c1", v4("dns"), [f"flood{i}.example.test" for i in range(50)],
+                        duration=3, qps=1000, timeout=1, wait=False)
+    time.sleep(0.5)
+    calm = []
+    for i in range(20):  # 10 qps from c2, well under its own 50 qps budget
+        calm.append(lab.dig("c2", f"calm{i}.example.test"))
+        time.sleep(0.1)
+    res = flood.result()
+    assert res.sent > 1500, res
+    # 3 s at 50 qps + a 50-query burst lets at most ~200 through.
+    assert res.lost >= 0.8 * res.sent, f"c1 was not limited: {res}"
+    assert res.completed <= 400, f"c1 was not limited: {res}"
+    bad = [(i, r.status) for i, r in enumerate(calm) if r.status != "NOERROR"]
+    assert not bad, f"c2 was limited too: {bad}"
+    assert guard.wait_verdict(verdict="ratelimit", client=v4("c1")), guard.verdicts()[-5:]
+    assert not guard.find_verdicts(verdict="ratelimit", client=v4("c2"))
+
+
+def test_ratelimit_truncate_sends_client_to_tcp(lab, start_guard):
+    guard = start_guard({"xdp": {"ratelimit": {"qps": 5, "burst": 5, "action": "truncate"}}}, LISTS)
+    flood = lab.dnsperf("c1", v4("dns"), ["tc-flood.example.test"], duration=3, qps=500, wait=False)
+    time.sleep(0.5)
+    results = [lab.dig("c1", "good.test", None, "+timeout=2") for _ in range(3)]
+    flood.result()
+    assert any(r.tcp_retry for r in results), "no TC=1 seen:\n" + results[0].raw
+    for r in results:
+        assert r.status == "NOERROR" and r.addresses == [GOOD_V4], r.raw
+    v = guard.wait_verdict(verdict="ratelimit", action="truncate")
+    assert v and v["client"] == v4("c1"), guard.verdicts()[-5:]
+
+
+# --------------------------------------------------------------------------- malformed
+
+
+def test_malformed_queries_fail_open(lab, start_guard):
+    guard = start_guard({}, LISTS)
+    with lab.sniff("dns") as seen:
+        lab.scapy("c1", "malformed", "--dst", v4("dns"), "--sport-base", "40000",
+                  "--out", str(guard.dir / "sent4.json"))
+        lab.scapy("c2", "malformed", "--dst", v6("dns"), "--sport-base", "41000",
+                  "--out", str(guard.dir / "sent6.json"))
+    sent = json.loads((guard.dir / "sent4.json").read_text()) + json.loads((guard.dir / "sent6.json").read_text())
+    got = {(s["sport"], s["payload"]) for s in seen}
+    missing = [s["name"] + f"(sport {s['sport']})" for s in sent if (s["sport"], s["payload"]) not in got]
+    assert not missing, f"XDP did not pass these up to the resolver: {missing}"
+    assert guard.alive(), f"dns-guard died: {guard.stderr_tail()}"
+    time.sleep(0.5)
+    malformed_ports = {v.get("client_port") for v in guard.find_verdicts(verdict="malformed")}
+    unlogged = [f"{s['name']}(sport {s['sport']})" for s in sent
+                if s["expect"] == "malformed" and s["sport"] not in malformed_ports]
+    assert not unlogged, f"not logged as malformed: {unlogged}; verdicts: {guard.verdicts()[-12:]}"
+    # Still enforcing afterwards.
+    assert lab.dig("c1", "after-malformed.blocked.test").status == "NXDOMAIN"
+
+
+# --------------------------------------------------------------------------- reload
+
+
+@pytest.mark.parametrize("layout", ["files", "configmap"], ids=["rename", "configmap-symlink"])
+def test_reload_under_load(lab, start_guard, layout):
+    guard = start_guard({}, {"block.txt": "old.reload.test\n"}, layout=layout)
+    assert lab.dig("c1", "old.reload.test").status == "NXDOMAIN"
+    assert lab.dig("c2", "new.reload.test").status == "NOERROR"
+
+    legit = [f"legit{i}.example.test" for i in range(20)] + ["good.test"]
+    load = lab.dnsperf("c1", v4("dns"), legit, duration=5, qps=300, timeout=2, wait=False)
+    time.sleep(1)
+    t0 = time.monotonic()
+    guard.update_list("block.txt", "# replaced\nnew.reload.test\n")
+    took = None
+    while time.monotonic() - t0 < 2.0:
+        if lab.dig("c2", "new.reload.test", None, "+timeout=1").status == "NXDOMAIN":
+            took = time.monotonic() - t0
+            break
+        time.sleep(0.1)
+    assert took is not None, f"new entry not enforced within 2 s; stderr:\n{guard.stderr_tail()}"
+    guard.wait_stderr("lists reloaded", 2)
+    assert lab.dig("c2", "old.reload.test").status == "NOERROR", "removed entry still blocked"
+    res = load.result()
+    assert res.lost == 0 and res.rcodes == {"NOERROR": res.completed}, f"legitimate queries failed: {res}"
+
+
+# --------------------------------------------------------------------------- restart / detach
+
+
+def test_pinned_program_survives_kill_and_restart(lab, start_guard):
+    guard = start_guard({}, LISTS)
+    assert lab.dig("c1", "r1.blocked.test").status == "NXDOMAIN"
+
+    guard.kill9()
+    assert lab.dig("c1", "r2.blocked.test").status == "NXDOMAIN", "pinned link stopped enforcing after kill -9"
+    assert_unseen(lab, "r2.blocked.test")
+
+    guard.restart()
+    assert lab.dig("c1", "r3.blocked.test").status == "NXDOMAIN"
+    assert guard.wait_verdict(qname="r3.blocked.test"), "restarted guard logs no verdicts"
+    assert lab.dig("c1", "good.test").status == "NOERROR"
+
+    rc = guard.stop()
+    assert rc == 0, f"SIGTERM exit {rc}: {guard.stderr_tail()}"
+    assert lab.dig("c1", "r4.blocked.test").status == "NXDOMAIN", "SIGTERM detached the program"
+
+    d = guard.detach()
+    assert d.returncode == 0, d.stderr
+    r = lab.dig("c1", "r5.blocked.test")
+    assert r.status == "NOERROR" and r.addresses, r.raw
+    assert lab.resolver_saw("r5.blocked.test")
+    leftover = list(guard.pin_dir.rglob("*")) if guard.pin_dir.exists() else []
+    assert not guard.pin_dir.exists() or not leftover, f"pins left: {leftover}"
+    assert not lab.xdp_attached("dns"), "detach left an XDP program on eth0"
+
+
+# --------------------------------------------------------------------------- config check
+
+
+def test_check_reports_every_error_with_line(lab, guard_binary, tmp_path):
+    bad = tmp_path / "guard.yaml"
+    bad.write_text('interface: "eth0"\nxdp:\n  mode: "sideways"\n  action: "explode"\n'
+                   'blocklists: ["/nonexistent/block.txt"]\n')
+    r = lab.check_config(bad)
+    assert r.returncode == 64, (r.returncode, r.stdout, r.stderr)
+    out = r.stdout + r.stderr
+    for line in (3, 4, 5):
+        assert f"{bad}:{line}" in out, f"no error at line {line}:\n{out}"

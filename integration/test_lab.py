@@ -1,0 +1,47 @@
+"""The lab itself, without dns-guard: if these fail, no other result in this directory means anything."""
+
+import pytest
+
+from lab import GOOD_V4, GOOD_V6, v4, v6
+
+
+@pytest.mark.parametrize("client", ["c1", "c2"])
+@pytest.mark.parametrize("server", [v4("dns"), v6("dns")], ids=["ipv4", "ipv6"])
+def test_resolution_through_dns_pod(lab, client, server):
+    r = lab.dig(client, "good.test", server)
+    assert r.status == "NOERROR", r.raw
+    assert r.addresses == [GOOD_V4]
+    aaaa = lab.dig(client, "good.test", server, qtype="AAAA")
+    assert aaaa.addresses == [GOOD_V6], aaaa.raw
+
+
+def test_tcp_to_resolver(lab):
+    # Truncation tests depend on the resolver answering over TCP.
+    r = lab.dig("c1", "tcp.example.test", v4("dns"), "+tcp")
+    assert r.status == "NOERROR" and r.addresses, r.raw
+
+
+def test_resolver_logs_queries(lab):
+    lab.dig("c1", "logged.example.test")
+    assert lab.resolver_saw("logged.example.test")
+    assert not lab.resolver_saw("never-asked.example.test")
+
+
+def test_names_outside_lab_zone_stay_inside(lab):
+    # The upstream has no forwarders: anything outside .test is refused (unbound reports
+    # SERVFAIL), and the only server that was asked is the lab's upstream.
+    assert lab.dig("c1", "outside.example.com").status in ("REFUSED", "SERVFAIL")
+    lab.resolver_barrier()
+    assert any(n == "outside.example.com" for _, n, _ in lab.upstream.queries())
+
+
+def test_dnsperf_baseline(lab):
+    res = lab.dnsperf("c2", v4("dns"), ["good.test", "a.example.test"], duration=1, qps=200)
+    assert res.lost == 0 and res.rcodes == {"NOERROR": res.completed}, res
+
+
+def test_sniffer_sees_malformed_without_guard(lab):
+    with lab.sniff("dns") as seen:
+        lab.scapy("c1", "malformed", "--dst", v4("dns"), "--sport-base", "45000",
+                  "--out", str(lab.workdir / "lab-malformed.json"))
+    assert {s["sport"] for s in seen} >= set(range(45000, 45006)), seen
