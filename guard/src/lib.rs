@@ -5,5 +5,6 @@ pub mod app;
 pub mod config;
 pub mod ebpf;
 pub mod lists;
+pub mod metrics;
 pub mod verdict;
 pub mod watch;

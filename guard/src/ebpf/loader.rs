@@ -243,7 +243,17 @@ fn attach_fresh(prog: &mut Xdp, settings: &XdpSettings, link_path: &Path) -> Res
     let interface = &settings.interface;
     let (first, fallback) = match settings.mode {
         AttachMode::Generic => (XdpMode::Skb, None),
-        AttachMode::Native => (XdpMode::Driver, None),
+        AttachMode::Native => {
+            let driver = attach_mode::driver_name(interface).unwrap_or_default();
+            if driver == "veth" {
+                warn!(
+                    interface = %interface,
+                    "native XDP on a veth: synthesized replies (XDP_TX) are silently lost unless the peer \
+                     has an XDP program; use `mode: auto` or `generic` unless you have arranged that"
+                );
+            }
+            (XdpMode::Driver, None)
+        }
         AttachMode::Auto => {
             let driver = attach_mode::driver_name(interface).unwrap_or_default();
             if attach_mode::prefers_generic(&driver) {

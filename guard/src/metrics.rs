@@ -1,0 +1,136 @@
+//! The one Prometheus registry of the process. Every layer records into
+//! the families here; the admin server (`metrics.listen`) encodes them.
+//! Names follow Prometheus conventions and, for spoofing, PowerDNS
+//! Recursor's vocabulary (unexpected packets, spoof prevents, case
+//! mismatches), which operators already know.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub layer: &'static str,
+    pub verdict: &'static str,
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: String,
+}
+
+/// Why a response was refused before validation even began.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpoofLabels {
+    pub upstream: String,
+    /// `wrong_source`, `wrong_txid`, `wrong_question`, `case_mismatch`
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// Handles to every metric family. Cloning is cheap (all Arcs inside).
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Arc<Mutex<Registry>>,
+    /// Proxy verdicts (allow, block, rebind, bogus, spoof, poisoning-attempt, servfail).
+    pub verdicts: Family<VerdictLabels, Counter>,
+    /// Upstream exchange latency, seconds, per upstream.
+    pub upstream_latency: Family<UpstreamLabels, Histogram>,
+    /// 1 while an upstream passes its health checks, else 0.
+    pub upstream_healthy: Family<UpstreamLabels, Gauge>,
+    /// 1 while an upstream is forced to TCP after spoofing, else 0.
+    pub upstream_tcp_forced: Family<UpstreamLabels, Gauge>,
+    /// Responses dropped by the source/txid/question checks.
+    pub spoof_responses: Family<SpoofLabels, Counter>,
+    /// Names in the active list table.
+    pub list_names: Family<ListLabels, Gauge>,
+    /// List reloads by result (ok, error).
+    pub list_reloads: Family<ResultLabels, Counter>,
+    /// Time to parse, build and install a list table, seconds.
+    pub list_load_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("dns_guard");
+        let verdicts = Family::<VerdictLabels, Counter>::default();
+        registry.register("verdicts", "Verdicts by layer, verdict and upstream", verdicts.clone());
+        let upstream_latency = Family::<UpstreamLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
+        });
+        registry.register("upstream_latency_seconds", "Upstream exchange latency", upstream_latency.clone());
+        let upstream_healthy = Family::<UpstreamLabels, Gauge>::default();
+        registry.register("upstream_healthy", "1 while the upstream passes health checks", upstream_healthy.clone());
+        let upstream_tcp_forced = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "upstream_tcp_forced",
+            "1 while the upstream is queried over TCP after spoofed responses",
+            upstream_tcp_forced.clone(),
+        );
+        let spoof_responses = Family::<SpoofLabels, Counter>::default();
+        registry.register(
+            "spoof_responses",
+            "Responses refused by the source, txid or question checks",
+            spoof_responses.clone(),
+        );
+        let list_names = Family::<ListLabels, Gauge>::default();
+        registry.register("list_names", "Names in the active list table", list_names.clone());
+        let list_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register("list_reloads", "List reloads by result", list_reloads.clone());
+        let list_load_seconds = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0]);
+        registry.register("list_load_seconds", "Time to parse, build and install the lists", list_load_seconds.clone());
+        Self {
+            registry: Arc::new(Mutex::new(registry)),
+            verdicts,
+            upstream_latency,
+            upstream_healthy,
+            upstream_tcp_forced,
+            spoof_responses,
+            list_names,
+            list_reloads,
+            list_load_seconds,
+        }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_appear_in_the_text_format() {
+        let m = Metrics::new();
+        m.verdicts.get_or_create(&VerdictLabels { layer: "proxy", verdict: "allow", upstream: "198.18.0.54:53".into() }).inc();
+        let text = m.encode();
+        assert!(text.contains(r#"dns_guard_verdicts_total{layer="proxy",verdict="allow",upstream="198.18.0.54:53"} 1"#), "{text}");
+        assert!(text.contains("# TYPE dns_guard_list_load_seconds histogram"), "{text}");
+    }
+}
