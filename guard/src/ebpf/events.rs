@@ -21,7 +21,7 @@ use tracing::warn;
 use super::stats::{action_name, reason_from_u8, reason_name, verdict_name};
 use crate::{
     lists::RuleSet,
-    verdict::{qtype_name, rfc3339_now, Verdict, VerdictLog},
+    verdict::{qtype_name, rfc3339, Verdict, VerdictLog},
 };
 
 /// What the event reader needs to name the rule behind a key.
@@ -132,10 +132,22 @@ pub fn describe_rule(event: &XdpEvent, index: &RuleIndex) -> (Option<String>, Op
     }
 }
 
+/// Wall-clock time of a kernel timestamp (bpf_ktime_get_ns is
+/// CLOCK_MONOTONIC): events queued while dns-guard restarted keep the time
+/// they happened, not the time they were read.
+fn wall_clock(ts_ns: u64) -> std::time::SystemTime {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let mono_now = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+    let age = std::time::Duration::from_nanos(mono_now.saturating_sub(ts_ns));
+    std::time::SystemTime::now().checked_sub(age).unwrap_or_else(std::time::SystemTime::now)
+}
+
 pub fn to_verdict(event: &XdpEvent, index: Option<&RuleIndex>) -> Verdict {
     let (rule, list) = index.map(|ix| describe_rule(event, ix)).unwrap_or((None, None));
     Verdict {
-        ts: rfc3339_now(),
+        ts: rfc3339(wall_clock(event.ts_ns)),
         layer: "xdp",
         verdict: verdict_name(event.verdict).into(),
         action: action_name(event.action).into(),
@@ -219,6 +231,15 @@ mod tests {
         assert_eq!(event(b"").qname(), None);
         // A label running past the end is cut, not a panic.
         assert_eq!(event(b"\x03ab").qname().as_deref(), Some("."));
+    }
+
+    #[test]
+    fn kernel_timestamps_map_to_the_past() {
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        let two_s_ago = (now.tv_sec as u64 - 2) * 1_000_000_000 + now.tv_nsec as u64;
+        let age = std::time::SystemTime::now().duration_since(wall_clock(two_s_ago)).unwrap();
+        assert!(age >= std::time::Duration::from_secs(2) && age < std::time::Duration::from_secs(3), "{age:?}");
     }
 
     #[test]
