@@ -66,3 +66,56 @@ def pytest_runtest_makereport(item, call):
     if report.when == "call" and report.failed and "lab" in item.funcargs:
         for guard in item.funcargs["lab"].guards:
             report.sections.append((f"dns-guard stderr ({guard.dir.name})", guard.stderr_tail(60)))
+
+
+# --------------------------------------------------------------------------- forwarder (proxy) tests
+
+PROXY_LINE = labmod.Guard.PROXY_LINE
+
+
+_HAS_PROXY: dict = {}
+
+
+def _binary_has_proxy(binary) -> bool:
+    """Whether this build can print the proxy's start-up line at all (cached per build)."""
+    st = os.stat(binary)
+    key = (str(binary), st.st_mtime_ns, st.st_size)
+    if key not in _HAS_PROXY:
+        with open(binary, "rb") as f:
+            _HAS_PROXY[key] = PROXY_LINE.encode() in f.read()
+    return _HAS_PROXY[key]
+
+
+@pytest.fixture(scope="session")
+def hierarchy(lab):
+    """Signed private root, TLD and zones on NSD, Unbound recursing from it, upstream doubles."""
+    import hierarchy as hmod
+
+    missing = hmod.missing_tools()
+    if missing:
+        _unavailable(f"missing {' '.join(missing)} (packages nsd bind9-utils bind9-dnsutils; scripts/setup.sh)")
+    with hmod.Hierarchy(lab) as h:
+        yield h
+
+
+@pytest.fixture
+def start_proxy(start_guard, hierarchy, guard_binary):
+    """Factory like start_guard that also requires the forwarder to be listening.
+
+    A build with no proxy at all (the start-up line is not even in the binary) is a loud
+    skip, or a failure under CI; a build that has one but does not start it is a failure.
+    """
+
+    def start(config=None, lists=None, ready_timeout=20.0):
+        if not _binary_has_proxy(guard_binary):
+            _unavailable(f"{guard_binary} has no forwarder yet (never prints '{PROXY_LINE} <addr>')")
+        guard = start_guard(config, lists, ready_timeout=ready_timeout)
+        if guard.proxy_listening(5.0):
+            return guard
+        if not guard.alive():
+            pytest.fail(f"dns-guard exited ({guard.proc.returncode}) before its proxy listened:\n"
+                        f"{guard.stderr_tail()}", pytrace=False)
+        pytest.fail(f"no '{PROXY_LINE}' line within 5 s of ready; stderr:\n{guard.stderr_tail()}",
+                    pytrace=False)
+
+    return start

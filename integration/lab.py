@@ -100,6 +100,15 @@ class DigResult:
     def addresses(self) -> list[str]:
         return [a[4] for a in self.answers if a[3] in ("A", "AAAA")]
 
+    @property
+    def ede_codes(self) -> list[int]:
+        """RFC 8914 info codes from dig's `; EDE: 6 (DNSSEC Bogus): (text)` lines."""
+        return [int(m.group(1)) for e in self.ede if (m := re.match(r"(\d+)", e))]
+
+    @property
+    def ad(self) -> bool:
+        return "ad" in self.flags
+
 
 @dataclasses.dataclass
 class DnsperfResult:
@@ -373,6 +382,21 @@ class Guard:
 
     restart = start
 
+    PROXY_LINE = "dns-guard proxy listening on"
+
+    def proxy_listening(self, timeout: float = 5.0) -> str | None:
+        """The address from the proxy's `dns-guard proxy listening on <addr>` stderr line, or None
+        if it never printed one (a build without the forwarder, or proxy start-up failed)."""
+        def line():
+            if not self.stderr_path.exists():
+                return None
+            for text in self.stderr_path.read_text(errors="replace").splitlines():
+                if self.PROXY_LINE in text:
+                    return text.split(self.PROXY_LINE, 1)[1].strip() or "?"
+            return None
+
+        return _wait_for(lambda: line() or (self.proc and self.proc.poll() is not None), timeout) and line()
+
     def alive(self) -> bool:
         return bool(self.proc) and self.proc.poll() is None
 
@@ -571,6 +595,35 @@ class Lab:
             self._ip("-n", ns, "addr", "add", f"{V6_PREFIX}{host}/64", "dev", "eth0", "nodad")
             self._ip("-n", ns, "link", "set", "eth0", "up")
 
+    def add_pod(self, pod: str, hosts: Iterable[int], v6: bool = True) -> str:
+        """Attach one more namespace to the bridge with 198.18.0.<host> (and ::<host>) for each host.
+
+        For scenario-specific servers (authoritative hierarchy, attackers, fault doubles);
+        the lab removes it at close, or call remove_pod() earlier.
+        """
+        ns, br = self.ns(pod), self.ns("br")
+        hosts = list(hosts)
+        if pod in PODS or ns in self.namespaces or len(f"v{pod}") > 15:
+            raise LabError(f"pod name {pod!r} taken or too long")
+        self._ip("netns", "add", ns)
+        self.namespaces.append(ns)
+        self._ip("-n", ns, "link", "set", "lo", "up")
+        self._ip("-n", br, "link", "add", f"v{pod}", "type", "veth", "peer", "name", "eth0", "netns", ns)
+        self._ip("-n", br, "link", "set", f"v{pod}", "master", "br0", "up")
+        for host in hosts:
+            self._ip("-n", ns, "addr", "add", f"{V4_PREFIX}{host}/24", "dev", "eth0")
+            if v6:
+                self._ip("-n", ns, "addr", "add", f"{V6_PREFIX}{host}/64", "dev", "eth0", "nodad")
+        self._ip("-n", ns, "link", "set", "eth0", "up")
+        return ns
+
+    def remove_pod(self, pod: str) -> None:
+        """Delete a pod made by add_pod(); stop its processes (spawned with that pod) first."""
+        ns = self.ns(pod)
+        if ns in self.namespaces:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            self.namespaces.remove(ns)
+
     def _attach_peer_xdp(self) -> None:
         src, obj = self.workdir / "peer_pass.c", self.workdir / "peer_pass.o"
         src.write_text(PEER_XDP_PASS_C)
@@ -739,7 +792,8 @@ class Lab:
             # Belt and braces: if a proxy ever starts, it must not fall back to /etc/resolv.conf.
             "proxy": {"upstreams": [v4("up")]},
         }
-        return deep_merge(base, overrides or {})
+        # A top-level None removes the key: {"interface": None} runs the proxy only.
+        return {k: v for k, v in deep_merge(base, overrides or {}).items() if v is not None}
 
     def prepare_guard(self, config: dict | None = None, lists: dict[str, str] | None = None,
                       layout: str = "files") -> Guard:

@@ -26,6 +26,7 @@ packages=(
   build-essential pkg-config clang llvm libclang-dev libbpf-dev bpftool linux-libc-dev gcc-multilib
   # lab: namespaces, resolvers, clients, load and packet crafting
   iproute2 util-linux dnsmasq-base unbound dnsutils knot-dnsutils dnsperf
+  nsd bind9-utils  # forwarder tests: authoritative servers and DNSSEC signing for the private hierarchy
   python3 python3-pytest python3-scapy
 )
 
@@ -48,7 +49,7 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
-    systemctl disable --now unbound.service >/dev/null 2>&1 || true
+    systemctl disable --now unbound.service nsd.service >/dev/null 2>&1 || true
   fi
 else
   say "packages: all present"

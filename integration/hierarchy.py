@@ -1,0 +1,561 @@
+"""A private DNS hierarchy for the validating forwarder: signed root, TLD and zones on NSD,
+Unbound recursing from the private root, and upstream test doubles (slow link, garbage, down).
+
+Everything lives in namespaces added to the lab's bridge and answers only inside the lab:
+NSD serves local zone files, Unbound's only root hints are the private root (no internet
+hints, no unbound-anchor), and the doubles only relay to that Unbound.
+
+    auth  .61  NSD, root zone "."                     (signed, NSEC)
+          .62  NSD, "lab." and "local."               (lab. signed NSEC; local. unsigned)
+          .63  NSD, the leaf zones:
+               signed.lab.      NSEC3, DS in lab.: validates from the private root anchor
+               signednsec.lab.  NSEC, DS in lab.: wildcard case of hickory #2882
+               bogus.lab.       signed, DS in lab., then records/RRSIGs corrupted
+               unsigned.lab.    no DS: insecure; rebinding answers and a CNAME hop
+               adnet.lab.       unsigned; the blocklisted target of a CNAME-cloaked tracker
+    rec   .55  Unbound, iterator only (validation OFF, so bogus data reaches dns-guard and
+               dns-guard's own validator is what the tests exercise)
+          .57  slow-link relay to .55 (UDP+TCP, RELAY_DELAY s): the forgery window
+    fault .56  nothing listens (upstream down: ICMP port unreachable)
+          .58  answers correctly but only after SLOW_DELAY s (past any proxy timeout)
+          .59  answers every query with garbage
+
+Run ``python3 hierarchy.py serve --mode relay|garbage ...`` to start a double by hand; the
+lab starts them itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+P = "198.18.0."
+ROOT_NS, TLD_NS, ZONE_NS = P + "61", P + "62", P + "63"
+REC = P + "55"
+RELAY = P + "57"
+DOWN, SLOW, GARBAGE = P + "56", P + "58", P + "59"
+PROXY_ADDR, PROXY_PORT = P + "53", 5353
+METRICS = "127.0.0.1:9253"  # inside the dns pod's own loopback
+RELAY_DELAY = 0.3
+SLOW_DELAY = 8.0
+
+# Answers the tests look for (all inside 198.18.0.0/15 or private on purpose).
+A = {
+    "www.signed.lab": "198.19.1.1",
+    "x.wild.signed.lab": "198.19.1.2",
+    "www.signednsec.lab": "198.19.4.1",
+    "x.wild.signednsec.lab": "198.19.4.2",
+    "ok.bogus.lab": "198.19.2.3",
+    "www.unsigned.lab": "198.19.3.1",
+    "x.wild.unsigned.lab": "198.19.3.2",
+    "metrics.adnet.lab": "198.19.9.9",
+}
+AAAA_SIGNED = "fd53:6775:6172:1::1:1"
+# Rebinding: public-looking names pointing at private / special addresses.
+REBIND = {
+    "rfc1918.unsigned.lab": ("A", "10.1.2.3"),
+    "metadata.unsigned.lab": ("A", "169.254.169.254"),
+    "loopback.unsigned.lab": ("A", "127.0.0.1"),
+    "mapped.unsigned.lab": ("AAAA", "::ffff:127.0.0.1"),
+    "private.signed.lab": ("A", "10.1.2.3"),  # secure data is still a rebinding answer
+}
+CLUSTER = {
+    "kube-dns.kube-system.svc.cluster.local": ("A", "10.96.0.10"),
+    "web.default.svc.cluster.local": ("A", "10.244.1.5"),
+}
+# CNAME cloaking: a first-party-looking name whose chain ends in a blocklisted tracker.
+CLOAKED = "tracker.signed.lab"  # -> cdn.unsigned.lab -> metrics.adnet.lab
+BLOCKED_TARGET = "adnet.lab"
+# Corrupted after signing: the A record's data changed / its RRSIG's signature flipped.
+BOGUS_DATA = "www.bogus.lab"
+BOGUS_SIG = "badsig.bogus.lab"
+
+SOA = "{ns} hostmaster.lab. 1 3600 900 604800 60"
+
+
+def _zone(origin: str, ns_name: str, body: str) -> str:
+    return (f"$ORIGIN {origin}\n$TTL 300\n"
+            f"@ IN SOA {SOA.format(ns=ns_name)}\n@ IN NS {ns_name}\n{body}")
+
+
+ZONES = {
+    # zone: (server, nsec mode or None, body)
+    ".": (ROOT_NS, "nsec", f"""\
+a.root-servers.lab. IN A {ROOT_NS}
+lab. IN NS ns.nic.lab.
+ns.nic.lab. IN A {TLD_NS}
+local. IN NS ns.nic.lab.
+"""),
+    "lab.": (TLD_NS, "nsec", f"""\
+ns.nic IN A {TLD_NS}
+a.root-servers IN A {ROOT_NS}
+ns.zones IN A {ZONE_NS}
+signed IN NS ns.zones
+signednsec IN NS ns.zones
+bogus IN NS ns.zones
+unsigned IN NS ns.zones
+adnet IN NS ns.zones
+"""),
+    "local.": (TLD_NS, None, """\
+kube-dns.kube-system.svc.cluster IN A 10.96.0.10
+web.default.svc.cluster IN A 10.244.1.5
+web.default.svc.cluster IN AAAA fd00:10:244::5
+"""),
+    "signed.lab.": (ZONE_NS, "nsec3", f"""\
+www IN A 198.19.1.1
+www IN AAAA {AAAA_SIGNED}
+*.wild IN A 198.19.1.2
+private IN A 10.1.2.3
+tracker IN CNAME cdn.unsigned.lab.
+"""),
+    "signednsec.lab.": (ZONE_NS, "nsec", """\
+www IN A 198.19.4.1
+*.wild IN A 198.19.4.2
+"""),
+    "bogus.lab.": (ZONE_NS, "nsec3", """\
+www IN A 198.19.2.1
+badsig IN A 198.19.2.2
+ok IN A 198.19.2.3
+"""),
+    "unsigned.lab.": (ZONE_NS, None, """\
+www IN A 198.19.3.1
+*.wild IN A 198.19.3.2
+rfc1918 IN A 10.1.2.3
+metadata IN A 169.254.169.254
+loopback IN A 127.0.0.1
+mapped IN AAAA ::ffff:127.0.0.1
+cdn IN CNAME metrics.adnet.lab.
+"""),
+    "adnet.lab.": (ZONE_NS, None, """\
+@ IN A 198.19.9.9
+metrics IN A 198.19.9.9
+"""),
+}
+NS_NAME = {ROOT_NS: "a.root-servers.lab.", TLD_NS: "ns.nic.lab.", ZONE_NS: "ns.zones.lab."}
+# Children before parents, so each parent is signed with its children's DS records.
+SIGN_ORDER = ["signed.lab.", "signednsec.lab.", "bogus.lab.", "unsigned.lab.", "adnet.lab.",
+              "local.", "lab.", "."]
+PARENT = {"lab.": ".", "local.": ".", "signed.lab.": "lab.", "signednsec.lab.": "lab.",
+          "bogus.lab.": "lab.", "unsigned.lab.": "lab.", "adnet.lab.": "lab."}
+
+TOOLS = ["nsd", "unbound", "dnssec-keygen", "dnssec-signzone", "dnssec-dsfromkey", "delv"]
+
+
+class HierarchyError(RuntimeError):
+    pass
+
+
+def missing_tools() -> list[str]:
+    return [t for t in TOOLS if not shutil.which(t)]
+
+
+def _run(argv: list[str], cwd: Path | None = None) -> str:
+    r = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=60)
+    if r.returncode != 0:
+        raise HierarchyError(f"{' '.join(argv)} exited {r.returncode}:\n{r.stdout}{r.stderr}")
+    return r.stdout
+
+
+# --------------------------------------------------------------------------- signing
+
+
+def _flip_b64(sig: str) -> str:
+    """Change one byte in the middle of a base64 signature, keeping it valid base64."""
+    raw = bytearray(base64.b64decode(sig))
+    raw[len(raw) // 2] ^= 0x55
+    return base64.b64encode(bytes(raw)).decode()
+
+
+def corrupt_bogus(text: str) -> str:
+    """Break bogus.lab. after signing: one record's data, one RRSIG's signature."""
+    out, changed = [], set()
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) >= 5 and f[0] == BOGUS_DATA + "." and f[3] == "A":
+            line = line.replace("198.19.2.1", "198.19.2.99")  # signed data altered afterwards
+            changed.add("data")
+        elif len(f) >= 13 and f[0] == BOGUS_SIG + "." and f[3] == "RRSIG" and f[4] == "A":
+            line = " ".join(f[:-1] + [_flip_b64(f[-1])])
+            changed.add("sig")
+        out.append(line)
+    if changed != {"data", "sig"}:
+        raise HierarchyError(f"could not corrupt bogus.lab. (changed {changed}); signer output format?")
+    return "\n".join(out) + "\n"
+
+
+def build_zones(workdir: Path) -> dict:
+    """Write, sign and corrupt every zone; return paths and the root anchors."""
+    keys, zdir = workdir / "keys", workdir / "zones"
+    keys.mkdir(parents=True, exist_ok=True)
+    zdir.mkdir(parents=True, exist_ok=True)
+    ds: dict[str, str] = {}
+    files: dict[str, Path] = {}
+    root_ksk = None
+    for zone in SIGN_ORDER:
+        server, mode, body = ZONES[zone]
+        extra = "".join(ds.get(child, "") for child, parent in PARENT.items() if parent == zone)
+        fname = "root" if zone == "." else zone.rstrip(".")
+        src = zdir / f"{fname}.zone"
+        src.write_text(_zone(zone, NS_NAME[server], body + extra))
+        if mode is None:
+            files[zone] = src
+            continue
+        alg = ["-a", "ECDSAP256SHA256"]
+        ksk = _run(["dnssec-keygen", "-q", "-K", str(keys), *alg, "-f", "KSK", "-n", "ZONE", zone]).strip()
+        _run(["dnssec-keygen", "-q", "-K", str(keys), *alg, "-n", "ZONE", zone])
+        out = zdir / f"{fname}.signed"
+        argv = ["dnssec-signzone", "-q", "-S", "-K", str(keys), "-d", str(zdir), "-o", zone,
+                "-O", "full", "-f", str(out)]
+        if mode == "nsec3":
+            argv += ["-3", "-", "-H", "0"]  # RFC 9276: no salt, no extra iterations
+        _run(argv + [str(src)], cwd=zdir)
+        dsset = zdir / f"dsset-{zone}"
+        ds[zone] = dsset.read_text() if dsset.exists() else _run(["dnssec-dsfromkey", "-2", str(keys / f"{ksk}.key")])
+        if zone == "bogus.lab.":
+            out.write_text(corrupt_bogus(out.read_text()))
+        if zone == ".":
+            root_ksk = keys / f"{ksk}.key"
+        files[zone] = out
+    return {"files": files, "root_ksk": root_ksk}
+
+
+def write_anchors(workdir: Path, root_ksk: Path) -> dict[str, Path]:
+    """Trust anchor files for dns-guard (presentation format) and for delv (named.conf syntax)."""
+    key = next(l for l in root_ksk.read_text().splitlines() if l and not l.startswith(";"))
+    f = key.split()
+    i = f.index("DNSKEY")
+    flags, proto, alg, pub = f[i + 1], f[i + 2], f[i + 3], "".join(f[i + 4:])
+    dnskey = f". 3600 IN DNSKEY {flags} {proto} {alg} {pub}\n"
+    ds_line = _run(["dnssec-dsfromkey", "-2", str(root_ksk)]).strip()
+    d = ds_line.split()
+    j = d.index("DS")
+    tag, dalg, dtype, digest = d[j + 1], d[j + 2], d[j + 3], "".join(d[j + 4:])
+    ds = f". 3600 IN DS {tag} {dalg} {dtype} {digest}\n"
+    adir = workdir / "anchors"
+    adir.mkdir(exist_ok=True)
+    paths = {
+        "dnskey": adir / "root-dnskey.key",
+        "ds": adir / "root-ds.key",
+        "both": adir / "root-both.key",
+        "delv-dnskey": adir / "delv-dnskey.conf",
+        "delv-ds": adir / "delv-ds.conf",
+    }
+    paths["dnskey"].write_text("; private lab root KSK\n" + dnskey)
+    paths["ds"].write_text("; private lab root KSK digest\n" + ds)
+    paths["both"].write_text(dnskey + ds)
+    paths["delv-dnskey"].write_text(
+        f'trust-anchors {{ "." static-key {flags} {proto} {alg} "{pub}"; }};\n')
+    paths["delv-ds"].write_text(
+        f'trust-anchors {{ "." static-ds {tag} {dalg} {dtype} "{digest}"; }};\n')
+    return paths
+
+
+# --------------------------------------------------------------------------- the hierarchy
+
+
+class Hierarchy:
+    """Start with ``with Hierarchy(lab) as h:``; everything it adds to the lab is removed on exit."""
+
+    PODS = {"auth": [61, 62, 63], "rec": [55, 57], "fault": [56, 58, 59]}
+
+    def __init__(self, lab):
+        self.lab = lab
+        self.dir = lab.workdir / "hierarchy"
+        self.procs: list = []
+        self.pods: list[str] = []
+        self.anchors: dict[str, Path] = {}
+        self.unbound_log = self.dir / "unbound" / "unbound.log"
+
+    # --- lifecycle
+    def __enter__(self) -> "Hierarchy":
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self) -> "Hierarchy":
+        missing = missing_tools()
+        if missing:
+            raise HierarchyError(f"missing tools: {' '.join(missing)}; run scripts/setup.sh "
+                                 "(packages nsd, bind9-utils, bind9-dnsutils, unbound)")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for pod, hosts in self.PODS.items():
+            self.lab.add_pod(pod, hosts, v6=(pod == "rec"))
+            self.pods.append(pod)
+        built = build_zones(self.dir)
+        self.zone_files = built["files"]
+        self.anchors = write_anchors(self.dir, built["root_ksk"])
+        for server in (ROOT_NS, TLD_NS, ZONE_NS):
+            self._start_nsd(server, [z for z, (s, _, _) in ZONES.items() if s == server])
+        self._start_unbound()
+        self._spawn("rec", ["serve", "--mode", "relay", "--listen", RELAY, "--to", REC,
+                            "--delay", str(RELAY_DELAY)], "relay")
+        self._spawn("fault", ["serve", "--mode", "relay", "--listen", SLOW, "--to", REC,
+                              "--delay", str(SLOW_DELAY)], "slow")
+        self._spawn("fault", ["serve", "--mode", "garbage", "--listen", GARBAGE], "garbage")
+        self._wait_ready()
+        return self
+
+    def close(self) -> None:
+        from lab import _stop_pid  # the lab's stop-by-pid helper
+
+        for _, proc in reversed(self.procs):
+            with contextlib.suppress(Exception):
+                _stop_pid(proc, signal.SIGTERM, 3)
+        # NSD forks its server and xfrd children; anything still in our namespaces was ours.
+        for pod in self.pods:
+            pids = subprocess.run(["ip", "netns", "pids", self.lab.ns(pod)], capture_output=True,
+                                  text=True).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+        for pod in reversed(self.pods):
+            self.lab.remove_pod(pod)
+        self.pods.clear()
+
+    # --- servers
+    def _spawn(self, pod: str, args: list[str], label: str):
+        proc = self.lab.spawn(pod, [sys.executable, str(HERE / "hierarchy.py"), *args], f"h-{label}")
+        self.procs.append((label, proc))
+        return proc
+
+    def _start_nsd(self, addr: str, zones: list[str]) -> None:
+        d = self.dir / f"nsd-{addr.rsplit('.', 1)[1]}"
+        d.mkdir(exist_ok=True)
+        zconf = "".join(f'zone:\n    name: "{z}"\n    zonefile: "{self.zone_files[z]}"\n' for z in zones)
+        conf = d / "nsd.conf"
+        conf.write_text(f"""server:
+    ip-address: {addr}
+    port: 53
+    do-ip4: yes
+    do-ip6: no
+    server-count: 1
+    reuseport: no
+    username: ""
+    chroot: ""
+    zonesdir: "{d}"
+    database: ""
+    zonelistfile: "{d}/zone.list"
+    xfrdfile: "{d}/xfrd.state"
+    xfrdir: "{d}"
+    pidfile: "{d}/nsd.pid"
+    logfile: "{d}/nsd.log"
+    verbosity: 1
+    hide-version: yes
+remote-control:
+    control-enable: no
+{zconf}""")
+        proc = self.lab.spawn("auth", ["nsd", "-d", "-c", str(conf)], f"h-nsd-{addr}")
+        self.procs.append((f"nsd-{addr}", proc))
+
+    def _start_unbound(self) -> None:
+        d = self.dir / "unbound"
+        d.mkdir(exist_ok=True)
+        hints = d / "root.hints"
+        hints.write_text(f".  3600000 NS a.root-servers.lab.\na.root-servers.lab. 3600000 A {ROOT_NS}\n")
+        conf = d / "unbound.conf"
+        conf.write_text(f"""server:
+    do-daemonize: no
+    chroot: ""
+    username: ""
+    directory: "{d}"
+    pidfile: ""
+    logfile: "{self.unbound_log}"
+    use-syslog: no
+    log-queries: yes
+    verbosity: 1
+    num-threads: 1
+    so-reuseport: no
+    interface: {REC}
+    interface: fd53:6775:6172::55
+    port: 53
+    do-ip6: no
+    access-control: 198.18.0.0/15 allow
+    access-control: fd53:6775:6172::/48 allow
+    # The private root is the only root this server knows: no internet hints, no anchor fetch.
+    root-hints: "{hints}"
+    # Validation OFF: bogus data must reach dns-guard, whose own validator is under test.
+    module-config: "iterator"
+    qname-minimisation: no
+    minimal-responses: no
+    prefetch: no
+    cache-max-ttl: 300
+    cache-max-negative-ttl: 5
+    # RFC 6761/6762 names unbound would otherwise answer itself.
+    local-zone: "local." nodefault
+remote-control:
+    control-enable: no
+""")
+        proc = self.lab.spawn("rec", ["unbound", "-d", "-c", str(conf)], "h-unbound")
+        self.procs.append(("unbound", proc))
+
+    def _wait_ready(self, timeout: float = 20.0) -> None:
+        from lab import _tail, _wait_for
+
+        checks = [(ROOT_NS, ".", "SOA"), (TLD_NS, "lab.", "SOA"), (ZONE_NS, "signed.lab.", "SOA"),
+                  (REC, "www.signed.lab", "A"), (RELAY, "www.unsigned.lab", "A")]
+        for server, name, qtype in checks:
+            def ok():
+                r = self.lab.dig("dns", name, server, "+timeout=1", "+norecurse" if server in NS_NAME else "+recurse",
+                                 qtype=qtype)
+                return r.status == "NOERROR" and r.answers
+            if not _wait_for(ok, timeout, 0.2):
+                logs = "\n".join(f"--- {p}\n{_tail(p, 15)}" for p in
+                                 sorted(self.dir.glob("nsd-*/nsd.log")) + [self.unbound_log])
+                errs = "\n".join(f"--- {p.name}\n{_tail(p, 15)}" for p in self.lab.workdir.glob("h-*.err"))
+                raise HierarchyError(f"{server} never answered {name} {qtype}\n{logs}\n{errs}")
+
+    # --- helpers for tests
+    def dig(self, pod: str, name: str, *opts: str, qtype: str = "A", server: str = PROXY_ADDR,
+            port: int = PROXY_PORT, timeout: int = 4):
+        """dig the proxy with DO and AD set; the result carries EDE codes (DigResult.ede_codes)."""
+        return self.lab.dig(pod, name, server, "-p", str(port), "+dnssec", "+adflag",
+                            f"+timeout={timeout}", *opts, qtype=qtype)
+
+    def delv(self, name: str, qtype: str = "A", anchor: str = "dnskey", server: str = REC) -> str:
+        """Validate with BIND's delv against the private root anchor; returns its output."""
+        r = self.lab.run("dns", ["delv", f"@{server}", "-a", str(self.anchors[f"delv-{anchor}"]),
+                                 "+root", name, qtype], check=False, timeout=30)
+        return r.stdout + r.stderr
+
+    def proxy_config(self, upstreams=(REC,), anchor: str | None = "dnskey", **proxy) -> dict:
+        """guard.yaml overrides for a proxy-only dns-guard on PROXY_ADDR:PROXY_PORT."""
+        p = {"listen": f"{PROXY_ADDR}:{PROXY_PORT}", "upstreams": list(upstreams),
+             "dnssec": "validate", "timeout_ms": 2000}
+        if anchor:
+            p["trust_anchor"] = str(self.anchors[anchor])
+        p.update(proxy)
+        return {"interface": None, "proxy": p, "log": {"allow_sample": 1}, "metrics": {"listen": METRICS}}
+
+    def warm(self, names: list[tuple[str, str]]) -> None:
+        """Resolve names at Unbound directly (DO set, so RRSIGs are cached too)."""
+        for name, qtype in names:
+            self.lab.dig("dns", name, REC, "+dnssec", "+timeout=2", qtype=qtype)
+
+
+# --------------------------------------------------------------------------- test doubles
+
+
+def _serve_relay(listen: str, to: str, delay: float) -> None:
+    """UDP and TCP relay that holds every exchange ``delay`` seconds: a distant upstream."""
+    slots = threading.BoundedSemaphore(256)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((listen, 53))
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind((listen, 53))
+    tcp.listen(64)
+
+    def udp_one(data: bytes, client) -> None:
+        try:
+            time.sleep(delay)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(5)
+                s.connect((to, 53))
+                s.send(data)
+                udp.sendto(s.recv(65535), client)
+        except OSError:
+            pass
+        finally:
+            slots.release()
+
+    def recv_exact(s: socket.socket, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = s.recv(n - len(buf))
+            if not chunk:
+                raise OSError("closed")
+            buf += chunk
+        return buf
+
+    def tcp_one(conn: socket.socket) -> None:
+        try:
+            conn.settimeout(10)
+            with conn, socket.create_connection((to, 53), timeout=5) as up:
+                for _ in range(100):  # bounded: a client may pipeline several queries
+                    n = struct.unpack("!H", recv_exact(conn, 2))[0]
+                    msg = recv_exact(conn, n)
+                    time.sleep(delay)
+                    up.sendall(struct.pack("!H", len(msg)) + msg)
+                    m = struct.unpack("!H", recv_exact(up, 2))[0]
+                    conn.sendall(struct.pack("!H", m) + recv_exact(up, m))
+        except OSError:
+            pass
+        finally:
+            slots.release()
+
+    def tcp_loop() -> None:
+        while True:
+            conn, _ = tcp.accept()
+            if slots.acquire(blocking=False):
+                threading.Thread(target=tcp_one, args=(conn,), daemon=True).start()
+            else:
+                conn.close()
+
+    threading.Thread(target=tcp_loop, daemon=True).start()
+    while True:
+        data, client = udp.recvfrom(65535)
+        if slots.acquire(blocking=False):
+            threading.Thread(target=udp_one, args=(data, client), daemon=True).start()
+
+
+def _serve_garbage(listen: str) -> None:
+    """Answers every datagram with something that is not a usable DNS reply."""
+    rng = random.Random(0x6A7B)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((listen, 53))
+    n = 0
+    while True:
+        data, client = udp.recvfrom(65535)
+        n += 1
+        kind = n % 4
+        if kind == 0:  # pure noise
+            reply = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 80)))
+        elif kind == 1:  # right txid, QR set, then noise: passes the id check, fails parsing
+            reply = data[:2] + b"\x81\x80" + bytes(rng.getrandbits(8) for _ in range(40))
+        elif kind == 2:  # shorter than a header
+            reply = data[:2] + b"\x81"
+        else:  # header claiming 1 answer with nothing behind it
+            reply = data[:2] + b"\x81\x80" + struct.pack("!HHHH", 1, 1, 0, 0) + data[12:]
+        udp.sendto(reply, client)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="run an upstream test double in the current namespace")
+    s.add_argument("--mode", choices=["relay", "garbage"], required=True)
+    s.add_argument("--listen", required=True)
+    s.add_argument("--to", default=REC)
+    s.add_argument("--delay", type=float, default=RELAY_DELAY)
+    args = ap.parse_args(argv[1:])
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    if args.mode == "relay":
+        _serve_relay(args.listen, args.to, args.delay)
+    else:
+        _serve_garbage(args.listen)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

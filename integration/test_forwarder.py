@@ -1,0 +1,373 @@
+"""The validating forwarder end to end, against a private signed hierarchy (hierarchy.py).
+
+These tests are the proxy's contract. dns-guard runs proxy-only (no `interface:`) listening
+on the dns pod's 198.18.0.53:5353, forwarding to Unbound (validation OFF there, so every
+DNSSEC verdict is dns-guard's own), with the private root key as `proxy.trust_anchor`.
+Clients dig it with DO and AD set; EDE codes come from dig's `; EDE:` lines.
+"""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import hierarchy as H
+from forger import MARKER_V4, MARKER_V6
+from lab import SCAPY_PYTHON, _stop_pid, _wait_for, v4
+
+HERE = Path(__file__).resolve().parent
+EDE_BOGUS, EDE_BLOCKED = 6, 15
+THRESHOLD = 3  # proxy.spoof.threshold in the forgery test
+
+
+def proxy_verdict(guard, timeout=3.0, **match):
+    v = guard.wait_verdict(timeout=timeout, layer="proxy", **match)
+    assert v, f"no proxy verdict matching {match}; last verdicts: {guard.verdicts()[-6:]}"
+    return v
+
+
+def guard_pid(guard) -> int:
+    # lab.spawn runs `nsenter --net=... dns-guard`; nsenter execs, so the pid is dns-guard's.
+    pid = guard.proc.pid
+    comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    assert comm.startswith("dns-guard"), f"pid {pid} is {comm!r}, not dns-guard"
+    return pid
+
+
+def metric_sum(lab, prefix: str) -> float | None:
+    """Sum of every sample of a Prometheus metric from the guard's metrics listener, or None."""
+    url = f"http://{H.METRICS}/metrics"
+    r = lab.run("dns", [sys.executable, "-c", f"import urllib.request;print(urllib.request.urlopen({url!r}, timeout=3).read().decode())"],
+                check=False, timeout=10)
+    if r.returncode != 0:
+        return None
+    total = None
+    for line in r.stdout.splitlines():
+        if line.startswith(prefix) and not line.startswith("#"):
+            total = (total or 0.0) + float(line.rsplit(None, 1)[1])
+    return total if total is not None else 0.0
+
+
+def fd_count(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+# --------------------------------------------------------------------------- the hierarchy alone
+
+
+@pytest.mark.parametrize("anchor", ["dnskey", "ds"])
+def test_hierarchy_validates_from_private_root(hierarchy, anchor):
+    """Independent proof (BIND's delv) that the zones are what the proxy tests assume."""
+    h = hierarchy
+    for name in ("www.signed.lab", "x.wild.signed.lab", "x.wild.signednsec.lab", "ok.bogus.lab"):
+        out = h.delv(name, anchor=anchor)
+        assert "; fully validated" in out, f"{name}:\n{out}"
+    for name in (H.BOGUS_DATA, H.BOGUS_SIG):
+        out = h.delv(name, anchor=anchor)
+        assert "resolution failed" in out and "fully validated" not in out, f"{name}:\n{out}"
+    assert "; unsigned answer" in h.delv("www.unsigned.lab", anchor=anchor)
+    assert "negative response, fully validated" in h.delv("nx.signed.lab", anchor=anchor)
+
+
+def test_hierarchy_data_reaches_upstream_unvalidated(lab, hierarchy):
+    # Unbound runs iterator-only: bogus data is passed on, not SERVFAILed, so the proxy decides.
+    r = lab.dig("c1", H.BOGUS_DATA, H.REC, "+dnssec")
+    assert r.status == "NOERROR" and r.addresses == ["198.19.2.99"], r.raw
+    assert any(a[3] == "RRSIG" for a in r.answers), r.raw
+    for name, (qtype, addr) in {**H.REBIND, **H.CLUSTER}.items():
+        r = lab.dig("c1", name, H.REC, qtype=qtype)
+        assert r.addresses == [addr], r.raw
+
+
+# --------------------------------------------------------------------------- DNSSEC
+
+
+@pytest.mark.needs_guard
+@pytest.mark.parametrize("anchor", ["dnskey", "ds", "both"])
+def test_signed_zone_is_secure(hierarchy, start_proxy, anchor):
+    guard = start_proxy(hierarchy.proxy_config(anchor=anchor))
+    r = hierarchy.dig("c1", "www.signed.lab")
+    assert r.status == "NOERROR" and r.addresses == [H.A["www.signed.lab"]], r.raw
+    assert r.ad, f"no AD bit on a secure answer (trust anchor form: {anchor}):\n{r.raw}"
+    v = proxy_verdict(guard, qname="www.signed.lab", qtype="A")
+    assert v["dnssec"] == "secure" and v["verdict"] == "allow", v
+    aaaa = hierarchy.dig("c2", "www.signed.lab", qtype="AAAA")
+    assert aaaa.addresses == [H.AAAA_SIGNED] and aaaa.ad, aaaa.raw
+
+
+@pytest.mark.needs_guard
+def test_ad_only_when_asked(hierarchy, start_proxy):
+    # RFC 6840 5.7/5.8: AD is set for a client that set DO or AD; a plain query gets data only.
+    start_proxy(hierarchy.proxy_config())
+    r = hierarchy.lab.dig("c1", "www.signed.lab", H.PROXY_ADDR, "-p", str(H.PROXY_PORT), "+noadflag")
+    assert r.status == "NOERROR" and r.addresses == [H.A["www.signed.lab"]], r.raw
+    assert not r.ad, r.raw
+
+
+@pytest.mark.needs_guard
+@pytest.mark.parametrize("zone", ["signed.lab", "signednsec.lab"], ids=["nsec3", "nsec"])
+def test_wildcard_answer_is_secure(hierarchy, start_proxy, zone):
+    # hickory-dns #2882: NSEC-signed wildcard answers are wrongly bogus; NSEC3 ones validate.
+    guard = start_proxy(hierarchy.proxy_config())
+    name = f"x.wild.{zone}"
+    r = hierarchy.dig("c1", name)
+    assert r.status == "NOERROR" and r.addresses == [H.A[name]], r.raw
+    assert r.ad, f"wildcard answer in a {zone} zone not secure:\n{r.raw}"
+    assert proxy_verdict(guard, qname=name)["dnssec"] == "secure"
+
+
+@pytest.mark.needs_guard
+def test_secure_nxdomain(hierarchy, start_proxy):
+    start_proxy(hierarchy.proxy_config())
+    r = hierarchy.dig("c1", "nx.signed.lab")
+    assert r.status == "NXDOMAIN" and r.ad, r.raw
+
+
+@pytest.mark.needs_guard
+@pytest.mark.parametrize("name", [H.BOGUS_DATA, H.BOGUS_SIG], ids=["data-changed", "rrsig-corrupted"])
+def test_bogus_is_servfail_with_ede6(hierarchy, start_proxy, name):
+    guard = start_proxy(hierarchy.proxy_config())
+    r = hierarchy.dig("c1", name)
+    assert r.status == "SERVFAIL", r.raw
+    assert EDE_BOGUS in r.ede_codes, f"no EDE 6 (DNSSEC Bogus):\n{r.raw}"
+    assert not r.addresses, r.raw
+    v = proxy_verdict(guard, qname=name)
+    assert v["verdict"] == "bogus" and v.get("rcode") == "SERVFAIL", v
+    # Same zone, valid signature: only the corrupted names are bogus.
+    ok = hierarchy.dig("c1", "ok.bogus.lab")
+    assert ok.status == "NOERROR" and ok.ad and ok.addresses == [H.A["ok.bogus.lab"]], ok.raw
+
+
+@pytest.mark.needs_guard
+def test_unsigned_zone_is_insecure(hierarchy, start_proxy):
+    guard = start_proxy(hierarchy.proxy_config())
+    r = hierarchy.dig("c1", "www.unsigned.lab")
+    assert r.status == "NOERROR" and r.addresses == [H.A["www.unsigned.lab"]], r.raw
+    assert not r.ad, r.raw
+    v = proxy_verdict(guard, qname="www.unsigned.lab")
+    assert v["dnssec"] == "insecure" and v["verdict"] == "allow", v
+
+
+# --------------------------------------------------------------------------- rebinding, cloaking
+
+
+@pytest.mark.needs_guard
+def test_rebinding_answers_blocked(hierarchy, start_proxy):
+    guard = start_proxy(hierarchy.proxy_config())
+    failures = []
+    for name, (qtype, addr) in H.REBIND.items():
+        r = hierarchy.dig("c1", name, qtype=qtype)
+        if r.status != "NOERROR" or r.addresses or EDE_BLOCKED not in r.ede_codes:
+            failures.append(f"{name} {qtype} -> {addr}: status {r.status}, answers {r.addresses}, "
+                            f"EDE {r.ede}")
+            continue
+        v = guard.wait_verdict(layer="proxy", qname=name, verdict="rebind")
+        if not v:
+            failures.append(f"{name}: no rebind verdict")
+    assert not failures, "\n".join(failures) + f"\nverdicts: {guard.verdicts()[-8:]}"
+
+
+@pytest.mark.needs_guard
+def test_cluster_local_private_answers_allowed(hierarchy, start_proxy):
+    # Default rebinding.allow has cluster.local: pod and service addresses are private by design.
+    start_proxy(hierarchy.proxy_config())
+    for name, (qtype, addr) in H.CLUSTER.items():
+        r = hierarchy.dig("c1", name, qtype=qtype)
+        assert r.status == "NOERROR" and r.addresses == [addr], r.raw
+        assert EDE_BLOCKED not in r.ede_codes, r.raw
+
+
+@pytest.mark.needs_guard
+def test_cname_cloaking_blocked(hierarchy, start_proxy):
+    # tracker.signed.lab -> cdn.unsigned.lab -> metrics.adnet.lab, and adnet.lab is listed.
+    guard = start_proxy(hierarchy.proxy_config(), {"block.txt": f"||{H.BLOCKED_TARGET}^\n"})
+    r = hierarchy.dig("c1", H.CLOAKED)
+    assert not r.addresses, f"cloaked tracker resolved:\n{r.raw}"
+    assert r.status in ("NXDOMAIN", "NOERROR", "REFUSED"), r.raw
+    assert EDE_BLOCKED in r.ede_codes, r.raw
+    v = proxy_verdict(guard, qname=H.CLOAKED, verdict="block")
+    assert v.get("rule") or v.get("list"), v
+    # The listed name itself, asked directly, is blocked by the proxy too (no XDP here).
+    direct = hierarchy.dig("c1", "metrics.adnet.lab")
+    assert not direct.addresses and EDE_BLOCKED in direct.ede_codes, direct.raw
+    assert hierarchy.dig("c1", "www.signed.lab").addresses == [H.A["www.signed.lab"]]
+
+
+# --------------------------------------------------------------------------- upstream faults
+
+
+@pytest.mark.needs_guard
+@pytest.mark.parametrize("upstream", [H.DOWN, H.SLOW, H.GARBAGE], ids=["down", "slow", "garbage"])
+def test_faulty_upstream_servfails_within_timeout(hierarchy, start_proxy, upstream):
+    # SLOW is a tiny Python relay that holds each answer 8 s: a test double, not a real server.
+    timeout_ms = 1000
+    guard = start_proxy(hierarchy.proxy_config(upstreams=[upstream], timeout_ms=timeout_ms))
+    for i in range(3):
+        t0 = time.monotonic()
+        r = hierarchy.dig("c1", f"f{i}.wild.unsigned.lab", timeout=8)
+        took = time.monotonic() - t0
+        assert r.status == "SERVFAIL", f"{upstream}: {r.raw}"
+        assert not r.addresses, r.raw
+        # One upstream, so one timeout (plus a TCP retry after a garbage reply, at most).
+        assert took < 2 * timeout_ms / 1000 + 1.0, f"SERVFAIL took {took:.1f}s (timeout_ms {timeout_ms})"
+    assert guard.alive(), guard.stderr_tail()
+    assert guard.wait_verdict(layer="proxy", verdict="servfail"), guard.verdicts()[-5:]
+
+
+@pytest.mark.needs_guard
+@pytest.mark.parametrize("upstreams", [[H.DOWN, H.GARBAGE, H.REC], [H.SLOW, H.REC]], ids=["down-garbage", "slow"])
+def test_failover_to_next_upstream(hierarchy, start_proxy, upstreams):
+    # Three upstreams at most per query: the working one is within reach of the first query.
+    guard = start_proxy(hierarchy.proxy_config(upstreams=upstreams, timeout_ms=700))
+    for name in ("www.signed.lab", "x.wild.signed.lab", "www.unsigned.lab"):
+        r = hierarchy.dig("c1", name, timeout=15)
+        assert r.status == "NOERROR" and r.addresses == [H.A[name]], f"no failover for {name}:\n{r.raw}"
+    # Once an upstream has failed, the working one is asked first: no timeout per query.
+    t0 = time.monotonic()
+    r = hierarchy.dig("c1", "y.wild.unsigned.lab", timeout=5)
+    assert r.status == "NOERROR" and time.monotonic() - t0 < 0.7, r.raw
+    assert hierarchy.dig("c1", "www.signed.lab").ad
+    assert guard.alive()
+
+
+@pytest.mark.needs_guard
+def test_fault_storm_no_crash_no_fd_leak(lab, hierarchy, start_proxy):
+    timeout_ms = 500
+    guard = start_proxy(hierarchy.proxy_config(upstreams=[H.DOWN, H.GARBAGE, H.SLOW], timeout_ms=timeout_ms))
+    pid = guard_pid(guard)
+    hierarchy.dig("c1", "warm.wild.unsigned.lab", timeout=5)
+    time.sleep(timeout_ms / 1000 * 4)
+    before = fd_count(pid)
+    res = lab.dnsperf("c1", v4("dns"), [f"s{i}.wild.unsigned.lab" for i in range(200)] + [H.BOGUS_DATA],
+                      duration=3, qps=150, timeout=3, extra=["-p", str(H.PROXY_PORT)])
+    assert res.completed > 0.9 * res.sent, f"queries went unanswered (want SERVFAIL): {res}"
+    assert set(res.rcodes) <= {"SERVFAIL"}, res
+    assert guard.alive(), guard.stderr_tail()
+    # Every faulty exchange has timed out by now; its sockets must be gone.
+    after = _wait_for(lambda: (n := fd_count(pid)) <= before + 4 and n, 3 * timeout_ms / 1000 * 3 + 5) or fd_count(pid)
+    assert after <= before + 4, f"fd leak: {before} before, {after} after {res.sent} faulty queries"
+
+
+# --------------------------------------------------------------------------- malformed clients
+
+
+@pytest.mark.needs_guard
+def test_malformed_requests_formerr_or_silence(lab, hierarchy, start_proxy):
+    guard = start_proxy(hierarchy.proxy_config())
+    out = lab.workdir / "probe.json"
+    lab.run("c1", [SCAPY_PYTHON, str(HERE / "forger.py"), "probe", "--dst", H.PROXY_ADDR,
+                   "--port", str(H.PROXY_PORT), "--out", str(out)], timeout=60)
+    bad = []
+    for rec in json.loads(out.read_text()):
+        if rec["reply"] is None:
+            continue
+        if rec["allowed"] == "silence":
+            bad.append(f"{rec['name']}: answered {rec['reply'][:40]}")
+        elif not (rec.get("qr") and rec.get("rcode") == 1 and rec.get("id_echoed")):
+            bad.append(f"{rec['name']}: want FORMERR echoing the id or no reply, got {rec}")
+    assert not bad, "\n".join(bad)
+    assert guard.alive(), f"dns-guard died on malformed input:\n{guard.stderr_tail()}"
+    r = hierarchy.dig("c1", "www.signed.lab")
+    assert r.status == "NOERROR" and r.ad, r.raw
+
+
+# --------------------------------------------------------------------------- forgery
+
+
+@pytest.fixture
+def attacker(lab, hierarchy):
+    """Pod `atk` (198.18.0.66) on the bridge, receiving a mirror of every frame the dns pod sends."""
+    lab.add_pod("atk", [66], v6=False)
+    br = lab.ns("br")
+    tc = ["tc", "-n", br]
+    try:
+        for argv in (tc + ["qdisc", "add", "dev", "vdns", "clsact"],
+                     tc + ["filter", "add", "dev", "vdns", "ingress", "protocol", "all", "u32",
+                           "match", "u32", "0", "0", "action", "mirred", "egress", "mirror", "dev", "vatk"]):
+            r = subprocess.run(argv, capture_output=True, text=True)
+            if r.returncode != 0:
+                pytest.fail(f"{' '.join(argv)}: {r.stderr}", pytrace=False)
+        yield "198.18.0.66"
+    finally:
+        subprocess.run(tc + ["qdisc", "del", "dev", "vdns", "clsact"], capture_output=True)
+        lab.remove_pod("atk")
+
+
+@pytest.mark.needs_guard
+def test_forged_replies_rejected_counted_and_tcp_fallback(lab, hierarchy, start_proxy, attacker):
+    # The upstream is the relay (0.3 s per exchange, like a distant resolver), so forged
+    # replies sent when the query is seen arrive while the proxy's socket is still waiting.
+    guard = start_proxy(hierarchy.proxy_config(
+        upstreams=[H.RELAY], timeout_ms=3000,
+        spoof={"threshold": THRESHOLD, "window_s": 60, "tcp_cooldown_s": 300}))
+    out, ready = lab.workdir / "forger.json", lab.workdir / "forger.ready"
+    out.unlink(missing_ok=True)
+    ready.unlink(missing_ok=True)
+    proc = lab.spawn("atk", [SCAPY_PYTHON, str(HERE / "forger.py"), "attack", "--proxy", H.PROXY_ADDR,
+                             "--upstream", H.RELAY, "--attacker", attacker, "--out", str(out),
+                             "--ready", str(ready), "--max-seconds", "150"], "forger")
+    try:
+        if not _wait_for(lambda: ready.exists() or proc.poll() is not None, 30) or not ready.exists():
+            pytest.fail(f"forger did not start: {(lab.workdir / 'forger.err').read_text()}", pytrace=False)
+        results = []
+        for i in range(15):
+            name = f"p{i}.wild.signed.lab"
+            results.append((name, hierarchy.dig("c1", name, timeout=10)))
+    finally:
+        _stop_pid(proc, signal.SIGINT, 15)
+    assert out.exists(), f"forger wrote no result: {(lab.workdir / 'forger.err').read_text()[-2000:]}"
+    seen = json.loads(out.read_text())
+    assert not seen["errors"], seen["errors"][:5]
+    attacked = seen["queries"]
+    assert attacked, "the forger never saw a UDP query from the proxy to its upstream (mirror broken?)"
+
+    # 1. No forged record ever reaches a client.
+    poisoned = [(n, r.raw) for n, r in results if MARKER_V4 in r.raw or MARKER_V6 in r.raw]
+    assert not poisoned, f"forged answer delivered to the client: {poisoned[0]}"
+    # 2. Resolution keeps working.
+    broken = [(n, r.status, r.addresses) for n, r in results
+              if r.status != "NOERROR" or r.addresses != ["198.19.1.2"]]
+    assert not broken, f"resolution broke under attack: {broken}"
+    # 3. Every forgery that reached an open socket is counted. Forgeries for a query all leave
+    #    within send_ms of it while the relay holds the real answer RELAY_DELAY s, so those of
+    #    queries sent well inside that window all arrived while the proxy was still listening.
+    sent = seen["sent"]
+    #    Wrong-source forgeries are left out of the lower bound: a connected socket never sees them.
+    in_window = sum(n for q in attacked if q["send_ms"] < H.RELAY_DELAY * 1000 * 0.7
+                    for kind, n in q["forged"].items() if kind != "wrong-source")
+    counted = metric_sum(lab, "dns_guard_spoof_responses")
+    spoofs = guard.find_verdicts(layer="proxy", verdict="spoof")
+    if counted is not None:
+        assert in_window <= counted <= sum(sent.values()), (
+            f"spoof_responses counter {counted}, forgeries sent {sent} ({in_window} surely in the window)")
+    else:  # no metrics listener: the verdict log logs each spoof up to the threshold, then sums up
+        assert len(spoofs) >= min(THRESHOLD, in_window), (len(spoofs), sent)
+    assert spoofs, "no spoof verdict line at all"
+    # 4. Past the threshold: a poisoning-attempt verdict and the upstream moves to TCP.
+    assert guard.wait_verdict(layer="proxy", verdict="poisoning-attempt"), guard.verdicts()[-8:]
+    assert seen["syns"], f"no TCP SYN to the upstream after {counted} spoofs ({len(attacked)} UDP queries)"
+    assert seen["syns"][0]["t"] >= attacked[0]["t"], "TCP before any attack: not a reaction to spoofing"
+    assert guard.alive(), guard.stderr_tail()
+
+
+# --------------------------------------------------------------------------- both layers
+
+
+@pytest.mark.needs_guard
+def test_both_layers(lab, hierarchy, start_proxy):
+    """XDP on the dns pod's eth0 guards the proxy's port; the proxy catches what XDP cannot see."""
+    guard = start_proxy({**hierarchy.proxy_config(), "interface": "eth0", "xdp": {"ports": [H.PROXY_PORT]}},
+                        {"block.txt": f"||{H.BLOCKED_TARGET}^\n"})
+    assert lab.xdp_attached("dns")
+    direct = hierarchy.dig("c1", "metrics.adnet.lab")
+    assert direct.status == "NXDOMAIN", direct.raw
+    assert guard.wait_verdict(layer="xdp", qname="metrics.adnet.lab", verdict="block"), guard.verdicts()[-4:]
+    cloaked = hierarchy.dig("c1", H.CLOAKED)
+    assert not cloaked.addresses and EDE_BLOCKED in cloaked.ede_codes, cloaked.raw
+    proxy_verdict(guard, qname=H.CLOAKED, verdict="block")
+    r = hierarchy.dig("c2", "www.signed.lab")
+    assert r.status == "NOERROR" and r.ad and r.addresses == [H.A["www.signed.lab"]], r.raw
