@@ -18,7 +18,10 @@ use crate::{
         events::{stream_events, RuleIndex, SharedRuleIndex},
         AttachMode, RateLimitSettings, XdpGuard, XdpSettings,
     },
+    admin::{Admin, Component, Shutdown, XdpStats, DRAIN_GRACE},
     lists::{self, RuleSet},
+    metrics::{ListLabels, Metrics, ResultLabels},
+    proxy,
     verdict::VerdictLog,
     watch::ListWatcher,
 };
@@ -141,12 +144,20 @@ pub fn detach(path: &Path) -> Result<(), Failure> {
 
 /// Builds and installs a table for `rules`, then points the event reader
 /// at it. The new table is complete before the swap: no window.
-fn install(guard: &mut XdpGuard, rules: RuleSet, generation: u64, index: &SharedRuleIndex) -> Result<(), Failure> {
+fn install(
+    guard: &mut XdpGuard,
+    rules: RuleSet,
+    generation: u64,
+    index: &SharedRuleIndex,
+    metrics: &Metrics,
+) -> Result<(), Failure> {
     let started = Instant::now();
+    let counts = (rules.count_block(), rules.count_allow());
     let seed: u64 = rand::random();
     let table = lists::table::compile(&rules, seed, generation)?;
     let report = guard.install_table(&table).context("installing the list table")?;
     *index.write().unwrap_or_else(|p| p.into_inner()) = Some(RuleIndex { seed, rules: Arc::new(rules) });
+    record_lists(metrics, counts, started);
     info!(
         generation,
         names = report.names,
@@ -158,27 +169,92 @@ fn install(guard: &mut XdpGuard, rules: RuleSet, generation: u64, index: &Shared
     Ok(())
 }
 
+/// Makes `rules` the index the proxy (and the event reader) consult,
+/// without a kernel table: the proxy-only mode.
+fn publish(rules: RuleSet, index: &SharedRuleIndex, metrics: &Metrics) {
+    record_lists(metrics, (rules.count_block(), rules.count_allow()), Instant::now());
+    *index.write().unwrap_or_else(|p| p.into_inner()) = Some(RuleIndex { seed: 0, rules: Arc::new(rules) });
+}
+
+// ---- admin: list metrics, readiness, drain (guard/src/admin.rs) ----------
+/// Records what /metrics says about the active lists.
+fn record_lists(metrics: &Metrics, (block, allow): (usize, usize), started: Instant) {
+    metrics.list_names.get_or_create(&ListLabels { kind: "block" }).set(block as i64);
+    metrics.list_names.get_or_create(&ListLabels { kind: "allow" }).set(allow as i64);
+    metrics.list_load_seconds.observe(started.elapsed().as_secs_f64());
+}
+
+fn record_reload(metrics: &Metrics, ok: bool) {
+    metrics.list_reloads.get_or_create(&ResultLabels { result: if ok { "ok" } else { "error" } }).inc();
+}
+// ---- end admin -------------------------------------------------------------
+
 /// `dns-guard run`: attach, enforce, log verdicts, reload on change.
 pub async fn run(path: &Path) -> Result<(), Failure> {
     let cfg = load_config(path)?;
     let rules = load_lists(&cfg, true)?;
     let log = Arc::new(VerdictLog::stdout());
     let index: SharedRuleIndex = Arc::new(RwLock::new(None));
+    // The one registry of the process: every layer records into it.
+    let metrics = Metrics::new();
 
-    let Some(settings) = xdp_settings(&cfg) else {
-        warn!("no `interface:` configured: the XDP fast path is off");
-        eprintln!("dns-guard ready");
-        return wait_for_shutdown().await;
+    // ---- admin: /metrics, /healthz, /readyz on metrics.listen -----------
+    // Declared before anything starts, so readiness cannot latch early.
+    let admin = Admin::new(metrics.clone());
+    let shutdown = Shutdown::default();
+    if cfg.interface.is_some() {
+        admin.readiness.require(Component::Xdp);
+    }
+    if cfg.proxy_enabled {
+        admin.readiness.require(Component::Proxy);
+    }
+    let admin_addr = admin.serve(cfg.metrics.listen, shutdown.token.clone()).await?;
+    eprintln!("dns-guard admin listening on {admin_addr}");
+    // ---- end admin -------------------------------------------------------
+
+    let xdp = xdp_settings(&cfg);
+    let mut guard = match &xdp {
+        Some(settings) => {
+            let mut guard = XdpGuard::start(settings)?;
+            install(&mut guard, rules, 1, &index, &metrics)?;
+            let events = guard.take_events().context("opening the event ring buffer")?;
+            tokio::spawn(stream_events(events, index.clone(), log.clone()));
+            Some(guard)
+        }
+        None => {
+            warn!("no `interface:` configured: the XDP fast path is off");
+            publish(rules, &index, &metrics);
+            None
+        }
     };
-    let mut guard = XdpGuard::start(&settings)?;
-    install(&mut guard, rules, 1, &index)?;
 
-    let events = guard.take_events().context("opening the event ring buffer")?;
-    tokio::spawn(stream_events(events, index.clone(), log.clone()));
+    // ---- admin: XDP counters and readiness ------------------------------
+    if let Some(g) = &guard {
+        admin.xdp.set(XdpStats::from_guard(g)?);
+        admin.readiness.up(Component::Xdp);
+    }
+    // ---- end admin -------------------------------------------------------
+
+    // ---- proxy: the validating forwarder (guard/src/proxy) -------------
+    let _proxy = if cfg.proxy_enabled {
+        let settings = proxy::ProxySettings::from_config(&cfg).map_err(|e| bad_config(e.to_string()))?;
+        let handle = proxy::start(settings, index.clone(), log.clone(), metrics.clone()).await?;
+        eprintln!("dns-guard proxy listening on {}", handle.local_addr);
+        Some(handle)
+    } else {
+        None
+    };
+    // ---- end proxy -------------------------------------------------------
+    if _proxy.is_some() {
+        admin.readiness.up(Component::Proxy); // admin block
+    }
 
     let list_paths: Vec<_> = cfg.blocklists.iter().chain(&cfg.allowlists).cloned().collect();
     let (_watcher, mut changes) = ListWatcher::new(&list_paths).context("watching the list files")?;
-    eprintln!("dns-guard ready: XDP {} on {}", guard.attach, settings.interface);
+    match (&guard, &xdp) {
+        (Some(g), Some(s)) => eprintln!("dns-guard ready: XDP {} on {}", g.attach, s.interface),
+        _ => eprintln!("dns-guard ready"),
+    }
 
     let mut generation = 1;
     loop {
@@ -195,12 +271,21 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
                         for d in &rules.diagnostics {
                             warn!("skipped list line: {d}");
                         }
-                        match install(&mut guard, rules, generation, &index) {
+                        let installed = match guard.as_mut() {
+                            Some(g) => install(g, rules, generation, &index, &metrics),
+                            None => {
+                                publish(rules, &index, &metrics);
+                                Ok(())
+                            }
+                        };
+                        record_reload(&metrics, installed.is_ok());
+                        match installed {
                             Ok(()) => eprintln!("dns-guard lists reloaded (generation {generation})"),
                             Err(f) => error!("reload failed, keeping the previous table: {}", f.message),
                         }
                     }
                     Err(errors) => {
+                        record_reload(&metrics, false);
                         for e in errors {
                             error!("reload failed, keeping the previous table: {e}");
                         }
@@ -208,7 +293,14 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
                 }
             }
             _ = shutdown_signal() => {
-                info!("shutting down; the pinned XDP program keeps enforcing (dns-guard detach removes it)");
+                if guard.is_some() {
+                    info!("shutting down; the pinned XDP program keeps enforcing (dns-guard detach removes it)");
+                } else {
+                    info!("shutting down");
+                }
+                // admin block: unready, stop accepting, let in-flight queries finish.
+                let abandoned = shutdown.drain(&admin.readiness, DRAIN_GRACE).await;
+                info!(abandoned, "drained");
                 return Ok(());
             }
         }

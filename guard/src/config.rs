@@ -33,6 +33,9 @@ pub struct Config {
     pub blocklists: Vec<PathBuf>,
     pub allowlists: Vec<PathBuf>,
     pub proxy: ProxyConfig,
+    /// True when the config has a `proxy:` key (even an empty one): the
+    /// forwarder only starts when asked for, never silently.
+    pub proxy_enabled: bool,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -937,6 +940,7 @@ impl<'a> Ctx<'a> {
             blocklists: self.list_files(&f, "blocklists"),
             allowlists: self.list_files(&f, "allowlists"),
             proxy: self.proxy(&f),
+            proxy_enabled: f.map.contains_key("proxy"),
             metrics: {
                 let m = self.fields(f.get("metrics"), f.key("metrics"), &["listen"]);
                 MetricsConfig {
@@ -1315,8 +1319,9 @@ mod tests {
     fn null_sections_give_defaults() {
         assert_eq!(
             p("interface:\nxdp:\nproxy: ~\n").unwrap(),
-            Config::default()
+            Config { proxy_enabled: true, ..Config::default() }
         );
+        assert!(!p("interface:\n").unwrap().proxy_enabled);
     }
 
     #[test]

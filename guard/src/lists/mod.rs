@@ -4,6 +4,7 @@
 //! builder. Bad lines become `file:line` diagnostics; only unreadable files
 //! are errors.
 
+pub mod matcher;
 mod name;
 mod rpz;
 pub mod table;

@@ -1,0 +1,553 @@
+//! The checks every upstream response passes before anything in it reaches
+//! CoreDNS's cache, in the order the RFCs give them, one function each.
+//! Checks 1-4 decide whether a datagram is the answer at all (a failure is
+//! a spoof candidate and the exchange keeps waiting); 5, 7 and 8 judge and
+//! scrub an accepted answer. (6, DNSSEC, is not implemented yet.)
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use hickory_proto::{
+    op::{Message, MessageType, OpCode, Query},
+    rr::{rdata::svcb::SvcParamValue, Name, RData, Record},
+};
+use ipnet::IpNet;
+
+use crate::lists::{matcher::RuleMatch, RuleSet};
+
+/// What a response must match: the query as it went on the wire.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    pub server: SocketAddr,
+    pub id: u16,
+    /// The question exactly as sent, 0x20 case included.
+    pub query: Query,
+    pub op_code: OpCode,
+}
+
+/// Why a datagram is not the answer to the pending query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    WrongSource,
+    WrongTxid,
+    WrongQuestion,
+    /// The right name in the wrong case: a forger who guessed port and
+    /// txid but not the 0x20 bits.
+    CaseMismatch,
+    /// QR clear or a different opcode.
+    NotResponse,
+    /// Right source and txid, but the message does not parse.
+    Malformed,
+}
+
+impl Rejection {
+    /// The `kind` label of `dns_guard_spoof_responses_total`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Rejection::WrongSource => "wrong_source",
+            Rejection::WrongTxid => "wrong_txid",
+            Rejection::WrongQuestion => "wrong_question",
+            Rejection::CaseMismatch => "case_mismatch",
+            Rejection::NotResponse => "not_response",
+            Rejection::Malformed => "malformed",
+        }
+    }
+
+    /// The verdict log's `reason` (kebab case like the other reasons).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Rejection::WrongSource => "wrong-source",
+            Rejection::WrongTxid => "wrong-txid",
+            Rejection::WrongQuestion => "wrong-question",
+            Rejection::CaseMismatch => "case-mismatch",
+            Rejection::NotResponse => "not-response",
+            Rejection::Malformed => "malformed",
+        }
+    }
+}
+
+/// Runs checks 1-4 on one datagram; the parsed message if it is the answer.
+pub fn verify_response(expected: &Expected, from: SocketAddr, raw: &[u8]) -> Result<Message, Rejection> {
+    check_source(expected, from)?;
+    check_txid(expected, raw)?;
+    let msg = Message::from_vec(raw).map_err(|_| Rejection::Malformed)?;
+    check_question(expected, &msg)?;
+    check_header(expected, &msg)?;
+    Ok(msg)
+}
+
+/// Check 1. RFC 5452 §4.1: "the response [must] come from the same
+/// address and port the query was sent to". Our socket is unconnected on
+/// purpose, so datagrams from anyone reach us and can be counted.
+pub fn check_source(expected: &Expected, from: SocketAddr) -> Result<(), Rejection> {
+    // A v4 upstream may show up v4-mapped on a dual-stack socket.
+    let canon = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    if canon(from) == canon(expected.server) {
+        Ok(())
+    } else {
+        Err(Rejection::WrongSource)
+    }
+}
+
+/// Check 2. RFC 1035 §7.3: "the ID field of the response [must match]
+/// the ID of the query"; RFC 5452 §4 makes the random 16-bit id half the
+/// entropy a blind forger has to guess. Read from the raw bytes, before
+/// parsing, so a flood of garbage costs two byte compares.
+pub fn check_txid(expected: &Expected, raw: &[u8]) -> Result<(), Rejection> {
+    match raw {
+        [hi, lo, ..] if u16::from_be_bytes([*hi, *lo]) == expected.id => Ok(()),
+        _ => Err(Rejection::WrongTxid),
+    }
+}
+
+/// Check 3. RFC 5452 §4: the question section must match the query's;
+/// draft-vixie-dnsext-dns0x20: byte for byte, case included, so the
+/// randomized case adds one bit of entropy per letter of the qname.
+pub fn check_question(expected: &Expected, msg: &Message) -> Result<(), Rejection> {
+    let [q] = msg.queries.as_slice() else {
+        return Err(Rejection::WrongQuestion);
+    };
+    let want = &expected.query;
+    if q.query_type() != want.query_type()
+        || q.query_class() != want.query_class()
+        || !q.name().eq_ignore_root(want.name())
+    {
+        return Err(Rejection::WrongQuestion);
+    }
+    if !q.name().eq_ignore_root_case(want.name()) {
+        return Err(Rejection::CaseMismatch);
+    }
+    Ok(())
+}
+
+/// Check 4. RFC 1035 §4.1.1: a response has QR set and carries the
+/// query's opcode; anything else is not an answer to our question.
+pub fn check_header(expected: &Expected, msg: &Message) -> Result<(), Rejection> {
+    if msg.metadata.message_type == MessageType::Response && msg.metadata.op_code == expected.op_code {
+        Ok(())
+    } else {
+        Err(Rejection::NotResponse)
+    }
+}
+
+/// The owner names the answer section legitimately speaks about: the
+/// qname and every CNAME target reached from it, in chain order.
+pub fn answer_chain(qname: &Name, msg: &Message) -> Vec<Name> {
+    let mut chain = vec![qname.clone()];
+    // Bounded: each step adds a distinct name, and there are only so many
+    // records.
+    for _ in 0..msg.answers.len() {
+        let last = chain.last().expect("never empty").clone();
+        let next = msg.answers.iter().find_map(|r| match &r.data {
+            RData::CNAME(c) if r.name.eq_ignore_root(&last) => Some(c.0.clone()),
+            _ => None,
+        });
+        match next {
+            Some(n) if !chain.iter().any(|c| c.eq_ignore_root(&n)) => chain.push(n),
+            _ => break,
+        }
+    }
+    chain
+}
+
+/// Check 5. Bailiwick scrubbing (RFC 2181 §5.4.1 ranks authority and
+/// additional data below answers; Unbound's harden-glue drops what lies
+/// outside the zone asked about). A forwarder does not know the zone cut,
+/// so the zone is approximated from the names asked about:
+/// - answer records must be owned by a name in the CNAME chain (an
+///   unrelated A record smuggled into an answer is the Kaminsky payload);
+/// - authority records must be owned by the chain names or their
+///   ancestors (the SOA or NS of the zone that answered);
+/// - additional records must be at or below a kept authority owner, or
+///   below the parent of a chain name.
+///
+/// Returns how many records were removed.
+pub fn scrub_bailiwick(qname: &Name, msg: &mut Message) -> usize {
+    let chain = answer_chain(qname, msg);
+    let before = msg.answers.len() + msg.authorities.len() + msg.additionals.len();
+    msg.answers.retain(|r| chain.iter().any(|c| c.eq_ignore_root(&r.name)));
+    msg.authorities.retain(|r| chain.iter().any(|c| r.name.zone_of(c)));
+    let mut zones: Vec<Name> = msg.authorities.iter().map(|r| r.name.clone()).collect();
+    zones.extend(chain.iter().filter(|c| c.num_labels() > 1).map(Name::base_name));
+    msg.additionals.retain(|r| zones.iter().any(|z| z.num_labels() > 0 && z.zone_of(&r.name)));
+    before - (msg.answers.len() + msg.authorities.len() + msg.additionals.len())
+}
+
+/// A name in `allow` or below one (suffix match on labels).
+pub fn in_allowed_zone(qname: &str, allow: &[String]) -> bool {
+    let q = qname.strip_suffix('.').unwrap_or(qname).to_ascii_lowercase();
+    allow.iter().any(|a| {
+        let a = a.strip_suffix('.').unwrap_or(a);
+        q == a || (q.len() > a.len() && q.ends_with(a) && q.as_bytes()[q.len() - a.len() - 1] == b'.')
+    })
+}
+
+/// Why an address is refused in an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebindHit {
+    pub addr: IpAddr,
+    pub range: IpNet,
+    /// A cloud metadata endpoint: refused even for allowed names.
+    pub metadata: bool,
+}
+
+/// Cloud instance-metadata endpoints: the classic SSRF-through-DNS-rebind
+/// target (AWS/GCP/Azure IMDS, ECS task metadata, Alibaba, AWS IMDS over
+/// IPv6, Azure WireServer). Never handed out, whatever the allow list says.
+const METADATA: &[&str] = &[
+    "169.254.169.254/32",
+    "169.254.170.2/32",
+    "100.100.100.200/32",
+    "168.63.129.16/32",
+    "fd00:ec2::254/128",
+];
+
+/// Private, loopback, link-local, CGNAT and unspecified space (RFC 1918,
+/// 1122, 3927, 6598, 4193, 4291): what DNS rebinding points a browser at.
+const PRIVATE: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "::/128",
+    "::1/128",
+    "fe80::/10",
+    "fc00::/7",
+];
+
+fn nets(list: &'static [&'static str]) -> impl Iterator<Item = IpNet> {
+    list.iter().map(|s| s.parse().expect("static prefix"))
+}
+
+/// Classifies one address. IPv4-mapped IPv6 (`::ffff:10.0.0.1`) is judged
+/// as the IPv4 address it carries, as Unbound's `private-address` and
+/// dnsmasq do, so the mapped form is no bypass.
+pub fn rebind_range(addr: IpAddr, block_private: bool) -> Option<RebindHit> {
+    let ip = match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
+        v4 => v4,
+    };
+    let contains = |n: &IpNet| n.contains(&ip);
+    if let Some(range) = nets(METADATA).find(contains) {
+        return Some(RebindHit { addr, range, metadata: true });
+    }
+    if !block_private {
+        return None;
+    }
+    nets(PRIVATE).find(contains).map(|range| RebindHit { addr, range, metadata: false })
+}
+
+/// Addresses a record hands out: A, AAAA, and SVCB/HTTPS ip hints.
+fn addresses(r: &Record) -> Vec<IpAddr> {
+    let svcb = match &r.data {
+        RData::A(a) => return vec![IpAddr::V4(a.0)],
+        RData::AAAA(a) => return vec![IpAddr::V6(a.0)],
+        RData::SVCB(s) => s,
+        RData::HTTPS(h) => &h.0,
+        _ => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for (_, v) in &svcb.svc_params {
+        match v {
+            SvcParamValue::Ipv4Hint(h) => out.extend(h.0.iter().map(|a| IpAddr::V4(a.0))),
+            SvcParamValue::Ipv6Hint(h) => out.extend(h.0.iter().map(|a| IpAddr::V6(a.0))),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Check 7. DNS rebinding: a public name must not resolve into the
+/// cluster's or the node's own address space. Names in `allow` (suffix
+/// match) may, except to metadata endpoints. The first offending address.
+pub fn check_rebinding(qname: &str, msg: &Message, block_private: bool, allow: &[String]) -> Option<RebindHit> {
+    let private = block_private && !in_allowed_zone(qname, allow);
+    msg.answers
+        .iter()
+        .chain(&msg.additionals)
+        .flat_map(addresses)
+        .find_map(|a| rebind_range(a, private))
+}
+
+/// Check 8. The blocklist on the qname and every CNAME target (CNAME
+/// cloaking: a first-party name aliased to a blocked tracker). The first
+/// name in chain order that is blocked, with its rule.
+pub fn check_blocklist(chain: &[Name], rules: &RuleSet) -> Option<(String, RuleMatch)> {
+    chain.iter().find_map(|n| {
+        let text = dotted(n);
+        match rules.matches(&text) {
+            Some(m) if m.kind == crate::lists::matcher::MatchKind::Block => Some((text, m)),
+            _ => None,
+        }
+    })
+}
+
+/// A name as the verdict log writes it: lower case, no trailing dot, `.`
+/// for the root.
+pub fn dotted(n: &Name) -> String {
+    if n.iter().next().is_none() {
+        return ".".into();
+    }
+    let s = n.to_lowercase().to_ascii();
+    match s.strip_suffix('.') {
+        Some(t) => t.to_string(),
+        None => s,
+    }
+}
+
+/// Builds the expectation for `query` sent to `server` with `id`.
+pub fn expect(server: SocketAddr, id: u16, query: &Query) -> Expected {
+    Expected { server, id, query: query.clone(), op_code: OpCode::Query }
+}
+
+/// Unspecified addresses of both families, for binding per-query sockets.
+pub fn any_addr(server: &SocketAddr) -> SocketAddr {
+    match server {
+        SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA};
+    use hickory_proto::rr::RecordType;
+
+    fn name(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    fn query(n: &str) -> Query {
+        Query::query(name(n), RecordType::A)
+    }
+
+    fn server() -> SocketAddr {
+        "127.0.0.1:53".parse().unwrap()
+    }
+
+    fn response(id: u16, q: Query) -> Message {
+        let mut m = Message::response(id, OpCode::Query);
+        m.add_query(q);
+        m
+    }
+
+    fn a(owner: &str, ip: &str) -> Record {
+        Record::from_rdata(name(owner), 60, RData::A(A(ip.parse().unwrap())))
+    }
+
+    fn aaaa(owner: &str, ip: &str) -> Record {
+        Record::from_rdata(name(owner), 60, RData::AAAA(AAAA(ip.parse().unwrap())))
+    }
+
+    fn cname(owner: &str, target: &str) -> Record {
+        Record::from_rdata(name(owner), 60, RData::CNAME(CNAME(name(target))))
+    }
+
+    #[test]
+    fn genuine_answer_passes_checks_1_to_4() {
+        let q = query("wWw.ExAmple.COM.");
+        let exp = expect(server(), 4242, &q);
+        let raw = response(4242, q).to_vec().unwrap();
+        assert!(verify_response(&exp, server(), &raw).is_ok());
+    }
+
+    #[test]
+    fn forged_source_is_rejected_first() {
+        let q = query("www.example.com.");
+        let exp = expect(server(), 1, &q);
+        let raw = response(1, q).to_vec().unwrap();
+        let other_port: SocketAddr = "127.0.0.1:5300".parse().unwrap();
+        let other_ip: SocketAddr = "127.0.0.2:53".parse().unwrap();
+        assert_eq!(verify_response(&exp, other_port, &raw).unwrap_err(), Rejection::WrongSource);
+        assert_eq!(verify_response(&exp, other_ip, &raw).unwrap_err(), Rejection::WrongSource);
+        // v4-mapped form of the right address is the right address.
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:53".parse().unwrap();
+        assert!(verify_response(&exp, mapped, &raw).is_ok());
+    }
+
+    #[test]
+    fn forged_txid_is_rejected() {
+        let q = query("www.example.com.");
+        let exp = expect(server(), 1, &q);
+        let raw = response(2, q).to_vec().unwrap();
+        assert_eq!(verify_response(&exp, server(), &raw).unwrap_err(), Rejection::WrongTxid);
+        assert_eq!(verify_response(&exp, server(), &[0]).unwrap_err(), Rejection::WrongTxid);
+    }
+
+    #[test]
+    fn forged_question_is_rejected() {
+        let exp = expect(server(), 7, &query("www.example.com."));
+        let raw = response(7, query("www.evil.com.")).to_vec().unwrap();
+        assert_eq!(verify_response(&exp, server(), &raw).unwrap_err(), Rejection::WrongQuestion);
+        let mut other_type = query("www.example.com.");
+        other_type.set_query_type(RecordType::AAAA);
+        let raw = response(7, other_type).to_vec().unwrap();
+        assert_eq!(verify_response(&exp, server(), &raw).unwrap_err(), Rejection::WrongQuestion);
+        let mut none = response(7, query("www.example.com."));
+        none.queries.clear();
+        let raw = none.to_vec().unwrap();
+        assert_eq!(verify_response(&exp, server(), &raw).unwrap_err(), Rejection::WrongQuestion);
+    }
+
+    #[test]
+    fn wrong_0x20_case_is_a_case_mismatch() {
+        let exp = expect(server(), 7, &query("wWw.ExAmple.COM."));
+        let raw = response(7, query("www.example.com.")).to_vec().unwrap();
+        assert_eq!(verify_response(&exp, server(), &raw).unwrap_err(), Rejection::CaseMismatch);
+    }
+
+    #[test]
+    fn a_query_is_not_a_response() {
+        let q = query("www.example.com.");
+        let exp = expect(server(), 7, &q);
+        let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+        m.add_query(q.clone());
+        let raw = m.to_vec().unwrap();
+        assert_eq!(verify_response(&exp, server(), &raw).unwrap_err(), Rejection::NotResponse);
+        let mut m = Message::new(7, MessageType::Response, OpCode::Status);
+        m.add_query(q);
+        let raw = m.to_vec().unwrap();
+        assert_eq!(verify_response(&exp, server(), &raw).unwrap_err(), Rejection::NotResponse);
+    }
+
+    #[test]
+    fn garbage_after_a_good_txid_is_malformed() {
+        let exp = expect(server(), 0x0102, &query("www.example.com."));
+        let raw = [1, 2, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0, 63];
+        assert_eq!(verify_response(&exp, server(), &raw).unwrap_err(), Rejection::Malformed);
+    }
+
+    #[test]
+    fn bailiwick_scrub_drops_out_of_zone_records() {
+        let q = name("www.example.com.");
+        let mut m = response(1, Query::query(q.clone(), RecordType::A));
+        m.add_answer(cname("www.example.com.", "cdn.example.net."));
+        m.add_answer(a("cdn.example.net.", "192.0.2.1"));
+        // Kaminsky payload: an unrelated name in the answer section.
+        m.add_answer(a("www.bank.test.", "192.0.2.66"));
+        m.add_authority(Record::from_rdata(name("example.net."), 60, RData::NS(NS(name("ns1.example.net.")))));
+        m.add_authority(Record::from_rdata(name("bank.test."), 60, RData::NS(NS(name("ns.evil.test.")))));
+        m.add_authority(Record::from_rdata(
+            name("com."),
+            60,
+            RData::SOA(SOA::new(name("a.gtld.test."), name("x.test."), 1, 1, 1, 1, 1)),
+        ));
+        m.add_additional(a("ns1.example.net.", "192.0.2.53"));
+        m.add_additional(a("ns.evil.test.", "192.0.2.66"));
+        let removed = scrub_bailiwick(&q, &mut m);
+        assert_eq!(removed, 3, "{m}");
+        assert_eq!(m.answers.len(), 2);
+        let auth: Vec<String> = m.authorities.iter().map(|r| r.name.to_string()).collect();
+        assert_eq!(auth, ["example.net.", "com."]);
+        let add: Vec<String> = m.additionals.iter().map(|r| r.name.to_string()).collect();
+        assert_eq!(add, ["ns1.example.net."]);
+    }
+
+    #[test]
+    fn answer_chain_follows_cnames_and_stops_on_loops() {
+        let q = name("a.example.");
+        let mut m = response(1, Query::query(q.clone(), RecordType::A));
+        m.add_answer(cname("a.example.", "b.example."));
+        m.add_answer(cname("B.example.", "c.example."));
+        m.add_answer(cname("c.example.", "a.example."));
+        let chain: Vec<String> = answer_chain(&q, &m).iter().map(|n| n.to_string()).collect();
+        assert_eq!(chain, ["a.example.", "b.example.", "c.example."]);
+    }
+
+    #[test]
+    fn rebinding_ranges() {
+        let hit = |s: &str| rebind_range(s.parse().unwrap(), true).map(|h| (h.range.to_string(), h.metadata));
+        assert_eq!(hit("10.1.2.3"), Some(("10.0.0.0/8".into(), false)));
+        assert_eq!(hit("172.31.0.1"), Some(("172.16.0.0/12".into(), false)));
+        assert_eq!(hit("192.168.1.1"), Some(("192.168.0.0/16".into(), false)));
+        assert_eq!(hit("127.0.0.53"), Some(("127.0.0.0/8".into(), false)));
+        assert_eq!(hit("100.64.0.1"), Some(("100.64.0.0/10".into(), false)));
+        assert_eq!(hit("0.0.0.0"), Some(("0.0.0.0/8".into(), false)));
+        assert_eq!(hit("169.254.1.1"), Some(("169.254.0.0/16".into(), false)));
+        assert_eq!(hit("::1"), Some(("::1/128".into(), false)));
+        assert_eq!(hit("::"), Some(("::/128".into(), false)));
+        assert_eq!(hit("fe80::1"), Some(("fe80::/10".into(), false)));
+        assert_eq!(hit("fd12:3456::1"), Some(("fc00::/7".into(), false)));
+        assert_eq!(hit("::ffff:10.0.0.1"), Some(("10.0.0.0/8".into(), false)));
+        assert_eq!(hit("169.254.169.254"), Some(("169.254.169.254/32".into(), true)));
+        assert_eq!(hit("::ffff:169.254.169.254"), Some(("169.254.169.254/32".into(), true)));
+        assert_eq!(hit("fd00:ec2::254"), Some(("fd00:ec2::254/128".into(), true)));
+        assert_eq!(hit("8.8.8.8"), None);
+        assert_eq!(hit("::ffff:8.8.8.8"), None);
+        assert_eq!(hit("2001:db8::1"), None);
+        assert_eq!(hit("172.32.0.1"), None);
+        // With private blocking off, metadata stays protected.
+        assert!(rebind_range("10.0.0.1".parse().unwrap(), false).is_none());
+        assert!(rebind_range("169.254.169.254".parse().unwrap(), false).unwrap().metadata);
+    }
+
+    fn allow() -> Vec<String> {
+        vec!["cluster.local".into(), "in-addr.arpa".into(), "ip6.arpa".into()]
+    }
+
+    #[test]
+    fn rebinding_respects_the_allow_list_but_not_for_metadata() {
+        let mut m = response(1, query("svc.ns.svc.cluster.local."));
+        m.add_answer(a("svc.ns.svc.cluster.local.", "10.96.0.10"));
+        assert_eq!(check_rebinding("svc.ns.svc.cluster.local", &m, true, &allow()), None);
+        assert!(check_rebinding("evil.example", &m, true, &allow()).is_some());
+        assert!(check_rebinding("notcluster.local", &m, true, &allow()).is_some());
+        let mut m = response(1, query("svc.cluster.local."));
+        m.add_answer(a("svc.cluster.local.", "169.254.169.254"));
+        let hit = check_rebinding("svc.cluster.local", &m, true, &allow()).unwrap();
+        assert!(hit.metadata);
+        assert!(in_allowed_zone("Cluster.Local.", &allow()));
+        assert!(!in_allowed_zone("xcluster.local", &allow()));
+    }
+
+    #[test]
+    fn rebinding_sees_aaaa_mapped_and_svcb_hints() {
+        let mut m = response(1, query("evil.example."));
+        m.add_answer(aaaa("evil.example.", "::ffff:10.0.0.1"));
+        let hit = check_rebinding("evil.example", &m, true, &allow()).unwrap();
+        assert_eq!(hit.addr, "::ffff:10.0.0.1".parse::<IpAddr>().unwrap());
+
+        use hickory_proto::rr::rdata::{
+            svcb::{IpHint, SvcParamKey, SVCB},
+            HTTPS,
+        };
+        let svcb = SVCB::new(
+            1,
+            name("."),
+            vec![(SvcParamKey::Ipv4Hint, SvcParamValue::Ipv4Hint(IpHint(vec![A("192.168.0.9".parse().unwrap())])))],
+        );
+        let mut m = response(1, query("evil.example."));
+        m.add_answer(Record::from_rdata(name("evil.example."), 60, RData::HTTPS(HTTPS(svcb))));
+        let hit = check_rebinding("evil.example", &m, true, &allow()).unwrap();
+        assert_eq!(hit.range.to_string(), "192.168.0.0/16");
+    }
+
+    #[test]
+    fn cname_cloaking_is_caught_along_the_chain() {
+        let mut rules = RuleSet::default();
+        crate::lists::parse_str(
+            "||tracker.test^\n",
+            std::path::Path::new("b.txt"),
+            crate::lists::ListKind::Block,
+            &mut rules,
+        );
+        let q = name("metrics.shop.example.");
+        let mut m = response(1, Query::query(q.clone(), RecordType::A));
+        m.add_answer(cname("metrics.shop.example.", "shop.eu.tracker.test."));
+        m.add_answer(a("shop.eu.tracker.test.", "192.0.2.1"));
+        let chain = answer_chain(&q, &m);
+        let (hit, rule) = check_blocklist(&chain, &rules).unwrap();
+        assert_eq!(hit, "shop.eu.tracker.test");
+        assert_eq!(rule.rule_text(), "||tracker.test^");
+        assert!(check_blocklist(&chain[..1], &rules).is_none());
+    }
+
+    #[test]
+    fn dotted_names() {
+        assert_eq!(dotted(&name("WWW.Example.")), "www.example");
+        assert_eq!(dotted(&Name::root()), ".");
+    }
+}

@@ -1,0 +1,302 @@
+//! One client query, start to finish: parse (FORMERR on garbage), the
+//! blocklist on the qname, forward, then checks 5-8 on the answer, one
+//! verdict line, the reply bytes.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use hickory_proto::{
+    op::{Message, MessageType, OpCode, ResponseCode},
+    rr::RecordType,
+};
+use tracing::debug;
+
+use super::{
+    checks::{answer_chain, check_blocklist, check_rebinding, dotted, scrub_bailiwick},
+    response::{
+        encode_udp, formerr_raw, forward_reply, header_reply, local_reply, ClientQuery, Ede, EDE_BLOCKED,
+        EDE_NO_REACHABLE_AUTHORITY,
+    },
+    upstream::{QueryCtx, Upstreams},
+    Telemetry,
+};
+use crate::{
+    config::{DnssecMode, RebindingConfig},
+    ebpf::events::SharedRuleIndex,
+    lists::{
+        matcher::{MatchKind, RuleMatch},
+        RuleSet,
+    },
+    verdict::{qtype_name, Verdict},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// What a request turned out to be.
+#[derive(Debug)]
+pub enum Parsed {
+    /// A well-formed standard query with one question.
+    Query(ClientQuery),
+    /// Answered without forwarding (FORMERR, NOTIMP, REFUSED), and why.
+    Reply(Vec<u8>, &'static str),
+    /// Not answerable: shorter than a header, or itself a response.
+    Ignore,
+}
+
+/// Parses a request. Never panics, whatever the bytes.
+pub fn parse_request(raw: &[u8]) -> Parsed {
+    if raw.len() < 12 || raw[2] & 0x80 != 0 {
+        return Parsed::Ignore;
+    }
+    let req = match Message::from_vec(raw) {
+        Ok(m) => m,
+        Err(_) => return formerr_raw(raw).map_or(Parsed::Ignore, |b| Parsed::Reply(b, "unparseable")),
+    };
+    let reply = |rcode, why| match header_reply(&req, rcode).to_vec() {
+        Ok(b) => Parsed::Reply(b, why),
+        Err(_) => Parsed::Ignore,
+    };
+    if req.metadata.message_type != MessageType::Query {
+        return Parsed::Ignore;
+    }
+    if req.metadata.op_code != OpCode::Query {
+        return reply(ResponseCode::NotImp, "opcode");
+    }
+    // RFC 9619: exactly one question.
+    if req.queries.len() != 1 {
+        return reply(ResponseCode::FormErr, "qdcount");
+    }
+    if matches!(req.queries[0].query_type(), RecordType::AXFR | RecordType::IXFR) {
+        return reply(ResponseCode::Refused, "zone-transfer");
+    }
+    match ClientQuery::from_request(&req) {
+        Some(c) => Parsed::Query(c),
+        None => reply(ResponseCode::FormErr, "qdcount"),
+    }
+}
+
+/// Everything a query needs, shared by the UDP and TCP listeners.
+pub struct Handler {
+    pub upstreams: Arc<Upstreams>,
+    pub index: SharedRuleIndex,
+    pub tel: Arc<Telemetry>,
+    pub rebinding: RebindingConfig,
+    pub dnssec: DnssecMode,
+}
+
+/// The reply and its verdict line, before encoding.
+struct Outcome {
+    reply: Message,
+    verdict: Verdict,
+    label: &'static str,
+    upstream: String,
+}
+
+impl Handler {
+    fn rules(&self) -> Option<Arc<RuleSet>> {
+        let ix = self.index.read().unwrap_or_else(|p| p.into_inner());
+        ix.as_ref().map(|i| Arc::clone(&i.rules))
+    }
+
+    /// Bytes to send back, or `None` for silence.
+    pub async fn handle(&self, raw: &[u8], client: SocketAddr, transport: Transport) -> Option<Vec<u8>> {
+        let started = Instant::now();
+        let cq = match parse_request(raw) {
+            Parsed::Query(c) => c,
+            Parsed::Reply(bytes, why) => {
+                let mut v = Verdict::new("proxy", "malformed", "formerr", why);
+                v.client = Some(client.ip());
+                v.client_port = Some(client.port());
+                if why != "unparseable" {
+                    v.action = "refused".into();
+                }
+                self.tel.emit(v, "malformed", "");
+                return Some(bytes);
+            }
+            Parsed::Ignore => return None,
+        };
+        let Outcome { reply, mut verdict, label, upstream } = self.resolve(&cq, client).await;
+        verdict.rcode = Some(rcode_name(reply.metadata.response_code));
+        verdict.latency_ms = Some((started.elapsed().as_secs_f64() * 1e4).round() / 10.0);
+        self.tel.emit(verdict, label, &upstream);
+        match transport {
+            Transport::Udp => encode_udp(&reply, cq.udp_limit()),
+            Transport::Tcp => reply.to_vec().ok(),
+        }
+    }
+
+    async fn resolve(&self, cq: &ClientQuery, client: SocketAddr) -> Outcome {
+        let qname = dotted(cq.query.name());
+        let qtype = qtype_name(u16::from(cq.query.query_type()));
+        let line = |verdict: &'static str, action: &str, reason: &str| {
+            let mut v = Verdict::new("proxy", verdict, action, reason);
+            v.client = Some(client.ip());
+            v.client_port = Some(client.port());
+            v.qname = Some(qname.clone());
+            v.qtype = Some(qtype.clone());
+            v.dnssec = Some("off".into());
+            v
+        };
+        let blocked = |m: &RuleMatch, reason: &str, upstream: Option<&str>| {
+            let mut v = line("block", "nxdomain", reason);
+            v.rule = Some(m.rule_text());
+            v.list = Some(m.list_line());
+            v.upstream = upstream.map(str::to_string);
+            let ede = Ede::new(EDE_BLOCKED, format!("blocked by {}", m.rule_text()));
+            Outcome {
+                reply: local_reply(cq, ResponseCode::NXDomain, Some(&ede)),
+                verdict: v,
+                label: "block",
+                upstream: upstream.unwrap_or_default().to_string(),
+            }
+        };
+        let rules = self.rules();
+
+        // Check 8, early: a blocked qname is never sent upstream at all.
+        if let Some(m) = rules.as_ref().and_then(|r| r.matches(&qname)).filter(|m| m.kind == MatchKind::Block) {
+            return blocked(&m, "blocklist", None);
+        }
+
+        let ctx = QueryCtx { client: Some(client), qname: Some(qname.clone()), qtype: Some(qtype.clone()) };
+        let dnssec_ok = cq.dnssec_ok || self.dnssec == DnssecMode::Validate;
+        let answer = match self.upstreams.forward(&cq.query, cq.cd, dnssec_ok, &ctx).await {
+            Ok(a) => a,
+            Err(e) => {
+                let mut v = line("servfail", "servfail", "all-upstreams-failed");
+                v.upstream = Some(e.upstream.clone());
+                debug!(qname = %qname, error = %e, "no upstream answered");
+                let ede = Ede::new(EDE_NO_REACHABLE_AUTHORITY, e.to_string());
+                return Outcome {
+                    reply: local_reply(cq, ResponseCode::ServFail, Some(&ede)),
+                    verdict: v,
+                    label: "servfail",
+                    upstream: e.upstream,
+                };
+            }
+        };
+        let up = answer.upstream.clone();
+        let with_up = |mut v: Verdict| {
+            v.upstream = Some(up.clone());
+            v
+        };
+
+        if answer.differing {
+            // Hold-On: two acceptable but different answers mean someone on
+            // the path raced the upstream. Which one is real cannot be told
+            // from here, so neither reaches the cache.
+            return Outcome {
+                reply: local_reply(cq, ResponseCode::ServFail, None),
+                verdict: with_up(line("spoof", "servfail", "differing-answers")),
+                label: "spoof",
+                upstream: up,
+            };
+        }
+
+        let mut msg = answer.msg;
+        // Check 5.
+        let scrubbed = scrub_bailiwick(&answer.sent, &mut msg);
+        if scrubbed > 0 {
+            debug!(qname = %qname, upstream = %up, scrubbed, "removed out-of-bailiwick records");
+        }
+        // Check 6 (DNSSEC) is not implemented yet: `dnssec` says "off".
+
+        // Check 7.
+        if let Some(hit) = check_rebinding(&qname, &msg, self.rebinding.block, &self.rebinding.allow) {
+            let reason = if hit.metadata { "metadata-address" } else { "private-address" };
+            let mut v = with_up(line("rebind", "empty", reason));
+            v.rule = Some(hit.range.to_string());
+            let ede = Ede::new(EDE_BLOCKED, format!("rebinding: {} is in {}", hit.addr, hit.range));
+            return Outcome { reply: local_reply(cq, ResponseCode::NoError, Some(&ede)), verdict: v, label: "rebind", upstream: up };
+        }
+
+        // Check 8, along the CNAME chain (CNAME cloaking).
+        if let Some(rules) = &rules {
+            let chain = answer_chain(&answer.sent, &msg);
+            if let Some((_, m)) = check_blocklist(&chain[1..], rules) {
+                return blocked(&m, "cname-cloaking", Some(&up));
+            }
+        }
+
+        let rcode = msg.metadata.response_code;
+        let (label, v) = if rcode == ResponseCode::ServFail {
+            ("servfail", line("servfail", "forward", "upstream-servfail"))
+        } else {
+            ("allow", line("allow", "forward", if answer.tcp { "ok-tcp" } else { "ok" }))
+        };
+        Outcome { reply: forward_reply(cq, &answer.sent, msg, None), verdict: with_up(v), label, upstream: up }
+    }
+}
+
+/// RCODE mnemonics as dig prints them.
+pub fn rcode_name(r: ResponseCode) -> String {
+    match r {
+        ResponseCode::NoError => "NOERROR".into(),
+        ResponseCode::FormErr => "FORMERR".into(),
+        ResponseCode::ServFail => "SERVFAIL".into(),
+        ResponseCode::NXDomain => "NXDOMAIN".into(),
+        ResponseCode::NotImp => "NOTIMP".into(),
+        ResponseCode::Refused => "REFUSED".into(),
+        other => format!("RCODE{}", u16::from(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::Name;
+    use std::str::FromStr;
+
+    fn query_bytes(qs: &[&str], op: OpCode) -> Vec<u8> {
+        let mut m = Message::new(77, MessageType::Query, op);
+        for q in qs {
+            m.add_query(Query::query(Name::from_str(q).unwrap(), RecordType::A));
+        }
+        m.to_vec().unwrap()
+    }
+
+    fn rcode(b: &[u8]) -> ResponseCode {
+        Message::from_vec(b).unwrap().metadata.response_code
+    }
+
+    #[test]
+    fn malformed_requests_get_formerr_or_silence() {
+        assert!(matches!(parse_request(b""), Parsed::Ignore));
+        assert!(matches!(parse_request(&[0; 11]), Parsed::Ignore));
+        // Header says one question, none follows.
+        let raw = [0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        let Parsed::Reply(b, why) = parse_request(&raw) else { panic!() };
+        assert_eq!((rcode(&b), why), (ResponseCode::FormErr, "unparseable"));
+        assert_eq!(&b[..2], &[0x12, 0x34]);
+        // A label running off the end.
+        let mut raw = query_bytes(&["www.example.com."], OpCode::Query);
+        raw.truncate(20);
+        assert!(matches!(parse_request(&raw), Parsed::Reply(_, "unparseable")));
+    }
+
+    #[test]
+    fn only_single_question_queries_are_forwarded() {
+        let Parsed::Reply(b, _) = parse_request(&query_bytes(&[], OpCode::Query)) else { panic!() };
+        assert_eq!(rcode(&b), ResponseCode::FormErr);
+        let Parsed::Reply(b, _) = parse_request(&query_bytes(&["a.example.", "b.example."], OpCode::Query)) else {
+            panic!()
+        };
+        assert_eq!(rcode(&b), ResponseCode::FormErr);
+        let Parsed::Reply(b, _) = parse_request(&query_bytes(&["a.example."], OpCode::Update)) else { panic!() };
+        assert_eq!(rcode(&b), ResponseCode::NotImp);
+        assert!(matches!(parse_request(&query_bytes(&["a.example."], OpCode::Query)), Parsed::Query(_)));
+        // Responses are never answered.
+        let mut r = query_bytes(&["a.example."], OpCode::Query);
+        r[2] |= 0x80;
+        assert!(matches!(parse_request(&r), Parsed::Ignore));
+    }
+
+    #[test]
+    fn rcode_names() {
+        assert_eq!(rcode_name(ResponseCode::NXDomain), "NXDOMAIN");
+        assert_eq!(rcode_name(ResponseCode::BADCOOKIE), "RCODE23");
+    }
+}

@@ -1,0 +1,264 @@
+//! The validating forwarder. CoreDNS's `forward . 127.0.0.1:5353` points
+//! here; queries go on to the real upstreams and only answers that pass
+//! the checks in `checks` come back, so nothing forged reaches the cache.
+//!
+//! The listeners are plain tokio sockets rather than hickory-server: its
+//! 0.26 UDP loop spawns one task per datagram with no bound and logs every
+//! request at info, and its response builder cannot carry a raw EDE
+//! option. Parsing and encoding are hickory-proto's.
+
+pub mod checks;
+pub mod fuzzing;
+pub mod handler;
+pub mod response;
+pub mod upstream;
+
+use std::{
+    io,
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::Semaphore,
+    task::JoinHandle,
+};
+use tracing::{debug, warn};
+
+use crate::{
+    config::{Config, DnssecMode, RebindingConfig, ResolvConfError, SpoofConfig, Upstream},
+    ebpf::events::SharedRuleIndex,
+    metrics::{Metrics, VerdictLabels},
+    verdict::{Verdict, VerdictLog},
+};
+use handler::{Handler, Transport};
+use upstream::Upstreams;
+
+/// Queries being answered at once, UDP and TCP together. hickory-server
+/// has no such bound; without one a flood of slow upstream lookups grows
+/// memory without limit. Past it the UDP loop stops reading and the
+/// kernel's socket buffer absorbs (and then drops) the excess.
+pub const MAX_INFLIGHT: usize = 4096;
+/// Open client TCP connections; more are closed on accept.
+pub const MAX_TCP_CONNECTIONS: usize = 256;
+/// An idle client TCP connection is closed after this (RFC 7766 §6.2.3).
+pub const TCP_IDLE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot bind the proxy's {proto} listener on {addr}: {source}; set proxy.listen in guard.yaml to a free address")]
+    Bind { proto: &'static str, addr: SocketAddr, source: io::Error },
+    #[error(transparent)]
+    Upstreams(#[from] ResolvConfError),
+    #[error("no usable upstream: DNS over TLS (tls://) is not implemented yet; add a plain IP[:port] to proxy.upstreams")]
+    NoPlainUpstream,
+}
+
+/// The proxy's view of the config.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub listen: SocketAddr,
+    pub upstreams: Vec<SocketAddr>,
+    pub dnssec: DnssecMode,
+    pub rebinding: RebindingConfig,
+    pub spoof: SpoofConfig,
+    pub paranoid: bool,
+    pub timeout: Duration,
+    pub allow_sample: f64,
+}
+
+impl ProxySettings {
+    /// Reads `proxy:` and `log:`; resolv.conf when no upstreams are set.
+    pub fn from_config(cfg: &Config) -> Result<Self, ProxyError> {
+        let p = &cfg.proxy;
+        let mut upstreams = Vec::new();
+        for u in p.effective_upstreams()? {
+            match u {
+                Upstream::Plain(a) => upstreams.push(a),
+                tls @ Upstream::Tls { .. } => {
+                    warn!(upstream = %tls, "DNS over TLS upstreams are not implemented yet; skipping")
+                }
+            }
+        }
+        if upstreams.is_empty() {
+            return Err(ProxyError::NoPlainUpstream);
+        }
+        if p.dnssec == DnssecMode::Validate {
+            warn!("proxy.dnssec: validate is not implemented yet; answers are forwarded unvalidated (dnssec=\"off\" in the verdict log)");
+        }
+        Ok(ProxySettings {
+            listen: p.listen,
+            upstreams,
+            dnssec: p.dnssec,
+            rebinding: p.rebinding.clone(),
+            spoof: p.spoof.clone(),
+            paranoid: p.paranoid,
+            timeout: Duration::from_millis(p.timeout_ms),
+            allow_sample: cfg.log.allow_sample,
+        })
+    }
+}
+
+/// The verdict log and the metrics, as the proxy writes them.
+pub struct Telemetry {
+    pub log: Arc<VerdictLog>,
+    pub metrics: Metrics,
+    /// Fraction of `allow` verdicts written to the log (all are counted).
+    pub allow_sample: f64,
+}
+
+impl Telemetry {
+    /// Counts `v` and writes it (allows only at the sampling rate).
+    pub fn emit(&self, v: Verdict, label: &'static str, upstream: &str) {
+        self.count(label, upstream);
+        if label != "allow" || (self.allow_sample > 0.0 && rand::random::<f64>() < self.allow_sample) {
+            self.log.emit(&v);
+        }
+    }
+
+    pub fn count(&self, label: &'static str, upstream: &str) {
+        self.metrics
+            .verdicts
+            .get_or_create(&VerdictLabels { layer: "proxy", verdict: label, upstream: upstream.to_string() })
+            .inc();
+    }
+}
+
+/// A running proxy; dropping it stops the listeners.
+pub struct ProxyHandle {
+    pub local_addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Binds UDP and TCP on `settings.listen` (the same port for both, also
+/// when it is 0) and starts serving. Returns once both are bound.
+pub async fn start(
+    settings: ProxySettings,
+    index: SharedRuleIndex,
+    log: Arc<VerdictLog>,
+    metrics: Metrics,
+) -> Result<ProxyHandle, ProxyError> {
+    let udp = UdpSocket::bind(settings.listen)
+        .await
+        .map_err(|source| ProxyError::Bind { proto: "UDP", addr: settings.listen, source })?;
+    let local_addr = udp.local_addr().map_err(|source| ProxyError::Bind { proto: "UDP", addr: settings.listen, source })?;
+    let tcp = TcpListener::bind(local_addr)
+        .await
+        .map_err(|source| ProxyError::Bind { proto: "TCP", addr: local_addr, source })?;
+
+    let tel = Arc::new(Telemetry { log, metrics, allow_sample: settings.allow_sample });
+    let upstreams = Arc::new(Upstreams::new(
+        &settings.upstreams,
+        settings.spoof.clone(),
+        settings.timeout,
+        settings.paranoid,
+        tel.clone(),
+    ));
+    let handler = Arc::new(Handler {
+        upstreams: upstreams.clone(),
+        index,
+        tel,
+        rebinding: settings.rebinding.clone(),
+        dnssec: settings.dnssec,
+    });
+    let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT));
+    let tasks = vec![
+        tokio::spawn(serve_udp(Arc::new(udp), handler.clone(), inflight.clone())),
+        tokio::spawn(serve_tcp(tcp, handler, inflight)),
+        tokio::spawn(upstreams.probe_forever()),
+    ];
+    Ok(ProxyHandle { local_addr, tasks })
+}
+
+async fn serve_udp(sock: Arc<UdpSocket>, handler: Arc<Handler>, inflight: Arc<Semaphore>) {
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                // ICMP errors from earlier replies surface here; not fatal.
+                debug!(error = %e, "proxy UDP receive failed");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = inflight.clone().acquire_owned().await else { return };
+        let data = buf[..n].to_vec();
+        let (sock, handler) = (sock.clone(), handler.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Some(out) = handler.handle(&data, from, Transport::Udp).await {
+                if let Err(e) = sock.send_to(&out, from).await {
+                    debug!(error = %e, %from, "cannot send proxy reply");
+                }
+            }
+        });
+    }
+}
+
+async fn serve_tcp(listener: TcpListener, handler: Arc<Handler>, inflight: Arc<Semaphore>) {
+    let conns = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(error = %e, "proxy TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(conn) = conns.clone().try_acquire_owned() else {
+            debug!(%peer, "too many TCP clients; closing");
+            continue;
+        };
+        let (handler, inflight) = (handler.clone(), inflight.clone());
+        tokio::spawn(async move {
+            let _conn = conn;
+            if let Err(e) = serve_tcp_conn(stream, peer, handler, inflight).await {
+                debug!(%peer, error = %e, "proxy TCP connection ended");
+            }
+        });
+    }
+}
+
+/// RFC 7766: length-prefixed messages, answered in order, until the
+/// client closes or idles.
+async fn serve_tcp_conn(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    handler: Arc<Handler>,
+    inflight: Arc<Semaphore>,
+) -> io::Result<()> {
+    loop {
+        let len = match tokio::time::timeout(TCP_IDLE, stream.read_u16()).await {
+            Ok(Ok(n)) => n as usize,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Ok(()),
+        };
+        let mut buf = vec![0u8; len];
+        tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut buf))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request body"))??;
+        let Ok(_permit) = inflight.acquire().await else { return Ok(()) };
+        let Some(out) = handler.handle(&buf, peer, Transport::Tcp).await else { continue };
+        let Ok(n) = u16::try_from(out.len()) else { continue };
+        let mut framed = n.to_be_bytes().to_vec();
+        framed.extend_from_slice(&out);
+        stream.write_all(&framed).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests;

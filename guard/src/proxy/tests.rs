@@ -1,0 +1,443 @@
+//! End-to-end tests of the proxy on loopback. The "upstreams" are tiny
+//! tokio responders bound to 127.0.0.1 ports the test chooses: a test
+//! double for a real resolver, which also plays the off-path forger (wrong
+//! txid, wrong case, wrong source port) that the checks must survive.
+
+use std::{
+    io::{self, Write},
+    net::SocketAddr,
+
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, RwLock,
+    },
+    time::Duration,
+};
+
+use hickory_proto::{
+    op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
+    rr::{
+        rdata::{A, CNAME},
+        Name, RData, Record, RecordType,
+    },
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, UdpSocket},
+};
+
+use super::{response::ede_of, start, ProxyHandle, ProxySettings};
+use crate::{
+    config::{DnssecMode, RebindingConfig, SpoofConfig},
+    ebpf::events::{RuleIndex, SharedRuleIndex},
+    lists::{parse_str, ListKind, RuleSet},
+    metrics::Metrics,
+    verdict::VerdictLog,
+};
+
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Sink {
+    fn lines(&self) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
+
+/// What the fake upstream sends for one query: datagrams from its own
+/// socket or from a stranger's, in order.
+enum Reply {
+    Real(Message),
+    FromStranger(Message),
+}
+
+type Script = Arc<dyn Fn(&Message) -> Vec<Reply> + Send + Sync>;
+
+/// A fake upstream on 127.0.0.1: UDP and TCP on one port.
+struct FakeUpstream {
+    addr: SocketAddr,
+    udp_queries: Arc<AtomicUsize>,
+    tcp_queries: Arc<AtomicUsize>,
+}
+
+impl FakeUpstream {
+    async fn start(udp_script: Script, tcp_script: Script) -> Self {
+        let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = udp.local_addr().unwrap();
+        let tcp = TcpListener::bind(addr).await.unwrap();
+        let stranger = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let (udp_queries, tcp_queries) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let uq = udp_queries.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let (n, from) = udp.recv_from(&mut buf).await.unwrap();
+                let Ok(q) = Message::from_vec(&buf[..n]) else { continue };
+                uq.fetch_add(1, Ordering::SeqCst);
+                for s in udp_script(&q) {
+                    let (sock, m) = match s {
+                        Reply::Real(m) => (&udp, m),
+                        Reply::FromStranger(m) => (&stranger, m),
+                    };
+                    sock.send_to(&m.to_vec().unwrap(), from).await.unwrap();
+                }
+            }
+        });
+        let tq = tcp_queries.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = tcp.accept().await.unwrap();
+                let (script, tq) = (tcp_script.clone(), tq.clone());
+                tokio::spawn(async move {
+                    let n = s.read_u16().await.unwrap() as usize;
+                    let mut buf = vec![0u8; n];
+                    s.read_exact(&mut buf).await.unwrap();
+                    let q = Message::from_vec(&buf).unwrap();
+                    tq.fetch_add(1, Ordering::SeqCst);
+                    if let Some(Reply::Real(m)) = script(&q).into_iter().next() {
+                        let b = m.to_vec().unwrap();
+                        s.write_all(&(b.len() as u16).to_be_bytes()).await.unwrap();
+                        s.write_all(&b).await.unwrap();
+                    }
+                });
+            }
+        });
+        FakeUpstream { addr, udp_queries, tcp_queries }
+    }
+}
+
+/// The genuine answer to `q`: its id and question, these records.
+fn answer(q: &Message, records: &[Record]) -> Message {
+    let mut m = Message::response(q.metadata.id, OpCode::Query);
+    m.metadata.recursion_available = true;
+    m.add_query(q.queries[0].clone());
+    for r in records {
+        m.add_answer(r.clone());
+    }
+    m
+}
+
+fn name(s: &str) -> Name {
+    Name::from_ascii(s).unwrap()
+}
+
+fn a_record(owner: &Name, ip: [u8; 4]) -> Record {
+    Record::from_rdata(owner.clone(), 60, RData::A(A::new(ip[0], ip[1], ip[2], ip[3])))
+}
+
+/// Answers every query with one A record.
+fn answers_with(ip: [u8; 4]) -> Script {
+    Arc::new(move |q: &Message| vec![Reply::Real(answer(q, &[a_record(q.queries[0].name(), ip)]))])
+}
+
+fn settings(upstreams: Vec<SocketAddr>) -> ProxySettings {
+    ProxySettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstreams,
+        dnssec: DnssecMode::Off,
+        rebinding: RebindingConfig::default(),
+        spoof: SpoofConfig { threshold: 10, window_s: 60, tcp_cooldown_s: 300 },
+        paranoid: false,
+        timeout: Duration::from_millis(1000),
+        allow_sample: 1.0,
+    }
+}
+
+struct Proxy {
+    handle: ProxyHandle,
+    log: Sink,
+    metrics: Metrics,
+    index: SharedRuleIndex,
+}
+
+async fn proxy(s: ProxySettings) -> Proxy {
+    let log = Sink::default();
+    let metrics = Metrics::new();
+    let index: SharedRuleIndex = Arc::new(RwLock::new(None));
+    let handle = start(s, index.clone(), Arc::new(VerdictLog::to_writer(Box::new(log.clone()))), metrics.clone())
+        .await
+        .unwrap();
+    Proxy { handle, log, metrics, index }
+}
+
+impl Proxy {
+    fn set_blocklist(&self, text: &str) {
+        let mut rules = RuleSet::default();
+        parse_str(text, "block.txt".as_ref(), ListKind::Block, &mut rules);
+        *self.index.write().unwrap() = Some(RuleIndex { seed: 0, rules: Arc::new(rules) });
+    }
+
+    async fn ask(&self, qname: &str) -> Message {
+        let mut q = Message::new(0xbeef, MessageType::Query, OpCode::Query);
+        q.metadata.recursion_desired = true;
+        q.add_query(Query::query(name(qname), RecordType::A));
+        q.set_edns(Edns::new());
+        self.ask_raw(&q.to_vec().unwrap()).await.expect("an answer")
+    }
+
+    async fn ask_raw(&self, bytes: &[u8]) -> Option<Message> {
+        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        c.send_to(bytes, self.handle.local_addr).await.unwrap();
+        let mut buf = vec![0u8; 65535];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), c.recv_from(&mut buf)).await.ok()?.unwrap();
+        Some(Message::from_vec(&buf[..n]).unwrap())
+    }
+
+    fn verdicts(&self) -> Vec<String> {
+        self.log.lines().iter().map(|v| v["verdict"].as_str().unwrap().to_string()).collect()
+    }
+}
+
+fn ips(m: &Message) -> Vec<String> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn forwards_and_answers_in_the_clients_spelling() {
+    let up = FakeUpstream::start(answers_with([192, 0, 2, 1]), answers_with([192, 0, 2, 1])).await;
+    let p = proxy(settings(vec![up.addr])).await;
+    let m = p.ask("Www.Example.COM.").await;
+    assert_eq!(m.metadata.id, 0xbeef);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(m.queries[0].name().eq_case(&name("Www.Example.COM.")));
+    assert!(m.answers[0].name.eq_case(&name("Www.Example.COM.")));
+    assert_eq!(ips(&m), ["192.0.2.1"]);
+    let lines = p.log.lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let v = &lines[0];
+    assert_eq!((v["layer"].as_str(), v["verdict"].as_str()), (Some("proxy"), Some("allow")));
+    assert_eq!(v["qname"], "www.example.com");
+    assert_eq!(v["upstream"], up.addr.to_string());
+    assert_eq!(v["rcode"], "NOERROR");
+    assert_eq!(v["dnssec"], "off");
+    assert!(v["latency_ms"].as_f64().is_some());
+    let text = p.metrics.encode();
+    assert!(text.contains(&format!(r#"verdict="allow",upstream="{}"}} 1"#, up.addr)), "{text}");
+    assert!(text.contains("dns_guard_upstream_latency_seconds_count"), "{text}");
+}
+
+#[tokio::test]
+async fn forgeries_are_counted_and_the_real_answer_still_wins() {
+    // The forger answers first, with every wrong field; the real answer
+    // comes last. None of the forgeries may end the wait.
+    let script: Script = Arc::new(|q: &Message| {
+        let real = answer(q, &[a_record(q.queries[0].name(), [192, 0, 2, 1])]);
+        let mut txid = answer(q, &[a_record(q.queries[0].name(), [6, 6, 6, 6])]);
+        txid.metadata.id = q.metadata.id.wrapping_add(1);
+        let mut case = txid.clone();
+        case.metadata.id = q.metadata.id;
+        case.queries[0].set_name(q.queries[0].name().to_lowercase());
+        let mut question = case.clone();
+        question.queries[0].set_name(name("other.example."));
+        let source = answer(q, &[a_record(q.queries[0].name(), [6, 6, 6, 6])]);
+        let mut v = vec![Reply::Real(txid), Reply::Real(question), Reply::FromStranger(source)];
+        // Lower-casing only differs when 0x20 made an upper-case letter.
+        if !q.queries[0].name().eq_case(&q.queries[0].name().to_lowercase()) {
+            v.push(Reply::Real(case));
+        }
+        v.push(Reply::Real(real));
+        v
+    });
+    let up = FakeUpstream::start(script, answers_with([192, 0, 2, 1])).await;
+    let p = proxy(settings(vec![up.addr])).await;
+    let m = p.ask("abcdefghijklmnopqrstuvwxyz.example.").await;
+    assert_eq!(ips(&m), ["192.0.2.1"]);
+    let text = p.metrics.encode();
+    for kind in ["wrong_txid", "wrong_question", "wrong_source", "case_mismatch"] {
+        assert!(text.contains(&format!(r#"kind="{kind}"}} 1"#)), "{kind}: {text}");
+    }
+    let v = p.verdicts();
+    assert_eq!(v.iter().filter(|v| *v == "spoof").count(), 4, "{v:?}");
+    assert_eq!(v.last().map(String::as_str), Some("allow"));
+}
+
+#[tokio::test]
+async fn spoofing_past_the_threshold_moves_the_upstream_to_tcp() {
+    let script: Script = Arc::new(|q: &Message| {
+        let mut v: Vec<Reply> = (1..=4)
+            .map(|i| {
+                let mut f = answer(q, &[]);
+                f.metadata.id = q.metadata.id.wrapping_add(i);
+                Reply::Real(f)
+            })
+            .collect();
+        v.push(Reply::Real(answer(q, &[a_record(q.queries[0].name(), [192, 0, 2, 1])])));
+        v
+    });
+    let up = FakeUpstream::start(script, answers_with([192, 0, 2, 2])).await;
+    let mut s = settings(vec![up.addr]);
+    s.spoof = SpoofConfig { threshold: 3, window_s: 60, tcp_cooldown_s: 300 };
+    let p = proxy(s).await;
+    assert_eq!(ips(&p.ask("one.example.").await), ["192.0.2.1"]);
+    assert_eq!(up.tcp_queries.load(Ordering::SeqCst), 0);
+    let v = p.verdicts();
+    assert_eq!(v.iter().filter(|v| *v == "poisoning-attempt").count(), 1, "{v:?}");
+    // Past the threshold only the summary is logged.
+    assert_eq!(v.iter().filter(|v| *v == "spoof").count(), 3, "{v:?}");
+    let alert = p.log.lines().into_iter().find(|l| l["verdict"] == "poisoning-attempt").unwrap();
+    assert_eq!(alert["action"], "tcp");
+    assert!(alert["reason"].as_str().unwrap().contains("wrong_txid=4"), "{alert}");
+    assert!(p.metrics.encode().contains(&format!(r#"dns_guard_upstream_tcp_forced{{upstream="{}"}} 1"#, up.addr)));
+
+    // The next query goes straight to TCP.
+    assert_eq!(ips(&p.ask("two.example.").await), ["192.0.2.2"]);
+    assert_eq!(up.tcp_queries.load(Ordering::SeqCst), 1);
+    assert_eq!(up.udp_queries.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn truncated_answers_are_retried_over_tcp() {
+    let tc: Script = Arc::new(|q: &Message| {
+        let mut m = answer(q, &[]);
+        m.metadata.truncation = true;
+        vec![Reply::Real(m)]
+    });
+    let up = FakeUpstream::start(tc, answers_with([192, 0, 2, 7])).await;
+    let p = proxy(settings(vec![up.addr])).await;
+    assert_eq!(ips(&p.ask("big.example.").await), ["192.0.2.7"]);
+    assert_eq!(up.tcp_queries.load(Ordering::SeqCst), 1);
+    assert_eq!(p.log.lines()[0]["reason"], "ok-tcp");
+}
+
+#[tokio::test]
+async fn a_dead_upstream_fails_over_and_all_dead_is_servfail() {
+    // Bound and never read: a blackholed upstream.
+    let dead = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    let up = FakeUpstream::start(answers_with([192, 0, 2, 9]), answers_with([192, 0, 2, 9])).await;
+    let mut s = settings(vec![dead_addr, up.addr]);
+    s.timeout = Duration::from_millis(200);
+    let p = proxy(s).await;
+    assert_eq!(ips(&p.ask("a.example.").await), ["192.0.2.9"]);
+    let text = p.metrics.encode();
+    assert!(text.contains(&format!(r#"dns_guard_upstream_healthy{{upstream="{dead_addr}"}} 0"#)), "{text}");
+    // Now the healthy one is asked first: no timeout to wait out.
+    let t = std::time::Instant::now();
+    assert_eq!(ips(&p.ask("b.example.").await), ["192.0.2.9"]);
+    assert!(t.elapsed() < Duration::from_millis(150), "{:?}", t.elapsed());
+
+    let mut s = settings(vec![dead_addr]);
+    s.timeout = Duration::from_millis(100);
+    let p = proxy(s).await;
+    let m = p.ask("c.example.").await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(ede_of(&m)[0].0, 22);
+    assert_eq!(p.verdicts(), ["servfail"]);
+    drop(dead);
+}
+
+#[tokio::test]
+async fn rebinding_answers_are_emptied_with_ede_15() {
+    let up = FakeUpstream::start(answers_with([10, 0, 0, 1]), answers_with([10, 0, 0, 1])).await;
+    let p = proxy(settings(vec![up.addr])).await;
+    let m = p.ask("evil.example.").await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(m.answers.is_empty());
+    assert_eq!(ede_of(&m)[0].0, 15);
+    let v = &p.log.lines()[0];
+    assert_eq!((v["verdict"].as_str(), v["rule"].as_str()), (Some("rebind"), Some("10.0.0.0/8")));
+    // cluster.local is allowed private space.
+    assert_eq!(ips(&p.ask("kube-dns.kube-system.svc.cluster.local.").await), ["10.0.0.1"]);
+
+    let meta = FakeUpstream::start(answers_with([169, 254, 169, 254]), answers_with([169, 254, 169, 254])).await;
+    let p = proxy(settings(vec![meta.addr])).await;
+    let m = p.ask("metadata.svc.cluster.local.").await;
+    assert!(m.answers.is_empty());
+    assert_eq!(p.log.lines()[0]["reason"], "metadata-address");
+}
+
+#[tokio::test]
+async fn blocklist_on_qname_and_cname_chain() {
+    let cloak: Script = Arc::new(|q: &Message| {
+        let qn = q.queries[0].name().clone();
+        let target = name("x.tracker.test.");
+        vec![Reply::Real(answer(
+            q,
+            &[Record::from_rdata(qn, 60, RData::CNAME(CNAME(target.clone()))), a_record(&target, [192, 0, 2, 1])],
+        ))]
+    });
+    let up = FakeUpstream::start(cloak.clone(), cloak).await;
+    let p = proxy(settings(vec![up.addr])).await;
+    p.set_blocklist("||tracker.test^\nads.example\n");
+
+    let m = p.ask("ads.example.").await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(ede_of(&m)[0].0, 15);
+    assert_eq!(up.udp_queries.load(Ordering::SeqCst), 0, "a blocked qname is never forwarded");
+
+    let m = p.ask("metrics.shop.example.").await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(ede_of(&m)[0].0, 15);
+    let lines = p.log.lines();
+    assert_eq!(lines[0]["reason"], "blocklist");
+    assert_eq!(lines[0]["rule"], "ads.example");
+    assert_eq!(lines[1]["reason"], "cname-cloaking");
+    assert_eq!(lines[1]["rule"], "||tracker.test^");
+    assert_eq!(lines[1]["list"], "block.txt:1");
+}
+
+#[tokio::test]
+async fn paranoid_mode_refuses_differing_answers() {
+    let racing: Script = Arc::new(|q: &Message| {
+        let n = q.queries[0].name();
+        vec![Reply::Real(answer(q, &[a_record(n, [6, 6, 6, 6])])), Reply::Real(answer(q, &[a_record(n, [192, 0, 2, 1])]))]
+    });
+    let up = FakeUpstream::start(racing, answers_with([192, 0, 2, 1])).await;
+    let mut s = settings(vec![up.addr]);
+    s.paranoid = true;
+    let p = proxy(s).await;
+    let m = p.ask("raced.example.").await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    let v = &p.log.lines()[0];
+    assert_eq!((v["verdict"].as_str(), v["reason"].as_str()), (Some("spoof"), Some("differing-answers")));
+
+    // Identical duplicates are fine.
+    let dup: Script = Arc::new(|q: &Message| {
+        let a = answer(q, &[a_record(q.queries[0].name(), [192, 0, 2, 1])]);
+        vec![Reply::Real(a.clone()), Reply::Real(a)]
+    });
+    let up = FakeUpstream::start(dup, answers_with([192, 0, 2, 1])).await;
+    let mut s = settings(vec![up.addr]);
+    s.paranoid = true;
+    let p = proxy(s).await;
+    assert_eq!(ips(&p.ask("dup.example.").await), ["192.0.2.1"]);
+}
+
+#[tokio::test]
+async fn garbage_gets_formerr_and_tcp_clients_are_served() {
+    let up = FakeUpstream::start(answers_with([192, 0, 2, 1]), answers_with([192, 0, 2, 1])).await;
+    let p = proxy(settings(vec![up.addr])).await;
+    let m = p.ask_raw(&[0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0x3f]).await.unwrap();
+    assert_eq!((m.metadata.id, m.metadata.response_code), (0xabcd, ResponseCode::FormErr));
+
+    let mut q = Message::new(7, MessageType::Query, OpCode::Query);
+    q.add_query(Query::query(name("tcp.example."), RecordType::A));
+    let b = q.to_vec().unwrap();
+    let mut s = tokio::net::TcpStream::connect(p.handle.local_addr).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(&(b.len() as u16).to_be_bytes()).await.unwrap();
+        s.write_all(&b).await.unwrap();
+        let n = s.read_u16().await.unwrap() as usize;
+        let mut buf = vec![0u8; n];
+        s.read_exact(&mut buf).await.unwrap();
+        let m = Message::from_vec(&buf).unwrap();
+        assert_eq!((m.metadata.id, ips(&m)), (7, vec!["192.0.2.1".to_string()]));
+    }
+}

@@ -1,0 +1,441 @@
+//! Talking to the real upstreams: one fresh socket per query (random
+//! source port), a random txid, 0x20 mixed case, checks 1-4 on every
+//! datagram, TCP on truncation, failover in health order, and the spoof
+//! accounting that moves an attacked upstream to TCP for a while.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use hickory_proto::{
+    op::{Edns, Message, MessageType, OpCode, Query},
+    rr::{Name, RecordType},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpStream, UdpSocket},
+    time::{timeout_at, Instant},
+};
+use tracing::{debug, warn};
+
+use super::{
+    checks::{any_addr, expect, verify_response, Expected, Rejection},
+    response::EDNS_PAYLOAD,
+    Telemetry,
+};
+use crate::{
+    config::SpoofConfig,
+    metrics::{SpoofLabels, UpstreamLabels},
+    verdict::Verdict,
+};
+
+/// Upstreams tried per query before giving up with SERVFAIL.
+const MAX_ATTEMPTS: usize = 3;
+/// Paranoid mode (Hold-On, Duan et al.): how long to keep listening after
+/// the first acceptable answer for a second, different one.
+pub const HOLD_ON: Duration = Duration::from_millis(50);
+/// How often an upstream marked down is probed.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// Why one exchange with one upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("no answer within the timeout")]
+    Timeout,
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("TCP answer failed the checks ({})", .0.reason())]
+    TcpRejected(Rejection),
+    #[error("cannot encode the query: {0}")]
+    Encode(String),
+}
+
+/// Why a query got no upstream answer at all.
+#[derive(Debug, thiserror::Error)]
+#[error("{tried} upstream(s) failed, last {upstream}: {source}")]
+pub struct ForwardError {
+    pub tried: usize,
+    pub upstream: String,
+    pub source: ExchangeError,
+}
+
+/// Who asked, for the spoof lines of the verdict log.
+#[derive(Debug, Clone, Default)]
+pub struct QueryCtx {
+    pub client: Option<SocketAddr>,
+    pub qname: Option<String>,
+    pub qtype: Option<String>,
+}
+
+/// An accepted upstream answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub msg: Message,
+    /// The qname as sent (0x20 case), to undo the case in the reply.
+    pub sent: Name,
+    pub upstream: String,
+    pub latency: Duration,
+    pub tcp: bool,
+    /// Paranoid mode saw a second acceptable answer that differed.
+    pub differing: bool,
+}
+
+/// Spoofed responses of one upstream in the current window.
+struct SpoofWindow {
+    start: Instant,
+    counts: BTreeMap<&'static str, u32>,
+    total: u32,
+    alerted: bool,
+    tcp_until: Option<Instant>,
+}
+
+pub struct UpstreamState {
+    pub addr: SocketAddr,
+    pub label: String,
+    healthy: AtomicBool,
+    spoof: Mutex<SpoofWindow>,
+}
+
+impl UpstreamState {
+    fn labels(&self) -> UpstreamLabels {
+        UpstreamLabels { upstream: self.label.clone() }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// The upstream set and the forwarding policy.
+pub struct Upstreams {
+    list: Vec<Arc<UpstreamState>>,
+    spoof: SpoofConfig,
+    timeout: Duration,
+    paranoid: bool,
+    tel: Arc<Telemetry>,
+}
+
+impl Upstreams {
+    pub fn new(addrs: &[SocketAddr], spoof: SpoofConfig, timeout: Duration, paranoid: bool, tel: Arc<Telemetry>) -> Self {
+        let list = addrs
+            .iter()
+            .map(|&addr| {
+                let u = Arc::new(UpstreamState {
+                    addr,
+                    label: addr.to_string(),
+                    healthy: AtomicBool::new(true),
+                    spoof: Mutex::new(SpoofWindow {
+                        start: Instant::now(),
+                        counts: BTreeMap::new(),
+                        total: 0,
+                        alerted: false,
+                        tcp_until: None,
+                    }),
+                });
+                tel.metrics.upstream_healthy.get_or_create(&u.labels()).set(1);
+                tel.metrics.upstream_tcp_forced.get_or_create(&u.labels()).set(0);
+                u
+            })
+            .collect();
+        Upstreams { list, spoof, timeout, paranoid, tel }
+    }
+
+    pub fn states(&self) -> &[Arc<UpstreamState>] {
+        &self.list
+    }
+
+    /// Healthy upstreams first, each group in configured order.
+    fn order(&self) -> Vec<Arc<UpstreamState>> {
+        let (mut up, down): (Vec<_>, Vec<_>) = self.list.iter().cloned().partition(|u| u.is_healthy());
+        up.extend(down);
+        up
+    }
+
+    fn set_health(&self, u: &UpstreamState, ok: bool) {
+        if u.healthy.swap(ok, Ordering::Relaxed) != ok {
+            if ok {
+                warn!(upstream = %u.label, "upstream answers again");
+            } else {
+                warn!(upstream = %u.label, "upstream failed; trying it last until a probe succeeds");
+            }
+        }
+        self.tel.metrics.upstream_healthy.get_or_create(&u.labels()).set(ok as i64);
+    }
+
+    /// Forwards `query` (the client's question; its case is replaced by a
+    /// random one) and returns the first answer that passes checks 1-4.
+    pub async fn forward(&self, query: &Query, cd: bool, dnssec_ok: bool, ctx: &QueryCtx) -> Result<Answer, ForwardError> {
+        let mut last = None;
+        let mut tried = 0;
+        for u in self.order().into_iter().take(MAX_ATTEMPTS) {
+            tried += 1;
+            let started = Instant::now();
+            let deadline = started + self.timeout;
+            match self.exchange(&u, query, cd, dnssec_ok, deadline, ctx).await {
+                Ok(mut a) => {
+                    a.latency = started.elapsed();
+                    self.tel.metrics.upstream_latency.get_or_create(&u.labels()).observe(a.latency.as_secs_f64());
+                    self.set_health(&u, true);
+                    return Ok(a);
+                }
+                Err(e) => {
+                    debug!(upstream = %u.label, error = %e, "upstream exchange failed");
+                    self.set_health(&u, false);
+                    last = Some((u.label.clone(), e));
+                }
+            }
+        }
+        let (upstream, source) = last.unwrap_or_else(|| ("none".into(), ExchangeError::Timeout));
+        Err(ForwardError { tried, upstream, source })
+    }
+
+    /// One upstream: UDP (or TCP while forced), then TCP if truncated.
+    async fn exchange(
+        &self,
+        u: &UpstreamState,
+        query: &Query,
+        cd: bool,
+        dnssec_ok: bool,
+        deadline: Instant,
+        ctx: &QueryCtx,
+    ) -> Result<Answer, ExchangeError> {
+        let (msg, sent) = build_query(query, cd, dnssec_ok);
+        let expected = expect(u.addr, msg.metadata.id, &msg.queries[0]);
+        let mut tcp = self.tcp_forced(u);
+        let (reply, differing) = if tcp {
+            (tcp_exchange(&msg, &expected, deadline).await?, false)
+        } else {
+            self.udp_exchange(u, &msg, &expected, deadline, ctx).await?
+        };
+        let (reply, differing) = if reply.metadata.truncation && !tcp {
+            // RFC 7766 §5: a truncated UDP answer is retried over TCP,
+            // with a new id: the first one has been on the wire.
+            tcp = true;
+            let mut retry = msg.clone();
+            retry.metadata.id = rand::random();
+            let expected = Expected { id: retry.metadata.id, ..expected };
+            (tcp_exchange(&retry, &expected, deadline).await?, false)
+        } else {
+            (reply, differing)
+        };
+        Ok(Answer { msg: reply, sent, upstream: u.label.clone(), latency: Duration::ZERO, tcp, differing })
+    }
+
+    /// Sends once, then reads until an acceptable answer or the deadline.
+    /// A datagram that fails checks 1-4 is counted and ignored: a forgery
+    /// must not end the wait for the real answer (that would be a cheap
+    /// way to make us fail, and a timing oracle for the forger).
+    async fn udp_exchange(
+        &self,
+        u: &UpstreamState,
+        msg: &Message,
+        expected: &Expected,
+        deadline: Instant,
+        ctx: &QueryCtx,
+    ) -> Result<(Message, bool), ExchangeError> {
+        let bytes = msg.to_vec().map_err(|e| ExchangeError::Encode(e.to_string()))?;
+        // A new socket per query: the kernel picks a random ephemeral
+        // port (RFC 5452 §9.2), so a forger must guess port and txid.
+        let sock = UdpSocket::bind(any_addr(&u.addr)).await?;
+        sock.send_to(&bytes, u.addr).await?;
+        let mut buf = vec![0u8; 65535];
+        let first = loop {
+            let (n, from) = timeout_at(deadline, sock.recv_from(&mut buf)).await.map_err(|_| ExchangeError::Timeout)??;
+            match verify_response(expected, from, &buf[..n]) {
+                Ok(m) => break m,
+                Err(rej) => self.on_spoof(u, rej, from, ctx),
+            }
+        };
+        if !self.paranoid {
+            return Ok((first, false));
+        }
+        let until = deadline.min(Instant::now() + HOLD_ON);
+        let mut differing = false;
+        while let Ok(r) = timeout_at(until, sock.recv_from(&mut buf)).await {
+            let (n, from) = r?;
+            match verify_response(expected, from, &buf[..n]) {
+                Ok(m) if !same_answer(&first, &m) => differing = true,
+                Ok(_) => {}
+                Err(rej) => self.on_spoof(u, rej, from, ctx),
+            }
+        }
+        Ok((first, differing))
+    }
+
+    /// Counts one rejected datagram; past the threshold, moves the
+    /// upstream to TCP (PowerDNS Recursor does so after one near miss;
+    /// a threshold keeps stray late answers from costing a TCP handshake).
+    fn on_spoof(&self, u: &UpstreamState, rej: Rejection, from: SocketAddr, ctx: &QueryCtx) {
+        self.tel.metrics.spoof_responses.get_or_create(&SpoofLabels { upstream: u.label.clone(), kind: rej.kind() }).inc();
+        debug!(upstream = %u.label, %from, kind = rej.kind(), "response failed the checks");
+        let now = Instant::now();
+        let window = Duration::from_secs(self.spoof.window_s);
+        let (log_each, alert) = {
+            let mut w = u.spoof.lock().unwrap_or_else(|p| p.into_inner());
+            if now.duration_since(w.start) >= window {
+                w.start = now;
+                w.counts.clear();
+                w.total = 0;
+                w.alerted = false;
+            }
+            *w.counts.entry(rej.kind()).or_default() += 1;
+            w.total += 1;
+            let over = w.total > self.spoof.threshold;
+            let alert = (over && !w.alerted).then(|| {
+                w.alerted = true;
+                if self.spoof.tcp_cooldown_s > 0 {
+                    w.tcp_until = Some(now + Duration::from_secs(self.spoof.tcp_cooldown_s));
+                }
+                let kinds: Vec<String> = w.counts.iter().map(|(k, n)| format!("{k}={n}")).collect();
+                format!("{} spoofed responses within {}s ({})", w.total, self.spoof.window_s, kinds.join(","))
+            });
+            // Past the threshold only the summary is logged, so a flood of
+            // forgeries cannot flood the verdict log too.
+            (!over, alert)
+        };
+        let line = |verdict: &'static str, action: &str, reason: String| {
+            let mut v = Verdict::new("proxy", verdict, action, reason);
+            v.client = ctx.client.map(|c| c.ip());
+            v.client_port = ctx.client.map(|c| c.port());
+            v.qname = ctx.qname.clone();
+            v.qtype = ctx.qtype.clone();
+            v.upstream = Some(u.label.clone());
+            v
+        };
+        if log_each {
+            self.tel.emit(line("spoof", "drop", rej.reason().to_string()), "spoof", &u.label);
+        } else {
+            self.tel.count("spoof", &u.label);
+        }
+        if let Some(summary) = alert {
+            let action = if self.spoof.tcp_cooldown_s > 0 { "tcp" } else { "log" };
+            warn!(upstream = %u.label, "{summary}; querying it over TCP for {}s", self.spoof.tcp_cooldown_s);
+            if self.spoof.tcp_cooldown_s > 0 {
+                self.tel.metrics.upstream_tcp_forced.get_or_create(&u.labels()).set(1);
+            }
+            self.tel.emit(line("poisoning-attempt", action, summary), "poisoning-attempt", &u.label);
+        }
+    }
+
+    /// True while `u` is in its TCP cooldown.
+    fn tcp_forced(&self, u: &UpstreamState) -> bool {
+        let mut w = u.spoof.lock().unwrap_or_else(|p| p.into_inner());
+        match w.tcp_until {
+            Some(t) if Instant::now() >= t => {
+                w.tcp_until = None;
+                self.tel.metrics.upstream_tcp_forced.get_or_create(&u.labels()).set(0);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// Probes upstreams marked down with `. NS` every few seconds, so a
+    /// recovered upstream goes back to the front of the order.
+    pub async fn probe_forever(self: Arc<Self>) {
+        let root = Query::query(Name::root(), RecordType::NS);
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            for u in self.list.iter().filter(|u| !u.is_healthy()) {
+                let deadline = Instant::now() + self.timeout;
+                let ok = self.exchange(u, &root, false, false, deadline, &QueryCtx::default()).await.is_ok();
+                if ok {
+                    self.set_health(u, true);
+                }
+            }
+        }
+    }
+}
+
+/// The upstream query for `query`: random id, the name in random case
+/// (draft-vixie-dnsext-dns0x20), RD, EDNS0 at 1232 with DO when wanted.
+pub fn build_query(query: &Query, cd: bool, dnssec_ok: bool) -> (Message, Name) {
+    let mut name = query.name().to_lowercase();
+    name.set_fqdn(true);
+    name.randomize_label_case();
+    let mut q = query.clone();
+    q.set_name(name.clone());
+    let mut m = Message::new(rand::random(), MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.metadata.checking_disabled = cd;
+    m.add_query(q);
+    let mut e = Edns::new();
+    e.set_max_payload(EDNS_PAYLOAD);
+    e.set_dnssec_ok(dnssec_ok);
+    m.set_edns(e);
+    (m, name)
+}
+
+/// RFC 7766 framing: a 2-byte length, then the message. A fresh
+/// connection per query, like the UDP socket.
+async fn tcp_exchange(msg: &Message, expected: &Expected, deadline: Instant) -> Result<Message, ExchangeError> {
+    let bytes = msg.to_vec().map_err(|e| ExchangeError::Encode(e.to_string()))?;
+    let len = u16::try_from(bytes.len()).map_err(|_| ExchangeError::Encode("query over 65535 bytes".into()))?;
+    let io = async {
+        let mut s = TcpStream::connect(expected.server).await?;
+        let mut framed = len.to_be_bytes().to_vec();
+        framed.extend_from_slice(&bytes);
+        s.write_all(&framed).await?;
+        let n = s.read_u16().await? as usize;
+        let mut buf = vec![0u8; n];
+        s.read_exact(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = timeout_at(deadline, io).await.map_err(|_| ExchangeError::Timeout)??;
+    // The source is the connection's peer: check 1 holds by construction.
+    verify_response(expected, expected.server, &buf).map_err(ExchangeError::TcpRejected)
+}
+
+/// Same rcode and the same answer records (order and TTL aside).
+fn same_answer(a: &Message, b: &Message) -> bool {
+    let set = |m: &Message| {
+        let mut v: Vec<String> = m
+            .answers
+            .iter()
+            .map(|r| format!("{} {} {}", r.name.to_lowercase(), r.record_type(), r.data))
+            .collect();
+        v.sort();
+        v
+    };
+    a.metadata.response_code == b.metadata.response_code && set(a) == set(b)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use hickory_proto::rr::{rdata::A, RData, Record};
+    use std::str::FromStr;
+
+    #[test]
+    fn queries_get_random_ids_and_case() {
+        let q = Query::query(Name::from_str("abcdefghijklmnop.example.com.").unwrap(), RecordType::A);
+        let (m1, n1) = build_query(&q, false, true);
+        let (m2, n2) = build_query(&q, false, true);
+        // 2^-16 and 2^-24 chances of a false failure: acceptable.
+        assert!(m1.metadata.id != m2.metadata.id || !n1.eq_case(&n2));
+        assert!(!n1.eq_case(&n2));
+        assert!(n1.eq_ignore_root(q.name()));
+        assert!(m1.edns.as_ref().unwrap().flags().dnssec_ok);
+        assert_eq!(m1.edns.as_ref().unwrap().max_payload(), 1232);
+        assert!(m1.metadata.recursion_desired);
+    }
+
+    #[test]
+    fn answers_compare_by_content() {
+        let n = Name::from_str("a.example.").unwrap();
+        let mk = |ip: [u8; 4]| {
+            let mut m = Message::response(1, OpCode::Query);
+            m.add_answer(Record::from_rdata(n.clone(), 60, RData::A(A::from(std::net::Ipv4Addr::from(ip)))));
+            m
+        };
+        assert!(same_answer(&mk([192, 0, 2, 1]), &mk([192, 0, 2, 1])));
+        assert!(!same_answer(&mk([192, 0, 2, 1]), &mk([192, 0, 2, 2])));
+    }
+}
