@@ -27,6 +27,18 @@ fn main() {
         .unwrap_or_else(|e| panic!("running {clang}: {e}; install clang (scripts/setup.sh)"));
     assert!(status.success(), "clang failed to build src/guard.bpf.c");
 
+    // The benchmark's floor: an XDP program that only returns XDP_PASS.
+    let pass_object = out.join("xdp_pass.bpf.o");
+    let status = Command::new(&clang)
+        .args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-mcpu=v3"])
+        .arg("-I")
+        .arg("/usr/include/x86_64-linux-gnu")
+        .args(["-c", "src/xdp_pass.bpf.c", "-o"])
+        .arg(&pass_object)
+        .status()
+        .expect("running clang");
+    assert!(status.success(), "clang failed to build src/xdp_pass.bpf.c");
+
     // The ABI header compiled for the BPF target alone: tests/abi.rs reads
     // its BTF to check the kernel's layout against the Rust one.
     let abi_object = out.join("abi_check.bpf.o");

@@ -28,10 +28,6 @@
  * That is why each of them re-checks the offsets it is handed.
  */
 
-/* Longest header chain in front of DNS: Ethernet, one tag, IPv4 with
- * options, UDP. */
-#define GUARD_DNS_OFF_MAX (14 + 4 + 60 + 8)
-
 /* Steps 2-3: Ethernet, IP, UDP to a DNS port, the DNS header. */
 __attribute__((noinline)) int parse_packet(struct xdp_md *ctx,
 					   const struct guard_config *cfg,
@@ -94,7 +90,7 @@ __attribute__((noinline)) int parse_question(struct xdp_md *ctx,
 	r = parse_question_tail(data, data_end, pd, dns_off, qname_len);
 	if (r != GUARD_PARSE_OK)
 		return r;
-	if (copy_qname(ctx, pd, s, qname_len))
+	if (copy_qname(ctx, dns_off, qname_len, s))
 		return GUARD_REASON_MALFORMED_TRUNCATED_QUESTION;
 	return GUARD_PARSE_OK;
 }

@@ -45,6 +45,10 @@
 
 #define GUARD_IPPROTO_UDP 17
 
+/* Longest header chain in front of DNS: Ethernet, one tag, IPv4 with
+ * options, UDP. */
+#define GUARD_DNS_OFF_MAX (14 + 4 + 60 + 8)
+
 /* DNS wire format (RFC 1035 4.1.1). */
 #define DNS_HDR_LEN 12
 #define DNS_QTAIL_LEN 4          /* qtype + qclass */

@@ -21,6 +21,11 @@ pub mod table;
 /// The XDP object file built by clang from `src/guard.bpf.c`.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard.bpf.o"));
 
+/// An XDP program (`xdp_pass`) that only returns XDP_PASS, built from
+/// `src/xdp_pass.bpf.c`: the floor the benchmark subtracts, so its numbers
+/// are the program's own cost rather than BPF_PROG_TEST_RUN's.
+pub static XDP_PASS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_pass.bpf.o"));
+
 unsafe extern "C" {
     fn guard_host_suffix_keys(name: *const u8, len: u32, seed: u64, out: *mut u64, cap: u32) -> i32;
 }
