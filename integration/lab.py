@@ -348,6 +348,16 @@ forward-zone:
 RESOLVERS = {"dnsmasq": Dnsmasq, "unbound": Unbound}
 
 
+def resolver_class(kind: str) -> type[Resolver]:
+    """RESOLVERS, plus real CoreDNS (coredns.py builds on this module, so it is imported late)."""
+    if kind == "coredns":
+        from coredns import CoreDns
+        return CoreDns
+    if kind not in RESOLVERS:
+        raise LabError(f"unknown resolver {kind!r}; pick one of {', '.join([*RESOLVERS, 'coredns'])}")
+    return RESOLVERS[kind]
+
+
 # --------------------------------------------------------------------------- dns-guard
 
 
@@ -567,7 +577,7 @@ class Lab:
             f"--address=/test/{UP_V4}", f"--address=/test/{UP_V6}",
         ])
         self.upstream.start()
-        self.resolver = RESOLVERS[self.resolver_kind](self, "dns", v4("up"))
+        self.resolver = resolver_class(self.resolver_kind)(self, "dns", v4("up"))
         self.resolver.start()
         self._wait_resolution()
         return self

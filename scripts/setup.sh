@@ -28,6 +28,8 @@ packages=(
   iproute2 util-linux dnsmasq-base unbound dnsutils knot-dnsutils dnsperf
   nsd bind9-utils  # forwarder tests: authoritative servers and DNSSEC signing for the private hierarchy
   python3 python3-pytest python3-scapy
+  # manifests test: a venv for kubernetes-validate (PyPI), whose Kubernetes schemas ship inside it
+  python3-venv
 )
 
 missing=()
@@ -72,6 +74,42 @@ if ! command -v cargo >/dev/null; then
   . \"\$HOME/.cargo/env\" && $0"
 fi
 say "$(cargo --version)"
+
+# ---- CoreDNS, kustomize, kubernetes-validate (issue 4) -------------------------
+# Real CoreDNS for the lab's dns pod and kustomize for the manifests test, built from
+# source through the Go module proxy into .cache/bin (gitignored); skipped when the
+# binary already reports the pinned version. Bump both pins together with
+# integration/coredns.py (COREDNS_VERSION) and integration/test_manifests.py.
+COREDNS_VERSION=v1.15.0        # newest release whose go.mod accepts go1.26
+KUSTOMIZE_VERSION=v5.8.1       # v5.8.2+ needs go >= 1.27
+KUBERNETES_VALIDATE_VERSION=1.37.0
+cache_bin="$repo/.cache/bin"
+if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
+  export PATH="/usr/local/go/bin:$PATH"
+fi
+go_tool() {  # go_tool NAME MODULE VERSION VERSION-COMMAND...
+  local name=$1 module=$2 version=$3; shift 3
+  if [[ -x $cache_bin/$name ]] && "$cache_bin/$name" "$@" 2>/dev/null | grep -qF "${version#v}"; then
+    say "$name ${version}: cached"
+  elif command -v go >/dev/null; then
+    say "building $name $version (go install, a few minutes the first time)"
+    mkdir -p "$cache_bin"
+    GOBIN="$cache_bin" GOTOOLCHAIN=local GOFLAGS=-buildvcs=false go install "$module@$version"
+  else
+    say "WARNING: no Go toolchain: $name not built; tests that need it skip (and fail under CI)"
+  fi
+}
+go_tool coredns github.com/coredns/coredns "$COREDNS_VERSION" -version
+go_tool kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION" version
+venv="$repo/.cache/venv"
+if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -qF "$KUBERNETES_VALIDATE_VERSION"; then
+  say "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+else
+  say "kubernetes-validate $KUBERNETES_VALIDATE_VERSION: cached"
+fi
+# ---- end CoreDNS, kustomize, kubernetes-validate --------------------------------
 
 if ((build)); then
   say "cargo build --release"
