@@ -58,7 +58,7 @@ pub fn fuzz_response(data: &[u8]) {
     let _ = check_rebinding(&qname, &msg, true, &["cluster.local".to_string()]);
     let chain = answer_chain(&sent, &msg);
     let _ = check_blocklist(&chain, rules());
-    let cq = ClientQuery { id: 1, query, rd: true, cd: false, edns_payload: Some(1232), dnssec_ok: false };
+    let cq = ClientQuery { id: 1, query, rd: true, cd: false, ad: false, edns_payload: Some(1232), dnssec_ok: false };
     let reply = forward_reply(&cq, &sent, msg, None);
     let _ = encode_udp(&reply, 512);
 }

@@ -2,19 +2,24 @@
 //! blocklist on the qname, forward, then checks 5-8 on the answer, one
 //! verdict line, the reply bytes.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Instant,
+};
 
 use hickory_proto::{
-    op::{Message, MessageType, OpCode, ResponseCode},
+    op::{Message, MessageType, OpCode, Query, ResponseCode},
     rr::RecordType,
 };
 use tracing::debug;
 
 use super::{
     checks::{answer_chain, check_blocklist, check_rebinding, dotted, scrub_bailiwick},
+    dnssec::{Security, Validator},
     response::{
         encode_udp, formerr_raw, forward_reply, header_reply, local_reply, ClientQuery, Ede, EDE_BLOCKED,
-        EDE_NO_REACHABLE_AUTHORITY,
+        EDE_DNSSEC_BOGUS, EDE_NO_REACHABLE_AUTHORITY,
     },
     upstream::{QueryCtx, Upstreams},
     Telemetry,
@@ -81,6 +86,8 @@ pub fn parse_request(raw: &[u8]) -> Parsed {
 /// Everything a query needs, shared by the UDP and TCP listeners.
 pub struct Handler {
     pub upstreams: Arc<Upstreams>,
+    /// Check 6; `None` with `proxy.dnssec: off`.
+    pub validator: Option<Arc<Validator>>,
     pub index: SharedRuleIndex,
     pub tel: Arc<Telemetry>,
     pub rebinding: RebindingConfig,
@@ -131,13 +138,15 @@ impl Handler {
     async fn resolve(&self, cq: &ClientQuery, client: SocketAddr) -> Outcome {
         let qname = dotted(cq.query.name());
         let qtype = qtype_name(u16::from(cq.query.query_type()));
+        // The verdict log's `dnssec`, once check 6 has run.
+        let dnssec = OnceLock::new();
         let line = |verdict: &'static str, action: &str, reason: &str| {
             let mut v = Verdict::new("proxy", verdict, action, reason);
             v.client = Some(client.ip());
             v.client_port = Some(client.port());
             v.qname = Some(qname.clone());
             v.qtype = Some(qtype.clone());
-            v.dnssec = Some("off".into());
+            v.dnssec = Some(dnssec.get().copied().unwrap_or("off").into());
             v
         };
         let blocked = |m: &RuleMatch, reason: &str, upstream: Option<&str>| {
@@ -161,8 +170,11 @@ impl Handler {
         }
 
         let ctx = QueryCtx { client: Some(client), qname: Some(qname.clone()), qtype: Some(qtype.clone()) };
-        let dnssec_ok = cq.dnssec_ok || self.dnssec == DnssecMode::Validate;
-        let answer = match self.upstreams.forward(&cq.query, cq.cd, dnssec_ok, &ctx).await {
+        let validating = self.dnssec == DnssecMode::Validate;
+        let dnssec_ok = cq.dnssec_ok || validating;
+        // CD when we validate: a validating upstream would SERVFAIL bogus
+        // data, leaving nothing to judge and no EDE 6 to give.
+        let answer = match self.upstreams.forward(&cq.query, cq.cd || validating, dnssec_ok, &ctx).await {
             Ok(a) => a,
             Err(e) => {
                 let mut v = line("servfail", "servfail", "all-upstreams-failed");
@@ -196,12 +208,36 @@ impl Handler {
         }
 
         let mut msg = answer.msg;
-        // Check 5.
+        // Check 6, on the answer as it came: check 5 would drop the NSEC3
+        // records a denial proof needs (their owners are hashes).
+        let security = self.check_dnssec(cq, &answer.sent, &msg).await;
+        if let Some(s) = &security {
+            let _ = dnssec.set(s.label());
+        }
+        if let Some(Security::Bogus(b)) = &security {
+            debug!(qname = %qname, upstream = %up, reason = b.reason, detail = %b.detail, "DNSSEC bogus");
+            let ede = Ede::new(EDE_DNSSEC_BOGUS, b.detail.clone());
+            return Outcome {
+                reply: local_reply(cq, ResponseCode::ServFail, Some(&ede)),
+                verdict: with_up(line("bogus", "servfail", b.reason)),
+                label: "bogus",
+                upstream: up,
+            };
+        }
+        let secure = security == Some(Security::Secure);
+
+        // Check 5. Authenticated answer and authority records cannot be a
+        // forgery, and downstream validators need the proofs among them,
+        // so a secure answer keeps those sections whole.
+        let kept = secure.then(|| (msg.answers.clone(), msg.authorities.clone()));
         let scrubbed = scrub_bailiwick(&answer.sent, &mut msg);
+        if let Some((answers, authorities)) = kept {
+            msg.answers = answers;
+            msg.authorities = authorities;
+        }
         if scrubbed > 0 {
             debug!(qname = %qname, upstream = %up, scrubbed, "removed out-of-bailiwick records");
         }
-        // Check 6 (DNSSEC) is not implemented yet: `dnssec` says "off".
 
         // Check 7.
         if let Some(hit) = check_rebinding(&qname, &msg, self.rebinding.block, &self.rebinding.allow) {
@@ -226,7 +262,23 @@ impl Handler {
         } else {
             ("allow", line("allow", "forward", if answer.tcp { "ok-tcp" } else { "ok" }))
         };
-        Outcome { reply: forward_reply(cq, &answer.sent, msg, None), verdict: with_up(v), label, upstream: up }
+        let mut reply = forward_reply(cq, &answer.sent, msg, None);
+        // RFC 6840 §5.7: AD for a client that signalled it understands it.
+        reply.metadata.authentic_data = secure && (cq.dnssec_ok || cq.ad);
+        Outcome { reply, verdict: with_up(v), label, upstream: up }
+    }
+
+    /// Check 6 (RFC 4035 §5): `None` when not validating: `dnssec: off`,
+    /// a client that set CD (RFC 4035 §3.2.2: it validates itself), or an
+    /// upstream error with nothing to validate.
+    async fn check_dnssec(&self, cq: &ClientQuery, sent: &hickory_proto::rr::Name, msg: &Message) -> Option<Security> {
+        let validator = self.validator.as_ref()?;
+        if cq.cd || !matches!(msg.metadata.response_code, ResponseCode::NoError | ResponseCode::NXDomain) {
+            return None;
+        }
+        let mut query = Query::query(sent.clone(), cq.query.query_type());
+        query.set_query_class(cq.query.query_class());
+        Some(validator.validate(&query, msg).await)
     }
 }
 

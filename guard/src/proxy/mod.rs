@@ -8,6 +8,7 @@
 //! option. Parsing and encoding are hickory-proto's.
 
 pub mod checks;
+pub mod dnssec;
 pub mod fuzzing;
 pub mod handler;
 pub mod response;
@@ -34,6 +35,7 @@ use crate::{
     metrics::{Metrics, VerdictLabels},
     verdict::{Verdict, VerdictLog},
 };
+use dnssec::{AnchorError, AnchorSet, Validator};
 use handler::{Handler, Transport};
 use upstream::Upstreams;
 
@@ -53,6 +55,8 @@ pub enum ProxyError {
     Bind { proto: &'static str, addr: SocketAddr, source: io::Error },
     #[error(transparent)]
     Upstreams(#[from] ResolvConfError),
+    #[error(transparent)]
+    TrustAnchor(#[from] AnchorError),
     #[error("no usable upstream: DNS over TLS (tls://) is not implemented yet; add a plain IP[:port] to proxy.upstreams")]
     NoPlainUpstream,
 }
@@ -63,6 +67,8 @@ pub struct ProxySettings {
     pub listen: SocketAddr,
     pub upstreams: Vec<SocketAddr>,
     pub dnssec: DnssecMode,
+    /// `proxy.trust_anchor` as read; empty: the IANA root keys.
+    pub anchors: AnchorSet,
     pub rebinding: RebindingConfig,
     pub spoof: SpoofConfig,
     pub paranoid: bool,
@@ -86,13 +92,15 @@ impl ProxySettings {
         if upstreams.is_empty() {
             return Err(ProxyError::NoPlainUpstream);
         }
-        if p.dnssec == DnssecMode::Validate {
-            warn!("proxy.dnssec: validate is not implemented yet; answers are forwarded unvalidated (dnssec=\"off\" in the verdict log)");
-        }
+        let anchors = match (&p.trust_anchor, p.dnssec) {
+            (Some(path), DnssecMode::Validate) => AnchorSet::from_file(path)?,
+            _ => AnchorSet::default(),
+        };
         Ok(ProxySettings {
             listen: p.listen,
             upstreams,
             dnssec: p.dnssec,
+            anchors,
             rebinding: p.rebinding.clone(),
             spoof: p.spoof.clone(),
             paranoid: p.paranoid,
@@ -165,8 +173,11 @@ pub async fn start(
         settings.paranoid,
         tel.clone(),
     ));
+    let validator = (settings.dnssec == DnssecMode::Validate)
+        .then(|| Arc::new(Validator::new(upstreams.clone(), settings.anchors.clone())));
     let handler = Arc::new(Handler {
         upstreams: upstreams.clone(),
+        validator,
         index,
         tel,
         rebinding: settings.rebinding.clone(),

@@ -51,6 +51,8 @@ pub struct ClientQuery {
     pub query: Query,
     pub rd: bool,
     pub cd: bool,
+    /// RFC 6840 §5.7: a client that sets AD understands it in the reply.
+    pub ad: bool,
     /// `Some(payload)` when the client sent an OPT record.
     pub edns_payload: Option<u16>,
     pub dnssec_ok: bool,
@@ -64,6 +66,7 @@ impl ClientQuery {
             query: q.clone(),
             rd: req.metadata.recursion_desired,
             cd: req.metadata.checking_disabled,
+            ad: req.metadata.authentic_data,
             edns_payload: req.edns.as_ref().map(|e| e.max_payload()),
             dnssec_ok: req.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
         })
@@ -106,8 +109,8 @@ pub fn local_reply(client: &ClientQuery, rcode: ResponseCode, ede: Option<&Ede>)
 
 /// The upstream's answer re-addressed to the client: the client's id and
 /// question spelling, the upstream's records with the 0x20 case undone.
-/// AD is cleared: nothing here validated the data (DNSSEC is not
-/// implemented yet), and RFC 6840 §5.8 lets only a validator set it.
+/// AD is cleared: the upstream's AD means nothing to us (RFC 6840 §5.8);
+/// the handler sets it again when check 6 found the answer secure.
 pub fn forward_reply(client: &ClientQuery, sent: &Name, mut up: Message, ede: Option<&Ede>) -> Message {
     let mut m = Message::response(client.id, OpCode::Query);
     let h = &mut m.metadata;
@@ -233,6 +236,7 @@ mod tests {
             query: Query::query(Name::from_ascii("Www.Example.com.").unwrap(), RecordType::A),
             rd: true,
             cd: false,
+            ad: false,
             edns_payload: edns.then_some(4096),
             dnssec_ok: false,
         }

@@ -146,6 +146,7 @@ fn settings(upstreams: Vec<SocketAddr>) -> ProxySettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         upstreams,
         dnssec: DnssecMode::Off,
+        anchors: Default::default(),
         rebinding: RebindingConfig::default(),
         spoof: SpoofConfig { threshold: 10, window_s: 60, tcp_cooldown_s: 300 },
         paranoid: false,

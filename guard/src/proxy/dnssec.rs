@@ -1,0 +1,690 @@
+//! Check 6: DNSSEC validation (RFC 4033-4035, RFC 5155). hickory's
+//! `DnssecDnsHandle` walks the chain of trust; underneath it sits
+//! `Exchange`, our own upstream path, so the validator's DS and DNSKEY
+//! sub-queries pass checks 1-4, 0x20 and the spoof accounting like any
+//! client query, and are cached (TTL-bounded) so a query is not a chain walk.
+
+use std::{
+    cell::Cell,
+    collections::HashMap,
+    io,
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures_util::{
+    future,
+    stream::{self, Stream},
+};
+use hickory_net::{
+    dnssec::DnssecDnsHandle, runtime::TokioRuntimeProvider, xfer::FirstAnswer, DnsError, DnsHandle, NetError,
+};
+use hickory_proto::{
+    dnssec::{
+        rdata::{DNSSECRData, DNSKEY, DS},
+        Algorithm, DigestType, DnssecSummary, Proof, PublicKeyBuf, TrustAnchors,
+    },
+    op::{DnsRequest, DnsRequestOptions, DnsResponse, Message, Query, ResponseCode},
+    rr::{Name, RData, Record, RecordType},
+};
+use tokio::sync::OnceCell;
+use tracing::{debug, warn};
+
+use super::{
+    checks::dotted,
+    upstream::{QueryCtx, Upstreams},
+};
+use crate::verdict::qtype_name;
+
+/// Longest a validator sub-answer (DS, DNSKEY, NS) is reused, whatever its
+/// TTL: a key rollover or a new DS is picked up within this.
+pub const SUB_CACHE_MAX_TTL: Duration = Duration::from_secs(300);
+/// Sub-answers kept at most; past it the cache starts over.
+const SUB_CACHE_ENTRIES: usize = 4096;
+
+// ---------------------------------------------------------------------------
+// Trust anchors
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnchorError {
+    #[error("cannot read trust anchor {path}: {source}; set proxy.trust_anchor to a readable file")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("bad trust anchor file:\n  {}\nuse DNSKEY or DS records in zone file format, one per line", .issues.join("\n  "))]
+    Parse { issues: Vec<String> },
+    #[error("trust anchor {path} holds no DNSKEY or DS record; add the root's, or remove proxy.trust_anchor to use the IANA root keys")]
+    Empty { path: PathBuf },
+}
+
+/// The configured trust anchors, as read: DNSKEYs are trusted directly; a
+/// DS is turned into the DNSKEY it covers on first use (RFC 4035 §5.1).
+/// Empty with no `source`: the IANA root KSKs hickory ships (20326, 38696).
+#[derive(Debug, Clone, Default)]
+pub struct AnchorSet {
+    pub source: Option<PathBuf>,
+    pub dnskeys: Vec<(Name, DNSKEY)>,
+    pub ds: Vec<(Name, DS)>,
+}
+
+impl AnchorSet {
+    /// Reads a trust-anchor file as Unbound's `trust-anchor-file` does:
+    /// DNSKEY and/or DS records in zone presentation format, parentheses
+    /// allowed. Every bad line is reported, as `file:line: problem`.
+    pub fn from_file(path: &Path) -> Result<Self, AnchorError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| AnchorError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, AnchorError> {
+        let mut set = AnchorSet { source: Some(path.to_path_buf()), ..Default::default() };
+        let mut issues = Vec::new();
+        for (line, tokens) in records(text) {
+            match parse_record(&tokens) {
+                Ok(Anchor::Key(n, k)) => set.dnskeys.push((n, k)),
+                Ok(Anchor::Ds(n, d)) => set.ds.push((n, d)),
+                Ok(Anchor::Skip) => {}
+                Err(msg) => issues.push(format!("{}:{line}: {msg}", path.display())),
+            }
+        }
+        if !issues.is_empty() {
+            return Err(AnchorError::Parse { issues });
+        }
+        if set.dnskeys.is_empty() && set.ds.is_empty() {
+            return Err(AnchorError::Empty { path: path.to_path_buf() });
+        }
+        Ok(set)
+    }
+}
+
+enum Anchor {
+    Key(Name, DNSKEY),
+    Ds(Name, DS),
+    /// A `$TTL` directive: meaningless for anchors.
+    Skip,
+}
+
+/// Splits zone-file text into records: comments (`;`) dropped, lines
+/// joined inside parentheses; each with the line it starts on.
+fn records(text: &str) -> Vec<(usize, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut cur: Option<(usize, Vec<String>)> = None;
+    let mut depth = 0usize;
+    for (i, raw) in text.lines().enumerate() {
+        let body = raw.split(';').next().unwrap_or("");
+        for tok in body.replace('(', " ( ").replace(')', " ) ").split_whitespace() {
+            match tok {
+                "(" => depth += 1,
+                ")" => depth = depth.saturating_sub(1),
+                t => cur.get_or_insert_with(|| (i + 1, Vec::new())).1.push(t.to_string()),
+            }
+        }
+        if depth == 0 {
+            out.extend(cur.take());
+        }
+    }
+    out.extend(cur);
+    out
+}
+
+fn parse_record(tokens: &[String]) -> Result<Anchor, String> {
+    let [owner, rest @ ..] = tokens else { return Err("empty record".into()) };
+    if owner.starts_with('$') {
+        return match owner.as_str() {
+            "$TTL" => Ok(Anchor::Skip),
+            d => Err(format!("directive {d} is not supported; write fully qualified owner names")),
+        };
+    }
+    if !owner.ends_with('.') {
+        return Err(format!("owner {owner:?} is not fully qualified; end it with a dot (the root is \".\")"));
+    }
+    let name = Name::from_ascii(owner).map_err(|e| format!("bad owner {owner:?}: {e}"))?;
+    // Optional TTL and class, in either order (RFC 1035 §5.1).
+    let mut i = 0;
+    while i < rest.len() && i < 2 && (rest[i].parse::<u32>().is_ok() || rest[i].eq_ignore_ascii_case("IN")) {
+        i += 1;
+    }
+    let Some(rtype) = rest.get(i) else { return Err("no record type".into()) };
+    let rdata = &rest[i + 1..];
+    match rtype.to_ascii_uppercase().as_str() {
+        "DNSKEY" => parse_dnskey(rdata).map(|k| Anchor::Key(name, k)),
+        "DS" => parse_ds(rdata).map(|d| Anchor::Ds(name, d)),
+        t => Err(format!("record type {t} cannot be a trust anchor; use DNSKEY or DS")),
+    }
+}
+
+fn field<T: std::str::FromStr>(rdata: &[String], i: usize, what: &str) -> Result<T, String> {
+    let s = rdata.get(i).ok_or_else(|| format!("{what} missing"))?;
+    s.parse().map_err(|_| format!("bad {what} {s:?}"))
+}
+
+/// RFC 4034 §2.2: flags, protocol (3), algorithm, base64 key.
+fn parse_dnskey(rdata: &[String]) -> Result<DNSKEY, String> {
+    let flags: u16 = field(rdata, 0, "DNSKEY flags")?;
+    let protocol: u8 = field(rdata, 1, "DNSKEY protocol")?;
+    let alg = Algorithm::from_u8(field(rdata, 2, "DNSKEY algorithm")?);
+    if protocol != 3 {
+        return Err(format!("DNSKEY protocol is {protocol}; RFC 4034 §2.1.2 requires 3"));
+    }
+    // RFC 4034 §2.1.1: only a zone key (bit 7) signs RRsets.
+    if flags & 0x0100 == 0 {
+        return Err("DNSKEY is not a zone key (flags bit 7 clear)".into());
+    }
+    if flags & 0x0080 != 0 {
+        return Err("DNSKEY is revoked (RFC 5011 REVOKE bit set)".into());
+    }
+    if !alg.is_supported() {
+        return Err(format!("DNSKEY algorithm {} is not supported", u8::from(alg)));
+    }
+    let b64: String = rdata.get(3..).unwrap_or_default().concat();
+    if b64.is_empty() {
+        return Err("DNSKEY public key missing".into());
+    }
+    let key = data_encoding::BASE64.decode(b64.as_bytes()).map_err(|e| format!("DNSKEY key is not base64: {e}"))?;
+    Ok(DNSKEY::with_flags(flags, PublicKeyBuf::new(key, alg)))
+}
+
+/// RFC 4034 §5.3: key tag, algorithm, digest type, hex digest.
+fn parse_ds(rdata: &[String]) -> Result<DS, String> {
+    let tag: u16 = field(rdata, 0, "DS key tag")?;
+    let alg = Algorithm::from_u8(field(rdata, 1, "DS algorithm")?);
+    let dtype = DigestType::from(field::<u8>(rdata, 2, "DS digest type")?);
+    let hex: String = rdata.get(3..).unwrap_or_default().concat();
+    let digest = data_encoding::HEXUPPER_PERMISSIVE
+        .decode(hex.as_bytes())
+        .map_err(|e| format!("DS digest is not hex: {e}"))?;
+    let want = match dtype {
+        DigestType::SHA1 => 20,
+        DigestType::SHA256 => 32,
+        DigestType::SHA384 => 48,
+        _ => return Err(format!("DS digest type {} is not supported; use 2 (SHA-256)", u8::from(dtype))),
+    };
+    if digest.len() != want {
+        return Err(format!("DS digest is {} bytes; digest type {} needs {want}", digest.len(), u8::from(dtype)));
+    }
+    if !alg.is_supported() {
+        return Err(format!("DS algorithm {} is not supported", u8::from(alg)));
+    }
+    Ok(DS::new(tag, alg, dtype, digest))
+}
+
+// ---------------------------------------------------------------------------
+// The exchange under the validator
+// ---------------------------------------------------------------------------
+
+tokio::task_local! {
+    /// The client's answer, already fetched and checked by the handler: the
+    /// first `send` made while it is set (the validator's top-level query)
+    /// gets it instead of a second upstream round trip.
+    static SEED: Cell<Option<Message>>;
+}
+
+type SubKey = (Name, RecordType);
+
+/// Sub-answers by (lowercased name, type), with their expiry.
+#[derive(Default)]
+struct SubCache {
+    map: Mutex<HashMap<SubKey, (Instant, DnsResponse)>>,
+}
+
+impl SubCache {
+    fn get(&self, key: &SubKey) -> Option<DnsResponse> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key).filter(|(exp, _)| Instant::now() < *exp).map(|(_, r)| r.clone())
+    }
+
+    fn put(&self, key: SubKey, resp: &DnsResponse) {
+        let Some(ttl) = cache_ttl(resp) else { return };
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= SUB_CACHE_ENTRIES {
+            let now = Instant::now();
+            map.retain(|_, (exp, _)| *exp > now);
+            if map.len() >= SUB_CACHE_ENTRIES {
+                map.clear();
+            }
+        }
+        map.insert(key, (Instant::now() + ttl, resp.clone()));
+    }
+}
+
+/// How long an answer may be reused: its smallest TTL (a negative answer's
+/// is the SOA's TTL capped by its MINIMUM, RFC 2308 §5), at most
+/// `SUB_CACHE_MAX_TTL`. Failures and empty answers are not kept.
+fn cache_ttl(m: &Message) -> Option<Duration> {
+    if !matches!(m.metadata.response_code, ResponseCode::NoError | ResponseCode::NXDomain) {
+        return None;
+    }
+    let ttl = m
+        .answers
+        .iter()
+        .chain(m.authorities.iter())
+        .map(|r| match &r.data {
+            RData::SOA(soa) => r.ttl.min(soa.minimum),
+            _ => r.ttl,
+        })
+        .min()?;
+    Some(Duration::from_secs(ttl.into()).min(SUB_CACHE_MAX_TTL))
+}
+
+/// A `DnsHandle` over `Upstreams::forward`.
+#[derive(Clone)]
+pub struct Exchange {
+    upstreams: Arc<Upstreams>,
+    cache: Arc<SubCache>,
+}
+
+impl Exchange {
+    async fn sub_query(self, query: Query) -> Result<DnsResponse, NetError> {
+        let key = (query.name().to_lowercase(), query.query_type());
+        if let Some(hit) = self.cache.get(&key) {
+            return Ok(hit);
+        }
+        let ctx = QueryCtx {
+            client: None,
+            qname: Some(dotted(query.name())),
+            qtype: Some(qtype_name(u16::from(query.query_type()))),
+        };
+        // CD: an upstream that validates must hand us the data to judge.
+        let a = self.upstreams.forward(&query, true, true, &ctx).await.map_err(|e| NetError::from(e.to_string()))?;
+        if a.differing {
+            return Err(NetError::from("differing answers to a validation query (Hold-On)"));
+        }
+        let resp = DnsResponse::from_message(a.msg).map_err(|e| NetError::from(e.to_string()))?;
+        self.cache.put(key, &resp);
+        Ok(resp)
+    }
+}
+
+impl DnsHandle for Exchange {
+    type Response = Pin<Box<dyn Stream<Item = Result<DnsResponse, NetError>> + Send>>;
+    type Runtime = TokioRuntimeProvider;
+
+    fn send(&self, request: DnsRequest) -> Self::Response {
+        if let Some(seed) = SEED.try_with(Cell::take).ok().flatten() {
+            let resp = DnsResponse::from_message(seed).map_err(|e| NetError::from(e.to_string()));
+            return Box::pin(stream::once(future::ready(resp)));
+        }
+        let Some(query) = request.queries.first().cloned() else {
+            return Box::pin(stream::once(future::ready(Err(NetError::from("validation query without a question")))));
+        };
+        Box::pin(stream::once(self.clone().sub_query(query)))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The validator
+// ---------------------------------------------------------------------------
+
+/// Why an answer is bogus: `reason` for the verdict log, `detail` for the
+/// EDE text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bogus {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// RFC 4035 §4.3 security status of an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Security {
+    Secure,
+    Insecure,
+    Bogus(Bogus),
+}
+
+impl Security {
+    /// The verdict log's `dnssec` field.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Security::Secure => "secure",
+            Security::Insecure => "insecure",
+            Security::Bogus(_) => "bogus",
+        }
+    }
+}
+
+fn bogus(reason: &'static str, detail: impl Into<String>) -> Security {
+    Security::Bogus(Bogus { reason, detail: detail.into() })
+}
+
+pub struct Validator {
+    exchange: Exchange,
+    anchors: AnchorSet,
+    handle: OnceCell<DnssecDnsHandle<Exchange>>,
+}
+
+impl Validator {
+    pub fn new(upstreams: Arc<Upstreams>, anchors: AnchorSet) -> Self {
+        Validator { exchange: Exchange { upstreams, cache: Arc::default() }, anchors, handle: OnceCell::new() }
+    }
+
+    /// The chain walker, built on first use: a DS anchor needs the
+    /// upstream to fetch the key it covers. A failure is retried by the
+    /// next query.
+    async fn handle(&self) -> Result<&DnssecDnsHandle<Exchange>, String> {
+        self.handle
+            .get_or_try_init(|| async {
+                let anchors = self.trust_anchors().await?;
+                Ok(DnssecDnsHandle::with_trust_anchor(self.exchange.clone(), Arc::new(anchors)))
+            })
+            .await
+    }
+
+    async fn trust_anchors(&self) -> Result<TrustAnchors, String> {
+        if self.anchors.source.is_none() {
+            return Ok(TrustAnchors::default());
+        }
+        let mut ta = TrustAnchors::empty();
+        let mut count = 0;
+        for (name, key) in &self.anchors.dnskeys {
+            count += usize::from(ta.insert_with_name(key.public_key(), name.into()));
+        }
+        let mut owners: Vec<&Name> = self.anchors.ds.iter().map(|(n, _)| n).collect();
+        owners.dedup();
+        for owner in owners {
+            match self.keys_for_ds(owner).await {
+                Ok(keys) => {
+                    for k in keys {
+                        count += usize::from(ta.insert_with_name(k.public_key(), owner.into()));
+                    }
+                }
+                // With DNSKEY anchors as well, those still work.
+                Err(e) if count > 0 => warn!(%owner, error = %e, "DS trust anchor not usable; using the DNSKEY anchors"),
+                Err(e) => return Err(e),
+            }
+        }
+        if count == 0 {
+            return Err("no DNSKEY matches the DS trust anchor".into());
+        }
+        Ok(ta)
+    }
+
+    /// RFC 4035 §5.1: the zone's DNSKEY set, keeping only keys whose
+    /// digest matches a configured DS. The set's own signature is then
+    /// checked by the validator against the key kept here.
+    async fn keys_for_ds(&self, owner: &Name) -> Result<Vec<DNSKEY>, String> {
+        let mut fqdn = owner.clone();
+        fqdn.set_fqdn(true);
+        let resp = self
+            .exchange
+            .clone()
+            .sub_query(Query::query(fqdn.clone(), RecordType::DNSKEY))
+            .await
+            .map_err(|e| format!("cannot fetch the DNSKEYs of {owner} for the DS trust anchor: {e}"))?;
+        let keys = covered_keys(&fqdn, &resp.answers, &self.anchors.ds);
+        if keys.is_empty() {
+            return Err(format!("no DNSKEY of {owner} matches the DS trust anchor"));
+        }
+        debug!(%owner, keys = keys.len(), "DS trust anchor resolved to DNSKEYs");
+        Ok(keys)
+    }
+
+    /// Classifies `msg`, the upstream's answer to `query` (as sent).
+    pub async fn validate(&self, query: &Query, msg: &Message) -> Security {
+        let handle = match self.handle().await {
+            Ok(h) => h,
+            Err(e) => return bogus("no-trust-anchor", e),
+        };
+        let request = DnsRequest::from_query(query.clone(), DnsRequestOptions::default());
+        let stream = SEED.sync_scope(Cell::new(Some(msg.clone())), || handle.send(request));
+        classify(query, stream.first_answer().await)
+    }
+}
+
+/// Keys in `answers` owned by `owner` that some DS in `ds` covers.
+fn covered_keys(owner: &Name, answers: &[Record], ds: &[(Name, DS)]) -> Vec<DNSKEY> {
+    answers
+        .iter()
+        .filter(|r| r.name == *owner)
+        .filter_map(|r| match &r.data {
+            RData::DNSSEC(DNSSECRData::DNSKEY(k)) => Some(k),
+            _ => None,
+        })
+        .filter(|k| {
+            ds.iter()
+                .filter(|(n, _)| n == owner || (n.is_root() && owner.is_root()))
+                .any(|(_, d)| d.covers(owner, k).unwrap_or(false))
+        })
+        .cloned()
+        .collect()
+}
+
+/// Reads the verdict off hickory's result: the records' proofs, or the
+/// error a failed denial proof comes back as.
+fn classify(query: &Query, result: Result<DnsResponse, NetError>) -> Security {
+    match result {
+        Ok(resp) => summarize(&resp),
+        Err(NetError::Dns(DnsError::Nsec { response, proof, .. })) => match proof {
+            Proof::Secure => summarize(&response),
+            Proof::Insecure => Security::Insecure,
+            _ if nsec_wildcard_proven(query, &response) => Security::Secure,
+            p => bogus("denial-unproven", format!("no valid NSEC/NSEC3 proof for {} ({p})", query.name())),
+        },
+        Err(e) => bogus("validation-failed", e.to_string()),
+    }
+}
+
+/// RFC 4035 §4.3: secure when every answer and authority RRset is; bogus
+/// when any is.
+fn summarize(m: &Message) -> Security {
+    let records = || m.answers.iter().chain(m.authorities.iter());
+    match DnssecSummary::from_records(records()) {
+        DnssecSummary::Secure => Security::Secure,
+        DnssecSummary::Insecure => Security::Insecure,
+        DnssecSummary::Bogus => {
+            let r = records().find(|r| r.proof == Proof::Bogus && r.record_type() != RecordType::RRSIG);
+            let detail = r.map_or_else(String::new, |r| format!("{} {} failed validation", r.name, r.record_type()));
+            bogus("bad-signature", detail)
+        }
+    }
+}
+
+/// RFC 4035 §5.3.4: a wildcard expansion is proven by a secure NSEC that
+/// covers the expanded name and whose closest encloser is the wildcard's
+/// parent (Unbound's `val_nsec_proves_positive_wildcard`). hickory 0.26.3
+/// gets this wrong for NSEC zones (hickory-dns #2882), so it is checked
+/// here, and only when everything else in the answer validated.
+fn nsec_wildcard_proven(query: &Query, m: &Message) -> bool {
+    let data = || m.answers.iter().filter(|r| r.record_type() != RecordType::RRSIG);
+    if data().next().is_none() || !data().all(|r| r.proof == Proof::Secure) {
+        return false;
+    }
+    let nsecs: Vec<(&Name, &Name)> = m
+        .authorities
+        .iter()
+        .filter(|r| r.proof == Proof::Secure)
+        .filter_map(|r| match &r.data {
+            RData::DNSSEC(DNSSECRData::NSEC(n)) => Some((&r.name, n.next_domain_name())),
+            _ => None,
+        })
+        .collect();
+    let mut proven = 0;
+    for r in &m.answers {
+        let RData::DNSSEC(DNSSECRData::RRSIG(sig)) = &r.data else { continue };
+        let input = sig.input();
+        if r.proof != Proof::Secure || input.num_labels >= r.name.num_labels() {
+            continue;
+        }
+        let parent = r.name.trim_to(input.num_labels as usize);
+        let ok = nsecs.iter().any(|(owner, next)| {
+            input.signer_name.zone_of(owner)
+                && covers(owner, next, &r.name)
+                && common_labels(&r.name, owner).max(common_labels(&r.name, next)) == parent.num_labels()
+        });
+        if !ok {
+            debug!(qname = %query.name(), owner = %r.name, "wildcard expansion without a covering NSEC");
+            return false;
+        }
+        proven += 1;
+    }
+    proven > 0
+}
+
+/// `name` lies strictly between `owner` and `next` in canonical order
+/// (RFC 4034 §6.1); the zone's last NSEC wraps around to the apex.
+fn covers(owner: &Name, next: &Name, name: &Name) -> bool {
+    if owner < next {
+        owner < name && name < next
+    } else {
+        owner < name && next.zone_of(name)
+    }
+}
+
+/// Labels `a` and `b` share, counted from the root.
+fn common_labels(a: &Name, b: &Name) -> u8 {
+    let n = a.iter().rev().zip(b.iter().rev()).take_while(|(x, y)| x.eq_ignore_ascii_case(y)).count();
+    n as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::dnssec::rdata::{SigInput, NSEC, RRSIG};
+
+    const KEY: &str = "AwEAAaz/tAm8yTn4Mfeh5eyI96WSVexTBAvkMgJzkKTOiW1vkIbzxeF3+/4RgWOq7HrxRixHlFlExOLAJr5emLvN7SWXgnLh4+B5xQlNVz8Og8kvArMtNROxVQuCaSnIDdD5LKyWbRd2n9WGe2R8PzgCmr3EgVLrjyBxWezF0jLHwVN8efS3rCj/EWgvIWgb9tarpVUDK/b58Da+sqqls3eNbuv7pr+eoZG+SrDK6nWeL3c6H5Apxz7LjVc1uTIdsIXxuOLYA4/ilBmSVIzuDWfdRUfhHdY6+cn8HFRm+2hM8AnXGXws9555KrUB5qihylGa8subX2Nn6UwNR1AkUTV74bU=";
+    const DS_20326: &str = "E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D";
+
+    fn parse(text: &str) -> Result<AnchorSet, AnchorError> {
+        AnchorSet::parse(text, Path::new("root.key"))
+    }
+
+    #[test]
+    fn dnskey_only_anchor() {
+        let set = parse(&format!("; the root KSK\n. 172800 IN DNSKEY 257 3 8 {KEY} ;{{id = 20326 (ksk)}}\n")).unwrap();
+        assert_eq!(set.dnskeys.len(), 1);
+        assert!(set.ds.is_empty());
+        let (name, key) = &set.dnskeys[0];
+        assert!(name.is_root());
+        assert_eq!(key.calculate_key_tag().unwrap(), 20326);
+    }
+
+    #[test]
+    fn ds_only_anchor_and_it_covers_the_key() {
+        let set = parse(&format!(". IN DS 20326 8 2 {}\n", DS_20326.to_lowercase())).unwrap();
+        assert_eq!(set.ds.len(), 1);
+        assert!(set.dnskeys.is_empty());
+        let key = parse_dnskey(&["257", "3", "8", KEY].map(String::from)).unwrap();
+        let record = Record::from_rdata(Name::root(), 3600, RData::DNSSEC(DNSSECRData::DNSKEY(key.clone())));
+        assert_eq!(covered_keys(&Name::root(), std::slice::from_ref(&record), &set.ds), [key]);
+        // A key the DS does not cover is not kept.
+        let other = parse_dnskey(&["256", "3", "8", &KEY.replace("AwEAAaz", "AwEAAbz")].map(String::from)).unwrap();
+        let record = Record::from_rdata(Name::root(), 3600, RData::DNSSEC(DNSSECRData::DNSKEY(other)));
+        assert!(covered_keys(&Name::root(), &[record], &set.ds).is_empty());
+    }
+
+    #[test]
+    fn both_forms_and_multi_line_records() {
+        let text = format!(
+            ". 3600 IN DNSKEY 257 3 8 (\n  {}\n  {} ) ; KSK\n$TTL 3600\n. DS 20326 8 2 {} {}\n",
+            &KEY[..100],
+            &KEY[100..],
+            &DS_20326[..32],
+            &DS_20326[32..]
+        );
+        let set = parse(&text).unwrap();
+        assert_eq!((set.dnskeys.len(), set.ds.len()), (1, 1));
+    }
+
+    #[test]
+    fn malformed_lines_are_all_reported_with_file_and_line() {
+        let text = format!(
+            "; header\n. IN DNSKEY 257 3 8 {KEY}\n. IN DNSKEY 257 2 8 {KEY}\nexample IN DS 1 8 2 00\n. IN A 192.0.2.1\n. IN DS 20326 8 2 abcd\n. IN DS x 8 2 {DS_20326}\n"
+        );
+        let Err(AnchorError::Parse { issues }) = parse(&text) else { panic!("accepted") };
+        let lines: Vec<&str> = issues.iter().map(|i| i.split(": ").next().unwrap()).collect();
+        assert_eq!(lines, ["root.key:3", "root.key:4", "root.key:5", "root.key:6", "root.key:7"], "{issues:#?}");
+        assert!(issues[0].contains("protocol"), "{}", issues[0]);
+        assert!(issues[1].contains("fully qualified"), "{}", issues[1]);
+        assert!(issues[2].contains("type A"), "{}", issues[2]);
+        assert!(issues[3].contains("32"), "{}", issues[3]);
+        assert!(matches!(parse("; nothing\n"), Err(AnchorError::Empty { .. })));
+    }
+
+    fn n(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    #[test]
+    fn nsec_cover_and_closest_encloser() {
+        assert!(covers(&n("a.example."), &n("d.example."), &n("b.example.")));
+        assert!(covers(&n("a.example."), &n("d.example."), &n("x.b.example.")));
+        assert!(!covers(&n("a.example."), &n("d.example."), &n("e.example.")));
+        // The last NSEC wraps to the apex.
+        assert!(covers(&n("z.example."), &n("example."), &n("zz.example.")));
+        assert_eq!(common_labels(&n("x.wild.Example."), &n("*.wild.example.")), 2);
+    }
+
+    /// A zone `example.` signed with NSEC holding `*.wild.example. A`;
+    /// the answer for `x.wild.example.` as a validator would mark it.
+    fn wildcard_answer(nsec_owner: &str, nsec_next: &str) -> Message {
+        let qname = n("x.wild.example.");
+        let mut m = Message::response(1, hickory_proto::op::OpCode::Query);
+        m.add_query(Query::query(qname.clone(), RecordType::A));
+        let mut a = Record::from_rdata(qname.clone(), 60, RData::A(hickory_proto::rr::rdata::A::new(192, 0, 2, 1)));
+        a.proof = Proof::Secure;
+        m.add_answer(a);
+        let sig_input = SigInput {
+            type_covered: RecordType::A,
+            algorithm: Algorithm::ECDSAP256SHA256,
+            num_labels: 2,
+            original_ttl: 60,
+            sig_expiration: 0.into(),
+            sig_inception: 0.into(),
+            key_tag: 1,
+            signer_name: n("example."),
+        };
+        let mut sig =
+            Record::from_rdata(qname, 60, RData::DNSSEC(DNSSECRData::RRSIG(RRSIG::from_sig(sig_input, vec![0; 64]))));
+        sig.proof = Proof::Secure;
+        m.add_answer(sig);
+        let mut nsec = Record::from_rdata(
+            n(nsec_owner),
+            60,
+            RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(n(nsec_next), [RecordType::A, RecordType::RRSIG]))),
+        );
+        nsec.proof = Proof::Secure;
+        m.add_authority(nsec);
+        m
+    }
+
+    #[test]
+    fn nsec_wildcard_expansion_is_proven_here() {
+        let q = Query::query(n("x.wild.example."), RecordType::A);
+        // *.wild.example. < x.wild.example. < z.wild.example.: covered, and
+        // the closest encloser is wild.example., the wildcard's parent.
+        assert!(nsec_wildcard_proven(&q, &wildcard_answer("*.wild.example.", "z.wild.example.")));
+        // An NSEC that does not cover the name proves nothing.
+        assert!(!nsec_wildcard_proven(&q, &wildcard_answer("y.wild.example.", "z.wild.example.")));
+        // Covering, but its closest encloser is example.: a closer name
+        // (wild.example.) could hold its own data, so the expansion from
+        // *.wild.example. is not proven.
+        assert!(!nsec_wildcard_proven(&q, &wildcard_answer("a.example.", "b.example.")));
+        // An answer record that did not validate: no rescue.
+        let mut m = wildcard_answer("*.wild.example.", "z.wild.example.");
+        m.answers[0].proof = Proof::Bogus;
+        assert!(!nsec_wildcard_proven(&q, &m));
+    }
+
+    #[test]
+    fn classification_from_proofs() {
+        let mut m = wildcard_answer("*.wild.example.", "z.wild.example.");
+        assert_eq!(summarize(&m), Security::Secure);
+        m.authorities[0].proof = Proof::Insecure;
+        assert_eq!(summarize(&m), Security::Insecure);
+        m.answers[0].proof = Proof::Bogus;
+        assert!(matches!(summarize(&m), Security::Bogus(Bogus { reason: "bad-signature", .. })));
+    }
+
+    #[test]
+    fn cache_ttl_is_bounded() {
+        let mut m = Message::response(1, hickory_proto::op::OpCode::Query);
+        assert_eq!(cache_ttl(&m), None);
+        m.add_answer(Record::from_rdata(n("a.example."), 86400, RData::A(hickory_proto::rr::rdata::A::new(192, 0, 2, 1))));
+        assert_eq!(cache_ttl(&m), Some(SUB_CACHE_MAX_TTL));
+        m.add_answer(Record::from_rdata(n("a.example."), 30, RData::A(hickory_proto::rr::rdata::A::new(192, 0, 2, 2))));
+        assert_eq!(cache_ttl(&m), Some(Duration::from_secs(30)));
+        m.metadata.response_code = ResponseCode::ServFail;
+        assert_eq!(cache_ttl(&m), None);
+    }
+}
