@@ -29,6 +29,9 @@ struct decision {
 	__u8 verdict; /* enum guard_verdict */
 	__u8 action;  /* enum guard_action */
 	__u8 reason;  /* enum guard_reason */
+	/* Named padding, so initializers zero every byte: without CAP_PERFMON
+	 * the verifier rejects uninitialized stack passed to emit_event. */
+	__u8 _pad[5];
 };
 
 /* Global, so the verifier checks it once rather than at every call site's
