@@ -27,6 +27,7 @@ packages=(
   # lab: namespaces, resolvers, clients, load and packet crafting
   iproute2 util-linux dnsmasq-base unbound dnsutils knot-dnsutils dnsperf
   nsd bind9-utils  # forwarder tests: authoritative servers and DNSSEC signing for the private hierarchy
+  dnsdist  # bench/peers.py: dnsdist in front of CoreDNS, a peer to compare against (issue 5)
   python3 python3-pytest python3-scapy
   # manifests test: a venv for kubernetes-validate (PyPI), whose Kubernetes schemas ship inside it
   python3-venv
@@ -51,7 +52,7 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
-    systemctl disable --now unbound.service nsd.service >/dev/null 2>&1 || true
+    systemctl disable --now unbound.service nsd.service dnsdist.service >/dev/null 2>&1 || true
   fi
 else
   say "packages: all present"

@@ -238,7 +238,7 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
     // ---- proxy: the validating forwarder (guard/src/proxy) -------------
     let _proxy = if cfg.proxy_enabled {
         let settings = proxy::ProxySettings::from_config(&cfg).map_err(|e| bad_config(e.to_string()))?;
-        let handle = proxy::start(settings, index.clone(), log.clone(), metrics.clone()).await?;
+        let handle = proxy::start(settings, index.clone(), log.clone(), metrics.clone(), shutdown.clone()).await?;
         eprintln!("dns-guard proxy listening on {}", handle.local_addr);
         Some(handle)
     } else {

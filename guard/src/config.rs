@@ -71,6 +71,9 @@ pub struct ProxyConfig {
     /// [`ProxyConfig::effective_upstreams`]), never at parse time, so a
     /// config check does not depend on the machine it runs on.
     pub upstreams: Option<Vec<Upstream>>,
+    /// Upstreams asked without 0x20 mixed case (they do not echo the
+    /// question's case). Each must be one of `upstreams` when that is set.
+    pub no_0x20: Vec<SocketAddr>,
     pub dnssec: DnssecMode,
     pub trust_anchor: Option<PathBuf>,
     pub rebinding: RebindingConfig,
@@ -218,6 +221,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5353),
             upstreams: None,
+            no_0x20: Vec::new(),
             dnssec: DnssecMode::default(),
             trust_anchor: None,
             rebinding: RebindingConfig::default(),
@@ -423,6 +427,9 @@ proxy:
   upstreams:
     - 9.9.9.9
     - tls://149.112.112.112:853@dns.quad9.net
+  # Upstreams asked in lower case instead of 0x20 mixed case, for servers
+  # that do not echo the question's case (IP or IP:port, as in upstreams).
+  no_0x20: []
   dnssec: validate      # off | validate
   # trust_anchor: /etc/dns-guard/root.key   # default: built-in root KSKs
   rebinding:
@@ -1083,6 +1090,7 @@ impl<'a> Ctx<'a> {
             &[
                 "listen",
                 "upstreams",
+                "no_0x20",
                 "dnssec",
                 "trust_anchor",
                 "rebinding",
@@ -1106,6 +1114,33 @@ impl<'a> Ctx<'a> {
                 }
                 items.into_iter().map(|(u, _)| u).collect()
             });
+        let no_0x20: Vec<SocketAddr> = self
+            .list(&f, "no_0x20", |n| {
+                let s = scalar(n)?;
+                ip_port(s, 53).ok_or_else(|| format!("'{s}': expected IP[:port] of an upstream"))
+            })
+            .map(|(items, _, _)| {
+                let given: &[Upstream] = upstreams.as_deref().unwrap_or(&[]);
+                let plain: Vec<SocketAddr> = given
+                    .iter()
+                    .filter_map(|u| match u {
+                        Upstream::Plain(a) => Some(*a),
+                        Upstream::Tls { .. } => None,
+                    })
+                    .collect();
+                let mut out = Vec::new();
+                for (addr, line) in items {
+                    if upstreams.is_some() && !plain.contains(&addr) {
+                        self.err(
+                            line,
+                            format!("{}: {addr} is not one of proxy.upstreams; list it there too", f.key("no_0x20")),
+                        );
+                    }
+                    out.push(addr);
+                }
+                out
+            })
+            .unwrap_or_default();
         let base = self.base;
         let trust_anchor = self.value(&f, "trust_anchor", None, |n| {
             path(n).map(|p| Some(resolve(base, p)))
@@ -1142,6 +1177,7 @@ impl<'a> Ctx<'a> {
         ProxyConfig {
             listen: self.value(&f, "listen", d.listen, socket_addr),
             upstreams,
+            no_0x20,
             dnssec: self.value(&f, "dnssec", d.dnssec, keyword),
             trust_anchor,
             rebinding,
@@ -1369,6 +1405,7 @@ blocklists: [lists/a.txt, /abs/b.txt]
 proxy:
   listen: "[::1]:53"
   upstreams: ["[2620:fe::fe]:5353", "2620:fe::9", "tls://[2620:fe::fe]@dns.quad9.net."]
+  no_0x20: ["2620:fe::9"]
   dnssec: off
   trust_anchor: root.key
   rebinding: {block: false, allow: [Corp.Example., bücher.example]}
@@ -1414,6 +1451,7 @@ log: {allow_sample: 0.25}
             }
         );
         assert_eq!(ups[2].to_string(), "tls://[2620:fe::fe]:853@dns.quad9.net");
+        assert_eq!(c.proxy.no_0x20, vec!["[2620:fe::9]:53".parse::<SocketAddr>().unwrap()]);
         assert!(c.proxy.paranoid);
         assert_eq!(c.log.allow_sample, 0.25);
     }
@@ -1483,7 +1521,7 @@ metrics:
             "{e}"
         );
         let e = one_err("proxy:\n  zzz: 1\n");
-        assert!(e.ends_with("proxy.zzz: unknown key; expected one of listen, upstreams, dnssec, trust_anchor, rebinding, spoof, paranoid, timeout_ms"), "{e}");
+        assert!(e.ends_with("proxy.zzz: unknown key; expected one of listen, upstreams, no_0x20, dnssec, trust_anchor, rebinding, spoof, paranoid, timeout_ms"), "{e}");
     }
 
     #[test]
@@ -1525,6 +1563,8 @@ metrics:
             ("proxy:\n  upstreams: [tls://1.1.1.1]", "needs the server name"),
             ("proxy:\n  upstreams: ['tls://1.1.1.1@1.1.1.1']", "is an IP; give the name on the server's certificate"),
             ("proxy:\n  upstreams: [https://1.1.1.1]", "unsupported scheme"),
+            ("proxy:\n  no_0x20: [dns.google]", "proxy.no_0x20[0]: 'dns.google': expected IP[:port] of an upstream"),
+            ("proxy:\n  upstreams: [9.9.9.9]\n  no_0x20: [1.1.1.1]", "proxy.no_0x20: 1.1.1.1:53 is not one of proxy.upstreams"),
             ("proxy:\n  dnssec: on", "proxy.dnssec: unknown value 'on'; expected one of off, validate"),
             ("proxy:\n  paranoid: yes", "proxy.paranoid: 'yes' is not a boolean; write true or false"),
             ("proxy:\n  timeout_ms: 0", "proxy.timeout_ms: 0 is out of range; expected 1 or more"),

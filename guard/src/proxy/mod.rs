@@ -27,9 +27,11 @@ use tokio::{
     sync::Semaphore,
     task::JoinHandle,
 };
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::{
+    admin::Shutdown,
     config::{Config, DnssecMode, RebindingConfig, ResolvConfError, SpoofConfig, Upstream},
     ebpf::events::SharedRuleIndex,
     metrics::{Metrics, VerdictLabels},
@@ -66,6 +68,8 @@ pub enum ProxyError {
 pub struct ProxySettings {
     pub listen: SocketAddr,
     pub upstreams: Vec<SocketAddr>,
+    /// Upstreams asked in lower case (`proxy.no_0x20`).
+    pub no_0x20: Vec<SocketAddr>,
     pub dnssec: DnssecMode,
     /// `proxy.trust_anchor` as read; empty: the IANA root keys.
     pub anchors: AnchorSet,
@@ -99,6 +103,7 @@ impl ProxySettings {
         Ok(ProxySettings {
             listen: p.listen,
             upstreams,
+            no_0x20: p.no_0x20.clone(),
             dnssec: p.dnssec,
             anchors,
             rebinding: p.rebinding.clone(),
@@ -151,11 +156,16 @@ impl Drop for ProxyHandle {
 
 /// Binds UDP and TCP on `settings.listen` (the same port for both, also
 /// when it is 0) and starts serving. Returns once both are bound.
+///
+/// When `shutdown.token` is cancelled (SIGTERM) the listeners stop taking
+/// new queries; each query already read runs on `shutdown.tracker`, so the
+/// drain waits for its answer to go out.
 pub async fn start(
     settings: ProxySettings,
     index: SharedRuleIndex,
     log: Arc<VerdictLog>,
     metrics: Metrics,
+    shutdown: Shutdown,
 ) -> Result<ProxyHandle, ProxyError> {
     let udp = UdpSocket::bind(settings.listen)
         .await
@@ -168,6 +178,7 @@ pub async fn start(
     let tel = Arc::new(Telemetry { log, metrics, allow_sample: settings.allow_sample });
     let upstreams = Arc::new(Upstreams::new(
         &settings.upstreams,
+        &settings.no_0x20,
         settings.spoof.clone(),
         settings.timeout,
         settings.paranoid,
@@ -185,17 +196,34 @@ pub async fn start(
     });
     let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT));
     let tasks = vec![
-        tokio::spawn(serve_udp(Arc::new(udp), handler.clone(), inflight.clone())),
-        tokio::spawn(serve_tcp(tcp, handler, inflight)),
-        tokio::spawn(upstreams.probe_forever()),
+        tokio::spawn(serve_udp(Arc::new(udp), handler.clone(), inflight.clone(), shutdown.clone())),
+        tokio::spawn(serve_tcp(tcp, handler, inflight, shutdown.clone())),
+        tokio::spawn(until_cancelled(shutdown.token, upstreams.probe_forever())),
     ];
     Ok(ProxyHandle { local_addr, tasks })
 }
 
-async fn serve_udp(sock: Arc<UdpSocket>, handler: Arc<Handler>, inflight: Arc<Semaphore>) {
+/// Runs `f` until the token is cancelled.
+async fn until_cancelled(token: CancellationToken, f: impl std::future::Future<Output = ()>) {
+    tokio::select! {
+        _ = token.cancelled() => {}
+        _ = f => {}
+    }
+}
+
+async fn serve_udp(sock: Arc<UdpSocket>, handler: Arc<Handler>, inflight: Arc<Semaphore>, shutdown: Shutdown) {
     let mut buf = vec![0u8; 65535];
     loop {
-        let (n, from) = match sock.recv_from(&mut buf).await {
+        let received = tokio::select! {
+            // biased: once draining, a datagram already queued is not taken.
+            biased;
+            _ = shutdown.token.cancelled() => {
+                debug!("proxy UDP listener draining: no new queries");
+                return;
+            }
+            r = sock.recv_from(&mut buf) => r,
+        };
+        let (n, from) = match received {
             Ok(r) => r,
             Err(e) => {
                 // ICMP errors from earlier replies surface here; not fatal.
@@ -207,7 +235,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, handler: Arc<Handler>, inflight: Arc<Se
         let Ok(permit) = inflight.clone().acquire_owned().await else { return };
         let data = buf[..n].to_vec();
         let (sock, handler) = (sock.clone(), handler.clone());
-        tokio::spawn(async move {
+        shutdown.tracker.spawn(async move {
             let _permit = permit;
             if let Some(out) = handler.handle(&data, from, Transport::Udp).await {
                 if let Err(e) = sock.send_to(&out, from).await {
@@ -218,10 +246,15 @@ async fn serve_udp(sock: Arc<UdpSocket>, handler: Arc<Handler>, inflight: Arc<Se
     }
 }
 
-async fn serve_tcp(listener: TcpListener, handler: Arc<Handler>, inflight: Arc<Semaphore>) {
+async fn serve_tcp(listener: TcpListener, handler: Arc<Handler>, inflight: Arc<Semaphore>, shutdown: Shutdown) {
     let conns = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.token.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
             Ok(r) => r,
             Err(e) => {
                 debug!(error = %e, "proxy TCP accept failed");
@@ -233,10 +266,10 @@ async fn serve_tcp(listener: TcpListener, handler: Arc<Handler>, inflight: Arc<S
             debug!(%peer, "too many TCP clients; closing");
             continue;
         };
-        let (handler, inflight) = (handler.clone(), inflight.clone());
-        tokio::spawn(async move {
+        let (handler, inflight, token) = (handler.clone(), inflight.clone(), shutdown.token.clone());
+        shutdown.tracker.spawn(async move {
             let _conn = conn;
-            if let Err(e) = serve_tcp_conn(stream, peer, handler, inflight).await {
+            if let Err(e) = serve_tcp_conn(stream, peer, handler, inflight, token).await {
                 debug!(%peer, error = %e, "proxy TCP connection ended");
             }
         });
@@ -244,15 +277,22 @@ async fn serve_tcp(listener: TcpListener, handler: Arc<Handler>, inflight: Arc<S
 }
 
 /// RFC 7766: length-prefixed messages, answered in order, until the
-/// client closes or idles.
+/// client closes or idles, or the drain starts (the query being answered
+/// then still gets its answer; the connection closes after it).
 async fn serve_tcp_conn(
     mut stream: TcpStream,
     peer: SocketAddr,
     handler: Arc<Handler>,
     inflight: Arc<Semaphore>,
+    token: CancellationToken,
 ) -> io::Result<()> {
     loop {
-        let len = match tokio::time::timeout(TCP_IDLE, stream.read_u16()).await {
+        let read = tokio::select! {
+            biased;
+            _ = token.cancelled() => return Ok(()),
+            r = tokio::time::timeout(TCP_IDLE, stream.read_u16()) => r,
+        };
+        let len = match read {
             Ok(Ok(n)) => n as usize,
             Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Ok(Err(e)) => return Err(e),

@@ -28,6 +28,7 @@ use tokio::{
 
 use super::{response::ede_of, start, ProxyHandle, ProxySettings};
 use crate::{
+    admin::Shutdown,
     config::{DnssecMode, RebindingConfig, SpoofConfig},
     ebpf::events::{RuleIndex, SharedRuleIndex},
     lists::{parse_str, ListKind, RuleSet},
@@ -145,6 +146,7 @@ fn settings(upstreams: Vec<SocketAddr>) -> ProxySettings {
     ProxySettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         upstreams,
+        no_0x20: Vec::new(),
         dnssec: DnssecMode::Off,
         anchors: Default::default(),
         rebinding: RebindingConfig::default(),
@@ -163,12 +165,15 @@ struct Proxy {
 }
 
 async fn proxy(s: ProxySettings) -> Proxy {
+    proxy_with(s, Shutdown::default()).await
+}
+
+async fn proxy_with(s: ProxySettings, shutdown: Shutdown) -> Proxy {
     let log = Sink::default();
     let metrics = Metrics::new();
     let index: SharedRuleIndex = Arc::new(RwLock::new(None));
-    let handle = start(s, index.clone(), Arc::new(VerdictLog::to_writer(Box::new(log.clone()))), metrics.clone())
-        .await
-        .unwrap();
+    let log_out = Arc::new(VerdictLog::to_writer(Box::new(log.clone())));
+    let handle = start(s, index.clone(), log_out, metrics.clone(), shutdown).await.unwrap();
     Proxy { handle, log, metrics, index }
 }
 
@@ -441,4 +446,99 @@ async fn garbage_gets_formerr_and_tcp_clients_are_served() {
         let m = Message::from_vec(&buf).unwrap();
         assert_eq!((m.metadata.id, ips(&m)), (7, vec!["192.0.2.1".to_string()]));
     }
+}
+
+/// Echoes the question in lower case, as some middleboxes and old
+/// servers do: useless with 0x20, fine without it.
+fn folds_case(seen: Arc<Mutex<Vec<Name>>>) -> Script {
+    Arc::new(move |q: &Message| {
+        let asked = q.queries[0].name().clone();
+        seen.lock().unwrap().push(asked.clone());
+        let mut m = answer(q, &[a_record(&asked.to_lowercase(), [192, 0, 2, 20])]);
+        m.queries[0].set_name(asked.to_lowercase());
+        vec![Reply::Real(m)]
+    })
+}
+
+#[tokio::test]
+async fn no_0x20_upstreams_are_asked_in_lower_case() {
+    let qname = "abcdefghijklmnopqrstuvwxyz.example.";
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let up = FakeUpstream::start(folds_case(seen.clone()), folds_case(seen.clone())).await;
+
+    // Default: 0x20 on. The folded echo is a case mismatch every time.
+    let mut s = settings(vec![up.addr]);
+    s.timeout = Duration::from_millis(200);
+    let p = proxy(s.clone()).await;
+    assert_eq!(p.ask(qname).await.metadata.response_code, ResponseCode::ServFail);
+    assert!(p.metrics.encode().contains(r#"kind="case_mismatch"}"#));
+    let mixed = seen.lock().unwrap().drain(..).next().unwrap();
+    assert!(!mixed.eq_case(&mixed.to_lowercase()), "0x20 on, yet {mixed} went out in lower case");
+
+    // Switched off for this upstream: lower case out, any case accepted back.
+    s.no_0x20 = vec![up.addr];
+    let p = proxy(s).await;
+    assert_eq!(ips(&p.ask(qname).await), ["192.0.2.20"]);
+    let sent = seen.lock().unwrap().drain(..).collect::<Vec<_>>();
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].eq_case(&name(qname)), "{}", sent[0]);
+    assert!(!p.metrics.encode().contains("case_mismatch"));
+}
+
+/// A UDP upstream that answers every query after `delay`: slow enough for
+/// SIGTERM to land while queries are in flight.
+async fn slow_upstream(delay: Duration) -> SocketAddr {
+    let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = udp.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (n, from) = udp.recv_from(&mut buf).await.unwrap();
+            let Ok(q) = Message::from_vec(&buf[..n]) else { continue };
+            let udp = udp.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let m = answer(&q, &[a_record(q.queries[0].name(), [192, 0, 2, 30])]);
+                udp.send_to(&m.to_vec().unwrap(), from).await.unwrap();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn drain_answers_in_flight_queries_and_takes_no_new_ones() {
+    let delay = Duration::from_millis(400);
+    let up = slow_upstream(delay).await;
+    let shutdown = Shutdown::default();
+    let p = Arc::new(proxy_with(settings(vec![up]), shutdown.clone()).await);
+    let asks: Vec<_> = (0..5)
+        .map(|i| {
+            let p = p.clone();
+            tokio::spawn(async move { p.ask_raw(&query_bytes(&format!("q{i}.example."))).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let readiness = crate::admin::Readiness::default();
+    let t = std::time::Instant::now();
+    let grace = Duration::from_secs(3);
+    let left = shutdown.drain(&readiness, grace).await;
+    let took = t.elapsed();
+    assert_eq!(left, 0, "in-flight queries abandoned");
+    assert!(took < grace && took >= delay - Duration::from_millis(150), "drain took {took:?}");
+    for a in asks {
+        let m = a.await.unwrap().expect("an in-flight query lost its answer in the drain");
+        assert_eq!(ips(&m), ["192.0.2.30"]);
+    }
+    // Draining: a new query is not taken.
+    let late = tokio::time::timeout(Duration::from_secs(1), p.ask_raw(&query_bytes("late.example."))).await;
+    assert!(matches!(late, Err(_) | Ok(None)), "a query sent after SIGTERM was answered");
+    assert!(!readiness.is_ready());
+}
+
+fn query_bytes(qname: &str) -> Vec<u8> {
+    let mut q = Message::new(0xbeef, MessageType::Query, OpCode::Query);
+    q.metadata.recursion_desired = true;
+    q.add_query(Query::query(name(qname), RecordType::A));
+    q.to_vec().unwrap()
 }

@@ -1,0 +1,72 @@
+"""SIGTERM drain of the validating forwarder, end to end: queries in flight to a slow upstream
+when SIGTERM lands still get their answers, new ones are not taken, and dns-guard exits within
+the drain grace period (admin.rs DRAIN_GRACE, 10 s; below Kubernetes's 30 s)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import hierarchy as H
+from lab import _stop_pid, _wait_for, parse_dig
+
+DRAIN_GRACE_S = 10.0  # guard/src/admin.rs DRAIN_GRACE
+SLOW_UP = "198.18.0.64"  # a relay holding each exchange DELAY s: the queries are in flight
+DELAY = 2.0
+
+
+@pytest.fixture
+def slow_upstream(lab, hierarchy):
+    lab.add_pod("drainup", [64], v6=False)
+    proc = lab.spawn("drainup", [sys.executable, str(H.HERE / "hierarchy.py"), "serve", "--mode", "relay",
+                                 "--listen", SLOW_UP, "--to", H.REC, "--delay", str(DELAY)], "drain-relay")
+    try:
+        ok = _wait_for(lambda: lab.dig("c1", "www.unsigned.lab", SLOW_UP, "+timeout=4").status == "NOERROR", 15, 0.2)
+        assert ok, f"slow relay never answered: {(lab.workdir / 'drain-relay.err').read_text()[-1000:]}"
+        yield SLOW_UP
+    finally:
+        _stop_pid(proc, signal.SIGTERM, 3)
+        lab.remove_pod("drainup")
+
+
+def _dig(lab, name: str, timeout: int) -> subprocess.Popen:
+    argv = ["dig", f"@{H.PROXY_ADDR}", "-p", str(H.PROXY_PORT), name, "A", "+tries=1", f"+timeout={timeout}"]
+    return subprocess.Popen(lab._nsenter("c1", argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.needs_guard
+def test_sigterm_drains_in_flight_queries(lab, hierarchy, start_proxy, slow_upstream):
+    # dnssec off: validating would add DS/DNSKEY exchanges through the slow relay, each DELAY s.
+    guard = start_proxy(hierarchy.proxy_config(upstreams=[slow_upstream], timeout_ms=5000, anchor=None,
+                                               dnssec="off"))
+    pid = guard.proc.pid
+    assert open(f"/proc/{pid}/comm").read().startswith("dns-guard")
+    names = ["www.unsigned.lab", "x.wild.unsigned.lab", "www.signed.lab", "x.wild.signed.lab"]
+    digs = [(n, _dig(lab, n, 8)) for n in names]
+    time.sleep(0.7)  # the proxy has read them all and is waiting on the relay (DELAY s)
+    os.kill(pid, signal.SIGTERM)
+    t_term = time.monotonic()
+    time.sleep(0.3)
+    late = _dig(lab, "y.wild.unsigned.lab", 2)  # after SIGTERM: must not be taken
+
+    try:
+        results = [(n, parse_dig(p.communicate(timeout=15)[0], p.returncode)) for n, p in digs]
+        late_r = parse_dig(late.communicate(timeout=10)[0], late.returncode)
+        rc = guard.proc.wait(timeout=DRAIN_GRACE_S + 5)
+    finally:
+        for _, p in digs + [("late", late)]:
+            if p.poll() is None:
+                p.kill()
+    exited_after = time.monotonic() - t_term
+
+    lost = [(n, r.status, r.raw[-300:]) for n, r in results if r.status != "NOERROR" or r.addresses != [H.A[n]]]
+    assert not lost, f"in-flight queries lost their answers in the drain: {lost}"
+    assert late_r.status is None, f"a query sent after SIGTERM was answered:\n{late_r.raw}"
+    assert rc == 0, f"dns-guard exited {rc}:\n{guard.stderr_tail()}"
+    assert exited_after < DRAIN_GRACE_S, f"exit {exited_after:.1f}s after SIGTERM (grace {DRAIN_GRACE_S}s)"
+    # It waited for the in-flight answers (the relay holds each DELAY s), not just exited.
+    assert exited_after > DELAY - 0.7 - 0.5, f"exited {exited_after:.1f}s after SIGTERM: did it drain?"
+    assert "abandoned=0" in guard.stderr() or "drained" in guard.stderr(), guard.stderr_tail()
