@@ -88,6 +88,21 @@ def test_action_log_resolves_and_logs(lab, start_guard):
     assert v, guard.verdicts()
 
 
+def test_allow_sample_logs_allowed_queries(lab, start_guard):
+    # log.allow_sample: 1 -> every query XDP passes is logged as allow.
+    guard = start_guard({"log": {"allow_sample": 1}}, LISTS)
+    r = lab.dig("c1", "good.test")
+    assert r.status == "NOERROR" and r.addresses, r.raw
+    v = guard.wait_verdict(qname="good.test", verdict="allow")
+    assert v and v["action"] == "pass" and v["reason"] == "clean", guard.verdicts()
+    # The default (0) logs nothing for allowed queries.
+    guard.stop()
+    guard.detach()
+    quiet = start_guard({}, LISTS)
+    assert lab.dig("c1", "good.test").status == "NOERROR"
+    assert quiet.wait_verdict(qname="good.test", timeout=1.0) is None, quiet.verdicts()
+
+
 # --------------------------------------------------------------------------- matching
 
 MATCHING = [

@@ -107,7 +107,9 @@ struct guard_config {
 	__u32 rl_burst;
 	__u16 ports[GUARD_MAX_PORTS]; /* DNS ports, host byte order; 0 = unused */
 	__u32 nports;
-	__u32 _pad;
+	/* log.allow_sample: allowed queries are logged when a random u32 is
+	 * below this (0 = none, 0xffffffff = all). */
+	__u32 allow_sample;
 };
 
 /* ---- rate limiting ------------------------------------------------------ */

@@ -132,7 +132,7 @@ static __always_inline __u8 block_action(const struct guard_config *cfg, __u8 fl
 /* Step 8: carries out a decision: event, counter, XDP verdict. */
 static __always_inline int act(struct xdp_md *ctx, const struct packet_description *pd,
 			       const struct guard_scratch *s, struct decision *d,
-			       __u64 qname_len)
+			       __u64 qname_len, __u32 allow_sample)
 {
 	switch (d->action) {
 	case GUARD_ACTION_DROP:
@@ -158,7 +158,11 @@ static __always_inline int act(struct xdp_md *ctx, const struct packet_descripti
 		return pass(d->reason);
 	default:
 		d->action = GUARD_ACTION_PASS;
-		if (d->verdict != GUARD_VERDICT_ALLOW)
+		/* log.allow_sample: a random fraction of allowed queries is
+		 * logged too, so operators see what normal traffic looks like. */
+		if (d->verdict != GUARD_VERDICT_ALLOW ||
+		    (allow_sample &&
+		     (allow_sample == 0xffffffff || bpf_get_prandom_u32() < allow_sample)))
 			emit_event(pd, s, d, qname_len);
 		return pass(d->reason);
 	}
@@ -229,7 +233,7 @@ int dns_guard(struct xdp_md *ctx)
 	}
 
 	/* 8. Act. */
-	return act(ctx, &pd, s, &d, qname_len);
+	return act(ctx, &pd, s, &d, qname_len, cfg->allow_sample);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

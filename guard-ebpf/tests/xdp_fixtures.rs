@@ -85,7 +85,7 @@ fn base_config() -> guard_config {
         rl_burst: 0,
         ports,
         nports: 2,
-        _pad: 0,
+        allow_sample: 0,
     }
 }
 
@@ -662,6 +662,37 @@ fn clean_names_pass_untouched() {
     fr.dport = 5300;
     g.expect("port 5300", &fr.bytes(), XDP_PASS, GUARD_REASON_ALLOW_CLEAN);
     assert!(g.events().is_empty(), "clean queries make no events");
+}
+
+#[test]
+fn allowed_queries_are_sampled_when_asked() {
+    let Some(mut g) = Guard::load("allowed_queries_are_sampled_when_asked") else {
+        return;
+    };
+    let f = Frame::v4(Dns::query("www.clean.example").bytes()).bytes();
+    // log.allow_sample: 1 -> every allowed query is an event, still passed.
+    g.config(guard_config { allow_sample: u32::MAX, ..base_config() });
+    for _ in 0..3 {
+        g.expect("sampled", &f, XDP_PASS, GUARD_REASON_ALLOW_CLEAN);
+    }
+    let events = g.events();
+    assert_eq!(events.len(), 3, "every allowed query sampled");
+    for e in &events {
+        assert_eq!(e.verdict, guard_verdict::GUARD_VERDICT_ALLOW as u8);
+        assert_eq!(e.action, GUARD_ACTION_PASS as u8);
+        assert_eq!(e.reason, GUARD_REASON_ALLOW_CLEAN as u8);
+    }
+    // About half at 0.5: 400 tries land well inside [100, 300].
+    g.config(guard_config { allow_sample: u32::MAX / 2, ..base_config() });
+    for _ in 0..400 {
+        g.expect("half", &f, XDP_PASS, GUARD_REASON_ALLOW_CLEAN);
+    }
+    let n = g.events().len();
+    assert!((100..=300).contains(&n), "{n} of 400 sampled at 0.5");
+    // 0 -> none.
+    g.config(guard_config { allow_sample: 0, ..base_config() });
+    g.expect("off", &f, XDP_PASS, GUARD_REASON_ALLOW_CLEAN);
+    assert!(g.events().is_empty());
 }
 
 #[test]

@@ -149,6 +149,7 @@ fn main() {
             max_clients: 1024,
         },
         pin_dir: pin_root.clone(),
+        allow_sample: 0.0,
     };
     let result = std::panic::catch_unwind(|| bench(&settings, &pin_root, &sizes));
     let _ = std::fs::remove_dir_all(&pin_root);

@@ -392,6 +392,7 @@ mod tests {
                 max_clients: 1024,
             },
             pin_dir: pin_root.clone(),
+            allow_sample: 0.0,
         };
         let result = std::panic::catch_unwind(|| {
             let mut guard = XdpGuard::load_detached(&settings, &pin_root).expect("loading the XDP program");

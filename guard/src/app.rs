@@ -94,6 +94,7 @@ pub fn xdp_settings(cfg: &Config) -> Option<XdpSettings> {
             max_clients: x.ratelimit.max_clients,
         },
         pin_dir: x.pin_dir.clone(),
+        allow_sample: cfg.log.allow_sample,
     })
 }
 

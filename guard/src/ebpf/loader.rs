@@ -51,6 +51,19 @@ pub struct XdpSettings {
     pub block_action: guard_action,
     pub ratelimit: RateLimitSettings,
     pub pin_dir: PathBuf,
+    /// Fraction of allowed queries also logged (`log.allow_sample`).
+    pub allow_sample: f64,
+}
+
+/// `log.allow_sample` as the kernel's threshold for a random u32.
+fn sample_threshold(fraction: f64) -> u32 {
+    if fraction >= 1.0 {
+        u32::MAX
+    } else if fraction <= 0.0 {
+        0
+    } else {
+        ((fraction * 4_294_967_296.0) as u32).max(1)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,7 +220,7 @@ fn write_config(ebpf: &mut aya::Ebpf, settings: &XdpSettings, pin_root: &Path) -
         rl_burst: rl.burst.max(1),
         ports,
         nports: settings.ports.len().min(GUARD_MAX_PORTS as usize) as u32,
-        _pad: 0,
+        allow_sample: sample_threshold(settings.allow_sample),
     };
     config.set(0, new, 0).map_err(|source| LoaderError::Map { name: "guard_config", source })
 }
