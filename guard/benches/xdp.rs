@@ -51,7 +51,7 @@ use aya::{
     Ebpf,
 };
 use dns_guard::{
-    ebpf::{abi::guard_action, AttachMode, RateLimitSettings, XdpGuard, XdpSettings},
+    ebpf::{XdpGuard, XdpSettings},
     lists::{self, ListKind, RuleSet},
 };
 
@@ -135,22 +135,7 @@ fn main() {
         .map(|s| s.trim().parse().expect("DG_BENCH_SIZES: comma-separated counts"))
         .collect();
     let pin_root = PathBuf::from(format!("/sys/fs/bpf/dg-bench-{}", std::process::id()));
-    let settings = XdpSettings {
-        interface: "lo".into(),
-        mode: AttachMode::Generic,
-        ports: vec![53],
-        block_action: guard_action::GUARD_ACTION_NXDOMAIN,
-        ratelimit: RateLimitSettings {
-            qps: 0,
-            burst: 1,
-            ipv4_prefix: 32,
-            ipv6_prefix: 64,
-            action: guard_action::GUARD_ACTION_DROP,
-            max_clients: 1024,
-        },
-        pin_dir: pin_root.clone(),
-        allow_sample: 0.0,
-    };
+    let settings = XdpSettings::unattached(pin_root.clone());
     let result = std::panic::catch_unwind(|| bench(&settings, &pin_root, &sizes));
     let _ = std::fs::remove_dir_all(&pin_root);
     if let Err(e) = result {

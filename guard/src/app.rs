@@ -257,6 +257,10 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
         _ => eprintln!("dns-guard ready"),
     }
 
+    // Registered once, before the loop, so a SIGTERM that lands while a
+    // reload is running is not missed.
+    let terminated = shutdown_signal();
+    tokio::pin!(terminated);
     let mut generation = 1;
     loop {
         tokio::select! {
@@ -293,7 +297,7 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
                     }
                 }
             }
-            _ = shutdown_signal() => {
+            _ = &mut terminated => {
                 if guard.is_some() {
                     info!("shutting down; the pinned XDP program keeps enforcing (dns-guard detach removes it)");
                 } else {

@@ -55,6 +55,30 @@ pub struct XdpSettings {
     pub allow_sample: f64,
 }
 
+impl XdpSettings {
+    /// Settings for a program loaded without attaching, for
+    /// BPF_PROG_TEST_RUN in tests and benchmarks: NXDOMAIN for blocked
+    /// names, rate limit off, nothing sampled.
+    pub fn unattached(pin_dir: PathBuf) -> Self {
+        Self {
+            interface: "lo".into(),
+            mode: AttachMode::Generic,
+            ports: vec![53],
+            block_action: guard_action::GUARD_ACTION_NXDOMAIN,
+            ratelimit: RateLimitSettings {
+                qps: 0,
+                burst: 1,
+                ipv4_prefix: 32,
+                ipv6_prefix: 64,
+                action: guard_action::GUARD_ACTION_DROP,
+                max_clients: 1024,
+            },
+            pin_dir,
+            allow_sample: 0.0,
+        }
+    }
+}
+
 /// `log.allow_sample` as the kernel's threshold for a random u32.
 fn sample_threshold(fraction: f64) -> u32 {
     if fraction >= 1.0 {
