@@ -193,14 +193,18 @@ pub async fn stream_events(ring: RingBuf<MapData>, index: SharedRuleIndex, log: 
             }
         };
         let ring = ready.get_inner_mut();
-        let guard = index.read().unwrap_or_else(|p| p.into_inner());
+        // A snapshot, so a slow stdout never holds up a reload's write lock.
+        let snapshot = index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|ix| RuleIndex { seed: ix.seed, rules: Arc::clone(&ix.rules) });
         while let Some(item) = ring.next() {
             match XdpEvent::decode(&item) {
-                Some(ev) => log.emit(&to_verdict(&ev, guard.as_ref())),
+                Some(ev) => log.emit(&to_verdict(&ev, snapshot.as_ref())),
                 None => warn!(len = item.len(), "short event in ring buffer"),
             }
         }
-        drop(guard);
         ready.clear_ready();
     }
 }

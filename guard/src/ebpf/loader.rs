@@ -269,8 +269,10 @@ fn take_over_pinned_link(prog: &mut Xdp, link_path: &Path) -> Option<()> {
             Some(())
         }
         Err(e) => {
+            // The pin stays until a fresh attach has succeeded: if the old
+            // link still enforces, that attach fails (EBUSY) and the old
+            // program keeps running rather than leaving eth0 unguarded.
             warn!(link = %link_path.display(), error = %e, "pinned XDP link unusable; attaching afresh");
-            let _ = fs::remove_file(link_path);
             None
         }
     }
@@ -320,6 +322,8 @@ fn attach_fresh(prog: &mut Xdp, settings: &XdpSettings, link_path: &Path) -> Res
         path: link_path.into(),
         reason: format!("the kernel attached XDP through netlink, not a bpf_link, so it cannot be pinned: {e}"),
     })?;
+    // Only now is the old pin (a link whose interface is gone) replaced.
+    let _ = fs::remove_file(link_path);
     fd_link
         .pin(link_path)
         .map_err(|e| LoaderError::Pin { what: "link", path: link_path.into(), reason: e.to_string() })?;

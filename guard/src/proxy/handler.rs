@@ -114,12 +114,15 @@ impl Handler {
         let cq = match parse_request(raw) {
             Parsed::Query(c) => c,
             Parsed::Reply(bytes, why) => {
-                let mut v = Verdict::new("proxy", "malformed", "formerr", why);
+                // The action names the rcode actually sent back.
+                let action = match why {
+                    "opcode" => "notimp",
+                    "zone-transfer" => "refused",
+                    _ => "formerr",
+                };
+                let mut v = Verdict::new("proxy", "malformed", action, why);
                 v.client = Some(client.ip());
                 v.client_port = Some(client.port());
-                if why != "unparseable" {
-                    v.action = "refused".into();
-                }
                 self.tel.emit(v, "malformed", "");
                 return Some(bytes);
             }
