@@ -270,8 +270,19 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
                     return wait_for_shutdown().await;
                 }
                 generation += 1;
+                // Parsing a large list takes about a second: keep it off the
+                // runtime's workers, which serve the proxy and the admin server.
+                let (block, allow) = (cfg.blocklists.clone(), cfg.allowlists.clone());
+                let loaded = match tokio::task::spawn_blocking(move || lists::load(&block, &allow)).await {
+                    Ok(loaded) => loaded,
+                    Err(e) => {
+                        record_reload(&metrics, false);
+                        error!("list reload task failed, keeping the previous table: {e}");
+                        continue;
+                    }
+                };
                 // A bad reload keeps the old table: enforcement never lapses.
-                match lists::load(&cfg.blocklists, &cfg.allowlists) {
+                match loaded {
                     Ok(rules) => {
                         for d in &rules.diagnostics {
                             warn!("skipped list line: {d}");
