@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from lab import GOOD_V4, v4, v6
+from lab import GOOD_V4, _wait_for as lab_wait, v4, v6
 
 pytestmark = pytest.mark.needs_guard
 
@@ -179,6 +179,33 @@ def test_ratelimit_limits_flooding_client_only(lab, start_guard):
     assert not bad, f"c2 was limited too: {bad}"
     assert guard.wait_verdict(verdict="ratelimit", client=v4("c1")), guard.verdicts()[-5:]
     assert not guard.find_verdicts(verdict="ratelimit", client=v4("c2"))
+    # The flood's random names fold into about one line per second for c1, and the lines'
+    # counts add up to every query the kernel refused.
+    lines = _folded(guard, res.lost, verdict="ratelimit", client=v4("c1"))
+    assert len(lines) <= 8, f"{len(lines)} ratelimit lines for a 3 s flood: not folded"
+
+
+def _folded(guard, at_least, **match):
+    """Verdict lines matching ``match`` once their counts cover ``at_least`` decisions."""
+    def covered():
+        lines = guard.find_verdicts(**match)
+        return lines if sum(v["count"] for v in lines) >= at_least else None
+    lines = lab_wait(covered, 5.0) or guard.find_verdicts(**match)
+    total = sum(v["count"] for v in lines)
+    assert total >= at_least, f"counts add up to {total}, want >= {at_least}: {lines[-3:]}"
+    return lines
+
+
+def test_a_flood_of_one_blocked_name_is_one_counted_line_per_second(lab, start_guard):
+    guard = start_guard({"xdp": {"action": "nxdomain"}}, LISTS)
+    res = lab.dnsperf("c1", v4("dns"), ["flood.blocked.test"], duration=3, qps=2000, timeout=1)
+    answered = res.rcodes.get("NXDOMAIN", 0)
+    assert answered >= 0.9 * res.sent, res
+    lines = _folded(guard, answered, qname="flood.blocked.test")
+    # The first query's line is written at once, then one line per closed 1 s window.
+    assert lines[0]["count"] == 1, lines[0]
+    assert 2 <= len(lines) <= 6, f"{len(lines)} lines for {answered} blocked queries: {lines}"
+    assert all(v["verdict"] == "block" and v["client"] == v4("c1") for v in lines), lines
 
 
 def test_ratelimit_truncate_sends_client_to_tcp(lab, start_guard):

@@ -13,7 +13,7 @@ use time::macros::format_description;
 use time::OffsetDateTime;
 
 /// One decision. Field order is the JSON key order.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verdict {
     /// RFC 3339 UTC with milliseconds, e.g. `2026-11-28T15:04:05.123Z`.
     pub ts: String,
@@ -31,6 +31,9 @@ pub struct Verdict {
     pub qname: Option<String>,
     /// `"A"`, `"AAAA"`, `"TYPE65534"`: see [`qtype_name`].
     pub qtype: Option<String>,
+    /// How many decisions this line stands for: 1, or more when the XDP
+    /// layer folded repeats of one decision into it (see `ebpf::coalesce`).
+    pub count: u64,
     // Proxy-only: omitted from XDP lines rather than written as null.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
@@ -40,6 +43,29 @@ pub struct Verdict {
     pub dnssec: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
+}
+
+impl Default for Verdict {
+    fn default() -> Self {
+        Verdict {
+            ts: String::new(),
+            layer: "",
+            verdict: String::new(),
+            action: String::new(),
+            reason: String::new(),
+            rule: None,
+            list: None,
+            client: None,
+            client_port: None,
+            qname: None,
+            qtype: None,
+            count: 1,
+            upstream: None,
+            rcode: None,
+            dnssec: None,
+            latency_ms: None,
+        }
+    }
 }
 
 impl Verdict {
@@ -272,6 +298,7 @@ mod tests {
         "client_port",
         "qname",
         "qtype",
+        "count",
     ];
 
     #[test]
@@ -295,7 +322,7 @@ mod tests {
         // Key order follows the struct, which is what a human reads first.
         assert_eq!(
             line,
-            r#"{"ts":"2026-11-28T15:04:05.123Z","layer":"xdp","verdict":"block","action":"nxdomain","reason":"blocklist","rule":"evil.example","list":"malware.txt","client":"10.0.0.7","client_port":40000,"qname":"www.evil.example","qtype":"A"}"#
+            r#"{"ts":"2026-11-28T15:04:05.123Z","layer":"xdp","verdict":"block","action":"nxdomain","reason":"blocklist","rule":"evil.example","list":"malware.txt","client":"10.0.0.7","client_port":40000,"qname":"www.evil.example","qtype":"A","count":1}"#
         );
         let empty =
             serde_json::to_string(&Verdict::new("xdp", "malformed", "drop", "short-header"))

@@ -8,6 +8,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{Arc, RwLock},
+    time::Instant,
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -18,7 +19,10 @@ use guard_ebpf::{
 use tokio::io::unix::AsyncFd;
 use tracing::warn;
 
-use super::stats::{action_name, reason_from_u8, reason_name, verdict_name};
+use super::{
+    coalesce::{self, Coalescer},
+    stats::{action_name, reason_from_u8, reason_name, verdict_name},
+};
 use crate::{
     lists::RuleSet,
     verdict::{qtype_name, rfc3339, Verdict, VerdictLog},
@@ -158,6 +162,7 @@ pub fn to_verdict(event: &XdpEvent, index: Option<&RuleIndex>) -> Verdict {
         client_port: Some(event.client_port),
         qname: event.qname(),
         qtype: (!event.wire_qname.is_empty()).then(|| qtype_name(event.qtype)),
+        count: 1,
         upstream: None,
         rcode: None,
         dnssec: None,
@@ -173,7 +178,8 @@ impl super::XdpGuard {
     }
 }
 
-/// Reads events until the ring buffer fails; each becomes one log line.
+/// Reads events until the ring buffer fails. Repeats of one decision are
+/// folded into counted lines (see `coalesce`); the rest is one line each.
 pub async fn stream_events(ring: RingBuf<MapData>, index: SharedRuleIndex, log: Arc<VerdictLog>) {
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd
     // holds it, and nothing else closes or re-registers that fd.
@@ -184,28 +190,59 @@ pub async fn stream_events(ring: RingBuf<MapData>, index: SharedRuleIndex, log: 
             return;
         }
     };
+    let mut folds = Coalescer::default();
+    // Folded lines are written within a quarter window of their window closing.
+    let mut tick = tokio::time::interval(coalesce::WINDOW / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        let mut ready = match fd.readable_mut().await {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(error = %e, "event ring buffer poll failed");
-                return;
-            }
-        };
-        let ring = ready.get_inner_mut();
         // A snapshot, so a slow stdout never holds up a reload's write lock.
-        let snapshot = index
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|ix| RuleIndex { seed: ix.seed, rules: Arc::clone(&ix.rules) });
-        while let Some(item) = ring.next() {
-            match XdpEvent::decode(&item) {
-                Some(ev) => log.emit(&to_verdict(&ev, snapshot.as_ref())),
-                None => warn!(len = item.len(), "short event in ring buffer"),
+        let snapshot = || {
+            index
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|ix| RuleIndex { seed: ix.seed, rules: Arc::clone(&ix.rules) })
+        };
+        tokio::select! {
+            ready = fd.readable_mut() => {
+                let mut ready = match ready {
+                    Ok(r) => r,
+                    Err(e) => {
+                        warn!(error = %e, "event ring buffer poll failed");
+                        break;
+                    }
+                };
+                let ring = ready.get_inner_mut();
+                let ix = snapshot();
+                let now = Instant::now();
+                while let Some(item) = ring.next() {
+                    match XdpEvent::decode(&item) {
+                        Some(ev) => {
+                            if let Some(ev) = folds.offer(ev, now) {
+                                log.emit(&to_verdict(&ev, ix.as_ref()));
+                            }
+                        }
+                        None => warn!(len = item.len(), "short event in ring buffer"),
+                    }
+                }
+                ready.clear_ready();
+            }
+            _ = tick.tick() => {
+                let due = folds.due(Instant::now());
+                if !due.is_empty() {
+                    write_folded(&log, due, snapshot().as_ref());
+                }
             }
         }
-        ready.clear_ready();
+    }
+    write_folded(&log, folds.flush(), None);
+}
+
+fn write_folded(log: &VerdictLog, due: Vec<(XdpEvent, u64)>, ix: Option<&RuleIndex>) {
+    for (ev, n) in due {
+        let mut v = to_verdict(&ev, ix);
+        v.count = n;
+        log.emit(&v);
     }
 }
 

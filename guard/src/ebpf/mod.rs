@@ -1,9 +1,11 @@
 //! The XDP fast path from userspace: loading and pinning the program
 //! (`loader`), choosing an attach mode in which XDP_TX replies really arrive
 //! (`attach_mode`), installing list tables atomically (`tables`), and
-//! reading the kernel's counters and verdict events (`stats`, `events`).
+//! reading the kernel's counters and verdict events (`stats`, `events`,
+//! which folds a flood's repeats into counted lines with `coalesce`).
 
 pub mod attach_mode;
+pub mod coalesce;
 pub mod events;
 pub mod loader;
 pub mod stats;
