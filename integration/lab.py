@@ -364,8 +364,9 @@ def resolver_class(kind: str) -> type[Resolver]:
 class Guard:
     """One dns-guard configuration running in the dns pod (possibly across restarts)."""
 
-    def __init__(self, lab: "Lab", gdir: Path, config: dict, config_path: Path, layout: str):
+    def __init__(self, lab: "Lab", gdir: Path, config: dict, config_path: Path, layout: str, pod: str = "dns"):
         self.lab, self.dir, self.config, self.config_path, self.layout = lab, gdir, config, config_path, layout
+        self.pod = pod
         self.pin_dir = Path(config["xdp"]["pin_dir"])
         self.proc: subprocess.Popen | None = None
         self.runs = 0
@@ -385,7 +386,7 @@ class Guard:
             raise GuardError("guard already running")
         self.runs += 1
         self.proc = self.lab.spawn(
-            "dns", [str(self.lab.binary), "run", "--config", str(self.config_path)],
+            self.pod, [str(self.lab.binary), "run", "--config", str(self.config_path)],
             f"guard-{self.dir.name}-{self.runs}", stdout=self.stdout_path, stderr=self.stderr_path)
         self.wait_stderr("dns-guard ready", ready_timeout, what="ready")
         return self
@@ -422,11 +423,11 @@ class Guard:
         return self.proc.wait(5)
 
     def detach(self) -> subprocess.CompletedProcess:
-        return self.lab.run("dns", [str(self.lab.binary), "detach", "--config", str(self.config_path)],
+        return self.lab.run(self.pod, [str(self.lab.binary), "detach", "--config", str(self.config_path)],
                             check=False, timeout=30)
 
     def cleanup(self) -> None:
-        """Leave the dns pod as we found it, whatever state the guard is in."""
+        """Leave the guard's pod as we found it, whatever state the guard is in."""
         if self.proc:
             _stop_pid(self.proc, signal.SIGTERM, 5)
         if self.pin_dir.exists() and self.lab.binary.exists():
@@ -434,7 +435,8 @@ class Guard:
                 self.detach()
         shutil.rmtree(self.pin_dir, ignore_errors=True)
         # Unpinned links die with the last reference; this catches a netlink-attached program.
-        self.lab.clear_xdp("dns")
+        if self.lab.ns(self.pod) in self.lab.namespaces:
+            self.lab.clear_xdp(self.pod)
 
     # --- logs
     def stderr(self) -> str:
@@ -806,8 +808,8 @@ class Lab:
         return {k: v for k, v in deep_merge(base, overrides or {}).items() if v is not None}
 
     def prepare_guard(self, config: dict | None = None, lists: dict[str, str] | None = None,
-                      layout: str = "files") -> Guard:
-        """Write config + lists into a fresh directory and return an unstarted Guard.
+                      layout: str = "files", pod: str = "dns") -> Guard:
+        """Write config + lists into a fresh directory and return an unstarted Guard for ``pod``.
 
         ``lists`` maps file name -> content. Unless the config names them, files whose name
         starts with "allow" become allowlists and the rest blocklists. Relative names in
@@ -839,7 +841,7 @@ class Lab:
         full = self.guard_config(str(BPFFS / f"{self.prefix}-g{self._guard_seq}"), config)
         path = gdir / "guard.yaml"
         path.write_text(to_yaml(full) + "\n")
-        guard = Guard(self, gdir, full, path, layout)
+        guard = Guard(self, gdir, full, path, layout, pod)
         self.guards.append(guard)
         return guard
 

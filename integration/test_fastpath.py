@@ -5,11 +5,14 @@ lab, so every pass also proves the client received a synthesized reply in that m
 """
 
 import json
+import os
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 
-from lab import GOOD_V4, _wait_for as lab_wait, v4, v6
+from lab import BPFFS, GOOD_V4, _wait_for as lab_wait, v4, v6
 
 pytestmark = pytest.mark.needs_guard
 
@@ -303,6 +306,40 @@ def test_pinned_program_survives_kill_and_restart(lab, start_guard):
 
 
 # --------------------------------------------------------------------------- config check
+
+
+def test_pins_of_a_gone_pod_are_swept_and_a_live_pods_are_kept(lab, start_guard):
+    """CoreDNS pods on one node share the node's bpffs. A pod deleted without `dns-guard detach`
+    leaves its pins (and name tables) behind; the next dns-guard start on the node removes them,
+    because the pod's XDP link lost its device, and leaves a live pod's pins alone."""
+    shared = str(BPFFS / f"{lab.prefix}-node")
+    cfg = {"xdp": {"pin_dir": shared}}
+    lab.add_pod("gone", [81])
+    lab.add_pod("live", [82])
+    gone = lab.prepare_guard(cfg, LISTS, pod="gone")
+    live = lab.prepare_guard(cfg, LISTS, pod="live")
+    try:
+        gone.start()
+        live.start()
+        dirs = {p.name: p for p in Path(shared).iterdir()}
+        inode = lambda pod: os.stat(f"/run/netns/{lab.ns(pod)}").st_ino  # noqa: E731
+        gone_dir, live_dir = dirs[f"eth0-netns{inode('gone')}"], dirs[f"eth0-netns{inode('live')}"]
+        assert lab.dig("c1", "x.blocked.test", "198.18.0.82").status == "NXDOMAIN"
+
+        gone.kill9()            # no detach: the pod is deleted with the sidecar in it
+        lab.remove_pod("gone")  # its netns and eth0 go; the pinned link loses its device
+        assert gone_dir.exists(), "the kernel removed the pins by itself; nothing to sweep"
+
+        start_guard(cfg, LISTS)  # the next dns-guard on this node
+        assert not gone_dir.exists(), f"pins of the deleted pod left behind: {list(gone_dir.iterdir())}"
+        assert live_dir.exists() and (live_dir / "link").exists(), "a live pod's pins were removed"
+        assert lab.dig("c1", "y.blocked.test", "198.18.0.82").status == "NXDOMAIN", "live pod lost XDP"
+    finally:
+        for g in (gone, live):
+            g.cleanup()
+            lab.guards.remove(g)
+        lab.remove_pod("live")
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def test_check_reports_every_error_with_line(lab, guard_binary, tmp_path):

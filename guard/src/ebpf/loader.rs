@@ -115,7 +115,7 @@ pub enum LoaderError {
 }
 
 /// A pin file name from the ABI header (bindgen makes it a C string).
-fn pin_file(c_name: &'static [u8]) -> &'static str {
+pub(crate) fn pin_file(c_name: &'static [u8]) -> &'static str {
     std::str::from_utf8(c_name.strip_suffix(&[0]).unwrap_or(c_name)).expect("ASCII pin names")
 }
 
@@ -174,6 +174,7 @@ impl XdpGuard {
         prog.pin(&prog_path).map_err(|e| LoaderError::Pin { what: "program", path: prog_path, reason: e.to_string() })?;
 
         info!(interface = %interface, attach, pins = %pin_root.display(), "XDP program attached");
+        super::sweep::sweep_gone_pods(&settings.pin_dir, &pin_root);
         Ok(Self { ebpf, pin_root, attach })
     }
 
