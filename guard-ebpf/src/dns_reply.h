@@ -18,6 +18,10 @@
 #include "guard_consts.h"
 #include "pckt_parsing.h"
 
+/* dns_reply() results besides 0 (the frame is a reply, ready for XDP_TX). */
+#define DNS_REPLY_UNTOUCHED (-1) /* nothing written: pass the query on */
+#define DNS_REPLY_MANGLED (-2)   /* failed after the first write: drop it */
+
 /* Longest frame we ever build: VLAN, IPv4 with options, the reply. */
 #define GUARD_REPLY_FRAME_MAX (sizeof(struct ethhdr) + 4 + 60 + GUARD_REPLY_UDP_MAX)
 
@@ -87,8 +91,12 @@ static __always_inline int udp_sum(void *data, void *data_end, __u64 l4_off,
 
 /*
  * Rewrites the query into a reply of the given action and trims the frame.
- * Returns 0 if the frame is ready for XDP_TX, -1 if it could not be built
- * (the caller then passes the query on untouched in meaning).
+ * Returns 0 if the frame is ready for XDP_TX. Everything that can fail is
+ * checked before the first write (the trim), so a reply that cannot be
+ * built returns DNS_REPLY_UNTOUCHED and the query passes intact. The checks
+ * after it only restate, for the verifier, what was already proven; should
+ * one ever fail, the frame is no longer the query and DNS_REPLY_MANGLED
+ * tells the caller to drop it rather than pass a corrupt packet on.
  *
  * A global (not inlined, not static) function: the verifier checks it once
  * with unknown arguments instead of once per caller state, which is why
@@ -109,7 +117,7 @@ __attribute__((noinline)) int dns_reply(struct xdp_md *ctx,
 	__u16 port;
 
 	if (!pd)
-		return -1;
+		return DNS_REPLY_UNTOUCHED;
 	l3_off = pd->l3_off;
 	l4_off = pd->l4_off;
 	dns_off = pd->dns_off;
@@ -119,14 +127,14 @@ __attribute__((noinline)) int dns_reply(struct xdp_md *ctx,
 	    l4_off > l3_off + 60 || dns_off != l4_off + sizeof(struct udphdr) ||
 	    qend > dns_off + DNS_HDR_LEN + GUARD_QNAME_MAX + DNS_QTAIL_LEN ||
 	    qend < dns_off + DNS_HDR_LEN + 1 + DNS_QTAIL_LEN)
-		return -1;
+		return DNS_REPLY_UNTOUCHED;
 
 	/* RFC 6891 7: answer EDNS with EDNS. Only the plain layout (the OPT
 	 * is the sole record after the question) is recognised; anything
 	 * else gets a reply without OPT, which every client accepts. */
 	dns = data + dns_off;
 	if (dns + 1 > data_end)
-		return -1;
+		return DNS_REPLY_UNTOUCHED;
 	if (!dns->ancount && !dns->nscount && dns->arcount == bpf_htons(1) &&
 	    qend + DNS_OPT_LEN <= dns_end) {
 		__u8 *opt = data + qend;
@@ -144,22 +152,24 @@ __attribute__((noinline)) int dns_reply(struct xdp_md *ctx,
 	new_len = qend + (keep_opt ? DNS_OPT_LEN : 0);
 	cur_len = bpf_xdp_get_buff_len(ctx);
 	if (new_len > cur_len)
-		return -1;
-	if (new_len < cur_len && bpf_xdp_adjust_tail(ctx, (int)new_len - (int)cur_len))
-		return -1;
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
+		return DNS_REPLY_UNTOUCHED;
 	/* the whole reply must sit in the linear part (no XDP frags) */
 	if (data + new_len > data_end)
-		return -1;
+		return DNS_REPLY_UNTOUCHED;
 	udp_len = new_len - l4_off;
 	barrier_var(udp_len);
 	if (udp_len < sizeof(struct udphdr) + DNS_HDR_LEN || udp_len > GUARD_REPLY_UDP_MAX)
-		return -1;
+		return DNS_REPLY_UNTOUCHED;
+	if (new_len < cur_len && bpf_xdp_adjust_tail(ctx, (int)new_len - (int)cur_len))
+		return DNS_REPLY_UNTOUCHED; /* a failed trim leaves the frame as it was */
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (data + new_len > data_end)
+		return DNS_REPLY_MANGLED;
 
 	eth = data;
 	if (eth + 1 > data_end)
-		return -1;
+		return DNS_REPLY_MANGLED;
 	swap_mac(eth);
 
 	if (pd->family == GUARD_FAMILY_IPV4) {
@@ -168,7 +178,7 @@ __attribute__((noinline)) int dns_reply(struct xdp_md *ctx,
 		__be32 addr;
 
 		if (iph + 1 > data_end)
-			return -1;
+			return DNS_REPLY_MANGLED;
 		addr = iph->saddr;
 		iph->saddr = iph->daddr;
 		iph->daddr = addr;
@@ -186,7 +196,7 @@ __attribute__((noinline)) int dns_reply(struct xdp_md *ctx,
 		int i;
 
 		if (ip6 + 1 > data_end)
-			return -1;
+			return DNS_REPLY_MANGLED;
 		addr = ip6->saddr;
 		ip6->saddr = ip6->daddr;
 		ip6->daddr = addr;
@@ -204,7 +214,7 @@ __attribute__((noinline)) int dns_reply(struct xdp_md *ctx,
 
 	udp = data + l4_off;
 	if (udp + 1 > data_end)
-		return -1;
+		return DNS_REPLY_MANGLED;
 	port = udp->source;
 	udp->source = udp->dest;
 	udp->dest = port;
@@ -215,7 +225,7 @@ __attribute__((noinline)) int dns_reply(struct xdp_md *ctx,
 	 * RD and CD echoed (RFC 4035 3.2.2), RA=1, Z=AD=0. */
 	dns = data + dns_off;
 	if (dns + 1 > data_end)
-		return -1;
+		return DNS_REPLY_MANGLED;
 	rcode = action == GUARD_ACTION_NXDOMAIN ? DNS_RCODE_NXDOMAIN
 		: action == GUARD_ACTION_REFUSED ? DNS_RCODE_REFUSED
 		: DNS_RCODE_NOERROR;
@@ -233,7 +243,7 @@ __attribute__((noinline)) int dns_reply(struct xdp_md *ctx,
 
 		barrier_var(opt);
 		if (opt + DNS_OPT_LEN > data_end)
-			return -1;
+			return DNS_REPLY_MANGLED;
 		opt[0] = 0;
 		opt[1] = 0;
 		opt[2] = DNS_TYPE_OPT;
@@ -248,7 +258,7 @@ __attribute__((noinline)) int dns_reply(struct xdp_md *ctx,
 	}
 
 	if (udp_sum(data, data_end, l4_off, &sum))
-		return -1;
+		return DNS_REPLY_MANGLED;
 	/* Fresh packet pointers: each exit of the sum loop leaves the old ones
 	 * with a different verified range, and the verifier would walk the
 	 * rest of the program once per exit. */
@@ -257,7 +267,7 @@ __attribute__((noinline)) int dns_reply(struct xdp_md *ctx,
 	data_end = (void *)(long)ctx->data_end;
 	udp = data + l4_off;
 	if (udp + 1 > data_end)
-		return -1;
+		return DNS_REPLY_MANGLED;
 	sum = csum_fold(sum);
 	/* RFC 768: a computed zero is sent as all ones */
 	udp->check = sum ? (__u16)sum : 0xffff;

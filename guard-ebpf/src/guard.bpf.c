@@ -142,17 +142,26 @@ static __always_inline int act(struct xdp_md *ctx, const struct packet_descripti
 	case GUARD_ACTION_NXDOMAIN:
 	case GUARD_ACTION_REFUSED:
 	case GUARD_ACTION_TRUNCATE:
-		if (dns_reply(ctx, pd, d->action) == 0) {
+		switch (dns_reply(ctx, pd, d->action)) {
+		case 0:
 			emit_event(pd, s, d, qname_len);
 			count(d->reason);
 			count(GUARD_STAT_REPLIES_TX);
 			return XDP_TX;
+		case DNS_REPLY_MANGLED:
+			/* half rewritten: no longer the query, so it cannot pass */
+			d->action = GUARD_ACTION_DROP;
+			d->reason = GUARD_REASON_TX_FAILED;
+			emit_event(pd, s, d, qname_len);
+			count(GUARD_REASON_TX_FAILED);
+			return XDP_DROP;
+		default:
+			/* never drop legitimate DNS because of our own limits */
+			d->action = GUARD_ACTION_PASS;
+			d->reason = GUARD_REASON_TX_FAILED;
+			emit_event(pd, s, d, qname_len);
+			return pass(GUARD_REASON_TX_FAILED);
 		}
-		/* never drop legitimate DNS because of our own limits */
-		d->action = GUARD_ACTION_PASS;
-		d->reason = GUARD_REASON_TX_FAILED;
-		emit_event(pd, s, d, qname_len);
-		return pass(GUARD_REASON_TX_FAILED);
 	case GUARD_ACTION_LOG:
 		emit_event(pd, s, d, qname_len);
 		return pass(d->reason);
