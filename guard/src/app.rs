@@ -157,7 +157,11 @@ fn install(
     let seed: u64 = rand::random();
     let table = lists::table::compile(&rules, seed, generation)?;
     let report = guard.install_table(&table).context("installing the list table")?;
-    *index.write().unwrap_or_else(|p| p.into_inner()) = Some(RuleIndex { seed, rules: Arc::new(rules) });
+    {
+        let mut current = index.write().unwrap_or_else(|p| p.into_inner());
+        let previous = current.take().map(|old| (old.seed, old.rules));
+        *current = Some(RuleIndex { previous, ..RuleIndex::new(seed, Arc::new(rules)) });
+    }
     record_lists(metrics, counts, started);
     info!(
         generation,
@@ -174,7 +178,7 @@ fn install(
 /// without a kernel table: the proxy-only mode.
 fn publish(rules: RuleSet, index: &SharedRuleIndex, metrics: &Metrics) {
     record_lists(metrics, (rules.count_block(), rules.count_allow()), Instant::now());
-    *index.write().unwrap_or_else(|p| p.into_inner()) = Some(RuleIndex { seed: 0, rules: Arc::new(rules) });
+    *index.write().unwrap_or_else(|p| p.into_inner()) = Some(RuleIndex::new(0, Arc::new(rules)));
 }
 
 // ---- admin: list metrics, readiness, drain (guard/src/admin.rs) ----------

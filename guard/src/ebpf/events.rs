@@ -32,6 +32,22 @@ use crate::{
 pub struct RuleIndex {
     pub seed: u64,
     pub rules: Arc<RuleSet>,
+    /// The table this one replaced, for events still in the ring buffer
+    /// from before the swap. The event reader drops it once the ring has
+    /// been drained after the swap, so a reload does not hold two rule
+    /// sets in memory for long.
+    pub previous: Option<(u64, Arc<RuleSet>)>,
+}
+
+impl RuleIndex {
+    pub fn new(seed: u64, rules: Arc<RuleSet>) -> Self {
+        RuleIndex { seed, rules, previous: None }
+    }
+
+    /// A cheap copy for the event reader (the rule sets are shared).
+    fn snapshot(&self) -> Self {
+        RuleIndex { seed: self.seed, rules: Arc::clone(&self.rules), previous: self.previous.clone() }
+    }
 }
 
 pub type SharedRuleIndex = Arc<RwLock<Option<RuleIndex>>>;
@@ -106,21 +122,28 @@ impl XdpEvent {
     }
 }
 
-/// The rule text and "list:line" behind a matched key, if still known.
+/// The rule text and "list:line" behind a matched key, if still known:
+/// looked up in the active table, then in the one it replaced.
 pub fn describe_rule(event: &XdpEvent, index: &RuleIndex) -> (Option<String>, Option<String>) {
     if event.rule_id == 0 {
         return (None, None);
     }
-    let Some(keys) = suffix_keys(&event.wire_qname, index.seed) else {
-        return (Some(format!("{:#018x}", event.rule_id)), None);
-    };
-    let Some(i) = keys.iter().position(|&k| k == event.rule_id) else {
-        // Matched under a previous table generation.
-        return (Some(format!("{:#018x}", event.rule_id)), None);
-    };
+    let current = (index.seed, &index.rules);
+    let previous = index.previous.as_ref().map(|(seed, rules)| (*seed, rules));
+    for (seed, rules) in std::iter::once(current).chain(previous) {
+        if let Some(found) = describe_in(event, seed, rules) {
+            return found;
+        }
+    }
+    (Some(format!("{:#018x}", event.rule_id)), None)
+}
+
+fn describe_in(event: &XdpEvent, seed: u64, rules: &RuleSet) -> Option<(Option<String>, Option<String>)> {
+    let keys = suffix_keys(&event.wire_qname, seed)?;
+    let i = keys.iter().position(|&k| k == event.rule_id)?;
     let qname = event.qname().unwrap_or_default();
     let suffix = qname.splitn(i + 1, '.').last().unwrap_or_default().to_string();
-    match index.rules.rules.get(suffix.as_str()) {
+    Some(match rules.rules.get(suffix.as_str()) {
         Some(info) => {
             let f = info.flags;
             let sub = f & (guard_rule_flags::GUARD_RULE_BLOCK_SUB as u8) != 0;
@@ -133,7 +156,7 @@ pub fn describe_rule(event: &XdpEvent, index: &RuleIndex) -> (Option<String>, Op
             (Some(rule), Some(format!("{}:{}", info.origin.list.display(), info.origin.line)))
         }
         None => (Some(suffix), None),
-    }
+    })
 }
 
 /// Wall-clock time of a kernel timestamp (bpf_ktime_get_ns is
@@ -196,13 +219,7 @@ pub async fn stream_events(ring: RingBuf<MapData>, index: SharedRuleIndex, log: 
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         // A snapshot, so a slow stdout never holds up a reload's write lock.
-        let snapshot = || {
-            index
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-                .map(|ix| RuleIndex { seed: ix.seed, rules: Arc::clone(&ix.rules) })
-        };
+        let ix = index.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(RuleIndex::snapshot);
         tokio::select! {
             ready = fd.readable_mut() => {
                 let mut ready = match ready {
@@ -212,30 +229,43 @@ pub async fn stream_events(ring: RingBuf<MapData>, index: SharedRuleIndex, log: 
                         break;
                     }
                 };
-                let ring = ready.get_inner_mut();
-                let ix = snapshot();
-                let now = Instant::now();
-                while let Some(item) = ring.next() {
-                    match XdpEvent::decode(&item) {
-                        Some(ev) => {
-                            if let Some(ev) = folds.offer(ev, now) {
-                                log.emit(&to_verdict(&ev, ix.as_ref()));
-                            }
-                        }
-                        None => warn!(len = item.len(), "short event in ring buffer"),
-                    }
-                }
+                drain(ready.get_inner_mut(), &mut folds, &log, ix.as_ref());
                 ready.clear_ready();
             }
             _ = tick.tick() => {
+                // Also drains, so the previous table is let go soon after a reload
+                // even when no event wakes the reader.
+                drain(fd.get_mut(), &mut folds, &log, ix.as_ref());
                 let due = folds.due(Instant::now());
                 if !due.is_empty() {
-                    write_folded(&log, due, snapshot().as_ref());
+                    write_folded(&log, due, ix.as_ref());
                 }
+            }
+        }
+        // Every event from before the swap has been read: forget the old table.
+        if let Some(seed) = ix.as_ref().filter(|ix| ix.previous.is_some()).map(|ix| ix.seed) {
+            let mut current = index.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(cur) = current.as_mut().filter(|cur| cur.seed == seed) {
+                cur.previous = None;
             }
         }
     }
     write_folded(&log, folds.flush(), None);
+}
+
+/// Reads every queued event; repeats fold, the rest become lines.
+fn drain(ring: &mut RingBuf<MapData>, folds: &mut Coalescer, log: &VerdictLog, ix: Option<&RuleIndex>) {
+    let now = Instant::now();
+    while let Some(item) = ring.next() {
+        match XdpEvent::decode(&item) {
+            Some(ev) => {
+                if let Some(ev) = folds.offer(ev, now) {
+                    log.emit(&to_verdict(&ev, ix));
+                }
+            }
+            None => warn!(len = item.len(), "short event in ring buffer"),
+        }
+    }
 }
 
 fn write_folded(log: &VerdictLog, due: Vec<(XdpEvent, u64)>, ix: Option<&RuleIndex>) {
@@ -281,6 +311,27 @@ mod tests {
         let two_s_ago = (now.tv_sec as u64 - 2) * 1_000_000_000 + now.tv_nsec as u64;
         let age = std::time::SystemTime::now().duration_since(wall_clock(two_s_ago)).unwrap();
         assert!(age >= std::time::Duration::from_secs(2) && age < std::time::Duration::from_secs(3), "{age:?}");
+    }
+
+    fn rules(text: &str, file: &str) -> Arc<RuleSet> {
+        let mut set = RuleSet::default();
+        crate::lists::parse_str(text, std::path::Path::new(file), crate::lists::ListKind::Block, &mut set);
+        Arc::new(set)
+    }
+
+    #[test]
+    fn events_from_before_a_reload_name_the_rule_of_the_old_table() {
+        let (old_seed, new_seed) = (11, 22);
+        let wire = b"\x03www\x03bad\x07example\x00";
+        let mut ev = event(wire);
+        // The kernel matched `bad.example` (suffix 1) under the old table's seed.
+        ev.rule_id = suffix_keys(wire, old_seed).unwrap()[1];
+        let old = rules("||bad.example^\n", "old.txt");
+        let new = rules("other.example\n", "new.txt");
+        let mut ix = RuleIndex::new(new_seed, new);
+        assert_eq!(describe_rule(&ev, &ix), (Some(format!("{:#018x}", ev.rule_id)), None));
+        ix.previous = Some((old_seed, old));
+        assert_eq!(describe_rule(&ev, &ix), (Some("||bad.example^".into()), Some("old.txt:1".into())));
     }
 
     #[test]

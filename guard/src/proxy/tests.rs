@@ -181,7 +181,7 @@ impl Proxy {
     fn set_blocklist(&self, text: &str) {
         let mut rules = RuleSet::default();
         parse_str(text, "block.txt".as_ref(), ListKind::Block, &mut rules);
-        *self.index.write().unwrap() = Some(RuleIndex { seed: 0, rules: Arc::new(rules) });
+        *self.index.write().unwrap() = Some(RuleIndex::new(0, Arc::new(rules)));
     }
 
     async fn ask(&self, qname: &str) -> Message {
