@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shlex
@@ -50,6 +51,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -409,9 +411,6 @@ def main(argv: list[str]) -> int:
                     results[key].setdefault(c, []).append(sc.measure(bench, key, c, rnd))
                 print(f"[{time.monotonic() - t0:6.1f}s] round {rnd + 1}/{args.rounds} scenario {key} "
                       f"({' '.join(order)})", file=sys.stderr, flush=True)
-        for m in modules:
-            if m is not s4_scale:
-                m.finish(bench)
         if "4" in args.scenarios:
             results["4"] = s4_scale.run(bench)
             print(f"[{time.monotonic() - t0:6.1f}s] scenario 4 done", file=sys.stderr, flush=True)
@@ -419,13 +418,20 @@ def main(argv: list[str]) -> int:
     meta["loadavg_end"] = common.load_average()
     meta["elapsed_min"] = (time.monotonic() - t0) / 60
 
+    # The raw rounds first, so a failure below never loses a 20-minute run.
+    raw = Path(tempfile.gettempdir()) / f"peers-results-{os.getpid()}.json"
+    raw.write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
+    print(f"raw results: {raw}", file=sys.stderr)
     text = report.render(args, meta, results, SCENARIOS)
     print(text)
     panels = [p for key in args.scenarios for p in SCENARIOS[key].panels(key, results[key])]
     if args.chart:
-        report.chart(panels, args.chart, f"dns-guard and its peers, {meta['date']} "
-                     f"(median; bars: min–max over rounds)")
-        print(f"\nchart: {args.chart}", file=sys.stderr)
+        try:
+            report.chart(panels, args.chart, f"dns-guard and its peers, {meta['date']} "
+                         f"(median; bars: min–max over rounds)")
+            print(f"\nchart: {args.chart}", file=sys.stderr)
+        except Exception as e:  # the tables still go into the docs
+            bench.failures.append(f"chart not drawn: {e!r}")
     if args.docs:
         report.write_docs(args.docs, text, args.chart)
         print(f"docs: {args.docs} (generated section replaced)", file=sys.stderr)

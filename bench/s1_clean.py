@@ -91,10 +91,6 @@ def measure(bench, key: str, config: str, rnd: int) -> dict:
     return r
 
 
-def finish(bench) -> None:
-    pass
-
-
 # --------------------------------------------------------------------------- report
 
 

@@ -109,10 +109,6 @@ def measure(bench, key: str, config: str, rnd: int) -> dict:
     return r
 
 
-def finish(bench) -> None:
-    pass
-
-
 # --------------------------------------------------------------------------- report
 
 

