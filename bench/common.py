@@ -125,6 +125,19 @@ def cell(rounds: list[dict], field: str, fmt: str = ",.0f") -> str:
     return summary(values(rounds, field), fmt)
 
 
+def judge(vals: list[float], ok) -> str | None:
+    """Whether a goal is met: by the median, and saying so when some rounds disagree (on a
+    shared machine a median alone can hide that the rounds fell on both sides of the goal)."""
+    if not vals:
+        return None
+    met = ok(statistics.median(vals))
+    other = sum(1 for v in vals if bool(ok(v)) != bool(met))
+    if not other:
+        return "yes" if met else "no"
+    return (f"yes at the median; {other} of {len(vals)} rounds miss" if met
+            else f"no at the median; {other} of {len(vals)} rounds meet it")
+
+
 def per_round(a: list[dict], b: list[dict], field: str, op: str = "ratio") -> list[float]:
     """a_i / b_i (or a_i − b_i) for each round i: both ran back to back in round i."""
     out = []

@@ -325,6 +325,8 @@ def parse_args(argv: list[str]):
     p.add_argument("--docs", type=Path, help="Markdown file whose generated section to replace "
                    "(default docs/benchmarks.md for a full run of every scenario)")
     p.add_argument("--chart", type=Path, help="PNG path (default docs/peers.png when --docs is written)")
+    p.add_argument("--render", type=Path, help="write the report again from a run's raw results file "
+                   "(printed at the end of every run), without measuring")
     p.add_argument("--plot", type=Path, help=argparse.SUPPRESS)  # internal: draw --chart from a JSON file
     args = p.parse_args(argv)
     requested = [s for s in args.scenarios.split(",") if s]
@@ -352,6 +354,8 @@ def main(argv: list[str]) -> int:
     if args.plot:
         report.draw_from_file(args.plot, args.chart)
         return 0
+    if args.render:
+        return render(args, json.loads(args.render.read_text()))
     if os.geteuid() != 0:
         print("bench/peers.py needs root (network namespaces, XDP)", file=sys.stderr)
         return 2
@@ -420,8 +424,33 @@ def main(argv: list[str]) -> int:
 
     # The raw rounds first, so a failure below never loses a 20-minute run.
     raw = Path(tempfile.gettempdir()) / f"peers-results-{os.getpid()}.json"
-    raw.write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
+    raw.write_text(json.dumps(raw_for_file(args, {"meta": meta, "results": results}), indent=1, default=str))
     print(f"raw results: {raw}", file=sys.stderr)
+    status = render(args, {"meta": meta, "results": results}, bench.failures)
+    if args.docs and Path(args.docs).with_name("peers-results.json").exists():
+        raw.unlink()  # kept beside the docs instead
+    return status
+
+
+def raw_for_file(args, raw: dict) -> dict:
+    saved = {k: v for k, v in vars(args).items() if k not in ("docs", "chart", "plot", "render")}
+    return {"meta": raw["meta"], "args": raw.get("args", saved), "results": raw["results"]}
+
+
+def render(args, raw: dict, failures: list[str] | None = None) -> int:
+    """Tables, goals, chart and docs section from one run's results (live, or a raw file)."""
+    failures = [] if failures is None else failures
+    meta, results = raw["meta"], raw["results"]
+    if args.render:
+        saved = raw.get("args", {})
+        for k in ("rounds", "duration", "queries", "latency_rate", "miss_rate", "rate", "limit", "sizes",
+                  "rss_sizes", "smoke"):
+            if k in saved:
+                setattr(args, k, saved[k])
+        args.scenarios = [k for k in ORDER if k in results]
+        meta["rendered"] = True
+        if args.docs is None and args.scenarios == ORDER and not args.smoke:
+            args.docs, args.chart = REPO / "docs" / "benchmarks.md", args.chart or REPO / "docs" / "peers.png"
     text = report.render(args, meta, results, SCENARIOS)
     print(text)
     panels = [p for key in args.scenarios for p in SCENARIOS[key].panels(key, results[key])]
@@ -431,12 +460,16 @@ def main(argv: list[str]) -> int:
                          f"(median; bars: min–max over rounds)")
             print(f"\nchart: {args.chart}", file=sys.stderr)
         except Exception as e:  # the tables still go into the docs
-            bench.failures.append(f"chart not drawn: {e!r}")
+            failures.append(f"chart not drawn: {e!r}")
     if args.docs:
         report.write_docs(args.docs, text, args.chart)
-        print(f"docs: {args.docs} (generated section replaced)", file=sys.stderr)
-    if bench.failures:
-        print("\nFAILED:\n  " + "\n  ".join(bench.failures[:30]), file=sys.stderr)
+        # The raw rounds beside the docs, so the tables can be checked or re-rendered (--render).
+        keep = Path(args.docs).with_name("peers-results.json")
+        if not args.render or args.render.resolve() != keep.resolve():
+            keep.write_text(json.dumps(raw_for_file(args, raw), indent=1, default=str) + "\n")
+        print(f"docs: {args.docs} (generated section replaced), raw results in {keep}", file=sys.stderr)
+    if failures:
+        print("\nFAILED:\n  " + "\n  ".join(failures[:30]), file=sys.stderr)
         return 1
     return 0
 

@@ -24,7 +24,8 @@ def render(args, meta: dict, results: dict, scenarios: dict) -> str:
         "## All scenarios of issue 5 in one run (generated)",
         "",
         f"Command (root): `{meta['command']}`, at `{meta['revision']}`, {meta['date']}; "
-        f"{meta['elapsed_min']:.0f} minutes.",
+        f"{meta['elapsed_min']:.0f} minutes." + (" Tables re-rendered from that run's raw results "
+                                                 "(`--render`), not re-measured." if meta.get("rendered") else ""),
         f"Machine: {meta['nproc']} CPUs ({meta['cpu']}), {meta['mem_gib']} GiB, kernel {meta['kernel']}; "
         f"load average {meta['loadavg_start']} at the start and {meta['loadavg_end']} at the end. "
         f"{meta['versions']}; dns-guard XDP in {meta['xdp']} mode (`mode: auto` on a veth).",
@@ -41,7 +42,7 @@ def render(args, meta: dict, results: dict, scenarios: dict) -> str:
     if goal_rows:
         out += ["| goal (issue 5) | measured | met |", "|---|---:|---|"]
         for goal, measured, met in goal_rows:
-            out.append(f"| {goal} | {measured} | {'yes' if met else 'no' if met is not None else '–'} |")
+            out.append(f"| {goal} | {measured} | {met or '–'} |")
         out.append("")
     for key in args.scenarios:
         m = scenarios[key]

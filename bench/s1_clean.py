@@ -112,10 +112,10 @@ def table(key: str, res: dict[str, list[dict]]) -> list[str]:
     return out
 
 
-def goals(key: str, res: dict[str, list[dict]]) -> list[tuple[str, str, bool | None]]:
+def goals(key: str, res: dict[str, list[dict]]) -> list[tuple[str, str, str | None]]:
     r = C.per_round(res["guard"], res["coredns"], "qps")
     return [("1: with-guard / alone QPS, cache hits ≥ 0.97", C.summary(r, ".2f"),
-             None if not r else C.median_of(r) >= 0.97)]
+             C.judge(r, lambda v: v >= 0.97))]
 
 
 def panels(key: str, res: dict[str, list[dict]]) -> list[dict]:

@@ -129,13 +129,13 @@ def table(key: str, res: dict[str, list[dict]]) -> list[str]:
     return out
 
 
-def goals(key: str, res: dict[str, list[dict]]) -> list[tuple[str, str, bool | None]]:
+def goals(key: str, res: dict[str, list[dict]]) -> list[tuple[str, str, str | None]]:
     s = C.values(res["guard"], "success")
     r = C.per_round(res["guard"], res["coredns"], "qps")
     return [(f"{key}: legit success with dns-guard ≥ 99 %", C.summary(s, ".1f") + " %",
-             None if not s else C.median_of(s) >= 99.0),
+             C.judge(s, lambda v: v >= 99.0)),
             (f"{key}: dns-guard goodput ≥ 5× CoreDNS alone", C.summary(r, ".2f") + "×",
-             None if not r else C.median_of(r) >= 5.0)]
+             C.judge(r, lambda v: v >= 5.0))]
 
 
 def panels(key: str, res: dict[str, list[dict]]) -> list[dict]:

@@ -225,18 +225,18 @@ def _at(res: dict, n: int) -> dict | None:
     return next((row for row in res["xdp"] if row["names"] == n), None)
 
 
-def goals(key: str, res: dict) -> list[tuple[str, str, bool | None]]:
+def goals(key: str, res: dict) -> list[tuple[str, str, str | None]]:
     row = _at(res, GOAL_SIZE)
     if not row:
         return [("4: XDP cost and bytes per name at 1M names", "not measured (size not run)", None)]
     hot, cold = row.get("hot_net", []), row.get("cold_bpf_stats_net", [])
     bpn = row.get("bytes_per_name")
     return [("4: XDP, clean 4-label name, same packet repeated, 1M names ≤ 100 ns", C.summary(hot, ".0f") + " ns",
-             None if not hot else C.median_of(hot) <= 100),
+             C.judge(hot, lambda v: v <= 100)),
             ("4: XDP, varied names (cold, bpf_stats), 1M names ≤ 200 ns", C.summary(cold, ".0f") + " ns",
-             None if not cold else C.median_of(cold) <= 200),
+             C.judge(cold, lambda v: v <= 200)),
             ("4: kernel bytes per name, 1M names ≤ 12", f"{bpn:.2f}" if bpn else "n/a",
-             None if not bpn else bpn <= 12)]
+             C.judge([bpn] if bpn else [], lambda v: v <= 12))]
 
 
 def panels(key: str, res: dict) -> list[dict]:

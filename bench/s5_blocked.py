@@ -87,7 +87,7 @@ def table(key: str, res: dict[str, list[dict]]) -> list[str]:
     return out
 
 
-def goals(key: str, res: dict[str, list[dict]]) -> list[tuple[str, str, bool | None]]:
+def goals(key: str, res: dict[str, list[dict]]) -> list[tuple[str, str, str | None]]:
     r = C.per_round(res["guard"], res["coredns"], "p50_us")
     return [("5: time to a blocked answer, XDP / CoreDNS at p50 (no number set; lower is better)",
              C.summary(r, ".2f"), None)]

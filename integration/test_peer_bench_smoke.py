@@ -99,3 +99,14 @@ def test_peer_bench_smoke_runs_every_scenario(tmp_path):
     assert "old generated text" not in text and "### 3. Cache-miss path" in text
     assert text.startswith("# Title\n\nHand-written introduction.\n\n")
     assert text.endswith("## Analysis\n\nHand-written analysis that must survive.\n")
+
+    # The raw rounds are kept beside the docs, and the report can be written again from them.
+    raw = tmp_path / "peers-results.json"
+    again = tmp_path / "again" / "benchmarks.md"
+    again.parent.mkdir()
+    again.write_text(DOC)
+    r = subprocess.run([sys.executable, str(BENCH), "--render", str(raw), "--docs", str(again),
+                        "--chart", str(again.with_name("peers.png"))], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    strip = lambda t: t.replace(" Tables re-rendered from that run's raw results (`--render`), not re-measured.", "")
+    assert strip(again.read_text()) == text
