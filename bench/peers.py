@@ -32,7 +32,7 @@ dnsdist (Debian) runs in the dns pod in front of CoreDNS (.53 via 127.0.0.1). dn
 started before each of its measurements and detached after, so the other configurations run
 with no XDP program on eth0.
 
-    python3 bench/peers.py                  # everything, ~25 min; writes docs/benchmarks.md + docs/peers.png
+    python3 bench/peers.py                  # everything, ~15 min; writes docs/benchmarks.md, peers.png, peers-results.json
     python3 bench/peers.py --scenarios 3    # one scenario (prints; --docs/--chart to write)
     python3 bench/peers.py --smoke          # a few seconds per scenario; asserts answers, never timings
 
