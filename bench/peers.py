@@ -1,32 +1,40 @@
-"""Peers side by side (issue 5): CoreDNS alone, dnsdist in front of CoreDNS, CoreDNS with dns-guard.
+"""Issue 5's benchmarks in one run: dns-guard side by side with what a cluster admin would run instead.
 
-One lab, one run, interleaved rounds (the order of configurations rotates every round) so
-machine drift lands on every configuration alike; the report is ratios, with the absolute
-numbers beside them only for context. Scenarios, as numbered in issue 5:
+One lab, one run, every scenario for every configuration, in interleaved rounds (the order
+of configurations rotates every round) so machine drift lands on every configuration alike.
+The report is medians with their spread over the rounds, and ratios taken inside each round;
+absolute numbers are beside them only for context. Scenarios, numbered as in issue 5:
 
-  2a  an attacker pod floods blocklisted names while a legitimate client (c1) runs dnsperf
-      at a fixed rate; 2b the same with random names (cache misses) from one source, over
-      the per-source rate limit; 2c random subdomains of one victim domain (water torture)
-      spread over 64 sources; 1  clean cache-hit traffic at max rate. At the rate one Python
-      sender reaches here, each 2c source still sends over the per-source limit, so 2c shows
-      less than a real water-torture attack (which arrives through many more resolvers).
+  1   clean cache hits through CoreDNS at max rate: QPS, latency percentiles (s1_clean.py)
+  2a  flood of blocklisted names, 2b random names over the rate limit, 2c random subdomains of
+      one victim: legitimate success, p99, CPU (s2_floods.py)
+  3   the cache-miss path CoreDNS -> dns-guard -> upstream against CoreDNS -> upstream, and
+      Unbound as a validating forwarder on the same path (s3_misspath.py)
+  4   XDP cost per packet at 0, 100k, 1M, 5M names; kernel bytes per name; list load and
+      reload time and userspace RSS of the real binary (s4_scale.py)
+  5   time to a blocked answer: dns-guard's XDP NXDOMAIN against CoreDNS answering NXDOMAIN
+      itself (s5_blocked.py)
 
-Configurations (each as its users would set it up, same limits everywhere):
+The dns pod runs ONE CoreDNS 1.15 with a server block per configuration, each bound to its
+own address of the pod (the kubeadm shape minus kubernetes, which needs an API server, and
+minus the log plugin, which would bill CoreDNS for per-query writes):
 
-  coredns  CoreDNS 1.15 with ``acl bl.test { block }`` (REFUSED); it has no rate limit in-tree.
-  dnsdist  dnsdist (Debian) in the dns pod in front of CoreDNS: MaxQPSIPRule(qps, 32, 64) →
-           DropAction, then SuffixMatchNodeRule(bl.test) → RCodeAction(NXDOMAIN).
-  guard    dns-guard's XDP program on the dns pod's eth0: blocklist ``||bl.test^`` →
-           NXDOMAIN, rate limit qps per /32 → drop. Its forwarding proxy is not in the path.
+  .53  CoreDNS alone: ``acl bl.test { block }``, ``forward . <up>``; ``lab.`` to the private
+       hierarchy's Unbound (scenario 3). Also on 127.0.0.1, for dnsdist to forward to.
+  .52  CoreDNS with the dns-guard sidecar: the same, but ``forward . 127.0.0.1:5353`` (the
+       proxy); dns-guard's XDP program is on eth0 while its configurations run, so every
+       query to the pod meets it. This is corefile-examples/kubeadm-default.Corefile.
+  .51  ``lab.`` forwarded to Unbound as a validating forwarder on 127.0.0.1:5354 (scenario 3).
+  .50  ``template IN ANY bl.test { rcode NXDOMAIN }``: CoreDNS answers blocked names itself
+       (scenario 5; with dns-guard attached, XDP answers them first).
 
-In scenario 1 the rate limits are raised far above any rate reached, so their bookkeeping
-runs but never fires (otherwise the scenario would measure the limit, not the overhead).
+dnsdist (Debian) runs in the dns pod in front of CoreDNS (.53 via 127.0.0.1). dns-guard is
+started before each of its measurements and detached after, so the other configurations run
+with no XDP program on eth0.
 
-CPU comes from /proc/<pid>/stat (utime+stime) of CoreDNS, dnsdist and dns-guard's userspace,
-and the whole box's busy time from /proc/stat (XDP runs in softirq and belongs to no process).
-
-    python3 bench/peers.py            # full run, ~7 minutes; writes docs/peers.png
-    python3 bench/peers.py --smoke    # a few seconds per scenario; asserts answers, not timings
+    python3 bench/peers.py                  # everything, ~15 min; writes docs/benchmarks.md, peers.png, peers-results.json
+    python3 bench/peers.py --scenarios 3    # one scenario (prints; --docs/--chart to write)
+    python3 bench/peers.py --smoke          # a few seconds per scenario; asserts answers, never timings
 
 Run as root. Traffic stays inside the lab (198.18.0.0/24); the lab is torn down on exit.
 """
@@ -34,65 +42,107 @@ Run as root. Traffic stays inside the lab (198.18.0.0/24); the lab is torn down 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import datetime
+import contextlib
 import json
 import os
-import platform
 import re
+import shlex
+import shutil
 import signal
-import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 sys.path.insert(0, str(REPO / "integration"))
+sys.path.insert(0, str(HERE))
 
+import common  # noqa: E402
 import coredns as corednsmod  # noqa: E402
 import lab as labmod  # noqa: E402
+import report  # noqa: E402
+import s1_clean  # noqa: E402
+import s2_floods  # noqa: E402
+import s3_misspath  # noqa: E402
+import s4_scale  # noqa: E402
+import s5_blocked  # noqa: E402
 from lab import Lab, LabError, v4  # noqa: E402
 
-FLOOD = Path(__file__).resolve().parent / "flood.py"
-ATTACKER = "att"
-ATTACKER_HOSTS = list(range(100, 164))  # 64 sources for 2c; 2a/2b use the first only
-LEGIT_NAMES = [f"q{i:03d}.ok.test" for i in range(100)]  # all fit CoreDNS's cache
+# The dns pod's server addresses, one per CoreDNS server block (see the module docstring).
+ALONE = v4("dns")
+SIDECAR = f"{labmod.V4_PREFIX}52"
+UNBOUND_FWD = f"{labmod.V4_PREFIX}51"
+TEMPLATE = f"{labmod.V4_PREFIX}50"
+EXTRA_ADDRS = [SIDECAR, UNBOUND_FWD, TEMPLATE]
+PROXY_LISTEN = corednsmod.PROXY  # 127.0.0.1:5353, as in corefile-examples/
+UNBOUND_FWD_PORT = 5354
+HIERARCHY_REC = f"{labmod.V4_PREFIX}55"  # integration/hierarchy.py's Unbound (iterator only)
 DNSDIST_PORT = {"flood": 5300, "clean": 5301}  # two instances: limit on, limit out of reach
 NO_LIMIT = 10_000_000
 
-
-@dataclasses.dataclass(frozen=True)
-class Scenario:
-    key: str
-    label: str
-    flood: str | None  # flood.py --kind, None for clean traffic
-    sources: int = 1
+SCENARIOS = {m.KEY: m for m in (s1_clean,)} | {k: s2_floods for k in s2_floods.KEYS} | {
+    m.KEY: m for m in (s3_misspath, s4_scale, s5_blocked)}
+ORDER = ["1", "2a", "2b", "2c", "3", "4", "5"]
 
 
-SCENARIOS = {
-    "2a": Scenario("2a", "flood of blocklisted names, one source", "blocked"),
-    "2b": Scenario("2b", "flood of random names (cache misses), one source", "random"),
-    "2c": Scenario("2c", "random subdomains of one victim domain, 64 sources", "victim", 64),
-    "1": Scenario("1", "clean cache hits at max rate", None),
-}
-CONFIGS = ["coredns", "dnsdist", "guard"]
-
-
-def corefile(workdir: Path) -> str:
-    # The kubeadm shape minus kubernetes (no API server here) and minus the log plugin
-    # (per-query logging would bill CoreDNS for writes a production server does not do).
-    text = f""".:53 {{
+def corefile() -> str:
+    up, rec = v4("up"), HIERARCHY_REC
+    text = f"""(base) {{
     errors
+    prometheus 127.0.0.1:9153
+    cache 30
+    loadbalance
+}}
+# CoreDNS alone (and behind dnsdist, which forwards to 127.0.0.1)
+.:53 {{
+    bind {ALONE} 127.0.0.1
+    import base
     acl bl.test {{
         block
     }}
-    prometheus 127.0.0.1:9153
-    forward . {v4('up')} {{
+    forward . {up} {{
         max_concurrent 1000
     }}
-    cache 30
-    loadbalance
+}}
+lab.:53 {{
+    bind {ALONE} 127.0.0.1
+    import base
+    forward . {rec} {{
+        max_concurrent 1000
+    }}
+}}
+# CoreDNS with the dns-guard sidecar: forward to its proxy (XDP on eth0 needs no Corefile change)
+.:53 {{
+    bind {SIDECAR}
+    import base
+    acl bl.test {{
+        block
+    }}
+    forward . {PROXY_LISTEN} {{
+        max_concurrent 1000
+    }}
+}}
+# Unbound as a validating forwarder beside CoreDNS (scenario 3's reference)
+lab.:53 {{
+    bind {UNBOUND_FWD}
+    import base
+    forward . 127.0.0.1:{UNBOUND_FWD_PORT} {{
+        max_concurrent 1000
+    }}
+}}
+# CoreDNS answering NXDOMAIN for blocked names itself (scenario 5)
+.:53 {{
+    bind {TEMPLATE}
+    import base
+    template IN ANY bl.test {{
+        rcode NXDOMAIN
+    }}
+    forward . {up} {{
+        max_concurrent 1000
+    }}
 }}
 """
     corednsmod.assert_lab_only(text)
@@ -102,7 +152,7 @@ def corefile(workdir: Path) -> str:
 def dnsdist_conf(port: int, qps: int) -> str:
     return f"""-- bench/peers.py: dnsdist in front of CoreDNS in the dns pod
 setSecurityPollSuffix("")  -- never poll secpoll.powerdns.com: nothing leaves the lab
-setLocal("{v4('dns')}:{port}")
+setLocal("{ALONE}:{port}")
 setACL({{"198.18.0.0/15", "fd53:6775:6172::/48"}})  -- the lab's clients (not in the default ACL)
 newServer({{address="127.0.0.1:53", name="coredns", checkName="good.test.", checkInterval=1}})
 addAction(MaxQPSIPRule({qps}, 32, 64), DropAction())
@@ -112,55 +162,47 @@ addAction(SuffixMatchNodeRule(blocked), RCodeAction(DNSRCode.NXDOMAIN))
 """
 
 
-# --------------------------------------------------------------------------- measurements
-
-
-def cpu_ticks(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def box_busy() -> tuple[int, int]:
-    """(busy, total) jiffies of the whole machine; idle and iowait count as not busy."""
-    vals = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(vals) - vals[3] - vals[4], sum(vals)
-
-
-TICK_MS = 1000.0 / os.sysconf("SC_CLK_TCK")
-_VERBOSE = re.compile(r"^> (\w+) (\S+) (\w+) ([\d.]+)$", re.M)
-_AVG = re.compile(r"Average Latency \(s\):\s+([\d.]+)")
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * p // 100))
-    return ordered[int(rank) - 1]
-
-
-@dataclasses.dataclass
-class Round:
-    success: float = 0.0  # % of the legitimate queries answered NOERROR
-    p99_ms: float = 0.0  # over all sent, a lost query counting as the 1 s timeout
-    qps: float = 0.0  # legitimate answers per second
-    avg_us: float = 0.0  # dnsperf's average latency (scenario 1)
-    coredns_ms: float = 0.0  # CPU ms per second of the round
-    dnsdist_ms: float = 0.0
-    guard_ms: float = 0.0
-    box_pct: float = 0.0
-    flood_pps: float = 0.0
-    rcodes: dict = dataclasses.field(default_factory=dict)
+def unbound_forwarder_conf(workdir: Path, anchor: Path) -> str:
+    return f"""server:
+    do-daemonize: no
+    chroot: ""
+    username: ""
+    directory: "{workdir}"
+    pidfile: ""
+    logfile: "{workdir}/unbound.log"
+    use-syslog: no
+    verbosity: 0
+    num-threads: 2
+    so-reuseport: yes
+    interface: 127.0.0.1@{UNBOUND_FWD_PORT}
+    access-control: 127.0.0.0/8 allow
+    do-not-query-localhost: no
+    do-ip6: no
+    module-config: "validator iterator"
+    trust-anchor-file: "{anchor}"
+    qname-minimisation: no
+remote-control:
+    control-enable: no
+forward-zone:
+    name: "."
+    forward-addr: {HIERARCHY_REC}
+"""
 
 
 class Bench:
+    """The lab plus everything the configurations need, and the dns-guard of the moment."""
+
     def __init__(self, lab: Lab, args):
         self.lab, self.args = lab, args
         self.failures: list[str] = []
         self.dnsdist: dict[str, subprocess.Popen] = {}
+        self.unbound_fwd: subprocess.Popen | None = None
+        self.hier = None
         self.guard = None
-        self.guard_meta = "?"
+        self.xdp_mode = "?"
+        self.addresses = {"alone": ALONE, "sidecar": SIDECAR, "unbound": UNBOUND_FWD, "template": TEMPLATE}
 
-    # --- the configurations
+    # --- the peers
     def start_dnsdist(self) -> None:
         for kind, port in DNSDIST_PORT.items():
             conf = self.lab.workdir / f"dnsdist-{kind}.conf"
@@ -169,21 +211,45 @@ class Bench:
                                                         "-C", str(conf)], f"dnsdist-{kind}")
         for kind, port in DNSDIST_PORT.items():
             def up():
-                r = self.lab.dig("c2", "good.test", v4("dns"), "-p", str(port), "+timeout=1")
-                return r.status == "NOERROR"
+                return self.lab.dig("c2", "good.test", ALONE, "-p", str(port), "+timeout=1").status == "NOERROR"
             if not labmod._wait_for(up, 15, 0.3):
                 raise LabError(f"dnsdist ({kind}) never answered; "
                                f"{labmod._tail(self.lab.workdir / f'dnsdist-{kind}.out')}")
 
-    def attach_guard(self, scenario: Scenario) -> None:
-        qps = NO_LIMIT if scenario.flood is None else self.args.limit
-        self.guard = self.lab.start_guard(
-            {"xdp": {"action": "nxdomain", "mode": "auto",
-                     "ratelimit": {"qps": qps, "burst": qps, "ipv4_prefix": 32, "ipv6_prefix": 64,
-                                   "action": "drop"}}},
-            {"block.txt": "||bl.test^\n"})
+    def start_hierarchy(self, stack: contextlib.ExitStack) -> None:
+        import hierarchy as H
+        self.hier = stack.enter_context(H.Hierarchy(self.lab, log_queries=False))
+        wd = self.lab.workdir / "unbound-forwarder"
+        wd.mkdir(exist_ok=True)
+        conf = wd / "unbound.conf"
+        conf.write_text(unbound_forwarder_conf(wd, self.hier.anchors["dnskey"]))
+        self.unbound_fwd = self.lab.spawn("dns", ["unbound", "-d", "-c", str(conf)], "unbound-forwarder")
+
+    # --- dns-guard, as its users run it: XDP on eth0 and the proxy in CoreDNS's forward path
+    def guard_config(self, profile: str) -> dict:
+        """profile: "clean" (rate limit out of reach), "flood" (args.limit per /32) or "validate"
+        (clean, and the proxy validates against the private hierarchy)."""
+        qps = self.args.limit if profile == "flood" else NO_LIMIT
+        # The lab upstream is a flat dnsmasq, not a signed zone: validation would judge every
+        # answer bogus, so it is off there (as in test_coredns.py); scenario 3 validates.
+        proxy = {"listen": PROXY_LISTEN, "upstreams": [v4("up")], "dnssec": "off"}
+        if profile == "validate":
+            proxy = {"listen": PROXY_LISTEN, "upstreams": [HIERARCHY_REC], "dnssec": "validate",
+                     "trust_anchor": str(self.hier.anchors["dnskey"])}
+        return {"xdp": {"action": "nxdomain", "mode": "auto",
+                        "ratelimit": {"qps": qps, "burst": qps, "ipv4_prefix": 32, "ipv6_prefix": 64,
+                                      "action": "drop"}},
+                "proxy": proxy, "log": {"allow_sample": 0}, "metrics": {"listen": "127.0.0.1:0"}}
+
+    def attach_guard(self, profile: str, lists: dict | None = None, config: dict | None = None,
+                     ready_timeout: float = 30.0):
+        cfg = config or self.guard_config(profile)
+        self.guard = self.lab.start_guard(cfg, {"block.txt": "||bl.test^\n"} if lists is None else lists,
+                                          ready_timeout=ready_timeout)
         m = re.search(r"dns-guard ready: XDP (\w+)", self.guard.stderr())
-        self.guard_meta = m.group(1) if m else "?"
+        if m:
+            self.xdp_mode = m.group(1)
+        return self.guard
 
     def detach_guard(self) -> None:
         if self.guard:
@@ -193,283 +259,223 @@ class Bench:
             self.lab.guards.remove(self.guard)
             self.guard = None
 
-    def target(self, config: str, scenario: Scenario) -> tuple[str, int]:
-        if config == "dnsdist":
-            return v4("dns"), DNSDIST_PORT["clean" if scenario.flood is None else "flood"]
-        return v4("dns"), 53
+    @contextlib.contextmanager
+    def guarded(self, on: bool, profile: str):
+        """dns-guard attached for the block if ``on``; detached after, whatever happens."""
+        if not on:
+            yield None
+            return
+        self.attach_guard(profile)
+        try:
+            yield self.guard
+        finally:
+            self.detach_guard()
 
-    # --- one round
-    def pids(self, config: str, scenario: Scenario) -> dict[str, int]:
+    def guard_metrics(self) -> str:
+        m = re.search(r"dns-guard admin listening on (\S+)", self.guard.stderr())
+        if not m:
+            raise LabError(f"no admin address in dns-guard's stderr:\n{self.guard.stderr_tail()}")
+        code, body = corednsmod.http_get(self.lab, "dns", f"http://{m.group(1)}/metrics")
+        if code != 200:
+            raise LabError(f"dns-guard /metrics answered {code}: {body[:300]}")
+        return body
+
+    def coredns_requests(self, server: str) -> float:
+        """coredns_dns_requests_total of one server block (label server="dns://ADDR:53")."""
+        code, body = corednsmod.http_get(self.lab, "dns", "http://127.0.0.1:9153/metrics")
+        if code != 200:
+            raise LabError(f"CoreDNS /metrics answered {code}")
+        return sum(float(line.rsplit(None, 1)[1]) for line in body.splitlines()
+                   if line.startswith("coredns_dns_requests_total{") and f'server="dns://{server}:53"' in line)
+
+    # --- helpers for scenarios
+    def pids(self, **extra: int | None) -> dict[str, int]:
         out = {"coredns": self.lab.resolver.proc.pid}
-        if config == "dnsdist":
-            out["dnsdist"] = self.dnsdist["clean" if scenario.flood is None else "flood"].pid
-        if config == "guard":
+        if self.guard:
             out["guard"] = self.guard.proc.pid
+        out.update({k: v for k, v in extra.items() if v})
         return out
 
-    def run_round(self, config: str, scenario: Scenario) -> Round:
-        if config == "guard":
-            self.attach_guard(scenario)
-        try:
-            return self._measure(config, scenario)
-        finally:
-            if config == "guard":
-                self.detach_guard()
-
-    def _measure(self, config: str, scenario: Scenario) -> Round:
-        server, port = self.target(config, scenario)
-        pids = self.pids(config, scenario)
-        d = self.args.duration
-        flood = None
-        if scenario.flood:
-            srcs = [f"{labmod.V4_PREFIX}{h}" for h in ATTACKER_HOSTS[:scenario.sources]]
-            argv = [labmod.SCAPY_PYTHON, str(FLOOD), "--dst", server, "--port", str(port),
-                    "--kind", scenario.flood, "--duration", str(d + 1.0), "--max", str(int(400_000 * (d + 1)))]
-            for s in srcs:
-                argv += ["--src", s]
-            flood = subprocess.Popen(self.lab._nsenter(ATTACKER, argv), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-            self.lab.procs.append(("flood", flood))
-            time.sleep(0.5)  # let the flood reach steady state before the legitimate client starts
-        cpu0 = {k: cpu_ticks(p) for k, p in pids.items()}
-        box0, t0 = box_busy(), time.monotonic()
-        if scenario.flood:
-            res = self.lab.dnsperf("c1", server, LEGIT_NAMES, duration=d, qps=self.args.rate, timeout=1,
-                                   extra=["-p", str(port), "-v"])
-        else:
-            res = self.lab.dnsperf("c1", server, LEGIT_NAMES, duration=d, clients=4, outstanding=200,
-                                   timeout=1, extra=["-p", str(port)])
-        secs = time.monotonic() - t0
-        box1 = box_busy()
-        cpu = {k: (cpu_ticks(p) - cpu0[k]) * TICK_MS / secs for k, p in pids.items()}
-        r = Round(rcodes=dict(res.rcodes))
-        r.coredns_ms, r.dnsdist_ms, r.guard_ms = cpu.get("coredns", 0), cpu.get("dnsdist", 0), cpu.get("guard", 0)
-        r.box_pct = 100.0 * (box1[0] - box0[0]) / max(1, box1[1] - box0[1])
-        ok = res.rcodes.get("NOERROR", 0)
-        r.success = 100.0 * ok / res.sent if res.sent else 0.0
-        r.qps = res.qps * ok / res.completed if res.completed else 0.0
-        m = _AVG.search(res.raw)
-        r.avg_us = float(m.group(1)) * 1e6 if m else 0.0
-        if scenario.flood:
-            lat = [float(s) * 1e3 for rc, _, _, s in _VERBOSE.findall(res.raw) if rc == "NOERROR"]
-            lat += [1000.0] * (res.sent - len(lat))
-            r.p99_ms = percentile(lat, 99) if lat else 1000.0
-            out, err = flood.communicate(timeout=d + 30)
-            try:
-                r.flood_pps = json.loads(out)["pps"]
-            except (ValueError, KeyError):
-                self.failures.append(f"{config} {scenario.key}: flooder said {out!r} {err[-500:]!r}")
-        # Under a flood, no answers at all is a result, not a harness failure; on clean traffic it is.
-        if not ok and scenario.flood is None:
-            self.failures.append(f"{config} {scenario.key}: no answers to clean traffic ({res})")
-        if scenario.flood and not r.flood_pps:
-            self.failures.append(f"{config} {scenario.key}: the attacker sent nothing")
-        return r
-
-
-# --------------------------------------------------------------------------- report
-
-
-def med(rounds: list[Round], field: str) -> float:
-    return statistics.median(getattr(r, field) for r in rounds)
-
-
-def spread(rounds: list[Round], field: str, fmt: str) -> str:
-    vals = [getattr(r, field) for r in rounds]
-    return f"{format(min(vals), fmt)}–{format(max(vals), fmt)}"
-
-
-def ratio(a: float, b: float) -> str:
-    if not b:
-        return "n/a"
-    return f"{a / b:.2f}" if a / b >= 0.1 else f"{a / b:.3f}"
-
-
-def paired(a: list[Round], b: list[Round], field: str) -> str:
-    """Median (min–max) of per-round ratios a_i/b_i: rounds i ran back to back, so the box's
-    drift between rounds (other jobs on a shared 2-core VM) cancels inside each ratio."""
-    rs = [getattr(x, field) / getattr(y, field) for x, y in zip(a, b) if getattr(y, field)]
-    if not rs:
-        return "n/a"
-    return f"{statistics.median(rs):.2f} ({min(rs):.2f}–{max(rs):.2f})"
-
-
-def report(results: dict, args, meta: dict) -> str:
-    out = []
-    flood_keys = [k for k in args.scenarios if SCENARIOS[k].flood]
-    if flood_keys:
-        out += ["| scenario | config | legit success % (median, range) | legit p99 ms | legit answers/s | "
-                "CoreDNS CPU ms/s | dnsdist CPU ms/s | dns-guard CPU ms/s | box busy % | attacker pps |",
-                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for k in flood_keys:
-            for c in CONFIGS:
-                rs = results[k][c]
-                out.append(f"| {k} | {c} | {med(rs, 'success'):.1f} ({spread(rs, 'success', '.1f')}) | "
-                           f"{med(rs, 'p99_ms'):.2f} | {med(rs, 'qps'):,.0f} | {med(rs, 'coredns_ms'):.0f} | "
-                           f"{med(rs, 'dnsdist_ms'):.0f} | {med(rs, 'guard_ms'):.0f} | {med(rs, 'box_pct'):.0f} | "
-                           f"{med(rs, 'flood_pps'):,.0f} |")
-            g, a, d = results[k]["guard"], results[k]["coredns"], results[k]["dnsdist"]
-            out.append(f"| {k} | **guard/coredns** | **{paired(g, a, 'qps')}× goodput** | "
-                       f"**{ratio(med(g, 'p99_ms'), med(a, 'p99_ms'))}** | | "
-                       f"**{ratio(med(g, 'coredns_ms'), med(a, 'coredns_ms'))}** | | | | |")
-            out.append(f"| {k} | **guard/dnsdist** | **{paired(g, d, 'qps')}× goodput** | "
-                       f"**{ratio(med(g, 'p99_ms'), med(d, 'p99_ms'))}** | | "
-                       f"**{ratio(med(g, 'coredns_ms'), med(d, 'coredns_ms'))}** | | | | |")
-        out.append("")
-    if "1" in args.scenarios:
-        out += ["| scenario | config | QPS (median, range) | avg latency µs | CoreDNS CPU ms/s | "
-                "dnsdist CPU ms/s | dns-guard CPU ms/s | box busy % |",
-                "|---|---|---:|---:|---:|---:|---:|---:|"]
-        for c in CONFIGS:
-            rs = results["1"][c]
-            out.append(f"| 1 | {c} | {med(rs, 'qps'):,.0f} ({spread(rs, 'qps', ',.0f')}) | {med(rs, 'avg_us'):.0f} | "
-                       f"{med(rs, 'coredns_ms'):.0f} | {med(rs, 'dnsdist_ms'):.0f} | {med(rs, 'guard_ms'):.0f} | "
-                       f"{med(rs, 'box_pct'):.0f} |")
-        g, a, d = (results["1"][c] for c in ("guard", "coredns", "dnsdist"))
-        out.append(f"| 1 | **guard/coredns** | **{paired(g, a, 'qps')}** | "
-                   f"**{ratio(med(g, 'avg_us'), med(a, 'avg_us'))}** | | | | |")
-        out.append(f"| 1 | **dnsdist/coredns** | **{paired(d, a, 'qps')}** | "
-                   f"**{ratio(med(d, 'avg_us'), med(a, 'avg_us'))}** | | | | |")
-        out.append("")
-    out.append("Ratio rows: goodput and QPS ratios are the median (min–max) of per-round ratios; "
-               "the p99, latency and CPU ratios are ratios of medians.")
-    out.append("")
-    out.append(f"{args.rounds} interleaved rounds × {args.duration:g} s per scenario and configuration; "
-               f"legitimate client c1 at {args.rate} qps (scenario 1: dnsperf -c 4 -q 200, no rate cap); "
-               f"rate limit {args.limit} qps per /32 (dnsdist MaxQPSIPRule, dns-guard ratelimit; "
-               f"out of reach in scenario 1). Machine: nproc {meta['nproc']}, kernel {meta['kernel']}, "
-               f"{meta['coredns']}, {meta['dnsdist']}, {meta['dnsperf']}, dns-guard XDP {meta['xdp']}; {meta['date']}.")
-    return "\n".join(out)
-
-
-def chart(results: dict, args, path: Path) -> None:
-    """Draw with matplotlib; Debian's python3-matplotlib lives in /usr/bin/python3, which may
-    not be the interpreter running this script, so fall back to it through a JSON file."""
-    try:
-        import matplotlib
-    except ImportError:
-        data = path.with_suffix(".json.tmp")
-        data.write_text(json.dumps({"args": {"scenarios": args.scenarios, "rounds": args.rounds},
-                                    "results": {k: {c: [dataclasses.asdict(r) for r in rs] for c, rs in v.items()}
-                                                for k, v in results.items()}}))
-        try:
-            subprocess.run([labmod.SCAPY_PYTHON, __file__, "--plot", str(data), "--chart", str(path)],
-                           check=True, timeout=120)
-        finally:
-            data.unlink(missing_ok=True)
-        return
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    flood_keys = [k for k in args.scenarios if SCENARIOS[k].flood]
-    panels = [(k, "success", "legit success %") for k in flood_keys]
-    if "1" in args.scenarios:
-        panels.append(("1", "qps", "clean QPS"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
-    colors = {"coredns": "#999999", "dnsdist": "#4c72b0", "guard": "#dd8452"}
-    for ax, (k, field, ylabel) in zip(axes[0], panels):
-        for i, c in enumerate(CONFIGS):
-            vals = [getattr(r, field) for r in results[k][c]]
-            m = statistics.median(vals)
-            ax.bar(i, m, color=colors[c], yerr=[[m - min(vals)], [max(vals) - m]], capsize=4)
-        ax.set_xticks(range(len(CONFIGS)), CONFIGS, fontsize=8)
-        ax.set_title(f"{k}: {SCENARIOS[k].label}", fontsize=7)
-        ax.set_ylabel(ylabel, fontsize=8)
-    fig.suptitle(f"Peers side by side (median, bars = min–max of {args.rounds} rounds)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    def dig_expect(self, what: str, name: str, server: str, port: int, rcode: str,
+                   addresses: list[str] | None = None) -> None:
+        r = self.lab.dig("c2", name, server, "-p", str(port), "+timeout=3")
+        if r.status != rcode or (addresses is not None and r.addresses != addresses):
+            raise LabError(f"{what}: {name} @{server}:{port} answered {r.status} {r.addresses}, "
+                           f"want {rcode} {addresses or ''}\n{r.raw}")
 
 
 # --------------------------------------------------------------------------- main
 
 
-def tool_version(argv: list[str], pattern: str) -> str:
-    r = subprocess.run(argv, capture_output=True, text=True)
-    m = re.search(pattern, r.stdout + r.stderr)
-    return m.group(0) if m else "?"
-
-
 def parse_args(argv: list[str]):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--smoke", action="store_true", help="a few seconds per scenario; assert answers, not timings")
-    p.add_argument("--rounds", type=int, help="interleaved rounds (default 6: each order twice, smoke 1)")
-    p.add_argument("--duration", type=float, help="seconds per measurement (default 4, smoke 1)")
+    p.add_argument("--scenarios", default=",".join(ORDER), help=f"comma-separated, from {','.join(ORDER)}")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 6: each order twice; smoke 1)")
+    p.add_argument("--duration", type=float, help="seconds per max-rate measurement (default 4, smoke 1)")
+    p.add_argument("--queries", type=int, help="queries per latency measurement (default 4000, smoke 200)")
+    p.add_argument("--latency-rate", type=int, default=2000, help="qps cap of latency measurements (default 2000)")
+    p.add_argument("--miss-rate", type=int, default=200,
+                   help="scenario 3: qps cap of its latency measurements, all cache misses (default 200)")
     p.add_argument("--rate", type=int, default=500, help="legitimate client's qps under flood (default 500)")
     p.add_argument("--limit", type=int, default=1000, help="per-source rate limit, qps (default 1000)")
-    p.add_argument("--scenarios", default="2a,2b,1,2c", help="comma-separated, from 2a,2b,2c,1")
-    p.add_argument("--chart", type=Path, default=REPO / "docs" / "peers.png", help="PNG path ('' for none)")
-    p.add_argument("--plot", type=Path, help=argparse.SUPPRESS)  # internal: draw --chart from a results file
+    p.add_argument("--sizes", help="scenario 4: list sizes for the XDP bench "
+                   "(default 0,100000,1000000,5000000; smoke 0,1000)")
+    p.add_argument("--rss-sizes", help="scenario 4: list sizes for the real binary (default 1000000,5000000; smoke 10000)")
+    p.add_argument("--docs", type=Path, help="Markdown file whose generated section to replace "
+                   "(default docs/benchmarks.md for a full run of every scenario)")
+    p.add_argument("--chart", type=Path, help="PNG path (default docs/peers.png when --docs is written)")
+    p.add_argument("--render", type=Path, help="write the report again from a run's raw results file "
+                   "(printed at the end of every run), without measuring")
+    p.add_argument("--plot", type=Path, help=argparse.SUPPRESS)  # internal: draw --chart from a JSON file
     args = p.parse_args(argv)
+    requested = [s for s in args.scenarios.split(",") if s]
+    bad = [s for s in requested if s not in ORDER]
+    args.scenarios = [s for s in ORDER if s in requested]  # always in ORDER, whatever the flag's order
     args.rounds = args.rounds or (1 if args.smoke else 6)
     args.duration = args.duration or (1.0 if args.smoke else 4.0)
-    args.scenarios = [s for s in args.scenarios.split(",") if s]
-    bad = [s for s in args.scenarios if s not in SCENARIOS]
-    if bad or args.rounds < 1 or args.duration <= 0 or args.duration > 60 or args.rate < 1 or args.limit < 1:
-        p.error(f"bad arguments (unknown scenarios {bad}?); durations are capped at 60 s")
+    args.queries = args.queries or (200 if args.smoke else 4000)
+    args.sizes = [int(x) for x in (args.sizes or ("0,1000" if args.smoke else "0,100000,1000000,5000000")).split(",")]
+    args.rss_sizes = [int(x) for x in (args.rss_sizes or ("10000" if args.smoke else "1000000,5000000")).split(",")]
+    everything = args.scenarios == ORDER and not args.smoke
+    if args.docs is None and everything and not args.plot:
+        args.docs = REPO / "docs" / "benchmarks.md"
+    if args.chart is None and args.docs is not None:
+        args.chart = REPO / "docs" / "peers.png"
+    if (bad or not args.scenarios or args.rounds < 1 or not 0 < args.duration <= 60 or args.queries < 1
+            or args.rate < 1 or args.limit < 1 or args.latency_rate < 1 or args.miss_rate < 1 or min(args.sizes + args.rss_sizes) < 0):
+        p.error(f"bad arguments (unknown scenarios {bad}? pick from {','.join(ORDER)}); "
+                "durations are capped at 60 s")
     return args
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.plot:
-        data = json.loads(args.plot.read_text())
-        args.scenarios, args.rounds = data["args"]["scenarios"], data["args"]["rounds"]
-        results = {k: {c: [Round(**r) for r in rs] for c, rs in v.items()} for k, v in data["results"].items()}
-        chart(results, args, args.chart)
+        report.draw_from_file(args.plot, args.chart)
         return 0
+    if args.render:
+        return render(args, json.loads(args.render.read_text()))
     if os.geteuid() != 0:
         print("bench/peers.py needs root (network namespaces, XDP)", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a CI timeout still tears down
     if corednsmod.available():
         print(corednsmod.available(), file=sys.stderr)
         return 2
-    meta = {
-        "nproc": os.cpu_count(),
-        "kernel": platform.release(),
-        "coredns": "CoreDNS " + tool_version([str(corednsmod.binary()), "-version"], r"\d+\.\d+\.\d+"),
-        "dnsdist": tool_version(["dnsdist", "--version"], r"dnsdist \S+"),
-        "dnsperf": tool_version(["dnsperf", "-h"], r"dnsperf \S+|Version \S+").replace("Version", "dnsperf"),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
+    modules = []
+    for key in args.scenarios:
+        m = SCENARIOS[key]
+        if m not in modules:
+            modules.append(m)
+    missing = sorted({t for m in modules for t in m.tools()})
+    missing = [t for t in missing if not _which(t)]
+    if missing:
+        print(f"bench/peers.py needs {' '.join(missing)} for scenarios {','.join(args.scenarios)} "
+              "(scripts/setup.sh)", file=sys.stderr)
+        return 2
+
+    meta = common.machine_facts()
+    meta["command"] = "python3 bench/peers.py" + ("" if not argv else " " + shlex.join(argv))
+    meta["versions"] = ", ".join(v for v in (
+        "CoreDNS " + common.tool_version([str(corednsmod.binary()), "-version"], r"\d+\.\d+\.\d+"),
+        common.tool_version(["dnsdist", "--version"], r"dnsdist \S+"),
+        common.tool_version(["dnsperf", "-h"], r"Version \S+").replace("Version", "dnsperf"),
+        "Unbound " + common.tool_version(["unbound", "-V"], r"\d+\.\d+\.\d+"),
+    ) if "?" not in v)
+
     # Registered under its own name so Lab builds the resolver the usual way; lab.py is untouched.
-    labmod.RESOLVERS["coredns-bench"] = lambda lab, pod, up: corednsmod.CoreDns(
-        lab, pod, up, corefile=corefile(lab.workdir))
-    results = {k: {c: [] for c in CONFIGS} for k in args.scenarios}
-    with Lab(resolver="coredns-bench") as lab:
-        lab.add_pod(ATTACKER, ATTACKER_HOSTS, v6=False)
+    def make_coredns(lab, pod, up):
+        for addr in EXTRA_ADDRS:  # the network exists by now; CoreDNS binds these on start
+            lab._ip("-n", lab.ns(pod), "addr", "add", f"{addr}/24", "dev", "eth0")
+        return corednsmod.CoreDns(lab, pod, up, corefile=corefile())
+    labmod.RESOLVERS["coredns-bench"] = make_coredns
+
+    interleaved = [k for k in args.scenarios if k != "4"]
+    results: dict[str, dict[str, list[dict]]] = {k: {} for k in args.scenarios}
+    with contextlib.ExitStack() as stack:
+        lab = stack.enter_context(Lab(resolver="coredns-bench"))
         bench = Bench(lab, args)
-        bench.start_dnsdist()
-        # Sanity: each configuration answers a clean name and blocks bl.test its own way.
-        for c, want in (("coredns", "REFUSED"), ("dnsdist", "NXDOMAIN"), ("guard", "NXDOMAIN")):
-            if c == "guard":
-                bench.attach_guard(SCENARIOS["2a"])
-            server, port = bench.target(c, SCENARIOS["2a"])
-            for name, rcode in (("good.test", "NOERROR"), ("x.bl.test", want)):
-                r = lab.dig("c2", name, server, "-p", str(port))
-                if r.status != rcode:
-                    raise LabError(f"{c}: {name} answered {r.status}, want {rcode}\n{r.raw}")
-            if c == "guard":
-                bench.detach_guard()
-        lab.dnsperf("c1", v4("dns"), LEGIT_NAMES, duration=2, qps=500, extra=["-n", "1"])  # warm the cache
-        meta["xdp"] = f"{bench.guard_meta} (mode auto)"
+        if any(k.startswith("2") for k in args.scenarios):
+            lab.add_pod(s2_floods.ATTACKER, s2_floods.ATTACKER_HOSTS, v6=False)
+        if any(k in ("1", "2a", "2b", "2c") for k in args.scenarios):
+            bench.start_dnsdist()
+        if "3" in args.scenarios:
+            bench.start_hierarchy(stack)
+        for m in modules:
+            if m is not s4_scale:
+                m.setup(bench)
         t0 = time.monotonic()
         for rnd in range(args.rounds):
-            for key in args.scenarios:
-                order = CONFIGS[rnd % 3:] + CONFIGS[:rnd % 3]
+            for key in interleaved:
+                sc = SCENARIOS[key]
+                configs = sc.configs(key)
+                order = configs[rnd % len(configs):] + configs[:rnd % len(configs)]
                 for c in order:
-                    results[key][c].append(bench.run_round(c, SCENARIOS[key]))
+                    results[key].setdefault(c, []).append(sc.measure(bench, key, c, rnd))
                 print(f"[{time.monotonic() - t0:6.1f}s] round {rnd + 1}/{args.rounds} scenario {key} "
                       f"({' '.join(order)})", file=sys.stderr, flush=True)
-    table = report(results, args, meta)
-    print(table)
-    if args.chart and str(args.chart):
-        chart(results, args, args.chart)
-        print(f"\nchart: {args.chart}", file=sys.stderr)
-    if bench.failures:
-        print("\nFAILED:\n  " + "\n  ".join(bench.failures), file=sys.stderr)
+        if "4" in args.scenarios:
+            results["4"] = s4_scale.run(bench)
+            print(f"[{time.monotonic() - t0:6.1f}s] scenario 4 done", file=sys.stderr, flush=True)
+    meta["xdp"] = bench.xdp_mode
+    meta["loadavg_end"] = common.load_average()
+    meta["elapsed_min"] = (time.monotonic() - t0) / 60
+
+    # The raw rounds first, so a failure below never loses a 20-minute run.
+    raw = Path(tempfile.gettempdir()) / f"peers-results-{os.getpid()}.json"
+    raw.write_text(json.dumps(raw_for_file(args, {"meta": meta, "results": results}), indent=1, default=str))
+    print(f"raw results: {raw}", file=sys.stderr)
+    status = render(args, {"meta": meta, "results": results}, bench.failures)
+    if args.docs and Path(args.docs).with_name("peers-results.json").exists():
+        raw.unlink()  # kept beside the docs instead
+    return status
+
+
+def raw_for_file(args, raw: dict) -> dict:
+    saved = {k: v for k, v in vars(args).items() if k not in ("docs", "chart", "plot", "render")}
+    return {"meta": raw["meta"], "args": raw.get("args", saved), "results": raw["results"]}
+
+
+def render(args, raw: dict, failures: list[str] | None = None) -> int:
+    """Tables, goals, chart and docs section from one run's results (live, or a raw file)."""
+    failures = [] if failures is None else failures
+    meta, results = raw["meta"], raw["results"]
+    if args.render:
+        saved = raw.get("args", {})
+        for k in ("rounds", "duration", "queries", "latency_rate", "miss_rate", "rate", "limit", "sizes",
+                  "rss_sizes", "smoke"):
+            if k in saved:
+                setattr(args, k, saved[k])
+        args.scenarios = [k for k in ORDER if k in results]
+        meta["rendered"] = True
+        if args.docs is None and args.scenarios == ORDER and not args.smoke:
+            args.docs, args.chart = REPO / "docs" / "benchmarks.md", args.chart or REPO / "docs" / "peers.png"
+    text = report.render(args, meta, results, SCENARIOS)
+    print(text)
+    panels = [p for key in args.scenarios for p in SCENARIOS[key].panels(key, results[key])]
+    if args.chart:
+        try:
+            report.chart(panels, args.chart, f"dns-guard and its peers, {meta['date']} "
+                         f"(median; bars: min–max over rounds)")
+            print(f"\nchart: {args.chart}", file=sys.stderr)
+        except Exception as e:  # the tables still go into the docs
+            failures.append(f"chart not drawn: {e!r}")
+    if args.docs:
+        report.write_docs(args.docs, text, args.chart)
+        # The raw rounds beside the docs, so the tables can be checked or re-rendered (--render).
+        keep = Path(args.docs).with_name("peers-results.json")
+        if not args.render or args.render.resolve() != keep.resolve():
+            keep.write_text(json.dumps(raw_for_file(args, raw), indent=1, default=str) + "\n")
+        print(f"docs: {args.docs} (generated section replaced), raw results in {keep}", file=sys.stderr)
+    if failures:
+        print("\nFAILED:\n  " + "\n  ".join(failures[:30]), file=sys.stderr)
         return 1
     return 0
+
+
+def _which(tool: str) -> bool:
+    return bool(shutil.which(tool))
 
 
 if __name__ == "__main__":

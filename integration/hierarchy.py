@@ -273,8 +273,10 @@ class Hierarchy:
 
     PODS = {"auth": [61, 62, 63], "rec": [55, 57], "fault": [56, 58, 59]}
 
-    def __init__(self, lab):
+    def __init__(self, lab, log_queries: bool = True):
         self.lab = lab
+        # Benchmarks turn Unbound's query log off: a write per query would bill the upstream.
+        self.log_queries = log_queries
         self.dir = lab.workdir / "hierarchy"
         self.procs: list = []
         self.pods: list[str] = []
@@ -382,7 +384,7 @@ remote-control:
     pidfile: ""
     logfile: "{self.unbound_log}"
     use-syslog: no
-    log-queries: yes
+    log-queries: {"yes" if self.log_queries else "no"}
     verbosity: 1
     num-threads: 1
     so-reuseport: no

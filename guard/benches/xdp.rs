@@ -4,7 +4,10 @@
 //! and 1M list entries (and more with `DG_BENCH_SIZES=0,100000,1000000,5000000`).
 //! Needs root. `cargo bench -p dns-guard --bench xdp`; prints Markdown.
 //! `DG_BENCH_SPIN_SECS=5` first spins that long on the hot mode of each
-//! size, for `perf record -a`.
+//! size, for `perf record -a`. `DG_BENCH_JSON=path` also appends one JSON
+//! object per size with every round's values (bench/peers.py reads it for
+//! medians and spreads); `DG_BENCH_ROUNDS` and `DG_BENCH_SINGLES` shrink the
+//! run for a smoke test.
 //!
 //! # The floor
 //! Every number is reported as `ours − floor = net`. The floor is an XDP
@@ -62,6 +65,10 @@ const HOT_REPEAT: u32 = 200_000;
 /// Single calls per round, per program, in the single-run modes.
 const SINGLES: usize = 3_000;
 
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name).map_or(default, |s| s.trim().parse().unwrap_or_else(|_| panic!("{name}: a count")))
+}
+
 fn dns_query(name: &str, id: u16) -> Vec<u8> {
     let mut d = vec![(id >> 8) as u8, id as u8, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
     for l in name.split('.') {
@@ -117,6 +124,11 @@ impl Pair {
         self.floor.push(floor);
     }
 
+    /// Every round's values, for DG_BENCH_JSON.
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "ours": self.ours, "floor": self.floor })
+    }
+
     /// `net (ours − floor)`, as printed in the table.
     fn cell(&self) -> String {
         let (o, f) = (median(self.ours.clone()), median(self.floor.clone()));
@@ -136,14 +148,27 @@ fn main() {
         .collect();
     let pin_root = PathBuf::from(format!("/sys/fs/bpf/dg-bench-{}", std::process::id()));
     let settings = XdpSettings::unattached(pin_root.clone());
-    let result = std::panic::catch_unwind(|| bench(&settings, &pin_root, &sizes));
+    let runs = Runs {
+        rounds: env_count("DG_BENCH_ROUNDS", ROUNDS).max(1),
+        singles: env_count("DG_BENCH_SINGLES", SINGLES).max(1),
+        json: std::env::var_os("DG_BENCH_JSON").map(PathBuf::from),
+    };
+    let result = std::panic::catch_unwind(|| bench(&settings, &pin_root, &sizes, &runs));
     let _ = std::fs::remove_dir_all(&pin_root);
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
 }
 
-fn bench(settings: &XdpSettings, pin_root: &PathBuf, sizes: &[usize]) {
+/// How much to run, and where the per-round values go.
+struct Runs {
+    rounds: usize,
+    singles: usize,
+    json: Option<PathBuf>,
+}
+
+fn bench(settings: &XdpSettings, pin_root: &PathBuf, sizes: &[usize], runs: &Runs) {
+    let Runs { rounds, singles, .. } = *runs;
     let mut guard = XdpGuard::load_detached(settings, pin_root).expect("loading the XDP program");
     let mut floor_obj = Ebpf::load(guard_ebpf::XDP_PASS_OBJECT).expect("loading xdp_pass");
     let floor: &mut Xdp = floor_obj.program_mut("xdp_pass").expect("xdp_pass").try_into().expect("an XDP program");
@@ -153,7 +178,7 @@ fn bench(settings: &XdpSettings, pin_root: &PathBuf, sizes: &[usize]) {
     let mut out = vec![0u8; 1600];
 
     println!(
-        "dns_guard: {} instructions verified; cells are **net** (dns_guard − xdp_pass floor), ns per query, median of {ROUNDS} rounds\n",
+        "dns_guard: {} instructions verified; cells are **net** (dns_guard − xdp_pass floor), ns per query, median of {rounds} rounds\n",
         verified.map_or("?".into(), |n| n.to_string())
     );
     println!("| names | parse + build + fill (ms) | bytes/name | hot: same packet ×{}k | single runs, same packet | cold: different names, test_run − floor | **cold: different names, bpf_stats** | blocked NXDOMAIN, single runs |", HOT_REPEAT / 1000);
@@ -177,7 +202,7 @@ fn bench(settings: &XdpSettings, pin_root: &PathBuf, sizes: &[usize]) {
             assert_eq!(run_ns(ours, &blocked, 1, &mut out).1, 3, "blocked name must be answered with XDP_TX");
         }
         let cold: Vec<Vec<u8>> =
-            (0..ROUNDS * SINGLES).map(|i| packet(&format!("w{i}.site{}.example.org", i * 7919))).collect();
+            (0..rounds * singles).map(|i| packet(&format!("w{i}.site{}.example.org", i * 7919))).collect();
 
         // For profilers (`perf record -a`): spin on the hot mode only.
         if let Some(secs) = std::env::var("DG_BENCH_SPIN_SECS").ok().and_then(|s| s.parse::<f64>().ok()) {
@@ -189,11 +214,11 @@ fn bench(settings: &XdpSettings, pin_root: &PathBuf, sizes: &[usize]) {
 
         let (mut hot, mut single, mut cold_tr, mut cold_st, mut blk) =
             (Pair::default(), Pair::default(), Pair::default(), Pair::default(), Pair::default());
-        for round in 0..ROUNDS {
+        for round in 0..rounds {
             hot.push(run_ns(ours, &clean, HOT_REPEAT, &mut out).0, run_ns(floor, &clean, HOT_REPEAT, &mut out).0);
 
-            let (mut o, mut f) = (Vec::with_capacity(SINGLES), Vec::with_capacity(SINGLES));
-            for _ in 0..SINGLES {
+            let (mut o, mut f) = (Vec::with_capacity(singles), Vec::with_capacity(singles));
+            for _ in 0..singles {
                 o.push(run_ns(ours, &clean, 1, &mut out).0);
                 f.push(run_ns(floor, &clean, 1, &mut out).0);
             }
@@ -203,7 +228,7 @@ fn bench(settings: &XdpSettings, pin_root: &PathBuf, sizes: &[usize]) {
             let stats = enable_stats(Stats::RunTime).expect("BPF_ENABLE_STATS (kernel >= 5.8)");
             let (mut o, mut f, mut os, mut fs) = (vec![], vec![], vec![], vec![]);
             let (mut o_t, mut f_t) = (stats_ns(ours), stats_ns(floor));
-            for p in &cold[round * SINGLES..(round + 1) * SINGLES] {
+            for p in &cold[round * singles..(round + 1) * singles] {
                 o.push(run_ns(ours, p, 1, &mut out).0);
                 f.push(run_ns(floor, p, 1, &mut out).0);
                 let (o_now, f_now) = (stats_ns(ours), stats_ns(floor));
@@ -216,8 +241,8 @@ fn bench(settings: &XdpSettings, pin_root: &PathBuf, sizes: &[usize]) {
             cold_st.push(median(os), median(fs));
 
             if n > 0 {
-                let (mut o, mut f) = (Vec::with_capacity(SINGLES), Vec::with_capacity(SINGLES));
-                for _ in 0..SINGLES {
+                let (mut o, mut f) = (Vec::with_capacity(singles), Vec::with_capacity(singles));
+                for _ in 0..singles {
                     o.push(run_ns(ours, &blocked, 1, &mut out).0);
                     f.push(run_ns(floor, &blocked, 1, &mut out).0);
                 }
@@ -233,5 +258,23 @@ fn bench(settings: &XdpSettings, pin_root: &PathBuf, sizes: &[usize]) {
             cold_tr.cell(),
             cold_st.cell()
         );
+        if let Some(path) = &runs.json {
+            let row = serde_json::json!({
+                "names": n,
+                "load_ms": load_ms,
+                "kernel_bytes": report.kernel_bytes,
+                "bytes_per_name": if n > 0 { Some(report.bytes_per_name()) } else { None },
+                "verified_instructions": verified,
+                "hot_repeat": HOT_REPEAT,
+                "hot": hot.json(),
+                "single": single.json(),
+                "cold_test_run": cold_tr.json(),
+                "cold_bpf_stats": cold_st.json(),
+                "blocked": if n > 0 { Some(blk.json()) } else { None },
+            });
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("DG_BENCH_JSON: open");
+            writeln!(f, "{row}").expect("DG_BENCH_JSON: write");
+        }
     }
 }
