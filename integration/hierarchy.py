@@ -126,6 +126,7 @@ tracker IN CNAME cdn.unsigned.lab.
     "signednsec.lab.": (ZONE_NS, "nsec", """\
 www IN A 198.19.4.1
 *.wild IN A 198.19.4.2
+longttl 86400 IN A 198.19.4.3
 """),
     "bogus.lab.": (ZONE_NS, "nsec3", """\
 www IN A 198.19.2.1
@@ -148,6 +149,11 @@ metrics IN A 198.19.9.9
 }
 NS_NAME = {ROOT_NS: "a.root-servers.lab.", TLD_NS: "ns.nic.lab.", ZONE_NS: "ns.zones.lab."}
 # Children before parents, so each parent is signed with its children's DS records.
+# Signatures that expire within the hour, over a record with a day's TTL: a validator must not
+# let the answer be cached past the signature (RFC 4035 §5.3.3). A lab kept up for longer than
+# an hour (lab.py shell) sees signednsec.lab turn bogus.
+SIGN_EXTRA = {"signednsec.lab.": ["-e", "now+3600"]}
+SHORT_SIG_NAME, SHORT_SIG_EXPIRY = "longttl.signednsec.lab", 3600
 SIGN_ORDER = ["signed.lab.", "signednsec.lab.", "bogus.lab.", "unsigned.lab.", "adnet.lab.",
               "local.", "lab.", "."]
 PARENT = {"lab.": ".", "local.": ".", "signed.lab.": "lab.", "signednsec.lab.": "lab.",
@@ -223,6 +229,7 @@ def build_zones(workdir: Path) -> dict:
                 "-O", "full", "-f", str(out)]
         if mode == "nsec3":
             argv += ["-3", "-", "-H", "0"]  # RFC 9276: no salt, no extra iterations
+        argv += SIGN_EXTRA.get(zone, [])
         _run(argv + [str(src)], cwd=zdir)
         dsset = zdir / f"dsset-{zone}"
         ds[zone] = dsset.read_text() if dsset.exists() else _run(["dnssec-dsfromkey", "-2", str(keys / f"{ksk}.key")])
@@ -401,7 +408,8 @@ remote-control:
     qname-minimisation: no
     minimal-responses: no
     prefetch: no
-    cache-max-ttl: 300
+    # A day, like a real resolver: longttl.signednsec.lab must reach dns-guard with its TTL.
+    cache-max-ttl: 86400
     cache-max-negative-ttl: 5
     # RFC 6761/6762 names unbound would otherwise answer itself.
     local-zone: "local." nodefault

@@ -102,6 +102,21 @@ def test_signed_zone_is_secure(hierarchy, start_proxy, anchor):
 
 
 @pytest.mark.needs_guard
+def test_secure_answer_is_not_cached_past_its_signature(hierarchy, start_proxy):
+    """RFC 4035 §5.3.3: the record's TTL is a day, its RRSIG expires within the hour. The
+    upstream hands out the day; CoreDNS would cache what the proxy returns, so the proxy caps
+    the TTL of the RRset and its RRSIG at the time left on the signature."""
+    guard = start_proxy(hierarchy.proxy_config())
+    direct = hierarchy.dig("c1", H.SHORT_SIG_NAME, "+cd", server=H.REC, port=53)
+    assert max(a[1] for a in direct.answers) > H.SHORT_SIG_EXPIRY, f"upstream TTL not long:\n{direct.raw}"
+    r = hierarchy.dig("c1", H.SHORT_SIG_NAME)
+    assert r.status == "NOERROR" and r.addresses == ["198.19.4.3"] and r.ad, r.raw
+    ttls = [a[1] for a in r.answers]
+    assert len(ttls) == 2 and max(ttls) <= H.SHORT_SIG_EXPIRY, f"TTL not capped at the signature:\n{r.raw}"
+    assert proxy_verdict(guard, qname=H.SHORT_SIG_NAME)["dnssec"] == "secure"
+
+
+@pytest.mark.needs_guard
 def test_ad_only_when_asked(hierarchy, start_proxy):
     # RFC 6840 5.7/5.8: AD is set for a client that set DO or AD; a plain query gets data only.
     start_proxy(hierarchy.proxy_config())

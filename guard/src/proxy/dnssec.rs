@@ -432,6 +432,39 @@ impl Validator {
     }
 }
 
+/// RFC 4035 §5.3.3: an authenticated RRset and its RRSIGs may be cached no
+/// longer than the signature's Original TTL and no longer than it stays
+/// valid. CoreDNS caches what we hand it for the TTL it sees, so a secure
+/// answer leaves here with those caps applied; otherwise an answer signed
+/// to expire in a minute could be served from the cache for a day.
+/// `now` is seconds since the epoch. Returns how many TTLs were lowered.
+pub fn cap_authenticated_ttls(records: &mut [Record], now: u32) -> usize {
+    let covered = |r: &Record| match &r.data {
+        RData::DNSSEC(DNSSECRData::RRSIG(sig)) => Some((sig.input().type_covered, sig.authenticated_ttl(r, now))),
+        _ => None,
+    };
+    // Several signatures over one RRset (two keys, two algorithms): the
+    // smallest cap holds for all of them.
+    let mut caps: HashMap<(Name, RecordType), u32> = HashMap::new();
+    for r in records.iter() {
+        if let Some((rtype, cap)) = covered(r) {
+            let e = caps.entry((r.name.to_lowercase(), rtype)).or_insert(cap);
+            *e = (*e).min(cap);
+        }
+    }
+    let mut lowered = 0;
+    for r in records.iter_mut() {
+        let rtype = covered(r).map_or(r.record_type(), |(t, _)| t);
+        if let Some(&cap) = caps.get(&(r.name.to_lowercase(), rtype)) {
+            if r.ttl > cap {
+                r.ttl = cap;
+                lowered += 1;
+            }
+        }
+    }
+    lowered
+}
+
 /// Keys in `answers` owned by `owner` that some DS in `ds` covers.
 fn covered_keys(owner: &Name, answers: &[Record], ds: &[(Name, DS)]) -> Vec<DNSKEY> {
     answers
@@ -547,6 +580,47 @@ mod tests {
 
     fn parse(text: &str) -> Result<AnchorSet, AnchorError> {
         AnchorSet::parse(text, Path::new("root.key"))
+    }
+
+    #[test]
+    fn authenticated_ttls_are_capped_by_original_ttl_and_signature_expiry() {
+        use hickory_proto::rr::rdata::A;
+        let now = 1_800_000_000u32;
+        let name = Name::from_ascii("www.signed.lab.").unwrap();
+        let a = |ttl| Record::from_rdata(name.clone(), ttl, RData::A(A::new(198, 18, 0, 1)));
+        let sig = |rtype, original_ttl, expires_in: u32| {
+            let input = SigInput {
+                type_covered: rtype,
+                algorithm: Algorithm::ECDSAP256SHA256,
+                num_labels: 3,
+                original_ttl,
+                sig_expiration: (now + expires_in).into(),
+                sig_inception: (now - 3600).into(),
+                key_tag: 1,
+                signer_name: Name::from_ascii("signed.lab.").unwrap(),
+            };
+            Record::from_rdata(
+                Name::from_ascii("WWW.Signed.Lab.").unwrap(),
+                86400,
+                RData::DNSSEC(DNSSECRData::RRSIG(RRSIG::from_sig(input, vec![0; 64]))),
+            )
+        };
+        // Expires in 100 s: the A RRset and its RRSIG may be cached 100 s, not a day.
+        let mut records = vec![a(86400), a(86400), sig(RecordType::A, 3600, 100)];
+        assert_eq!(cap_authenticated_ttls(&mut records, now), 3);
+        assert!(records.iter().all(|r| r.ttl == 100), "{records:?}");
+        // The Original TTL caps when it is the smaller; of two signatures the stricter wins.
+        let mut records = vec![a(86400), sig(RecordType::A, 300, 7200), sig(RecordType::A, 600, 250)];
+        cap_authenticated_ttls(&mut records, now);
+        assert!(records.iter().all(|r| r.ttl == 250), "{records:?}");
+        // A TTL already below the caps stays; a signature over another type caps nothing here.
+        let mut records = vec![a(30), sig(RecordType::AAAA, 10, 10)];
+        cap_authenticated_ttls(&mut records, now);
+        assert_eq!(records[0].ttl, 30);
+        // An expired signature leaves nothing to cache.
+        let mut records = vec![a(60), sig(RecordType::A, 60, 0)];
+        cap_authenticated_ttls(&mut records, now);
+        assert_eq!(records[0].ttl, 0);
     }
 
     #[test]

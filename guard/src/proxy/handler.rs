@@ -16,7 +16,7 @@ use tracing::debug;
 
 use super::{
     checks::{answer_chain, check_blocklist, check_rebinding, dotted, scrub_bailiwick},
-    dnssec::{Security, Validator},
+    dnssec::{cap_authenticated_ttls, Security, Validator},
     response::{
         encode_udp, formerr_raw, forward_reply, header_reply, local_reply, ClientQuery, Ede, EDE_BLOCKED,
         EDE_DNSSEC_BOGUS, EDE_NO_REACHABLE_AUTHORITY,
@@ -237,6 +237,12 @@ impl Handler {
         if let Some((answers, authorities)) = kept {
             msg.answers = answers;
             msg.authorities = authorities;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as u32);
+            for section in [&mut msg.answers, &mut msg.authorities, &mut msg.additionals] {
+                cap_authenticated_ttls(section, now);
+            }
         }
         if scrubbed > 0 {
             debug!(qname = %qname, upstream = %up, scrubbed, "removed out-of-bailiwick records");
