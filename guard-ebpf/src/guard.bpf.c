@@ -103,8 +103,12 @@ static __always_inline int pass(__u32 reason)
 }
 
 /* Malformed queries are passed too (the resolver answers FORMERR), but
- * logged: they are what fuzzers and parser exploits look like. */
-static __always_inline int malformed(const struct packet_description *pd, __u32 reason)
+ * logged: they are what fuzzers and parser exploits look like. They count
+ * against the sender's rate like any query, or garbage would be a way
+ * around the limit; over it they are dropped whatever rl_action says, as
+ * no reply can be built for them (except in a dry run, which passes). */
+static __always_inline int malformed(const struct guard_config *cfg,
+				     const struct packet_description *pd, __u32 reason)
 {
 	struct decision d = {
 		.verdict = GUARD_VERDICT_MALFORMED,
@@ -112,6 +116,16 @@ static __always_inline int malformed(const struct packet_description *pd, __u32 
 		.reason = reason,
 	};
 
+	if (cfg->rl_qps && rl_over_rate(cfg, pd)) {
+		d.verdict = GUARD_VERDICT_RATELIMIT;
+		d.reason = GUARD_REASON_RATELIMIT;
+		d.action = cfg->rl_action == GUARD_ACTION_LOG ? GUARD_ACTION_LOG : GUARD_ACTION_DROP;
+		emit_event(pd, NULL, &d, 0);
+		if (d.action == GUARD_ACTION_LOG)
+			return pass(GUARD_REASON_RATELIMIT);
+		count(GUARD_REASON_RATELIMIT);
+		return XDP_DROP;
+	}
 	emit_event(pd, NULL, &d, 0);
 	return pass(reason);
 }
@@ -198,7 +212,7 @@ int dns_guard(struct xdp_md *ctx)
 	r = parse_packet(ctx, cfg, &pd);
 	if (r == GUARD_REASON_MALFORMED_TRUNCATED_HEADER ||
 	    r == GUARD_REASON_MALFORMED_OPCODE || r == GUARD_REASON_MALFORMED_QDCOUNT)
-		return malformed(&pd, r);
+		return malformed(cfg, &pd, r);
 	if (r != GUARD_PARSE_OK)
 		return pass(r);
 
@@ -208,7 +222,7 @@ int dns_guard(struct xdp_md *ctx)
 		return pass(GUARD_REASON_PASS_NOT_DNS); /* cannot happen */
 	r = parse_question(ctx, &pd, s);
 	if (r != GUARD_PARSE_OK)
-		return malformed(&pd, r);
+		return malformed(cfg, &pd, r);
 	qname_len = *(volatile __u32 *)&s->qname_len;
 
 	/* 6. The name against the table. */

@@ -1225,6 +1225,41 @@ fn no_table_means_clean() {
 }
 
 #[test]
+fn malformed_queries_count_against_the_rate_limit() {
+    let Some(mut g) = Guard::load("malformed_queries_count_against_the_rate_limit") else {
+        return;
+    };
+    g.config(guard_config {
+        rl_qps: 1,
+        rl_burst: 1,
+        rl_action: GUARD_ACTION_REFUSED as u8,
+        ..base_config()
+    });
+    let mut short = Dns::query("www.example").bytes();
+    short.truncate(11);
+    let garbage = Frame::v4(short).bytes();
+    g.expect("first, within the budget", &garbage, XDP_PASS, GUARD_REASON_MALFORMED_TRUNCATED_HEADER);
+    // Over the rate: dropped, even with rl_action refused (no reply can be built).
+    g.expect("second, over the rate", &garbage, XDP_DROP, GUARD_REASON_RATELIMIT);
+    // Garbage spent the client's budget: its well-formed queries are limited too.
+    let clean = Frame::v4(Dns::query("www.example").bytes()).bytes();
+    let run = g.run(&clean);
+    assert_ne!(run.verdict, XDP_PASS, "a client over its rate got a query through");
+    let ev = g.events();
+    let limited = ev.iter().filter(|e| e.verdict == guard_verdict::GUARD_VERDICT_RATELIMIT as u8).count();
+    assert_eq!(limited, 2, "{ev:?}");
+    assert_eq!(ev[1].action, GUARD_ACTION_DROP as u8);
+    // A dry run counts and logs but never drops.
+    g.config(guard_config {
+        rl_qps: 1,
+        rl_burst: 1,
+        rl_action: GUARD_ACTION_LOG as u8,
+        ..base_config()
+    });
+    g.expect("dry run", &garbage, XDP_PASS, GUARD_REASON_RATELIMIT);
+}
+
+#[test]
 fn crowded_table_probes() {
     let Some(mut g) = Guard::load("crowded_table_probes") else {
         return;
