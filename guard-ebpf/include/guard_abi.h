@@ -55,6 +55,14 @@ typedef uint64_t __u64;
  * builder appends overflow buckets after the last home bucket and
  * guarantees every key sits at most max_probe <= GUARD_MAX_PROBE buckets
  * after its home, so the kernel's bounded loop never misses a stored name.
+ *
+ * A blocked Bloom filter follows the buckets (bloom_blocks elements from
+ * element bloom_first; none when bloom_blocks is 0). Each block is one
+ * element read as 512 bits; a key sets 3 of them in one block (see
+ * guard_bloom_* in guard_hash.h). About 1.1 bytes per name, and about 1 MB
+ * at 1M names against 10.6 MB of buckets: most suffixes of a clean name are
+ * ruled out there, in memory that stays in cache and in the TLB, instead of
+ * by a bucket probe that misses both.
  */
 #define GUARD_BUCKET_SLOTS 8
 #define GUARD_MAX_PROBE 128
@@ -72,7 +80,9 @@ struct guard_table_header {
 	__u32 max_probe; /* longest displacement, in buckets, <= GUARD_MAX_PROBE */
 	__u64 nnames;
 	__u64 generation;
-	__u8 _pad[32];   /* pads to sizeof(struct guard_bucket) */
+	__u32 bloom_first;  /* element index of the first Bloom block */
+	__u32 bloom_blocks; /* 0: no Bloom filter, probe every suffix */
+	__u8 _pad[24];      /* pads to sizeof(struct guard_bucket) */
 };
 
 /* What a table entry says about the name it was built from. A name can

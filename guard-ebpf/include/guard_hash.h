@@ -74,6 +74,19 @@ GUARD_INLINE __u32 guard_home_bucket(__u64 key, __u32 nbuckets)
 	return (__u32)(((key >> 32) * (__u64)nbuckets) >> 32);
 }
 
+/* Bloom filter block of a key: fastrange on the low 32 bits (the home
+ * bucket uses the high ones). */
+GUARD_INLINE __u32 guard_bloom_block(__u64 key, __u32 blocks)
+{
+	return (__u32)(((key & 0xffffffffULL) * (__u64)blocks) >> 32);
+}
+
+/* Bit i (0..2) of a key in its 512-bit block: 9 bits each from bit 32 up. */
+GUARD_INLINE __u32 guard_bloom_bit(__u64 key, int i)
+{
+	return (__u32)(key >> (32 + 9 * i)) & 511;
+}
+
 #ifndef __BPF__
 /*
  * Reference implementation for hosts: fills out[i] with the key of the

@@ -29,6 +29,8 @@ struct suffix_walk {
 	__u64 n;         /* labels */
 	__u32 nbuckets;
 	__u32 max_probe;
+	__u32 bloom_first;
+	__u32 bloom_blocks;
 };
 
 /* Copies the qname into the scratch and lower-cases it a word at a time,
@@ -117,6 +119,26 @@ static __always_inline __u8 table_probe(void *table, __u32 max_probe, __u32 nbuc
 	return 0;
 }
 
+/* 0 when the Bloom filter rules the key out; 1 when it may be in the table
+ * (or there is no filter, or the block cannot be read: then probe). */
+static __always_inline int bloom_may_hold(void *table, __u32 first, __u32 blocks, __u64 key)
+{
+	struct guard_bucket *bk;
+	__u32 b, p0, p1, p2;
+
+	if (!blocks)
+		return 1;
+	b = first + guard_bloom_block(key, blocks);
+	bk = bpf_map_lookup_elem(table, &b);
+	if (!bk)
+		return 1;
+	p0 = guard_bloom_bit(key, 0);
+	p1 = guard_bloom_bit(key, 1);
+	p2 = guard_bloom_bit(key, 2);
+	return (bk->keys[p0 >> 6] >> (p0 & 63)) & (bk->keys[p1 >> 6] >> (p1 & 63)) &
+	       (bk->keys[p2 >> 6] >> (p2 & 63)) & 1;
+}
+
 /* One label, right to left (k = 0 is the top-level label): fold its words
  * into the hash as guard_suffix_keys() does, then look the suffix up. */
 static long suffix_step(__u64 k, void *arg)
@@ -143,6 +165,8 @@ static long suffix_step(__u64 k, void *arg)
 	key = guard_key(w->h);
 	s->suffix_hash[i] = key;
 
+	if (!bloom_may_hold(w->table, w->bloom_first, w->bloom_blocks, key))
+		return 0;
 	flags = table_probe(w->table, w->max_probe, w->nbuckets, key);
 	if (!flags)
 		return 0;
@@ -188,6 +212,8 @@ static __always_inline int match_name(struct guard_scratch *s, __u64 nlabels)
 	w.n = nlabels;
 	w.nbuckets = hdr->nbuckets;
 	w.max_probe = hdr->max_probe > GUARD_MAX_PROBE ? GUARD_MAX_PROBE : hdr->max_probe;
+	w.bloom_first = hdr->bloom_first;
+	w.bloom_blocks = hdr->bloom_blocks;
 	bpf_loop(nlabels, suffix_step, &w, 0);
 	return 0;
 }

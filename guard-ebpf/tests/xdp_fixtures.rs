@@ -166,7 +166,9 @@ impl Guard {
         let mut buckets = vec![guard_bucket::default(); table.elements() as usize];
         // SAFETY: both are 72-byte plain-old-data structs (checked by tests/abi.rs).
         buckets[0] = unsafe { std::mem::transmute::<guard_table_header, guard_bucket>(table.header) };
-        buckets[1..].copy_from_slice(&table.buckets);
+        let bloom_first = 1 + table.buckets.len();
+        buckets[1..bloom_first].copy_from_slice(&table.buckets);
+        buckets[bloom_first..].copy_from_slice(&table.bloom);
         let nbuckets = table.elements() - 1;
 
         let mut inner =
