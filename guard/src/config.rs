@@ -531,14 +531,11 @@ impl std::str::FromStr for Upstream {
 fn ip_port(s: &str, default_port: u16) -> Option<SocketAddr> {
     let addr = if let Ok(a) = s.parse::<SocketAddr>() {
         a
-    } else if let Ok(ip) = s
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<IpAddr>()
-    {
-        SocketAddr::new(ip, default_port)
+    } else if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        // Brackets only around IPv6, and both of them.
+        SocketAddr::new(IpAddr::V6(inner.parse().ok()?), default_port)
     } else {
-        return None;
+        SocketAddr::new(s.parse::<IpAddr>().ok()?, default_port)
     };
     (addr.port() != 0).then_some(addr)
 }
@@ -1563,6 +1560,8 @@ metrics:
             ("proxy:\n  upstreams: [tls://1.1.1.1]", "needs the server name"),
             ("proxy:\n  upstreams: ['tls://1.1.1.1@1.1.1.1']", "is an IP; give the name on the server's certificate"),
             ("proxy:\n  upstreams: [https://1.1.1.1]", "unsupported scheme"),
+            ("proxy:\n  upstreams: ['[2620:fe::fe']", "proxy.upstreams[0]: '[2620:fe::fe': expected IP[:port]"),
+            ("proxy:\n  upstreams: ['[9.9.9.9]']", "proxy.upstreams[0]: '[9.9.9.9]': expected IP[:port]"),
             ("proxy:\n  no_0x20: [dns.google]", "proxy.no_0x20[0]: 'dns.google': expected IP[:port] of an upstream"),
             ("proxy:\n  upstreams: [9.9.9.9]\n  no_0x20: [1.1.1.1]", "proxy.no_0x20: 1.1.1.1:53 is not one of proxy.upstreams"),
             ("proxy:\n  dnssec: on", "proxy.dnssec: unknown value 'on'; expected one of off, validate"),
