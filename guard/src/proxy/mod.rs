@@ -167,13 +167,7 @@ pub async fn start(
     metrics: Metrics,
     shutdown: Shutdown,
 ) -> Result<ProxyHandle, ProxyError> {
-    let udp = UdpSocket::bind(settings.listen)
-        .await
-        .map_err(|source| ProxyError::Bind { proto: "UDP", addr: settings.listen, source })?;
-    let local_addr = udp.local_addr().map_err(|source| ProxyError::Bind { proto: "UDP", addr: settings.listen, source })?;
-    let tcp = TcpListener::bind(local_addr)
-        .await
-        .map_err(|source| ProxyError::Bind { proto: "TCP", addr: local_addr, source })?;
+    let (udp, tcp, local_addr) = bind_pair(settings.listen).await?;
 
     let tel = Arc::new(Telemetry { log, metrics, allow_sample: settings.allow_sample });
     let upstreams = Arc::new(Upstreams::new(
@@ -201,6 +195,21 @@ pub async fn start(
         tokio::spawn(until_cancelled(shutdown.token, upstreams.probe_forever())),
     ];
     Ok(ProxyHandle { local_addr, tasks })
+}
+
+/// UDP and TCP on one port. With port 0 the kernel picks the UDP port,
+/// which TCP may already use elsewhere: then another pick is tried.
+async fn bind_pair(listen: SocketAddr) -> Result<(UdpSocket, TcpListener, SocketAddr), ProxyError> {
+    let mut tries = 0;
+    loop {
+        let udp = UdpSocket::bind(listen).await.map_err(|source| ProxyError::Bind { proto: "UDP", addr: listen, source })?;
+        let local_addr = udp.local_addr().map_err(|source| ProxyError::Bind { proto: "UDP", addr: listen, source })?;
+        match TcpListener::bind(local_addr).await {
+            Ok(tcp) => return Ok((udp, tcp, local_addr)),
+            Err(e) if listen.port() == 0 && e.kind() == io::ErrorKind::AddrInUse && tries < 8 => tries += 1,
+            Err(source) => return Err(ProxyError::Bind { proto: "TCP", addr: local_addr, source }),
+        }
+    }
 }
 
 /// Runs `f` until the token is cancelled.
