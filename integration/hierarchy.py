@@ -19,6 +19,7 @@ hints, no unbound-anchor), and the doubles only relay to that Unbound.
     fault .56  nothing listens (upstream down: ICMP port unreachable)
           .58  answers correctly but only after SLOW_DELAY s (past any proxy timeout)
           .59  answers every query with garbage
+    dot   .65  Unbound serving DNS over TLS only (DotServer, started by the tests that use it)
 
 Run ``python3 hierarchy.py serve --mode relay|garbage ...`` to start a double by hand; the
 lab starts them itself.
@@ -160,6 +161,7 @@ PARENT = {"lab.": ".", "local.": ".", "signed.lab.": "lab.", "signednsec.lab.": 
           "bogus.lab.": "lab.", "unsigned.lab.": "lab.", "adnet.lab.": "lab."}
 
 TOOLS = ["nsd", "unbound", "dnssec-keygen", "dnssec-signzone", "dnssec-dsfromkey", "delv"]
+DOT_TOOLS = ["openssl", "kdig"]  # DotServer: certificates, and a TLS client to check it
 
 
 class HierarchyError(RuntimeError):
@@ -461,6 +463,128 @@ remote-control:
         """Resolve names at Unbound directly (DO set, so RRSIGs are cached too)."""
         for name, qtype in names:
             self.lab.dig("dns", name, REC, "+dnssec", "+timeout=2", qtype=qtype)
+
+
+# --------------------------------------------------------------------------- DNS over TLS
+
+DOT_ADDR, DOT_ADDR6 = P + "65", "fd53:6775:6172::65"
+DOT_NAME = "dot.lab"  # the name on the DoT server's certificate
+DOT_PORT = 853
+
+
+def make_pki(workdir: Path, name: str) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for ``name`` signed by it (openssl, EC P-256)."""
+    d = workdir / "pki"
+    d.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (d / f for f in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _run(["openssl", "req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "2",
+          "-subj", "/CN=dns-guard lab CA", "-addext", "basicConstraints=critical,CA:TRUE",
+          "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+    _run(["openssl", "req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}"])
+    ext = d / "server.ext"
+    ext.write_text(f"subjectAltName=DNS:{name}\nbasicConstraints=critical,CA:FALSE\n"
+                   "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n")
+    _run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+          "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext)])
+    return {"ca": ca, "key": key, "cert": cert}
+
+
+class DotServer:
+    """Unbound serving DNS over TLS only (``ADDR@853``, no plain port), recursing from the
+    private root like ``rec``, with a certificate for DOT_NAME from a throwaway CA.
+
+    ``with DotServer(lab, hierarchy) as dot:``; ``dot.pki["ca"]`` is the CA for proxy.tls_ca.
+    """
+
+    def __init__(self, lab, hierarchy: "Hierarchy"):
+        self.lab, self.h = lab, hierarchy
+        self.dir = lab.workdir / "dot"
+        self.proc = None
+        self.pod = None
+        self.log = self.dir / "unbound.log"
+
+    def __enter__(self) -> "DotServer":
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.pki = make_pki(self.dir, DOT_NAME)
+            self.pod = "dot"
+            self.lab.add_pod(self.pod, [int(DOT_ADDR.rsplit(".", 1)[1])], v6=True)
+            self.start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        if self.pod:
+            self.lab.remove_pod(self.pod)
+            self.pod = None
+
+    def start(self) -> None:
+        hints = self.dir / "root.hints"
+        hints.write_text(f".  3600000 NS a.root-servers.lab.\na.root-servers.lab. 3600000 A {ROOT_NS}\n")
+        conf = self.dir / "unbound.conf"
+        conf.write_text(f"""server:
+    do-daemonize: no
+    chroot: ""
+    username: ""
+    directory: "{self.dir}"
+    pidfile: ""
+    logfile: "{self.log}"
+    use-syslog: no
+    verbosity: 1
+    num-threads: 1
+    so-reuseport: no
+    # TLS only: no plain DNS listener at all, so an answer proves the query came over TLS.
+    interface: {DOT_ADDR}@{DOT_PORT}
+    interface: {DOT_ADDR6}@{DOT_PORT}
+    tls-port: {DOT_PORT}
+    tls-service-key: "{self.pki['key']}"
+    tls-service-pem: "{self.pki['cert']}"
+    do-ip6: yes
+    outgoing-interface: {DOT_ADDR}
+    access-control: 198.18.0.0/15 allow
+    access-control: fd53:6775:6172::/48 allow
+    root-hints: "{hints}"
+    # Validation OFF, as on rec: dns-guard's own validator judges what comes over TLS.
+    module-config: "iterator"
+    qname-minimisation: no
+    minimal-responses: no
+    prefetch: no
+    cache-max-ttl: 300
+    cache-max-negative-ttl: 5
+    local-zone: "local." nodefault
+remote-control:
+    control-enable: no
+""")
+        self.proc = self.lab.spawn(self.pod, ["unbound", "-d", "-c", str(conf)], "dot-unbound")
+        self.wait_ready()
+
+    def stop(self) -> None:
+        if self.proc:
+            from lab import _stop_pid
+
+            _stop_pid(self.proc, signal.SIGTERM, 5)
+            self.proc = None
+
+    def kdig(self, name: str, *opts: str, addr: str = DOT_ADDR):
+        """kdig over TLS, checking the certificate against the lab CA and DOT_NAME."""
+        return self.lab.run("dns", ["kdig", f"@{addr}", "-p", str(DOT_PORT), "+tls", f"+tls-ca={self.pki['ca']}",
+                                    f"+tls-hostname={DOT_NAME}", "+timeout=2", "+retry=0", name, *opts],
+                            check=False, timeout=20)
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        from lab import _tail, _wait_for
+
+        def ok():
+            r = self.kdig("www.signed.lab")
+            return "status: NOERROR" in r.stdout and A["www.signed.lab"] in r.stdout
+        if not _wait_for(ok, timeout, 0.3):
+            raise HierarchyError(f"the DoT server never answered over TLS\n{_tail(self.log, 20)}\n"
+                                 f"{_tail(self.lab.workdir / 'dot-unbound.err', 20)}\n{self.kdig('www.signed.lab').stdout}")
+
 
 
 # --------------------------------------------------------------------------- test doubles

@@ -26,6 +26,7 @@ packages=(
   build-essential pkg-config clang llvm libclang-dev libbpf-dev bpftool linux-libc-dev gcc-multilib
   # lab: namespaces, resolvers, clients, load and packet crafting
   iproute2 util-linux dnsmasq-base unbound dnsutils knot-dnsutils dnsperf
+  openssl  # DNS over TLS tests: a throwaway CA and server certificate
   nsd bind9-utils  # forwarder tests: authoritative servers and DNSSEC signing for the private hierarchy
   dnsdist  # bench/peers.py: dnsdist in front of CoreDNS, a peer to compare against (issue 5)
   python3 python3-pytest python3-scapy

@@ -76,6 +76,9 @@ pub struct ProxyConfig {
     pub no_0x20: Vec<SocketAddr>,
     pub dnssec: DnssecMode,
     pub trust_anchor: Option<PathBuf>,
+    /// PEM CA certificate(s) that `tls://` upstreams' certificates must
+    /// chain to, instead of the built-in Mozilla roots (a private CA).
+    pub tls_ca: Option<PathBuf>,
     pub rebinding: RebindingConfig,
     pub spoof: SpoofConfig,
     pub paranoid: bool,
@@ -224,6 +227,7 @@ impl Default for ProxyConfig {
             no_0x20: Vec::new(),
             dnssec: DnssecMode::default(),
             trust_anchor: None,
+            tls_ca: None,
             rebinding: RebindingConfig::default(),
             spoof: SpoofConfig::default(),
             paranoid: false,
@@ -323,8 +327,8 @@ pub enum ResolvConfError {
 // Entry points
 // ---------------------------------------------------------------------------
 
-/// Reads and parses `path`, then checks that every list file and the trust
-/// anchor exist and are readable.
+/// Reads and parses `path`, then checks that every list file, the trust
+/// anchor and the TLS CA exist and are readable.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
         issues: vec![ConfigIssue {
@@ -335,7 +339,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     })?;
     let (config, files, mut issues) = parse_inner(&text, path);
     for f in &files {
-        if let Err(msg) = check_readable(&f.path) {
+        let checked = check_readable(&f.path).and_then(|()| f.content.map_or(Ok(()), |check| check(&f.path)));
+        if let Err(msg) = checked {
             issues.push(ConfigIssue {
                 file: path.to_path_buf(),
                 line: Some(f.line),
@@ -424,9 +429,11 @@ proxy:
   listen: 127.0.0.1:5353
   # Default: the nameservers in /etc/resolv.conf, read when the proxy starts.
   # Forms: IP, IP:port, [IPv6]:port, tls://IP[:853]@servername
+  # (DNS over TLS: the certificate must be valid for servername).
   upstreams:
     - 9.9.9.9
     - tls://149.112.112.112:853@dns.quad9.net
+  # tls_ca: /etc/dns-guard/ca.pem   # private CA for tls:// upstreams; default: built-in web PKI roots
   # Upstreams asked in lower case instead of 0x20 mixed case, for servers
   # that do not echo the question's case (IP or IP:port, as in upstreams).
   no_0x20: []
@@ -516,6 +523,9 @@ impl std::str::FromStr for Upstream {
                 ));
             }
             let server_name = dns_name(name).map_err(|e| format!("'{s}': server name {e}"))?;
+            // The name rustls checks the certificate against (and sends as SNI).
+            tokio_rustls::rustls::pki_types::ServerName::try_from(server_name.as_str())
+                .map_err(|_| format!("'{s}': server name '{name}' cannot be matched against a certificate"))?;
             Ok(Upstream::Tls { addr, server_name })
         } else if s.contains("://") {
             Err(format!("'{s}': unsupported scheme; {FORMS}"))
@@ -531,14 +541,11 @@ impl std::str::FromStr for Upstream {
 fn ip_port(s: &str, default_port: u16) -> Option<SocketAddr> {
     let addr = if let Ok(a) = s.parse::<SocketAddr>() {
         a
-    } else if let Ok(ip) = s
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<IpAddr>()
-    {
-        SocketAddr::new(ip, default_port)
+    } else if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        // Brackets only around IPv6, and both of them.
+        SocketAddr::new(IpAddr::V6(inner.parse().ok()?), default_port)
     } else {
-        return None;
+        SocketAddr::new(s.parse::<IpAddr>().ok()?, default_port)
     };
     (addr.port() != 0).then_some(addr)
 }
@@ -724,11 +731,16 @@ fn set_line(node: &mut Node, at: usize) {
 // Validation
 // ---------------------------------------------------------------------------
 
-/// A list file named in the config, for [`load`] to check.
+/// Checks a file's content; the message follows "key: ".
+type ContentCheck = fn(&Path) -> Result<(), String>;
+
+/// A file named in the config, for [`load`] to check.
 struct FileRef {
     path: PathBuf,
     line: usize,
     key: String,
+    /// Checks the content too, not just that the file is readable.
+    content: Option<ContentCheck>,
 }
 
 struct Ctx<'a> {
@@ -983,6 +995,7 @@ impl<'a> Ctx<'a> {
                 path: p.clone(),
                 line,
                 key: format!("{}[{i}]", f.key(name)),
+                content: None,
             });
             out.push(p);
         }
@@ -1093,6 +1106,7 @@ impl<'a> Ctx<'a> {
                 "no_0x20",
                 "dnssec",
                 "trust_anchor",
+                "tls_ca",
                 "rebinding",
                 "spoof",
                 "paranoid",
@@ -1150,6 +1164,16 @@ impl<'a> Ctx<'a> {
                 path: p.clone(),
                 line: node.line(),
                 key: f.key("trust_anchor"),
+                content: None,
+            });
+        }
+        let tls_ca = self.value(&f, "tls_ca", None, |n| path(n).map(|p| Some(resolve(base, p))));
+        if let (Some(p), Some(node)) = (&tls_ca, f.get("tls_ca")) {
+            self.files.push(FileRef {
+                path: p.clone(),
+                line: node.line(),
+                key: f.key("tls_ca"),
+                content: Some(|p| crate::proxy::tls::ca_roots(p).map(drop)),
             });
         }
         let r = self.fields(f.get("rebinding"), f.key("rebinding"), &["block", "allow"]);
@@ -1180,6 +1204,7 @@ impl<'a> Ctx<'a> {
             no_0x20,
             dnssec: self.value(&f, "dnssec", d.dnssec, keyword),
             trust_anchor,
+            tls_ca,
             rebinding,
             spoof,
             paranoid: self.value(&f, "paranoid", d.paranoid, boolean),
@@ -1521,7 +1546,7 @@ metrics:
             "{e}"
         );
         let e = one_err("proxy:\n  zzz: 1\n");
-        assert!(e.ends_with("proxy.zzz: unknown key; expected one of listen, upstreams, no_0x20, dnssec, trust_anchor, rebinding, spoof, paranoid, timeout_ms"), "{e}");
+        assert!(e.ends_with("proxy.zzz: unknown key; expected one of listen, upstreams, no_0x20, dnssec, trust_anchor, tls_ca, rebinding, spoof, paranoid, timeout_ms"), "{e}");
     }
 
     #[test]
@@ -1563,6 +1588,8 @@ metrics:
             ("proxy:\n  upstreams: [tls://1.1.1.1]", "needs the server name"),
             ("proxy:\n  upstreams: ['tls://1.1.1.1@1.1.1.1']", "is an IP; give the name on the server's certificate"),
             ("proxy:\n  upstreams: [https://1.1.1.1]", "unsupported scheme"),
+            ("proxy:\n  upstreams: ['[2620:fe::fe']", "proxy.upstreams[0]: '[2620:fe::fe': expected IP[:port]"),
+            ("proxy:\n  upstreams: ['[9.9.9.9]']", "proxy.upstreams[0]: '[9.9.9.9]': expected IP[:port]"),
             ("proxy:\n  no_0x20: [dns.google]", "proxy.no_0x20[0]: 'dns.google': expected IP[:port] of an upstream"),
             ("proxy:\n  upstreams: [9.9.9.9]\n  no_0x20: [1.1.1.1]", "proxy.no_0x20: 1.1.1.1:53 is not one of proxy.upstreams"),
             ("proxy:\n  dnssec: on", "proxy.dnssec: unknown value 'on'; expected one of off, validate"),
@@ -1680,6 +1707,53 @@ metrics:
             ..Default::default()
         };
         assert_eq!(configured.effective_upstreams().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn tls_upstreams_parse_with_port_v6_and_ca() {
+        let c = p("proxy:\n  upstreams:\n    - tls://198.51.100.1@Dns.Example.\n    - tls://198.51.100.1:8853@dns.example\n    - 'tls://[2001:db8::1]@dns.example'\n    - 'tls://[2001:db8::1]:8853@dns.example'\n    - 'tls://2001:db8::1@dns.example'\n  tls_ca: certs/ca.pem\n").unwrap();
+        let tls = |a: &str| Upstream::Tls { addr: a.parse().unwrap(), server_name: "dns.example".into() };
+        assert_eq!(
+            c.proxy.upstreams.unwrap(),
+            [tls("198.51.100.1:853"), tls("198.51.100.1:8853"), tls("[2001:db8::1]:853"), tls("[2001:db8::1]:8853"), tls("[2001:db8::1]:853")]
+        );
+        assert_eq!(c.proxy.tls_ca, Some(PathBuf::from("/etc/dns-guard/certs/ca.pem")));
+        assert_eq!(Config::default().proxy.tls_ca, None);
+    }
+
+    #[test]
+    fn malformed_tls_upstreams_are_all_reported_with_lines() {
+        let e = errs("proxy:\n  upstreams:\n    - tls://@dns.example\n    - tls://1.2.3.4@\n    - 'tls://1.2.3.4:0@dns.example'\n    - 'tls://[2001:db8::1]:x@dns.example'\n    - tls://1.2.3.4@bad..name\n    - tls://1.2.3.4@dns.example\n  tls_ca: ''\n");
+        let lines: Vec<&str> = e.iter().map(|s| s.split(':').nth(1).unwrap()).collect();
+        assert_eq!(lines, ["3", "4", "5", "6", "7", "9"], "{e:#?}");
+        assert!(e[0].contains("upstreams[0]: 'tls://@dns.example': bad address ''"), "{}", e[0]);
+        assert!(e[1].contains("upstreams[1]: 'tls://1.2.3.4@': server name '' is empty"), "{}", e[1]);
+        assert!(e[2].contains("bad address '1.2.3.4:0'"), "{}", e[2]);
+        assert!(e[3].contains("bad address '[2001:db8::1]:x'"), "{}", e[3]);
+        assert!(e[4].contains("is not a valid domain name"), "{}", e[4]);
+        assert!(e[5].contains("proxy.tls_ca: path is empty"), "{}", e[5]);
+        // A tls:// upstream's address is no plain upstream for no_0x20.
+        let e = one_err("proxy:\n  upstreams: [tls://1.2.3.4@dns.example]\n  no_0x20: [1.2.3.4:853]\n");
+        assert!(e.contains(":3: proxy.no_0x20: 1.2.3.4:853 is not one of proxy.upstreams"), "{e}");
+    }
+
+    #[test]
+    fn missing_or_bad_tls_ca_is_reported_at_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("guard.yaml");
+        std::fs::write(&cfg, "proxy:\n  upstreams: [tls://192.0.2.1@dns.example]\n  tls_ca: ca.pem\n").unwrap();
+        let e = load(&cfg).unwrap_err().to_string();
+        assert!(e.contains(&format!(":3: proxy.tls_ca: {}/ca.pem does not exist", dir.path().display())), "{e}");
+        std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
+        std::fs::write(&cfg, "proxy:\n  upstreams: ['tls://[::1@x']\n  tls_ca: ca.pem\n").unwrap();
+        let e: Vec<String> = load(&cfg).unwrap_err().issues.iter().map(|i| i.to_string()).collect();
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(e[0].contains(":2: proxy.upstreams[0]: 'tls://[::1@x': bad address"), "{}", e[0]);
+        assert!(e[1].contains(":3: proxy.tls_ca: ") && e[1].contains("ca.pem: no CERTIFICATE block found"), "{}", e[1]);
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.example".to_string()]).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).unwrap();
+        std::fs::write(&cfg, "proxy:\n  upstreams: [tls://192.0.2.1@dns.example]\n  tls_ca: ca.pem\n").unwrap();
+        assert_eq!(load(&cfg).unwrap().proxy.tls_ca, Some(dir.path().join("ca.pem")));
     }
 
     #[test]

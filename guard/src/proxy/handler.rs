@@ -21,7 +21,7 @@ use super::{
         encode_udp, formerr_raw, forward_reply, header_reply, local_reply, ClientQuery, Ede, EDE_BLOCKED,
         EDE_DNSSEC_BOGUS, EDE_NO_REACHABLE_AUTHORITY,
     },
-    upstream::{QueryCtx, Upstreams},
+    upstream::{QueryCtx, Upstreams, Via},
     Telemetry,
 };
 use crate::{
@@ -269,7 +269,11 @@ impl Handler {
         let (label, v) = if rcode == ResponseCode::ServFail {
             ("servfail", line("servfail", "forward", "upstream-servfail"))
         } else {
-            ("allow", line("allow", "forward", if answer.tcp { "ok-tcp" } else { "ok" }))
+            ("allow", line("allow", "forward", match answer.via {
+                Via::Udp => "ok",
+                Via::Tcp => "ok-tcp",
+                Via::Tls => "ok-tls",
+            }))
         };
         let mut reply = forward_reply(cq, &answer.sent, msg, None);
         // RFC 6840 §5.7: AD for a client that signalled it understands it.

@@ -12,6 +12,7 @@ pub mod dnssec;
 pub mod fuzzing;
 pub mod handler;
 pub mod response;
+pub mod tls;
 pub mod upstream;
 
 use std::{
@@ -28,7 +29,8 @@ use tokio::{
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tokio_rustls::rustls::ClientConfig;
+use tracing::debug;
 
 use crate::{
     admin::Shutdown,
@@ -39,6 +41,7 @@ use crate::{
 };
 use dnssec::{AnchorError, AnchorSet, Validator};
 use handler::{Handler, Transport};
+use tls::TlsConfigError;
 use upstream::Upstreams;
 
 /// Queries being answered at once, UDP and TCP together. hickory-server
@@ -59,15 +62,17 @@ pub enum ProxyError {
     Upstreams(#[from] ResolvConfError),
     #[error(transparent)]
     TrustAnchor(#[from] AnchorError),
-    #[error("no usable upstream: DNS over TLS (tls://) is not implemented yet; add a plain IP[:port] to proxy.upstreams")]
-    NoPlainUpstream,
+    #[error(transparent)]
+    TlsCa(#[from] TlsConfigError),
 }
 
 /// The proxy's view of the config.
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
     pub listen: SocketAddr,
-    pub upstreams: Vec<SocketAddr>,
+    pub upstreams: Vec<Upstream>,
+    /// The TLS client for `tls://` upstreams; `None` when there are none.
+    pub tls: Option<Arc<ClientConfig>>,
     /// Upstreams asked in lower case (`proxy.no_0x20`).
     pub no_0x20: Vec<SocketAddr>,
     pub dnssec: DnssecMode,
@@ -84,18 +89,12 @@ impl ProxySettings {
     /// Reads `proxy:` and `log:`; resolv.conf when no upstreams are set.
     pub fn from_config(cfg: &Config) -> Result<Self, ProxyError> {
         let p = &cfg.proxy;
-        let mut upstreams = Vec::new();
-        for u in p.effective_upstreams()? {
-            match u {
-                Upstream::Plain(a) => upstreams.push(a),
-                tls @ Upstream::Tls { .. } => {
-                    warn!(upstream = %tls, "DNS over TLS upstreams are not implemented yet; skipping")
-                }
-            }
-        }
-        if upstreams.is_empty() {
-            return Err(ProxyError::NoPlainUpstream);
-        }
+        let upstreams = p.effective_upstreams()?;
+        let tls = if upstreams.iter().any(|u| matches!(u, Upstream::Tls { .. })) {
+            Some(tls::client_config(p.tls_ca.as_deref())?)
+        } else {
+            None
+        };
         let anchors = match (&p.trust_anchor, p.dnssec) {
             (Some(path), DnssecMode::Validate) => AnchorSet::from_file(path)?,
             _ => AnchorSet::default(),
@@ -103,6 +102,7 @@ impl ProxySettings {
         Ok(ProxySettings {
             listen: p.listen,
             upstreams,
+            tls,
             no_0x20: p.no_0x20.clone(),
             dnssec: p.dnssec,
             anchors,
@@ -167,18 +167,13 @@ pub async fn start(
     metrics: Metrics,
     shutdown: Shutdown,
 ) -> Result<ProxyHandle, ProxyError> {
-    let udp = UdpSocket::bind(settings.listen)
-        .await
-        .map_err(|source| ProxyError::Bind { proto: "UDP", addr: settings.listen, source })?;
-    let local_addr = udp.local_addr().map_err(|source| ProxyError::Bind { proto: "UDP", addr: settings.listen, source })?;
-    let tcp = TcpListener::bind(local_addr)
-        .await
-        .map_err(|source| ProxyError::Bind { proto: "TCP", addr: local_addr, source })?;
+    let (udp, tcp, local_addr) = bind_pair(settings.listen).await?;
 
     let tel = Arc::new(Telemetry { log, metrics, allow_sample: settings.allow_sample });
     let upstreams = Arc::new(Upstreams::new(
         &settings.upstreams,
         &settings.no_0x20,
+        settings.tls.as_ref(),
         settings.spoof.clone(),
         settings.timeout,
         settings.paranoid,
@@ -201,6 +196,21 @@ pub async fn start(
         tokio::spawn(until_cancelled(shutdown.token, upstreams.probe_forever())),
     ];
     Ok(ProxyHandle { local_addr, tasks })
+}
+
+/// UDP and TCP on one port. With port 0 the kernel picks the UDP port,
+/// which TCP may already use elsewhere: then another pick is tried.
+async fn bind_pair(listen: SocketAddr) -> Result<(UdpSocket, TcpListener, SocketAddr), ProxyError> {
+    let mut tries = 0;
+    loop {
+        let udp = UdpSocket::bind(listen).await.map_err(|source| ProxyError::Bind { proto: "UDP", addr: listen, source })?;
+        let local_addr = udp.local_addr().map_err(|source| ProxyError::Bind { proto: "UDP", addr: listen, source })?;
+        match TcpListener::bind(local_addr).await {
+            Ok(tcp) => return Ok((udp, tcp, local_addr)),
+            Err(e) if listen.port() == 0 && e.kind() == io::ErrorKind::AddrInUse && tries < 8 => tries += 1,
+            Err(source) => return Err(ProxyError::Bind { proto: "TCP", addr: local_addr, source }),
+        }
+    }
 }
 
 /// Runs `f` until the token is cancelled.

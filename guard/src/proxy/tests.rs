@@ -29,7 +29,7 @@ use tokio::{
 use super::{response::ede_of, start, ProxyHandle, ProxySettings};
 use crate::{
     admin::Shutdown,
-    config::{DnssecMode, RebindingConfig, SpoofConfig},
+    config::{DnssecMode, RebindingConfig, SpoofConfig, Upstream},
     ebpf::events::{RuleIndex, SharedRuleIndex},
     lists::{parse_str, ListKind, RuleSet},
     metrics::Metrics,
@@ -145,7 +145,8 @@ fn answers_with(ip: [u8; 4]) -> Script {
 fn settings(upstreams: Vec<SocketAddr>) -> ProxySettings {
     ProxySettings {
         listen: "127.0.0.1:0".parse().unwrap(),
-        upstreams,
+        upstreams: upstreams.into_iter().map(Upstream::Plain).collect(),
+        tls: None,
         no_0x20: Vec::new(),
         dnssec: DnssecMode::Off,
         anchors: Default::default(),
@@ -541,4 +542,249 @@ fn query_bytes(qname: &str) -> Vec<u8> {
     q.metadata.recursion_desired = true;
     q.add_query(Query::query(name(qname), RecordType::A));
     q.to_vec().unwrap()
+}
+
+// --------------------------------------------------------------------------- DNS over TLS
+
+mod dot {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use tokio_rustls::{
+        rustls::{
+            self,
+            pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer},
+        },
+        TlsAcceptor,
+    };
+
+    use crate::proxy::tls::client_config;
+
+    /// A throwaway CA and a server certificate for `name` signed by it.
+    struct Pki {
+        ca_pem: String,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    }
+
+    fn pki(name: &str) -> Pki {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_string()]).unwrap().signed_by(&key, &ca).unwrap();
+        Pki {
+            ca_pem: ca.pem(),
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        }
+    }
+
+    /// A DoT test double on 127.0.0.1: answers each query with one A
+    /// record after `delay_for(qname)`, out of order when delays differ;
+    /// with `hang_up_on` = n it closes a connection on its n-th query
+    /// instead of answering (a server dropping an idle connection); its
+    /// first `mute` connections read queries and never answer (a stalled
+    /// connection).
+    struct FakeDot {
+        addr: SocketAddr,
+        connections: Arc<AtomicUsize>,
+        queries: Arc<Mutex<Vec<Message>>>,
+        raw_lens: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl FakeDot {
+        async fn start(pki: &Pki, hang_up_on: Option<usize>, mute: usize) -> Self {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(pki.chain.clone(), pki.key.clone_key())
+                .unwrap();
+            let acceptor = TlsAcceptor::from(Arc::new(config));
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let connections = Arc::new(AtomicUsize::new(0));
+            let queries = Arc::new(Mutex::new(Vec::new()));
+            let raw_lens = Arc::new(Mutex::new(Vec::new()));
+            let (c, q, l) = (connections.clone(), queries.clone(), raw_lens.clone());
+            tokio::spawn(async move {
+                loop {
+                    let (tcp, _) = listener.accept().await.unwrap();
+                    let muted = c.fetch_add(1, Ordering::SeqCst) < mute;
+                    let (acceptor, q, l) = (acceptor.clone(), q.clone(), l.clone());
+                    tokio::spawn(async move {
+                        // A client that rejects our certificate ends here.
+                        let Ok(tls) = acceptor.accept(tcp).await else { return };
+                        let (mut rd, wr) = tokio::io::split(tls);
+                        let wr = Arc::new(tokio::sync::Mutex::new(wr));
+                        let mut seen = 0;
+                        loop {
+                            let Ok(n) = rd.read_u16().await else { return };
+                            let mut buf = vec![0u8; n as usize];
+                            if rd.read_exact(&mut buf).await.is_err() {
+                                return;
+                            }
+                            seen += 1;
+                            if Some(seen) == hang_up_on {
+                                return;
+                            }
+                            if muted {
+                                continue;
+                            }
+                            let msg = Message::from_vec(&buf).unwrap();
+                            l.lock().unwrap().push(buf.len());
+                            q.lock().unwrap().push(msg.clone());
+                            let wr = wr.clone();
+                            tokio::spawn(async move {
+                                let qn = msg.queries[0].name().to_ascii().to_lowercase();
+                                if qn.starts_with("slow") {
+                                    tokio::time::sleep(Duration::from_millis(300)).await;
+                                }
+                                let b = answer(&msg, &[a_record(msg.queries[0].name(), [192, 0, 2, 53])]).to_vec().unwrap();
+                                let mut framed = (b.len() as u16).to_be_bytes().to_vec();
+                                framed.extend_from_slice(&b);
+                                let _ = wr.lock().await.write_all(&framed).await;
+                            });
+                        }
+                    });
+                }
+            });
+            FakeDot { addr, connections, queries, raw_lens }
+        }
+    }
+
+    fn tls_upstream(addr: SocketAddr, server_name: &str) -> Upstream {
+        Upstream::Tls { addr, server_name: server_name.to_string() }
+    }
+
+    /// Proxy settings for `upstreams`, trusting `ca_pem` (None: the
+    /// built-in web PKI roots).
+    fn tls_settings(upstreams: Vec<Upstream>, ca_pem: Option<&str>) -> (ProxySettings, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = match ca_pem {
+            Some(pem) => {
+                let path = dir.path().join("ca.pem");
+                std::fs::write(&path, pem).unwrap();
+                client_config(Some(&path)).unwrap()
+            }
+            None => client_config(None).unwrap(),
+        };
+        let mut s = settings(Vec::new());
+        s.upstreams = upstreams;
+        s.tls = Some(tls);
+        (s, dir)
+    }
+
+    #[tokio::test]
+    async fn queries_go_over_one_reused_connection_and_pipeline() {
+        let pki = pki("dot.test");
+        let up = FakeDot::start(&pki, None, 0).await;
+        let (s, _dir) = tls_settings(vec![tls_upstream(up.addr, "dot.test")], Some(&pki.ca_pem));
+        let p = Arc::new(proxy(s).await);
+        let label = format!("tls://{}@dot.test", up.addr);
+
+        let m = p.ask("Www.Example.COM.").await;
+        assert_eq!(ips(&m), ["192.0.2.53"]);
+        assert!(m.answers[0].name.eq_case(&name("Www.Example.COM.")));
+        let v = &p.log.lines()[0];
+        assert_eq!((v["upstream"].as_str(), v["reason"].as_str()), (Some(label.as_str()), Some("ok-tls")));
+
+        // A slow query, then a fast one on the same connection: the fast
+        // answer comes first and must reach its own query.
+        let slow = tokio::spawn({
+            let p = p.clone();
+            async move { p.ask("slow.example.").await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let t = std::time::Instant::now();
+        assert_eq!(ips(&p.ask("fast.example.").await), ["192.0.2.53"]);
+        assert!(t.elapsed() < Duration::from_millis(250), "fast query waited behind the slow one: {:?}", t.elapsed());
+        let slow = slow.await.unwrap();
+        assert_eq!(slow.queries[0].name().to_ascii(), "slow.example.");
+        assert_eq!(ips(&slow), ["192.0.2.53"]);
+        for i in 0..5 {
+            p.ask(&format!("n{i}.example.")).await;
+        }
+        assert_eq!(up.connections.load(Ordering::SeqCst), 1, "one handshake for every query");
+
+        // 0x20 is off over TLS, and every query is padded (RFC 8467).
+        for q in up.queries.lock().unwrap().iter() {
+            let n = q.queries[0].name();
+            assert!(n.eq_case(&n.to_lowercase()), "{n} went out in mixed case");
+        }
+        assert!(up.raw_lens.lock().unwrap().iter().all(|l| l % 128 == 0), "{:?}", up.raw_lens.lock().unwrap());
+        // No spoof accounting on an authenticated connection.
+        assert!(!p.metrics.encode().contains("dns_guard_spoof_responses_total{"), "{}", p.metrics.encode());
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_by_the_server_is_replaced() {
+        let pki = pki("dot.test");
+        // Every connection is dropped on its second query, unanswered.
+        let up = FakeDot::start(&pki, Some(2), 0).await;
+        let (s, _dir) = tls_settings(vec![tls_upstream(up.addr, "dot.test")], Some(&pki.ca_pem));
+        let p = proxy(s).await;
+        for i in 0..3 {
+            assert_eq!(ips(&p.ask(&format!("r{i}.example.")).await), ["192.0.2.53"], "query {i}");
+        }
+        assert_eq!(up.connections.load(Ordering::SeqCst), 3);
+        assert!(p.verdicts().iter().all(|v| v == "allow"), "{:?}", p.verdicts());
+    }
+
+    #[tokio::test]
+    async fn a_stalled_connection_is_dropped_after_a_timeout() {
+        let pki = pki("dot.test");
+        let up = FakeDot::start(&pki, None, 1).await;
+        let (mut s, _dir) = tls_settings(vec![tls_upstream(up.addr, "dot.test")], Some(&pki.ca_pem));
+        s.timeout = Duration::from_millis(300);
+        let p = proxy(s).await;
+        assert_eq!(p.ask("lost.example.").await.metadata.response_code, ResponseCode::ServFail);
+        assert_eq!(ips(&p.ask("next.example.").await), ["192.0.2.53"]);
+        assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_certificate_for_another_name_fails_over_and_alone_is_servfail() {
+        let pki = pki("dot.test");
+        let dot = FakeDot::start(&pki, None, 0).await;
+        let plain = FakeUpstream::start(answers_with([192, 0, 2, 9]), answers_with([192, 0, 2, 9])).await;
+        let wrong = tls_upstream(dot.addr, "wrong.test");
+        let (mut s, _dir) = tls_settings(vec![wrong.clone(), Upstream::Plain(plain.addr)], Some(&pki.ca_pem));
+        s.timeout = Duration::from_millis(500);
+        let p = proxy(s).await;
+        assert_eq!(ips(&p.ask("a.example.").await), ["192.0.2.9"]);
+        let text = p.metrics.encode();
+        assert!(text.contains(&format!(r#"dns_guard_upstream_healthy{{upstream="{wrong}"}} 0"#)), "{text}");
+        assert!(dot.queries.lock().unwrap().is_empty(), "a query went to a server whose certificate failed");
+
+        let (mut s, _dir) = tls_settings(vec![wrong], Some(&pki.ca_pem));
+        s.timeout = Duration::from_millis(500);
+        let p = proxy(s).await;
+        let before = dot.connections.load(Ordering::SeqCst);
+        for i in 0..3 {
+            let m = p.ask(&format!("b{i}.example.")).await;
+            assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+            let (code, text) = ede_of(&m).remove(0);
+            assert_eq!(code, 22);
+            assert!(text.contains("not valid for name") || text.contains("not redialing"), "{text}");
+        }
+        // Within the backoff the failed handshake is not repeated per query.
+        assert_eq!(dot.connections.load(Ordering::SeqCst) - before, 1);
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_issuer_is_refused() {
+        let pki = pki("dot.test");
+        let dot = FakeDot::start(&pki, None, 0).await;
+        // The web PKI roots (no proxy.tls_ca) do not know the test CA.
+        let (mut s, _dir) = tls_settings(vec![tls_upstream(dot.addr, "dot.test")], None);
+        s.timeout = Duration::from_millis(500);
+        let p = proxy(s).await;
+        let m = p.ask("c.example.").await;
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+        let (_, text) = ede_of(&m).remove(0);
+        assert!(text.contains("UnknownIssuer"), "{text}");
+        assert!(dot.queries.lock().unwrap().is_empty());
+    }
 }

@@ -1,7 +1,8 @@
 //! Talking to the real upstreams: one fresh socket per query (random
 //! source port), a random txid, 0x20 mixed case, checks 1-4 on every
 //! datagram, TCP on truncation, failover in health order, and the spoof
-//! accounting that moves an attacked upstream to TCP for a while.
+//! accounting that moves an attacked upstream to TCP for a while. DNS over
+//! TLS upstreams (`tls`) share the failover and checks, not the rest.
 
 use std::{
     collections::BTreeMap,
@@ -22,15 +23,17 @@ use tokio::{
     net::{TcpStream, UdpSocket},
     time::{timeout_at, Instant},
 };
+use tokio_rustls::rustls::ClientConfig;
 use tracing::{debug, warn};
 
 use super::{
     checks::{any_addr, expect, verify_response, Expected, Rejection},
     response::EDNS_PAYLOAD,
+    tls::{DotClient, DotError},
     Telemetry,
 };
 use crate::{
-    config::SpoofConfig,
+    config::{SpoofConfig, Upstream},
     metrics::{SpoofLabels, UpstreamLabels},
     verdict::Verdict,
 };
@@ -52,6 +55,10 @@ pub enum ExchangeError {
     Io(#[from] std::io::Error),
     #[error("TCP answer failed the checks ({})", .0.reason())]
     TcpRejected(Rejection),
+    #[error("TLS answer failed the checks ({})", .0.reason())]
+    TlsRejected(Rejection),
+    #[error("{0}")]
+    Tls(DotError),
     #[error("cannot encode the query: {0}")]
     Encode(String),
 }
@@ -81,9 +88,26 @@ pub struct Answer {
     pub sent: Name,
     pub upstream: String,
     pub latency: Duration,
-    pub tcp: bool,
+    pub via: Via,
     /// Paranoid mode saw a second acceptable answer that differed.
     pub differing: bool,
+}
+
+/// The transport an answer came over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl From<DotError> for ExchangeError {
+    fn from(e: DotError) -> Self {
+        match e {
+            DotError::Timeout => ExchangeError::Timeout,
+            other => ExchangeError::Tls(other),
+        }
+    }
 }
 
 /// Spoofed responses of one upstream in the current window.
@@ -98,8 +122,11 @@ struct SpoofWindow {
 pub struct UpstreamState {
     pub addr: SocketAddr,
     pub label: String,
-    /// 0x20 mixed case for this upstream (`proxy.no_0x20` turns it off).
+    /// 0x20 mixed case for this upstream (`proxy.no_0x20` turns it off;
+    /// always off over TLS, where no off-path forger can answer).
     pub mixed_case: bool,
+    /// Set for a DNS over TLS upstream: its connection.
+    dot: Option<DotClient>,
     healthy: AtomicBool,
     spoof: Mutex<SpoofWindow>,
 }
@@ -125,21 +152,32 @@ pub struct Upstreams {
 
 impl Upstreams {
     /// `no_0x20`: upstreams queried in lower case (they mangle the case).
+    /// `tls`: the client config for `tls://` upstreams (needed if any).
     pub fn new(
-        addrs: &[SocketAddr],
+        upstreams: &[Upstream],
         no_0x20: &[SocketAddr],
+        tls: Option<&Arc<ClientConfig>>,
         spoof: SpoofConfig,
         timeout: Duration,
         paranoid: bool,
         tel: Arc<Telemetry>,
     ) -> Self {
-        let list = addrs
+        let list = upstreams
             .iter()
-            .map(|&addr| {
+            .map(|up| {
+                let label = up.to_string();
+                let (addr, mixed_case, dot) = match up {
+                    Upstream::Plain(addr) => (*addr, !no_0x20.contains(addr), None),
+                    Upstream::Tls { addr, server_name } => {
+                        let config = tls.cloned().expect("a TLS client config for tls:// upstreams");
+                        (*addr, false, Some(DotClient::new(*addr, server_name, label.clone(), config)))
+                    }
+                };
                 let u = Arc::new(UpstreamState {
                     addr,
-                    label: addr.to_string(),
-                    mixed_case: !no_0x20.contains(&addr),
+                    label,
+                    mixed_case,
+                    dot,
                     healthy: AtomicBool::new(true),
                     spoof: Mutex::new(SpoofWindow {
                         start: Instant::now(),
@@ -168,12 +206,14 @@ impl Upstreams {
         up
     }
 
-    fn set_health(&self, u: &UpstreamState, ok: bool) {
+    /// `why`: the failure that marks it down, logged with the change.
+    fn set_health(&self, u: &UpstreamState, ok: bool, why: Option<&ExchangeError>) {
         if u.healthy.swap(ok, Ordering::Relaxed) != ok {
             if ok {
                 warn!(upstream = %u.label, "upstream answers again");
             } else {
-                warn!(upstream = %u.label, "upstream failed; trying it last until a probe succeeds");
+                let error = why.map(ToString::to_string).unwrap_or_default();
+                warn!(upstream = %u.label, %error, "upstream failed; trying it last until a probe succeeds");
             }
         }
         self.tel.metrics.upstream_healthy.get_or_create(&u.labels()).set(ok as i64);
@@ -192,12 +232,12 @@ impl Upstreams {
                 Ok(mut a) => {
                     a.latency = started.elapsed();
                     self.tel.metrics.upstream_latency.get_or_create(&u.labels()).observe(a.latency.as_secs_f64());
-                    self.set_health(&u, true);
+                    self.set_health(&u, true, None);
                     return Ok(a);
                 }
                 Err(e) => {
                     debug!(upstream = %u.label, error = %e, "upstream exchange failed");
-                    self.set_health(&u, false);
+                    self.set_health(&u, false, Some(&e));
                     last = Some((u.label.clone(), e));
                 }
             }
@@ -206,7 +246,8 @@ impl Upstreams {
         Err(ForwardError { tried, upstream, source })
     }
 
-    /// One upstream: UDP (or TCP while forced), then TCP if truncated.
+    /// One upstream: UDP (or TCP while forced), then TCP if truncated;
+    /// or its TLS connection.
     async fn exchange(
         &self,
         u: &UpstreamState,
@@ -216,7 +257,16 @@ impl Upstreams {
         deadline: Instant,
         ctx: &QueryCtx,
     ) -> Result<Answer, ExchangeError> {
-        let (msg, sent) = build_query(query, cd, dnssec_ok, u.mixed_case);
+        let (mut msg, sent) = build_query(query, cd, dnssec_ok, u.mixed_case);
+        if let Some(dot) = &u.dot {
+            // Spoof counting and the TCP switch have nothing to do here:
+            // an answer on an authenticated connection is the server's.
+            // Checks 2-4 still run: a confused server is a failed upstream.
+            let raw = dot.exchange(&mut msg, deadline).await?;
+            let expected = Expected { match_case: false, ..expect(u.addr, msg.metadata.id, &msg.queries[0]) };
+            let reply = verify_response(&expected, u.addr, &raw).map_err(ExchangeError::TlsRejected)?;
+            return Ok(Answer { msg: reply, sent, upstream: u.label.clone(), latency: Duration::ZERO, via: Via::Tls, differing: false });
+        }
         let expected = Expected { match_case: u.mixed_case, ..expect(u.addr, msg.metadata.id, &msg.queries[0]) };
         let mut tcp = self.tcp_forced(u);
         let (reply, differing) = if tcp {
@@ -235,7 +285,8 @@ impl Upstreams {
         } else {
             (reply, differing)
         };
-        Ok(Answer { msg: reply, sent, upstream: u.label.clone(), latency: Duration::ZERO, tcp, differing })
+        let via = if tcp { Via::Tcp } else { Via::Udp };
+        Ok(Answer { msg: reply, sent, upstream: u.label.clone(), latency: Duration::ZERO, via, differing })
     }
 
     /// Sends once, then reads until an acceptable answer or the deadline.
@@ -367,7 +418,7 @@ impl Upstreams {
                 let deadline = Instant::now() + self.timeout;
                 let ok = self.exchange(u, &root, false, false, deadline, &QueryCtx::default()).await.is_ok();
                 if ok {
-                    self.set_health(u, true);
+                    self.set_health(u, true, None);
                 }
             }
         }
