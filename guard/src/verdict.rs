@@ -12,6 +12,8 @@ use serde::Serialize;
 use time::macros::format_description;
 use time::OffsetDateTime;
 
+use crate::k8s::PodIndex;
+
 /// One decision. Field order is the JSON key order.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Verdict {
@@ -28,6 +30,12 @@ pub struct Verdict {
     pub list: Option<String>,
     pub client: Option<IpAddr>,
     pub client_port: Option<u16>,
+    // The pod holding `client`, when the pod watch (`kubernetes.enrich`)
+    // knows it; filled in by [`VerdictLog::emit`], omitted otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
     pub qname: Option<String>,
     /// `"A"`, `"AAAA"`, `"TYPE65534"`: see [`qtype_name`].
     pub qtype: Option<String>,
@@ -75,6 +83,8 @@ pub struct VerdictLog {
     dropped: AtomicU64,
     /// Set on EPIPE: the reader is gone for good, so stop making syscalls.
     broken: AtomicBool,
+    /// Client IP → pod, when Kubernetes enrichment is on.
+    pods: Option<PodIndex>,
 }
 
 struct Inner {
@@ -102,7 +112,14 @@ impl VerdictLog {
             emitted: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             broken: AtomicBool::new(false),
+            pods: None,
         }
+    }
+
+    /// Names the client's pod in every line whose client `pods` knows.
+    pub fn with_pods(mut self, pods: PodIndex) -> Self {
+        self.pods = Some(pods);
+        self
     }
 
     /// Writes `v` as one line. Never panics and never blocks on a dead
@@ -114,6 +131,23 @@ impl VerdictLog {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        // A map read, never an API call: an unknown or unreachable pod only
+        // means a line without pod fields.
+        let enriched;
+        let v = match (&self.pods, v.client, &v.pod_name) {
+            (Some(pods), Some(ip), None) => match pods.lookup(ip) {
+                Some(pod) => {
+                    enriched = Verdict {
+                        pod_namespace: Some(pod.namespace.clone()),
+                        pod_name: Some(pod.name.clone()),
+                        ..v.clone()
+                    };
+                    &enriched
+                }
+                None => v,
+            },
+            _ => v,
+        };
         // Serialize outside the lock; a String field cannot fail to encode.
         let mut line = match serde_json::to_vec(v) {
             Ok(l) => l,
@@ -384,6 +418,45 @@ mod tests {
         }
         assert_eq!(log.emitted(), 1600);
         assert_eq!(log.dropped(), 0);
+    }
+
+    #[test]
+    fn lines_name_the_clients_pod_when_known() {
+        use crate::k8s::{PodCache, PodIndex};
+        use k8s_openapi::api::core::v1::{Pod, PodIP, PodStatus};
+        let mut pod = Pod::default();
+        pod.metadata.namespace = Some("shop".into());
+        pod.metadata.name = Some("cart-5f9c7-qwert".into());
+        pod.status = Some(PodStatus {
+            phase: Some("Running".into()),
+            pod_ips: Some(vec![PodIP { ip: "10.244.1.20".into() }]),
+            ..Default::default()
+        });
+        let pods = PodIndex::default();
+        PodCache::new(pods.clone()).handle(kube::runtime::watcher::Event::Apply(pod));
+
+        let sink = Shared::default();
+        let log = VerdictLog::to_writer(Box::new(sink.clone())).with_pods(pods);
+        for client in ["10.244.1.20", "10.244.9.9"] {
+            let mut v = Verdict::new("xdp", "block", "nxdomain", "blocklist");
+            v.client = Some(client.parse().unwrap());
+            v.client_port = Some(40000);
+            v.qname = Some("evil.example".into());
+            log.emit(&v);
+        }
+        log.emit(&Verdict::new("xdp", "malformed", "drop", "short-header"));
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        // Next to the client it names, in struct order.
+        assert!(
+            lines[0].contains(r#""client":"10.244.1.20","client_port":40000,"pod_namespace":"shop","pod_name":"cart-5f9c7-qwert","qname":"evil.example""#),
+            "{}",
+            lines[0]
+        );
+        // Unknown client, or none: the fields are absent, not null.
+        assert_eq!(keys(lines[1]), sorted(COMMON));
+        assert_eq!(keys(lines[2]), sorted(COMMON));
     }
 
     #[test]

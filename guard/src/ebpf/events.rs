@@ -156,6 +156,9 @@ pub fn to_verdict(event: &XdpEvent, index: Option<&RuleIndex>) -> Verdict {
         list,
         client: Some(event.client),
         client_port: Some(event.client_port),
+        // The verdict log names the pod (guard/src/k8s.rs).
+        pod_namespace: None,
+        pod_name: None,
         qname: event.qname(),
         qtype: (!event.wire_qname.is_empty()).then(|| qtype_name(event.qtype)),
         upstream: None,
