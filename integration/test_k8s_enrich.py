@@ -3,7 +3,7 @@
 No Kubernetes API server runs here, so k8s_fake_api.py stands in for it with canned pod lists
 (the Rust test guard/tests/k8s_enrich.rs covers watch events against the same fixtures). It runs
 in the dns pod's network namespace, where dns-guard reaches it at 127.0.0.1 through KUBECONFIG
-(`kubernetes.enrich: on`, which takes a kubeconfig when there is no service account token).
+(`kubernetes.enrich: on`, which also accepts a kubeconfig; `auto` needs a service account token).
 """
 
 import re

@@ -16,6 +16,7 @@ use std::{
 };
 
 use dashmap::DashMap;
+use rustc_hash::FxBuildHasher;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
@@ -49,15 +50,17 @@ pub enum K8sError {
 /// A pod, as a verdict line names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PodRef {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 /// Pod IP → pod, shared by the watch (writer) and the verdict log (reader).
 /// Cloning shares the map.
 #[derive(Clone, Default)]
 pub struct PodIndex {
-    by_ip: Arc<DashMap<IpAddr, Arc<PodRef>>>,
+    // Fx rather than SipHash: the stored keys are pod IPs the cluster
+    // assigns, which a client cannot pick to make them collide.
+    by_ip: Arc<DashMap<IpAddr, Arc<PodRef>, FxBuildHasher>>,
 }
 
 impl PodIndex {
@@ -96,7 +99,7 @@ pub fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
 }
 
 fn pod_ref(pod: &Pod) -> Option<PodRef> {
-    Some(PodRef { namespace: pod.metadata.namespace.clone()?, name: pod.metadata.name.clone()? })
+    Some(PodRef { namespace: pod.metadata.namespace.as_deref()?.into(), name: pod.metadata.name.as_deref()?.into() })
 }
 
 /// The watch's own view: which IPs each pod holds, so a delete or a changed

@@ -2,10 +2,11 @@
 //! decision, so an operator can always answer "why was this blocked?".
 //! Diagnostics go to stderr through `tracing` and are never mixed in.
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -32,10 +33,11 @@ pub struct Verdict {
     pub client_port: Option<u16>,
     // The pod holding `client`, when the pod watch (`kubernetes.enrich`)
     // knows it; filled in by [`VerdictLog::emit`], omitted otherwise.
+    // Shared with the pod cache: naming the pod copies no string.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod_namespace: Option<String>,
+    pub pod_namespace: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod_name: Option<String>,
+    pub pod_name: Option<Arc<str>>,
     pub qname: Option<String>,
     /// `"A"`, `"AAAA"`, `"TYPE65534"`: see [`qtype_name`].
     pub qtype: Option<String>,
@@ -66,6 +68,18 @@ impl Verdict {
             reason: reason.into(),
             ..Default::default()
         }
+    }
+}
+
+impl From<Verdict> for Cow<'_, Verdict> {
+    fn from(v: Verdict) -> Self {
+        Cow::Owned(v)
+    }
+}
+
+impl<'v> From<&'v Verdict> for Cow<'v, Verdict> {
+    fn from(v: &'v Verdict) -> Self {
+        Cow::Borrowed(v)
     }
 }
 
@@ -125,31 +139,28 @@ impl VerdictLog {
     /// Writes `v` as one line. Never panics and never blocks on a dead
     /// reader: a line that cannot be written is counted in [`dropped`].
     ///
+    /// Takes `&Verdict` or `Verdict`; the hot paths pass theirs by value, so
+    /// naming the pod does not copy the line (measured: a copy costs about
+    /// half as much as encoding it).
+    ///
     /// [`dropped`]: VerdictLog::dropped
-    pub fn emit(&self, v: &Verdict) {
+    pub fn emit<'v>(&self, v: impl Into<Cow<'v, Verdict>>) {
         if self.broken.load(Ordering::Relaxed) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        let mut v = v.into();
         // A map read, never an API call: an unknown or unreachable pod only
         // means a line without pod fields.
-        let enriched;
-        let v = match (&self.pods, v.client, &v.pod_name) {
-            (Some(pods), Some(ip), None) => match pods.lookup(ip) {
-                Some(pod) => {
-                    enriched = Verdict {
-                        pod_namespace: Some(pod.namespace.clone()),
-                        pod_name: Some(pod.name.clone()),
-                        ..v.clone()
-                    };
-                    &enriched
-                }
-                None => v,
-            },
-            _ => v,
-        };
+        if let (Some(pods), Some(ip), None) = (&self.pods, v.client, &v.pod_name) {
+            if let Some(pod) = pods.lookup(ip) {
+                let v = v.to_mut();
+                v.pod_namespace = Some(Arc::clone(&pod.namespace));
+                v.pod_name = Some(Arc::clone(&pod.name));
+            }
+        }
         // Serialize outside the lock; a String field cannot fail to encode.
-        let mut line = match serde_json::to_vec(v) {
+        let mut line = match serde_json::to_vec(&*v) {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot encode verdict");

@@ -204,7 +204,7 @@ pub async fn stream_events(ring: RingBuf<MapData>, index: SharedRuleIndex, log: 
             .map(|ix| RuleIndex { seed: ix.seed, rules: Arc::clone(&ix.rules) });
         while let Some(item) = ring.next() {
             match XdpEvent::decode(&item) {
-                Some(ev) => log.emit(&to_verdict(&ev, snapshot.as_ref())),
+                Some(ev) => log.emit(to_verdict(&ev, snapshot.as_ref())),
                 None => warn!(len = item.len(), "short event in ring buffer"),
             }
         }
