@@ -125,6 +125,17 @@ def test_sidecar_runs_the_guard_with_probes_and_resources(rendered):
     assert annotations["prometheus.io/port"] == str(port["guard-admin"])
 
 
+def test_pod_enrichment_uses_the_coredns_service_account(rendered):
+    """kubernetes.enrich watches pods with the pod's token, relying on kubeadm's system:coredns
+    ClusterRole (list/watch on pods) bound to kube-system/coredns: the pod must keep both."""
+    _, docs = rendered
+    pod = obj(docs, "Deployment", "coredns")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "coredns"
+    assert pod.get("automountServiceAccountToken", True) is not False
+    guard_yaml = obj(docs, "ConfigMap", "dns-guard-config")["data"]["guard.yaml"]
+    assert re.search(r"^kubernetes:\n\s+enrich: (auto|on)\b", guard_yaml, re.M), guard_yaml
+
+
 def test_bpffs_is_the_hosts_and_config_comes_from_configmaps(rendered):
     _, docs = rendered
     c = sidecar(docs)

@@ -19,6 +19,7 @@ use crate::{
         AttachMode, RateLimitSettings, XdpGuard, XdpSettings,
     },
     admin::{Admin, Component, Shutdown, XdpStats, DRAIN_GRACE},
+    k8s::{self, PodIndex, PodWatch},
     lists::{self, RuleSet},
     metrics::{ListLabels, Metrics, ResultLabels},
     proxy,
@@ -198,10 +199,23 @@ fn record_reload(metrics: &Metrics, ok: bool) {
 pub async fn run(path: &Path) -> Result<(), Failure> {
     let cfg = load_config(path)?;
     let rules = load_lists(&cfg, true)?;
-    let log = Arc::new(VerdictLog::stdout());
     let index: SharedRuleIndex = Arc::new(RwLock::new(None));
     // The one registry of the process: every layer records into it.
     let metrics = Metrics::new();
+
+    // ---- kubernetes: pod names in verdict lines (guard/src/k8s.rs) -------
+    // Started before anything enforces, but nothing waits for it: until the
+    // first list arrives (or while the API is down) lines carry no pod.
+    let (log, _pod_watch) = match k8s::cluster_config(cfg.kubernetes.enrich).await? {
+        Some(kube_config) => {
+            let pods = PodIndex::default();
+            let watch = PodWatch::start(kube_config, pods.clone(), metrics.clone()).await?;
+            eprintln!("dns-guard watching pods: verdict lines name the client's pod");
+            (Arc::new(VerdictLog::stdout().with_pods(pods)), Some(watch))
+        }
+        None => (Arc::new(VerdictLog::stdout()), None),
+    };
+    // ---- end kubernetes --------------------------------------------------
 
     // ---- admin: /metrics, /healthz, /readyz on metrics.listen -----------
     // Declared before anything starts, so readiness cannot latch early.

@@ -38,6 +38,7 @@ pub struct Config {
     pub proxy_enabled: bool,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub kubernetes: KubernetesConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -109,6 +110,12 @@ pub struct MetricsConfig {
 pub struct LogConfig {
     /// Fraction 0.0..=1.0 of allowed queries also written to the verdict log.
     pub allow_sample: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KubernetesConfig {
+    /// Whether verdict lines name the pod behind a client IP.
+    pub enrich: EnrichMode,
 }
 
 /// One upstream of the forwarder.
@@ -186,6 +193,19 @@ keyword_enum! {
     DnssecMode default Validate {
         Off = "off",
         Validate = "validate",
+    }
+}
+
+keyword_enum! {
+    /// Pod names in verdict lines (a pod watch; see `k8s.rs`). The
+    /// environment is looked at when `run` starts, never at parse time.
+    EnrichMode default Auto {
+        /// On when a service account token is mounted and
+        /// KUBERNETES_SERVICE_HOST is set, that is, inside a pod.
+        Auto = "auto",
+        /// In-cluster, or else a kubeconfig; `run` fails without either.
+        On = "on",
+        Off = "off",
     }
 }
 
@@ -454,6 +474,12 @@ metrics:
 
 log:
   allow_sample: 0       # fraction (0.0 to 1.0) of allowed queries also logged
+
+kubernetes:
+  # Name the pod behind each client IP in verdict lines (pod_namespace,
+  # pod_name), from a watch on every pod. auto = on inside a pod (service
+  # account token mounted); on = also from KUBECONFIG, fail if neither.
+  enrich: auto          # auto | on | off
 "#;
 
 impl ProxyConfig {
@@ -948,6 +974,7 @@ impl<'a> Ctx<'a> {
                 "proxy",
                 "metrics",
                 "log",
+                "kubernetes",
             ],
         );
         let d = Config::default();
@@ -979,6 +1006,12 @@ impl<'a> Ctx<'a> {
                             ))
                         }
                     }),
+                }
+            },
+            kubernetes: {
+                let k = self.fields(f.get("kubernetes"), f.key("kubernetes"), &["enrich"]);
+                KubernetesConfig {
+                    enrich: self.value(&k, "enrich", d.kubernetes.enrich, keyword),
                 }
             },
         }
@@ -1374,6 +1407,7 @@ mod tests {
         assert_eq!(c.proxy.timeout_ms, 2000);
         assert_eq!(c.metrics.listen, "0.0.0.0:9253".parse().unwrap());
         assert_eq!(c.log.allow_sample, 0.0);
+        assert_eq!(c.kubernetes.enrich, EnrichMode::Auto);
     }
 
     #[test]
@@ -1402,6 +1436,7 @@ mod tests {
         assert_eq!(c.xdp, d.xdp);
         assert_eq!(c.metrics, d.metrics);
         assert_eq!(c.log, d.log);
+        assert_eq!(c.kubernetes, d.kubernetes);
         assert_eq!(c.proxy.rebinding, d.proxy.rebinding);
         assert_eq!(c.proxy.spoof, d.proxy.spoof);
         assert_eq!(
@@ -1439,6 +1474,7 @@ proxy:
   timeout_ms: 500
 metrics: {listen: "127.0.0.1:9000"}
 log: {allow_sample: 0.25}
+kubernetes: {enrich: off}
 "#)
         .unwrap();
         assert_eq!(c.xdp.mode, XdpMode::Native);
@@ -1479,6 +1515,8 @@ log: {allow_sample: 0.25}
         assert_eq!(c.proxy.no_0x20, vec!["[2620:fe::9]:53".parse::<SocketAddr>().unwrap()]);
         assert!(c.proxy.paranoid);
         assert_eq!(c.log.allow_sample, 0.25);
+        assert_eq!(c.kubernetes.enrich, EnrichMode::Off);
+        assert_eq!(p("kubernetes:\n  enrich: on\n").unwrap().kubernetes.enrich, EnrichMode::On);
     }
 
     #[test]
@@ -1514,12 +1552,14 @@ proxy:
     - tls://1.1.1.1
 metrics:
   listen: 9253
+kubernetes:
+  enrich: maybe
 ";
         let e = errs(text);
         let lines: Vec<&str> = e.iter().map(|s| s.split(':').nth(1).unwrap()).collect();
         assert_eq!(
             lines,
-            ["1", "3", "6", "7", "8", "10", "11", "12", "15", "17"],
+            ["1", "3", "6", "7", "8", "10", "11", "12", "15", "17", "19"],
             "{e:#?}"
         );
     }
@@ -1602,6 +1642,10 @@ metrics:
             ("log:\n  allow_sample: -0.1", "log.allow_sample: -0.1 is out of range"),
             ("log:\n  allow_sample: half", "log.allow_sample: 'half' is not a number"),
             ("metrics:\n  listen: ':9253'", "metrics.listen: ':9253' is not a socket address"),
+            ("kubernetes:\n  enrich: yes", "kubernetes.enrich: unknown value 'yes'; expected one of auto, on, off"),
+            ("kubernetes:\n  enrich: true", "kubernetes.enrich: unknown value 'true'; expected one of auto, on, off"),
+            ("kubernetes:\n  watch: pods", "kubernetes.watch: unknown key; expected one of enrich"),
+            ("kubernetes: on", "kubernetes: expected a mapping of keys, found a single value"),
             ("- a\n- b", "the config: expected a mapping of keys, found a list"),
         ];
         for (text, want) in cases {

@@ -62,6 +62,10 @@ pub struct Metrics {
     pub list_reloads: Family<ResultLabels, Counter>,
     /// Time to parse, build and install a list table, seconds.
     pub list_load_seconds: Histogram,
+    /// Pods with an IP in the enrichment cache (`kubernetes.enrich`).
+    pub k8s_pods: Gauge,
+    /// Failed pod list/watch calls; each is retried with backoff.
+    pub k8s_watch_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -99,6 +103,10 @@ impl Metrics {
         registry.register("list_reloads", "List reloads by result", list_reloads.clone());
         let list_load_seconds = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0]);
         registry.register("list_load_seconds", "Time to parse, build and install the lists", list_load_seconds.clone());
+        let k8s_pods = Gauge::default();
+        registry.register("k8s_pods", "Pods whose IPs the verdict log can name", k8s_pods.clone());
+        let k8s_watch_errors = Counter::default();
+        registry.register("k8s_watch_errors", "Failed Kubernetes pod list or watch calls (retried with backoff)", k8s_watch_errors.clone());
         Self {
             registry: Arc::new(Mutex::new(registry)),
             verdicts,
@@ -109,6 +117,8 @@ impl Metrics {
             list_names,
             list_reloads,
             list_load_seconds,
+            k8s_pods,
+            k8s_watch_errors,
         }
     }
 

@@ -183,6 +183,9 @@ pub fn to_verdict(event: &XdpEvent, index: Option<&RuleIndex>) -> Verdict {
         list,
         client: Some(event.client),
         client_port: Some(event.client_port),
+        // The verdict log names the pod (guard/src/k8s.rs).
+        pod_namespace: None,
+        pod_name: None,
         qname: event.qname(),
         qtype: (!event.wire_qname.is_empty()).then(|| qtype_name(event.qtype)),
         count: 1,
@@ -260,7 +263,7 @@ fn drain(ring: &mut RingBuf<MapData>, folds: &mut Coalescer, log: &VerdictLog, i
         match XdpEvent::decode(&item) {
             Some(ev) => {
                 if let Some(ev) = folds.offer(ev, now) {
-                    log.emit(&to_verdict(&ev, ix));
+                    log.emit(to_verdict(&ev, ix));
                 }
             }
             None => warn!(len = item.len(), "short event in ring buffer"),
@@ -272,7 +275,7 @@ fn write_folded(log: &VerdictLog, due: Vec<(XdpEvent, u64)>, ix: Option<&RuleInd
     for (ev, n) in due {
         let mut v = to_verdict(&ev, ix);
         v.count = n;
-        log.emit(&v);
+        log.emit(v);
     }
 }
 

@@ -128,7 +128,7 @@ impl Telemetry {
     pub fn emit(&self, v: Verdict, label: &'static str, upstream: &str) {
         self.count(label, upstream);
         if label != "allow" || (self.allow_sample > 0.0 && rand::random::<f64>() < self.allow_sample) {
-            self.log.emit(&v);
+            self.log.emit(v);
         }
     }
 
