@@ -25,7 +25,7 @@ typedef uint64_t __u64;
 
 /* Bumped on any change to a pinned map's layout: a restart that finds pins
  * of another version refuses to reuse them instead of misreading them. */
-#define GUARD_ABI_VERSION 1
+#define GUARD_ABI_VERSION 2
 
 /* ---- limits ------------------------------------------------------------ */
 
@@ -120,6 +120,28 @@ struct guard_config {
 	/* log.allow_sample: allowed queries are logged when a random u32 is
 	 * below this (0 = none, 0xffffffff = all). */
 	__u32 allow_sample;
+	/* Live entries in guard_dynblock; 0 skips its lookups, so the
+	 * random-subdomain defence costs nothing until it fires. */
+	__u32 dynblocks;
+};
+
+/* ---- dynamic blocks (the random-subdomain defence) ----------------------
+ *
+ * When the proxy sees one zone answer NXDOMAIN/SERVFAIL for many different
+ * names (a "water torture" flood of random subdomains, which no cache can
+ * absorb), dns-guard blocks that zone's subdomains here for a while, as
+ * dnsdist's suffix-match dynamic blocks do. Key: the zone's suffix key
+ * under the live table's seed (guard_scratch.suffix_hash), so the lookup
+ * reuses the hashes the name table walk already made; on a table reload
+ * userspace inserts the keys under the new seed before the swap. The kernel
+ * honours expires_ns itself, so a block lapses even if dns-guard is gone.
+ */
+#define GUARD_DYNBLOCK_MAX 4096
+
+struct guard_dynblock {
+	__u64 expires_ns; /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) deadline */
+	__u8 action;      /* enum guard_action */
+	__u8 _pad[7];
 };
 
 /* ---- rate limiting ------------------------------------------------------ */
@@ -169,6 +191,7 @@ enum guard_reason {
 	GUARD_REASON_MALFORMED_TRUNCATED_QUESTION,
 	GUARD_REASON_TX_FAILED,            /* reply could not be built: passed */
 	GUARD_REASON_NO_TABLE,             /* no table installed: lists not checked */
+	GUARD_REASON_BLOCK_DYNAMIC,        /* subdomain of a zone under a dynamic block */
 	GUARD_REASON__COUNT,
 };
 
@@ -213,7 +236,8 @@ struct guard_scratch {
 	__u8 match_block;                       /* a block rule matched */
 	__u8 match_exact;                       /* ... on the full name */
 	__u8 match_flags;                       /* that rule's enum guard_rule_flags */
-	__u8 _pad[4];
+	__u8 match_dyn_action;                  /* a dynamic block's action; 0: none */
+	__u8 _pad[3];
 };
 
 /* ---- pinned names -------------------------------------------------------- */

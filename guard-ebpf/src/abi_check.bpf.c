@@ -11,6 +11,7 @@ struct guard_table_header abi_table_header;
 struct guard_config abi_config;
 struct guard_rl_key abi_rl_key;
 struct guard_rl_state abi_rl_state;
+struct guard_dynblock abi_dynblock;
 struct guard_event abi_event;
 struct guard_scratch abi_scratch;
 

@@ -16,6 +16,7 @@
 #include "guard_maps.h"
 #include "pckt_parsing.h"
 #include "guard_table.h"
+#include "guard_dynblock.h"
 #include "guard_ratelimit.h"
 #include "guard_events.h"
 #include "dns_reply.h"
@@ -199,7 +200,7 @@ int dns_guard(struct xdp_md *ctx)
 	struct guard_config *cfg;
 	struct guard_scratch *s;
 	__u64 qname_len, rule_id;
-	__u8 allow, block, exact, flags;
+	__u8 allow, block, exact, flags, dyn = 0;
 	__u32 zero = 0;
 	int r;
 
@@ -233,6 +234,14 @@ int dns_guard(struct xdp_md *ctx)
 	flags = *(volatile __u8 *)&s->match_flags;
 	rule_id = *(volatile __u64 *)&s->match_rule_id;
 
+	/* 6b. No rule: is the name under a zone the proxy saw being flooded
+	 * with random subdomains? Only while a dynamic block is live. */
+	if (!r && !allow && !block && cfg->dynblocks) {
+		dynblock_match(s, *(volatile __u32 *)&s->nlabels);
+		dyn = *(volatile __u8 *)&s->match_dyn_action;
+		rule_id = *(volatile __u64 *)&s->match_rule_id;
+	}
+
 	/* 7. Verdict: rate limit first (it applies to every query, and a
 	 * flood of blocked names is still a flood), then allow, then block. */
 	if (cfg->rl_qps && rl_over_rate(cfg, &pd)) {
@@ -248,6 +257,12 @@ int dns_guard(struct xdp_md *ctx)
 		d.verdict = GUARD_VERDICT_BLOCK;
 		d.reason = exact ? GUARD_REASON_BLOCK_EXACT : GUARD_REASON_BLOCK_SUFFIX;
 		d.action = block_action(cfg, flags);
+		d.rule_id = rule_id;
+	} else if (dyn) {
+		d.verdict = GUARD_VERDICT_BLOCK;
+		d.reason = GUARD_REASON_BLOCK_DYNAMIC;
+		/* dry run (xdp.action: log) wins here too */
+		d.action = cfg->block_action == GUARD_ACTION_LOG ? GUARD_ACTION_LOG : dyn;
 		d.rule_id = rule_id;
 	} else {
 		d.verdict = GUARD_VERDICT_ALLOW;

@@ -61,6 +61,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } guard_ratelimit SEC(".maps");
 
+/* Zones whose subdomains are under a dynamic block, by suffix key. A plain
+ * hash: userspace bounds it and removes expired entries. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, GUARD_DYNBLOCK_MAX);
+	__type(key, __u64);
+	__type(value, struct guard_dynblock);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} guard_dynblock SEC(".maps");
+
 /* Verdict events (struct guard_event) for the verdict log. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

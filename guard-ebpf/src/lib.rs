@@ -14,6 +14,7 @@ pub mod abi {
     unsafe impl aya::Pod for guard_bucket {}
     unsafe impl aya::Pod for guard_table_header {}
     unsafe impl aya::Pod for guard_event {}
+    unsafe impl aya::Pod for guard_dynblock {}
 }
 
 pub mod table;

@@ -86,6 +86,7 @@ fn base_config() -> guard_config {
         ports,
         nports: 2,
         allow_sample: 0,
+        dynblocks: 0,
     }
 }
 
@@ -184,6 +185,22 @@ impl Guard {
             .try_into()
             .unwrap();
         outer.set(0, &inner, 0).expect("installing the table");
+    }
+
+    /// Puts `zone` under a dynamic block (guard_abi.h) that ends
+    /// `left_ns` from now (negative: ended already), and sets the count the
+    /// program checks before it looks.
+    fn dynblock(&mut self, zone: &str, action: guard_action, left_ns: i64) {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes into the timespec we own.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let now = ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64;
+        let mut map: aya::maps::HashMap<_, u64, guard_dynblock> =
+            self.ebpf.map_mut("guard_dynblock").unwrap().try_into().unwrap();
+        let value = guard_dynblock { expires_ns: (now + left_ns) as u64, action: action as u8, _pad: [0; 7] };
+        map.insert(name_key(zone), value, 0).unwrap();
+        let n = map.keys().count() as u32;
+        self.config(guard_config { dynblocks: n, ..base_config() });
     }
 
     fn remove_table(&mut self) {
@@ -823,6 +840,60 @@ fn allowlist_wins() {
         GUARD_REASON_BLOCK_SUFFIX,
         &fr.reply(q.reply(NXDOMAIN, false, None)).bytes(),
     );
+}
+
+#[test]
+fn dynamic_blocks_cover_subdomains_only() {
+    let Some(mut g) = Guard::load("dynamic_blocks_cover_subdomains_only") else {
+        return;
+    };
+    let q = Dns::query("rnd123.victim.example");
+    let fr = Frame::v4(q.bytes());
+    // Nothing is blocked yet: a clean name, and no lookup made.
+    g.expect("before", &fr.bytes(), XDP_PASS, GUARD_REASON_ALLOW_CLEAN);
+
+    g.dynblock("victim.example", GUARD_ACTION_REFUSED, 60_000_000_000);
+    g.expect_reply(
+        "random subdomain",
+        &fr.bytes(),
+        GUARD_REASON_BLOCK_DYNAMIC,
+        &fr.reply(q.reply(REFUSED, false, None)).bytes(),
+    );
+    let q2 = Dns::query("a.B.victim.example");
+    let fr2 = Frame::v4(q2.bytes());
+    g.expect_reply("deeper", &fr2.bytes(), GUARD_REASON_BLOCK_DYNAMIC, &fr2.reply(q2.reply(REFUSED, false, None)).bytes());
+    let ev = g.events();
+    assert_eq!(ev.len(), 2, "one event per dynamic block");
+    assert_eq!(ev[0].rule_id, name_key("victim.example"), "the event names the zone's key");
+    assert_eq!(ev[0].reason, GUARD_REASON_BLOCK_DYNAMIC as u8);
+    assert_eq!(ev[0].action, GUARD_ACTION_REFUSED as u8);
+
+    // The apex, other zones and the parent keep resolving.
+    for name in ["victim.example", "x.othervictim.example", "example", "x.example"] {
+        g.expect(name, &Frame::v4(Dns::query(name).bytes()).bytes(), XDP_PASS, GUARD_REASON_ALLOW_CLEAN);
+    }
+    // A list rule decides before a dynamic block; an allowlist wins over both.
+    g.dynblock("ads.example", GUARD_ACTION_REFUSED, 60_000_000_000);
+    let q3 = Dns::query("x.ads.example");
+    let fr3 = Frame::v4(q3.bytes());
+    g.expect_reply("listed", &fr3.bytes(), GUARD_REASON_BLOCK_SUFFIX, &fr3.reply(q3.reply(NXDOMAIN, false, None)).bytes());
+    g.dynblock("allowed.example", GUARD_ACTION_REFUSED, 60_000_000_000);
+    g.expect("allowlisted", &Frame::v4(Dns::query("x.allowed.example").bytes()).bytes(), XDP_PASS, GUARD_REASON_ALLOW_ALLOWLIST);
+
+    // A dry run (xdp.action: log) logs and passes.
+    g.config(guard_config { dynblocks: 3, block_action: GUARD_ACTION_LOG as u8, ..base_config() });
+    g.expect("dry run", &fr.bytes(), XDP_PASS, GUARD_REASON_BLOCK_DYNAMIC);
+    g.events();
+
+    // The kernel honours the deadline itself: an expired block is none.
+    g.dynblock("victim.example", GUARD_ACTION_REFUSED, -1);
+    g.expect("expired", &fr.bytes(), XDP_PASS, GUARD_REASON_ALLOW_CLEAN);
+    // And with the count at 0 the map is not even looked at.
+    g.dynblock("victim.example", GUARD_ACTION_DROP, 60_000_000_000);
+    g.config(guard_config { dynblocks: 0, ..base_config() });
+    g.expect("count 0", &fr.bytes(), XDP_PASS, GUARD_REASON_ALLOW_CLEAN);
+    g.config(guard_config { dynblocks: 3, ..base_config() });
+    g.expect("drop", &fr.bytes(), XDP_DROP, GUARD_REASON_BLOCK_DYNAMIC);
 }
 
 #[test]

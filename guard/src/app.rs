@@ -12,6 +12,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::{self, Config},
+    dynblock::DynBlocks,
     ebpf::{
         self,
         abi::guard_action,
@@ -151,16 +152,29 @@ fn install(
     rules: RuleSet,
     generation: u64,
     index: &SharedRuleIndex,
+    dynblocks: &DynBlocks,
     metrics: &Metrics,
 ) -> Result<(), Failure> {
     let started = Instant::now();
     let counts = (rules.count_block(), rules.count_allow());
     let seed: u64 = rand::random();
     let table = lists::table::compile(&rules, seed, generation)?;
-    let report = guard.install_table(&table).context("installing the list table")?;
+    // Dynamic blocks are keyed by the table's seed: key them under the new
+    // one before the swap, and drop the old keys after it.
+    dynblocks.add_seed(seed);
+    let report = match guard.install_table(&table) {
+        Ok(r) => r,
+        Err(e) => {
+            dynblocks.retire_seed(seed);
+            return Err(anyhow::Error::from(e).context("installing the list table").into());
+        }
+    };
     {
         let mut current = index.write().unwrap_or_else(|p| p.into_inner());
         let previous = current.take().map(|old| (old.seed, old.rules));
+        if let Some((old_seed, _)) = &previous {
+            dynblocks.retire_seed(*old_seed);
+        }
         *current = Some(RuleIndex { previous, ..RuleIndex::new(seed, Arc::new(rules)) });
     }
     record_lists(metrics, counts, started);
@@ -231,11 +245,16 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
     eprintln!("dns-guard admin listening on {admin_addr}");
     // ---- end admin -------------------------------------------------------
 
+    // ---- the random-subdomain defence (guard/src/dynblock.rs) ----------
+    let dynblocks = Arc::new(DynBlocks::new(cfg.proxy.random_subdomain.clone(), log.clone(), metrics.clone()));
+    // ---- end random-subdomain defence ------------------------------------
+
     let xdp = xdp_settings(&cfg);
     let mut guard = match &xdp {
         Some(settings) => {
             let mut guard = XdpGuard::start(settings)?;
-            install(&mut guard, rules, 1, &index, &metrics)?;
+            dynblocks.attach_kernel(&guard.pin_root).context("opening the dynamic block map")?;
+            install(&mut guard, rules, 1, &index, &dynblocks, &metrics)?;
             let events = guard.take_events().context("opening the event ring buffer")?;
             tokio::spawn(stream_events(events, index.clone(), log.clone()));
             Some(guard)
@@ -257,7 +276,8 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
     // ---- proxy: the validating forwarder (guard/src/proxy) -------------
     let _proxy = if cfg.proxy_enabled {
         let settings = proxy::ProxySettings::from_config(&cfg).map_err(|e| bad_config(e.to_string()))?;
-        let handle = proxy::start(settings, index.clone(), log.clone(), metrics.clone(), shutdown.clone()).await?;
+        let handle =
+            proxy::start(settings, index.clone(), dynblocks.clone(), log.clone(), metrics.clone(), shutdown.clone()).await?;
         eprintln!("dns-guard proxy listening on {}", handle.local_addr);
         Some(handle)
     } else {
@@ -306,7 +326,7 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
                             warn!("skipped list line: {d}");
                         }
                         let installed = match guard.as_mut() {
-                            Some(g) => install(g, rules, generation, &index, &metrics),
+                            Some(g) => install(g, rules, generation, &index, &dynblocks, &metrics),
                             None => {
                                 publish(rules, &index, &metrics);
                                 Ok(())

@@ -82,6 +82,7 @@ pub struct ProxyConfig {
     pub tls_ca: Option<PathBuf>,
     pub rebinding: RebindingConfig,
     pub spoof: SpoofConfig,
+    pub random_subdomain: RandomSubdomainConfig,
     pub paranoid: bool,
     pub timeout_ms: u64,
 }
@@ -99,6 +100,22 @@ pub struct SpoofConfig {
     pub threshold: u32,
     pub window_s: u64,
     pub tcp_cooldown_s: u64,
+}
+
+/// The random-subdomain ("water torture") defence: a zone that answers
+/// NXDOMAIN or SERVFAIL (or never answers) for more than `threshold`
+/// different queries within `window_s` gets its subdomains blocked for
+/// `block_s`, in the kernel when XDP is on and in the proxy always.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RandomSubdomainConfig {
+    /// Failed lookups per zone within the window; 0 turns the defence off.
+    pub threshold: u32,
+    pub window_s: u64,
+    pub block_s: u64,
+    pub action: DynBlockAction,
+    /// Zones never blocked, with their subdomains (lower-case ASCII, no
+    /// trailing dot), on top of the allowlists.
+    pub exempt: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -190,6 +207,19 @@ keyword_enum! {
 }
 
 keyword_enum! {
+    /// What a dynamic block does with a query for a blocked zone's
+    /// subdomain. REFUSED, not NXDOMAIN: the names may well exist, and a
+    /// negative answer would be cached as if they did not.
+    DynBlockAction default Refused {
+        Refused = "refused",
+        Drop = "drop",
+        Nxdomain = "nxdomain",
+        /// Dry run: log the verdict, pass the packet.
+        Log = "log",
+    }
+}
+
+keyword_enum! {
     DnssecMode default Validate {
         Off = "off",
         Validate = "validate",
@@ -250,6 +280,7 @@ impl Default for ProxyConfig {
             tls_ca: None,
             rebinding: RebindingConfig::default(),
             spoof: SpoofConfig::default(),
+            random_subdomain: RandomSubdomainConfig::default(),
             paranoid: false,
             timeout_ms: 2000,
         }
@@ -277,6 +308,23 @@ impl Default for SpoofConfig {
             threshold: 10,
             window_s: 60,
             tcp_cooldown_s: 300,
+        }
+    }
+}
+
+impl Default for RandomSubdomainConfig {
+    fn default() -> Self {
+        RandomSubdomainConfig {
+            // 50 failed lookups a second, sustained over 10 s, for one zone:
+            // far above what search-list expansion and typos make (CoreDNS
+            // caches those negative answers), far below a flood.
+            threshold: 500,
+            window_s: 10,
+            block_s: 60,
+            action: DynBlockAction::default(),
+            // Reverse lookups of unknown addresses fail legitimately and in
+            // bulk; cluster.local never leaves CoreDNS.
+            exempt: vec!["cluster.local".into(), "in-addr.arpa".into(), "ip6.arpa".into()],
         }
     }
 }
@@ -466,6 +514,16 @@ proxy:
     threshold: 10       # mismatched replies within window_s ...
     window_s: 60
     tcp_cooldown_s: 300 # ... switch that upstream to TCP for this long
+  # Random-subdomain ("water torture") defence: a zone that fails more than
+  # threshold different lookups (NXDOMAIN, SERVFAIL, no answer) within
+  # window_s has its subdomains blocked for block_s: in the kernel when XDP
+  # is on, in the proxy always. The zone itself keeps resolving.
+  random_subdomain:
+    threshold: 500      # failed lookups per zone within window_s; 0 = off
+    window_s: 10
+    block_s: 60
+    action: refused     # refused | drop | nxdomain | log (log = dry run)
+    exempt: [cluster.local, in-addr.arpa, ip6.arpa]   # never blocked, nor their subdomains
   paranoid: false
   timeout_ms: 2000
 
@@ -1142,6 +1200,7 @@ impl<'a> Ctx<'a> {
                 "tls_ca",
                 "rebinding",
                 "spoof",
+                "random_subdomain",
                 "paranoid",
                 "timeout_ms",
             ],
@@ -1231,6 +1290,22 @@ impl<'a> Ctx<'a> {
                 uint(n, 0, u64::MAX)
             }),
         };
+        let rs = self.fields(
+            f.get("random_subdomain"),
+            f.key("random_subdomain"),
+            &["threshold", "window_s", "block_s", "action", "exempt"],
+        );
+        let dr = &d.random_subdomain;
+        let random_subdomain = RandomSubdomainConfig {
+            threshold: self.value(&rs, "threshold", dr.threshold, |n| uint(n, 0, u32::MAX as u64).map(|v| v as u32)),
+            window_s: self.value(&rs, "window_s", dr.window_s, |n| uint(n, 1, 3600)),
+            block_s: self.value(&rs, "block_s", dr.block_s, |n| uint(n, 1, 86_400)),
+            action: self.value(&rs, "action", dr.action, keyword),
+            exempt: self
+                .list(&rs, "exempt", |n| scalar(n).and_then(dns_name))
+                .map(|(items, _, _)| items.into_iter().map(|(n, _)| n).collect())
+                .unwrap_or_else(|| dr.exempt.clone()),
+        };
         ProxyConfig {
             listen: self.value(&f, "listen", d.listen, socket_addr),
             upstreams,
@@ -1240,6 +1315,7 @@ impl<'a> Ctx<'a> {
             tls_ca,
             rebinding,
             spoof,
+            random_subdomain,
             paranoid: self.value(&f, "paranoid", d.paranoid, boolean),
             timeout_ms: self.value(&f, "timeout_ms", d.timeout_ms, |n| uint(n, 1, u64::MAX)),
         }
@@ -1586,7 +1662,21 @@ kubernetes:
             "{e}"
         );
         let e = one_err("proxy:\n  zzz: 1\n");
-        assert!(e.ends_with("proxy.zzz: unknown key; expected one of listen, upstreams, no_0x20, dnssec, trust_anchor, tls_ca, rebinding, spoof, paranoid, timeout_ms"), "{e}");
+        assert!(e.ends_with("proxy.zzz: unknown key; expected one of listen, upstreams, no_0x20, dnssec, trust_anchor, tls_ca, rebinding, spoof, random_subdomain, paranoid, timeout_ms"), "{e}");
+    }
+
+    #[test]
+    fn random_subdomain_keys_and_their_errors() {
+        let c = parse("proxy:\n  random_subdomain:\n    threshold: 50\n    window_s: 2\n    block_s: 30\n    action: drop\n    exempt: [Corp.Example.]\n", Path::new("g.yaml")).unwrap();
+        let r = &c.proxy.random_subdomain;
+        assert_eq!((r.threshold, r.window_s, r.block_s, r.action), (50, 2, 30, DynBlockAction::Drop));
+        assert_eq!(r.exempt, vec!["corp.example".to_string()]);
+        assert_eq!(parse("proxy: {}\n", Path::new("g.yaml")).unwrap().proxy.random_subdomain, RandomSubdomainConfig::default());
+        // Every bad value is reported, each at its line.
+        let e = parse("proxy:\n  random_subdomain:\n    threshold: -1\n    window_s: 0\n    block_s: forever\n    action: nope\n    exempt: ['*.x.example']\n", Path::new("g.yaml")).unwrap_err().to_string();
+        for want in [":3: proxy.random_subdomain.threshold", ":4: proxy.random_subdomain.window_s", ":5: proxy.random_subdomain.block_s", ":6: proxy.random_subdomain.action", ":7: proxy.random_subdomain.exempt[0]"] {
+            assert!(e.contains(want), "{want} missing from:\n{e}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod dynblock;
 pub mod ebpf;
 pub mod k8s;
 pub mod lists;

@@ -66,6 +66,10 @@ pub struct Metrics {
     pub k8s_pods: Gauge,
     /// Failed pod list/watch calls; each is retried with backoff.
     pub k8s_watch_errors: Counter,
+    /// Dynamic blocks started by the random-subdomain defence.
+    pub dynblocks_started: Counter,
+    /// Zones whose subdomains are blocked right now.
+    pub dynblocks_active: Gauge,
 }
 
 impl Default for Metrics {
@@ -107,6 +111,14 @@ impl Metrics {
         registry.register("k8s_pods", "Pods whose IPs the verdict log can name", k8s_pods.clone());
         let k8s_watch_errors = Counter::default();
         registry.register("k8s_watch_errors", "Failed Kubernetes pod list or watch calls (retried with backoff)", k8s_watch_errors.clone());
+        let dynblocks_started = Counter::default();
+        registry.register(
+            "random_subdomain_blocks",
+            "Zones blocked for a flood of failing random subdomains",
+            dynblocks_started.clone(),
+        );
+        let dynblocks_active = Gauge::default();
+        registry.register("random_subdomain_blocked_zones", "Zones whose subdomains are blocked now", dynblocks_active.clone());
         Self {
             registry: Arc::new(Mutex::new(registry)),
             verdicts,
@@ -119,6 +131,8 @@ impl Metrics {
             list_load_seconds,
             k8s_pods,
             k8s_watch_errors,
+            dynblocks_started,
+            dynblocks_active,
         }
     }
 

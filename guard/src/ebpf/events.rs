@@ -13,7 +13,7 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use guard_ebpf::{
-    abi::{guard_event, guard_rule_flags, GUARD_FAMILY_IPV4},
+    abi::{guard_event, guard_reason, guard_rule_flags, GUARD_FAMILY_IPV4},
     table::suffix_keys,
 };
 use tokio::io::unix::AsyncFd;
@@ -172,7 +172,13 @@ fn wall_clock(ts_ns: u64) -> std::time::SystemTime {
 }
 
 pub fn to_verdict(event: &XdpEvent, index: Option<&RuleIndex>) -> Verdict {
-    let (rule, list) = index.map(|ix| describe_rule(event, ix)).unwrap_or((None, None));
+    let (mut rule, mut list) = index.map(|ix| describe_rule(event, ix)).unwrap_or((None, None));
+    if event.reason == guard_reason::GUARD_REASON_BLOCK_DYNAMIC as u8 {
+        // Not a list rule: a zone the proxy saw flooded (crate::dynblock).
+        // The key names the zone, as a suffix of the qname.
+        rule = rule.filter(|z| !z.starts_with("0x")).map(|z| format!("*.{z}"));
+        list = Some("random-subdomain".into());
+    }
     Verdict {
         ts: rfc3339(wall_clock(event.ts_ns)),
         layer: "xdp",

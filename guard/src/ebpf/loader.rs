@@ -246,6 +246,9 @@ fn write_config(ebpf: &mut aya::Ebpf, settings: &XdpSettings, pin_root: &Path) -
         ports,
         nports: settings.ports.len().min(GUARD_MAX_PORTS as usize) as u32,
         allow_sample: sample_threshold(settings.allow_sample),
+        // Owned by crate::dynblock, which keeps it equal to the entries
+        // of guard_dynblock: a reconfigure must not hide live blocks.
+        dynblocks: if old.abi_version == GUARD_ABI_VERSION { old.dynblocks } else { 0 },
     };
     config.set(0, new, 0).map_err(|source| LoaderError::Map { name: "guard_config", source })
 }

@@ -28,6 +28,7 @@ pub fn reason_name(reason: guard_reason) -> &'static str {
         GUARD_REASON_MALFORMED_TRUNCATED_QUESTION => "truncated_question",
         GUARD_REASON_TX_FAILED => "reply_failed",
         GUARD_REASON_NO_TABLE => "no_table",
+        GUARD_REASON_BLOCK_DYNAMIC => "random_subdomain",
         GUARD_REASON__COUNT => "invalid",
     }
 }
@@ -56,6 +57,7 @@ pub const ALL_REASONS: [guard_reason; guard_reason::GUARD_REASON__COUNT as usize
         GUARD_REASON_MALFORMED_TRUNCATED_QUESTION,
         GUARD_REASON_TX_FAILED,
         GUARD_REASON_NO_TABLE,
+        GUARD_REASON_BLOCK_DYNAMIC,
     ]
 };
 

@@ -10,7 +10,7 @@ use std::{
 
 use hickory_proto::{
     op::{Message, MessageType, OpCode, Query, ResponseCode},
-    rr::RecordType,
+    rr::{RData, RecordType},
 };
 use tracing::debug;
 
@@ -25,7 +25,8 @@ use super::{
     Telemetry,
 };
 use crate::{
-    config::{DnssecMode, RebindingConfig},
+    config::{DnssecMode, DynBlockAction, RebindingConfig},
+    dynblock::{failure_zone, DynBlocks},
     ebpf::events::SharedRuleIndex,
     lists::{
         matcher::{MatchKind, RuleMatch},
@@ -92,6 +93,9 @@ pub struct Handler {
     pub tel: Arc<Telemetry>,
     pub rebinding: RebindingConfig,
     pub dnssec: DnssecMode,
+    /// The random-subdomain defence: fed with failed lookups, consulted
+    /// before forwarding.
+    pub dynblocks: Arc<DynBlocks>,
 }
 
 /// The reply and its verdict line, before encoding.
@@ -168,8 +172,32 @@ impl Handler {
         let rules = self.rules();
 
         // Check 8, early: a blocked qname is never sent upstream at all.
-        if let Some(m) = rules.as_ref().and_then(|r| r.matches(&qname)).filter(|m| m.kind == MatchKind::Block) {
-            return blocked(&m, "blocklist", None);
+        let listed = rules.as_ref().and_then(|r| r.matches(&qname));
+        if let Some(m) = listed.as_ref().filter(|m| m.kind == MatchKind::Block) {
+            return blocked(m, "blocklist", None);
+        }
+        let allowlisted = listed.is_some_and(|m| m.kind == MatchKind::Allow);
+        let zone_allowlisted = |zone: &str| {
+            rules.as_ref().and_then(|r| r.matches(zone)).is_some_and(|m| m.kind == MatchKind::Allow)
+        };
+
+        // A subdomain of a zone under a random-subdomain flood is not sent
+        // upstream either (the XDP layer stops most of these already; TCP
+        // clients and proxy-only mode end up here).
+        if let Some(zone) = self.dynblocks.blocked_zone(&qname).filter(|_| !allowlisted) {
+            let action = self.dynblocks.action();
+            let mut v = line("block", action.as_str(), "random-subdomain");
+            v.rule = Some(format!("*.{zone}"));
+            v.list = Some("random-subdomain".into());
+            if action == DynBlockAction::Log {
+                self.tel.log.emit(v); // dry run: logged, then forwarded
+            } else {
+                // REFUSED also for `drop`: this client is CoreDNS, which
+                // would retry a silence and keep the flood going.
+                let rcode = if action == DynBlockAction::Nxdomain { ResponseCode::NXDomain } else { ResponseCode::Refused };
+                let ede = Ede::new(EDE_BLOCKED, format!("random-subdomain flood on {zone}"));
+                return Outcome { reply: local_reply(cq, rcode, Some(&ede)), verdict: v, label: "block", upstream: String::new() };
+            }
         }
 
         let ctx = QueryCtx { client: Some(client), qname: Some(qname.clone()), qtype: Some(qtype.clone()) };
@@ -180,6 +208,9 @@ impl Handler {
         let answer = match self.upstreams.forward(&cq.query, cq.cd || validating, dnssec_ok, &ctx).await {
             Ok(a) => a,
             Err(e) => {
+                if let Some(zone) = failure_zone(&qname, None) {
+                    self.dynblocks.note_failure(&zone, zone_allowlisted);
+                }
                 let mut v = line("servfail", "servfail", "all-upstreams-failed");
                 v.upstream = Some(e.upstream.clone());
                 debug!(qname = %qname, error = %e, "no upstream answered");
@@ -193,6 +224,15 @@ impl Handler {
             }
         };
         let up = answer.upstream.clone();
+        match answer.msg.metadata.response_code {
+            ResponseCode::NXDomain | ResponseCode::ServFail if self.dynblocks.enabled() => {
+                let soa = answer.msg.authorities.iter().find(|r| matches!(r.data, RData::SOA(_))).map(|r| dotted(&r.name));
+                if let Some(zone) = failure_zone(&qname, soa.as_deref()) {
+                    self.dynblocks.note_failure(&zone, zone_allowlisted);
+                }
+            }
+            _ => {}
+        }
         let with_up = |mut v: Verdict| {
             v.upstream = Some(up.clone());
             v

@@ -37,6 +37,7 @@ use crate::{
     config::{Config, DnssecMode, RebindingConfig, ResolvConfError, SpoofConfig, Upstream},
     ebpf::events::SharedRuleIndex,
     metrics::{Metrics, VerdictLabels},
+    dynblock::DynBlocks,
     verdict::{Verdict, VerdictLog},
 };
 use dnssec::{AnchorError, AnchorSet, Validator};
@@ -163,6 +164,7 @@ impl Drop for ProxyHandle {
 pub async fn start(
     settings: ProxySettings,
     index: SharedRuleIndex,
+    dynblocks: Arc<DynBlocks>,
     log: Arc<VerdictLog>,
     metrics: Metrics,
     shutdown: Shutdown,
@@ -188,9 +190,11 @@ pub async fn start(
         tel,
         rebinding: settings.rebinding.clone(),
         dnssec: settings.dnssec,
+        dynblocks: dynblocks.clone(),
     });
     let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT));
     let tasks = vec![
+        tokio::spawn(until_cancelled(shutdown.token.clone(), dynblocks.expire_forever())),
         tokio::spawn(serve_udp(Arc::new(udp), handler.clone(), inflight.clone(), shutdown.clone())),
         tokio::spawn(serve_tcp(tcp, handler, inflight, shutdown.clone())),
         tokio::spawn(until_cancelled(shutdown.token, upstreams.probe_forever())),

@@ -29,7 +29,8 @@ use tokio::{
 use super::{response::ede_of, start, ProxyHandle, ProxySettings};
 use crate::{
     admin::Shutdown,
-    config::{DnssecMode, RebindingConfig, SpoofConfig, Upstream},
+    config::{DnssecMode, RandomSubdomainConfig, RebindingConfig, SpoofConfig, Upstream},
+    dynblock::DynBlocks,
     ebpf::events::{RuleIndex, SharedRuleIndex},
     lists::{parse_str, ListKind, RuleSet},
     metrics::Metrics,
@@ -174,7 +175,8 @@ async fn proxy_with(s: ProxySettings, shutdown: Shutdown) -> Proxy {
     let metrics = Metrics::new();
     let index: SharedRuleIndex = Arc::new(RwLock::new(None));
     let log_out = Arc::new(VerdictLog::to_writer(Box::new(log.clone())));
-    let handle = start(s, index.clone(), log_out, metrics.clone(), shutdown).await.unwrap();
+    let dynblocks = Arc::new(DynBlocks::new(RandomSubdomainConfig::default(), log_out.clone(), metrics.clone()));
+    let handle = start(s, index.clone(), dynblocks, log_out, metrics.clone(), shutdown).await.unwrap();
     Proxy { handle, log, metrics, index }
 }
 
