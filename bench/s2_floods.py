@@ -5,6 +5,8 @@
   2c  random subdomains of victim.test (water torture), spread over 64 sources. At the rate
       one Python sender reaches here each 2c source still sends over the per-source limit,
       so 2c shows less than a real water-torture attack (which arrives through many resolvers).
+      victim.test answers NXDOMAIN for names it does not have, as a real zone does (the lab
+      upstream's catch-all for .test would otherwise make every random name exist).
 
 Configurations, with the same limits everywhere:
 
@@ -12,7 +14,8 @@ Configurations, with the same limits everywhere:
   dnsdist  dnsdist in front of CoreDNS: MaxQPSIPRule(limit, 32, 64) -> DropAction, then
            SuffixMatchNodeRule(bl.test) -> RCodeAction(NXDOMAIN).
   guard    the dns-guard sidecar: XDP on eth0 (blocklist ``||bl.test^`` -> NXDOMAIN, rate limit
-           per /32 -> drop) and CoreDNS forwarding its misses to the proxy.
+           per /32 -> drop) and CoreDNS forwarding its misses to the proxy, whose
+           random-subdomain defence runs at its defaults (proxy.random_subdomain).
 
 Measured: the legitimate client's (c1, dnsperf -v) success (answered NOERROR within 1 s), its
 p99 (a lost query counts as the 1 s timeout) and answers per second; CPU of CoreDNS, dnsdist and
@@ -38,6 +41,7 @@ TITLE = "Flood"
 FLOOD = Path(__file__).resolve().parent / "flood.py"
 LEGIT_NAMES = [f"q{i:03d}.ok.test" for i in range(100)]  # all fit CoreDNS's cache
 CONFIGS = ["coredns", "dnsdist", "guard"]
+VICTIM = "victim.test"  # flood.py's zone for --kind victim
 ATTACKER = "att"  # the attacker pod, added to the lab by peers.py
 ATTACKER_HOSTS = list(range(100, 164))  # 64 sources for 2c; 2a/2b use the first only
 KIND = {"2a": ("blocked", 1, "flood of blocklisted names, one source"),
@@ -61,6 +65,13 @@ def target(bench, config: str) -> tuple[str, int]:
 
 def setup(bench) -> None:
     """Each configuration answers a clean name and blocks bl.test its own way."""
+    lab = bench.lab
+    up = lab.upstream
+    labmod._stop_pid(up.proc)
+    up.records.append(f"--address=/{VICTIM}/")  # NXDOMAIN under the victim zone
+    up.start()
+    if not labmod._wait_for(lambda: lab.dig("c1", f"x.{VICTIM}", labmod.v4("up"), "+timeout=1").status == "NXDOMAIN", 10, 0.2):
+        raise labmod.LabError(f"the lab upstream does not answer NXDOMAIN under {VICTIM}")
     for config, want in (("coredns", "REFUSED"), ("dnsdist", "NXDOMAIN"), ("guard", "NXDOMAIN")):
         with bench.guarded(config == "guard", "flood"):
             server, port = target(bench, config)

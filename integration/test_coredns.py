@@ -33,6 +33,7 @@ from lab import GOOD_V4, UP_V4, v4
 BLOCKLIST = "||blocked.test^\n||evil.corp.example^\n"
 CORP_V4 = "198.19.0.77"
 REBIND_V4 = "10.1.2.3"  # only ever data in an answer: nothing is sent there
+TORTURED = "torture.test"  # the zone of the random-subdomain flood
 PROXY_LINE = "dns-guard proxy listening on"
 
 pytestmark = pytest.mark.needs_guard
@@ -51,7 +52,8 @@ def clab():
     with labmod.Lab(resolver="coredns") as the_lab:
         up = the_lab.upstream
         labmod._stop_pid(up.proc)
-        up.records += [f"--address=/corp.example/{CORP_V4}", f"--host-record=rebind.test,{REBIND_V4}"]
+        up.records += [f"--address=/corp.example/{CORP_V4}", f"--host-record=rebind.test,{REBIND_V4}",
+                       f"--address=/{TORTURED}/"]  # NXDOMAIN for the zone and every name under it
         up.start()
         _wait_upstream(the_lab)
         yield the_lab
@@ -315,3 +317,42 @@ def test_forged_upstream_replies_are_never_cached(clab, cguard):
             assert r.status == "NOERROR" and GOOD_V4 in r.addresses, r.raw
     finally:
         clab.remove_pod("fup")
+
+
+def test_random_subdomain_flood_is_stopped_in_the_kernel_after_the_threshold(clab, cguard):
+    """Water torture: random names under one zone, each a cache miss that CoreDNS forwards. The
+    proxy sees the zone fail again and again; past the threshold the zone's subdomains are
+    refused by XDP, before CoreDNS, while its apex and every other name keep resolving."""
+    guard = cguard({"proxy": {"random_subdomain": {"threshold": 40, "window_s": 10, "block_s": 60}}})
+    _require_proxy(guard)
+    run_example(clab, guard, "kubeadm-default.Corefile")
+    names = [f"r{i:05d}x.{TORTURED}" for i in range(3000)]  # each asked once: no cache helps
+    res = clab.dnsperf("c2", None, names, duration=3, qps=400, timeout=1)
+    rcodes = res.rcodes
+    assert rcodes.get("NXDOMAIN", 0) >= 40, f"the flood reached the upstream first: {res}"
+    assert rcodes.get("REFUSED", 0) >= 500, f"then was refused: {res}"
+
+    start = guard.wait_verdict(verdict="random-subdomain", layer="proxy")
+    assert start, guard.verdicts()[-20:]
+    assert start["rule"] == f"*.{TORTURED}" and start["qname"] == TORTURED, start
+    assert start["list"] == "xdp+proxy", f"the block must be set in the kernel: {start}"
+    assert start["count"] > 40, start
+    xdp = guard.wait_verdict(verdict="block", layer="xdp", reason="random_subdomain")
+    assert xdp and xdp["rule"] == f"*.{TORTURED}" and xdp["list"] == "random-subdomain", xdp
+
+    # A fresh random name now: refused by the kernel, never seen by CoreDNS.
+    fresh = f"fresh-after-block.{TORTURED}"
+    r = clab.dig("c1", fresh, None, "+timeout=3")
+    assert r.status == "REFUSED", r.raw
+    assert not clab.resolver_saw(fresh), "XDP must refuse it before CoreDNS"
+    # The apex is not a subdomain: CoreDNS asks upstream (which says NXDOMAIN), not REFUSED.
+    r = clab.dig("c1", TORTURED, None, "+timeout=3")
+    assert r.status == "NXDOMAIN", r.raw
+    r = clab.dig("c1", "good.test", None, "+timeout=3")
+    assert r.status == "NOERROR" and GOOD_V4 in r.addresses, r.raw
+
+    code, text = coredns.http_get(clab, "dns", f"http://{admin_addr(guard)}/metrics")
+    assert code == 200, text
+    assert metric(text, "dns_guard_random_subdomain_blocks_total") == 1, text
+    assert metric(text, "dns_guard_random_subdomain_blocked_zones") == 1, text
+    assert metric(text, 'dns_guard_xdp_packets_total{reason="random_subdomain"}') >= 500, text

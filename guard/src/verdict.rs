@@ -23,7 +23,7 @@ pub struct Verdict {
     /// `"xdp"` or `"proxy"`.
     pub layer: &'static str,
     /// xdp: block|ratelimit|malformed|allow; proxy: allow|block|rebind|bogus|
-    /// spoof|poisoning-attempt|servfail.
+    /// spoof|poisoning-attempt|random-subdomain|servfail.
     pub verdict: String,
     pub action: String,
     pub reason: String,

@@ -17,7 +17,7 @@ use std::{
 use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
     rr::{
-        rdata::{A, CNAME},
+        rdata::{A, CNAME, SOA},
         Name, RData, Record, RecordType,
     },
 };
@@ -171,11 +171,15 @@ async fn proxy(s: ProxySettings) -> Proxy {
 }
 
 async fn proxy_with(s: ProxySettings, shutdown: Shutdown) -> Proxy {
+    proxy_full(s, shutdown, RandomSubdomainConfig::default()).await
+}
+
+async fn proxy_full(s: ProxySettings, shutdown: Shutdown, rs: RandomSubdomainConfig) -> Proxy {
     let log = Sink::default();
     let metrics = Metrics::new();
     let index: SharedRuleIndex = Arc::new(RwLock::new(None));
     let log_out = Arc::new(VerdictLog::to_writer(Box::new(log.clone())));
-    let dynblocks = Arc::new(DynBlocks::new(RandomSubdomainConfig::default(), log_out.clone(), metrics.clone()));
+    let dynblocks = Arc::new(DynBlocks::new(rs, log_out.clone(), metrics.clone()));
     let handle = start(s, index.clone(), dynblocks, log_out, metrics.clone(), shutdown).await.unwrap();
     Proxy { handle, log, metrics, index }
 }
@@ -789,4 +793,44 @@ mod dot {
         assert!(text.contains("UnknownIssuer"), "{text}");
         assert!(dot.queries.lock().unwrap().is_empty());
     }
+}
+
+#[tokio::test]
+async fn a_random_subdomain_flood_blocks_the_zones_subdomains() {
+    // victim.test answers NXDOMAIN for every random name (with its SOA, as
+    // RFC 2308 asks) and NOERROR at its apex.
+    let script: Script = Arc::new(|q: &Message| {
+        let qname = q.queries[0].name().clone();
+        if qname.num_labels() == 2 {
+            return vec![Reply::Real(answer(q, &[a_record(&qname, [192, 0, 2, 53])]))];
+        }
+        let mut m = answer(q, &[]);
+        m.metadata.response_code = ResponseCode::NXDomain;
+        let soa = SOA::new(name("ns.victim.test."), name("admin.victim.test."), 1, 60, 60, 60, 60);
+        m.add_authority(Record::from_rdata(name("Victim.Test."), 60, RData::SOA(soa)));
+        vec![Reply::Real(m)]
+    });
+    let up = FakeUpstream::start(script.clone(), script).await;
+    let rs = RandomSubdomainConfig { threshold: 5, window_s: 10, block_s: 60, ..RandomSubdomainConfig::default() };
+    let p = proxy_full(settings(vec![up.addr]), Shutdown::default(), rs).await;
+    for i in 0..6 {
+        let m = p.ask(&format!("rnd{i}.victim.test.")).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "the upstream's answer, until the threshold");
+    }
+    let asked = up.udp_queries.load(Ordering::SeqCst);
+    let m = p.ask("rnd-next.victim.test.").await;
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(ede_of(&m).first().map(|(code, _)| *code), Some(15), "EDE 15 (Blocked)");
+    assert_eq!(up.udp_queries.load(Ordering::SeqCst), asked, "a blocked name is not sent upstream");
+    // The apex and other zones still resolve.
+    assert_eq!(ips(&p.ask("victim.test.").await), ["192.0.2.53"]);
+    let lines = p.log.lines();
+    let start: Vec<_> = lines.iter().filter(|v| v["verdict"] == "random-subdomain").collect();
+    assert_eq!(start.len(), 1, "one line when the block starts: {lines:?}");
+    assert_eq!((start[0]["rule"].as_str(), start[0]["qname"].as_str(), start[0]["count"].as_u64()), (Some("*.victim.test"), Some("victim.test"), Some(6)));
+    let blocked = lines.iter().find(|v| v["verdict"] == "block").expect("a block line");
+    assert_eq!((blocked["reason"].as_str(), blocked["rule"].as_str(), blocked["action"].as_str()), (Some("random-subdomain"), Some("*.victim.test"), Some("refused")));
+    let text = p.metrics.encode();
+    assert!(text.contains("dns_guard_random_subdomain_blocks_total 1"), "{text}");
+    assert!(text.contains("dns_guard_random_subdomain_blocked_zones 1"), "{text}");
 }
