@@ -351,6 +351,16 @@ def test_random_subdomain_flood_is_stopped_in_the_kernel_after_the_threshold(cla
     r = clab.dig("c1", "good.test", None, "+timeout=3")
     assert r.status == "NOERROR" and GOOD_V4 in r.addresses, r.raw
 
+    # A list reload makes a table with a new hash seed; the block is keyed under it before the
+    # swap, so the kernel keeps refusing across the reload.
+    guard.update_list("block.txt", BLOCKLIST + "||another.test^\n")
+    guard.wait_stderr("dns-guard lists reloaded", 10, "the list reload")
+    fresh = f"fresh-after-reload.{TORTURED}"
+    r = clab.dig("c1", fresh, None, "+timeout=3")
+    assert r.status == "REFUSED", r.raw
+    assert not clab.resolver_saw(fresh), "the block must survive the reload in the kernel"
+    assert clab.dig("c1", "x.another.test").status == "NXDOMAIN", "the reloaded list is enforced"
+
     code, text = coredns.http_get(clab, "dns", f"http://{admin_addr(guard)}/metrics")
     assert code == 200, text
     assert metric(text, "dns_guard_random_subdomain_blocks_total") == 1, text
