@@ -211,6 +211,18 @@ def test_a_flood_of_one_blocked_name_is_one_counted_line_per_second(lab, start_g
     assert all(v["verdict"] == "block" and v["client"] == v4("c1") for v in lines), lines
 
 
+def test_a_shutdown_writes_the_folds_still_open(lab, start_guard):
+    guard = start_guard({"xdp": {"action": "nxdomain"}}, LISTS)
+    res = lab.dnsperf("c1", v4("dns"), ["last-second.blocked.test"], duration=1.5, qps=2000, timeout=1)
+    answered = res.rcodes.get("NXDOMAIN", 0)
+    assert answered >= 0.9 * res.sent, res
+    # SIGTERM at once: the window the last queries folded into has not closed yet.
+    assert guard.stop() == 0, guard.stderr_tail()
+    lines = guard.find_verdicts(qname="last-second.blocked.test")
+    total = sum(v["count"] for v in lines)
+    assert total == answered, f"{total} decisions logged for {answered} answered queries: {lines}"
+
+
 def test_ratelimit_truncate_sends_client_to_tcp(lab, start_guard):
     guard = start_guard({"xdp": {"ratelimit": {"qps": 5, "burst": 5, "action": "truncate"}}}, LISTS)
     flood = lab.dnsperf("c1", v4("dns"), ["tc-flood.example.test"], duration=3, qps=500, wait=False)

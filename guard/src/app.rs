@@ -256,7 +256,8 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
             dynblocks.attach_kernel(&guard.pin_root).context("opening the dynamic block map")?;
             install(&mut guard, rules, 1, &index, &dynblocks, &metrics)?;
             let events = guard.take_events().context("opening the event ring buffer")?;
-            tokio::spawn(stream_events(events, index.clone(), log.clone()));
+            // Tracked, so the drain on SIGTERM waits for its last lines.
+            shutdown.tracker.spawn(stream_events(events, index.clone(), log.clone(), shutdown.token.clone()));
             Some(guard)
         }
         None => {

@@ -17,6 +17,7 @@ use guard_ebpf::{
     table::suffix_keys,
 };
 use tokio::io::unix::AsyncFd;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{
@@ -210,9 +211,12 @@ impl super::XdpGuard {
     }
 }
 
-/// Reads events until the ring buffer fails. Repeats of one decision are
-/// folded into counted lines (see `coalesce`); the rest is one line each.
-pub async fn stream_events(ring: RingBuf<MapData>, index: SharedRuleIndex, log: Arc<VerdictLog>) {
+/// Reads events until the ring buffer fails or `stop` is cancelled (a
+/// SIGTERM). Repeats of one decision are folded into counted lines (see
+/// `coalesce`); the rest is one line each. On the way out the ring is read
+/// to its end and every fold still open is written, so a shutdown loses no
+/// decision that reached the ring.
+pub async fn stream_events(ring: RingBuf<MapData>, index: SharedRuleIndex, log: Arc<VerdictLog>, stop: CancellationToken) {
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd
     // holds it, and nothing else closes or re-registers that fd.
     let mut fd = match unsafe { AsyncFd::register(ring) } {
@@ -240,6 +244,11 @@ pub async fn stream_events(ring: RingBuf<MapData>, index: SharedRuleIndex, log: 
                 };
                 drain(ready.get_inner_mut(), &mut folds, &log, ix.as_ref());
                 ready.clear_ready();
+            }
+            _ = stop.cancelled() => {
+                drain(fd.get_mut(), &mut folds, &log, ix.as_ref());
+                write_folded(&log, folds.flush(), ix.as_ref());
+                return;
             }
             _ = tick.tick() => {
                 // Also drains, so the previous table is let go soon after a reload
