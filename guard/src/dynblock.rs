@@ -110,10 +110,13 @@ impl DynBlocks {
     /// seed too, so there is no moment in which the kernel checks keys it
     /// does not hold.
     pub fn add_seed(&self, seed: u64) {
-        let zones = self.live_zones();
-        if let Some(k) = self.kernel.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        // The zones are read under the kernel lock: a block started
+        // meanwhile either is in this list or inserts under the new seed
+        // itself once it gets the lock.
+        let mut kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = kernel.as_mut() {
             k.seeds.push(seed);
-            for (zone, until) in &zones {
+            for (zone, until) in &self.live_zones() {
                 if let Err(e) = k.insert_under(zone, *until, seed, self.cfg.action) {
                     warn!(zone, error = %e, "cannot key a dynamic block under the new table's seed");
                 }
@@ -123,10 +126,10 @@ impl DynBlocks {
 
     /// After the table swap: the old table's keys go.
     pub fn retire_seed(&self, seed: u64) {
-        let zones = self.live_zones();
-        if let Some(k) = self.kernel.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        let mut kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = kernel.as_mut() {
             k.seeds.retain(|&s| s != seed);
-            for (zone, _) in &zones {
+            for (zone, _) in &self.live_zones() {
                 k.remove_under(zone, seed);
             }
         }
