@@ -31,6 +31,8 @@ struct suffix_walk {
 	__u32 max_probe;
 	__u32 bloom_first;
 	__u32 bloom_blocks;
+	__u32 bloom_group; /* block of the 2-label suffix's group; 0: own blocks */
+	__u32 _pad;
 };
 
 /* Copies the qname into the scratch and lower-cases it a word at a time,
@@ -119,19 +121,27 @@ static __always_inline __u8 table_probe(void *table, __u32 max_probe, __u32 nbuc
 	return 0;
 }
 
-/* 0 when the Bloom filter rules the key out; 1 when it may be in the table
- * (or there is no filter, or the block cannot be read: then probe). */
-static __always_inline int bloom_may_hold(void *table, __u32 first, __u32 blocks, __u64 key)
+/* 0 when the Bloom filter rules the suffix at walk step k out; 1 when it
+ * may be in the table (or there is no filter, or the block cannot be read:
+ * then probe). Steps 0 and 1 (one and two labels) test the key's own
+ * block; step 1's block is also its group's, which steps 2.. test unless it
+ * spilled (guard_abi.h). */
+static __always_inline int bloom_may_hold(struct suffix_walk *w, __u64 k, __u64 key)
 {
 	struct guard_bucket *bk;
 	__u32 b, p0, p1, p2;
 
-	if (!blocks)
+	if (!w->bloom_blocks)
 		return 1;
-	b = first + guard_bloom_block(key, blocks);
-	bk = bpf_map_lookup_elem(table, &b);
+	if (k >= 2 && w->bloom_group)
+		b = w->bloom_group;
+	else
+		b = w->bloom_first + guard_bloom_block(key, w->bloom_blocks);
+	bk = bpf_map_lookup_elem(w->table, &b);
 	if (!bk)
 		return 1;
+	if (k == 1)
+		w->bloom_group = bk->flags[0] & GUARD_BLOOM_SPILLED ? 0 : b;
 	p0 = guard_bloom_bit(key, 0);
 	p1 = guard_bloom_bit(key, 1);
 	p2 = guard_bloom_bit(key, 2);
@@ -165,7 +175,7 @@ static long suffix_step(__u64 k, void *arg)
 	key = guard_key(w->h);
 	s->suffix_hash[i] = key;
 
-	if (!bloom_may_hold(w->table, w->bloom_first, w->bloom_blocks, key))
+	if (!bloom_may_hold(w, k, key))
 		return 0;
 	flags = table_probe(w->table, w->max_probe, w->nbuckets, key);
 	if (!flags)
