@@ -247,6 +247,8 @@ struct guard_scratch {
 	__u8 match_flags;                       /* that rule's enum guard_rule_flags */
 	__u8 match_dyn_action;                  /* a dynamic block's action; 0: none */
 	__u8 _pad[3];
+	__u32 bloom_group;                      /* Bloom block of the name's group; 0: none */
+	__u8 _pad2[4];
 };
 
 /* ---- pinned names -------------------------------------------------------- */
