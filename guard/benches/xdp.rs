@@ -12,6 +12,10 @@
 //! # Variants
 //! `DG_BENCH_OBJECTS=label=path.o,label2=path2.o` adds other builds of
 //! guard.bpf.c (same maps and ABI) beside the built-in one ("built-in").
+//! The path `builtin` is the built-in object again, and a `@rl` suffix
+//! (`rl=builtin@rl`) turns the rate limit on for that variant, at a rate
+//! (10^9 qps, burst 10^6) no bench packet reaches: its cost, not its drops.
+//! The default settings (`XdpSettings::unattached`) have it off (qps 0).
 //! Each gets its own maps and the same table; within a round they run one
 //! after another, each beside the floor, the order rotating by round, so
 //! the rows of one run are an interleaved A/B.
@@ -197,20 +201,31 @@ struct Modes {
 
 fn bench(settings: &XdpSettings, pin_root: &PathBuf, sizes: &[usize], runs: &Runs) {
     let Runs { rounds, singles, .. } = *runs;
-    let mut objects: Vec<(String, Vec<u8>)> = vec![("built-in".into(), guard_ebpf::XDP_OBJECT.to_vec())];
+    let mut objects: Vec<(String, Vec<u8>, bool)> = vec![("built-in".into(), guard_ebpf::XDP_OBJECT.to_vec(), false)];
     if let Ok(list) = std::env::var("DG_BENCH_OBJECTS") {
         for item in list.split(',').filter(|s| !s.trim().is_empty()) {
             let (label, path) = item.split_once('=').expect("DG_BENCH_OBJECTS: label=path,...");
-            let bytes = std::fs::read(path.trim()).unwrap_or_else(|e| panic!("DG_BENCH_OBJECTS: {path}: {e}"));
-            objects.push((label.trim().into(), bytes));
+            let (path, rl) = match path.trim().strip_suffix("@rl") {
+                Some(p) => (p, true),
+                None => (path.trim(), false),
+            };
+            let bytes = if path == "builtin" {
+                guard_ebpf::XDP_OBJECT.to_vec()
+            } else {
+                std::fs::read(path).unwrap_or_else(|e| panic!("DG_BENCH_OBJECTS: {path}: {e}"))
+            };
+            objects.push((label.trim().into(), bytes, rl));
         }
     }
+    let mut rl_settings = settings.clone();
+    rl_settings.ratelimit.qps = 1_000_000_000;
+    rl_settings.ratelimit.burst = 1_000_000;
     let mut variants: Vec<Variant> = objects
         .iter()
         .enumerate()
-        .map(|(i, (label, obj))| Variant {
+        .map(|(i, (label, obj, rl))| Variant {
             label: label.clone(),
-            guard: XdpGuard::load_detached_object(settings, &pin_root.join(format!("v{i}")), obj)
+            guard: XdpGuard::load_detached_object(if *rl { &rl_settings } else { settings }, &pin_root.join(format!("v{i}")), obj)
                 .unwrap_or_else(|e| panic!("loading {label}: {e}")),
         })
         .collect();
