@@ -1466,6 +1466,26 @@ fn rule_flags_force_the_action() {
     );
 }
 
+/// The limiter's clock is coarse (guard_ratelimit.h): it stands still for
+/// a tick. A client allowed more queries per second than there are ticks
+/// must still get its rate within one tick, not one query per tick.
+#[test]
+fn rate_limit_faster_than_the_clock_tick() {
+    let Some(mut g) = Guard::load("rate_limit_faster_than_the_clock_tick") else {
+        return;
+    };
+    g.config(guard_config {
+        rl_qps: 1_000_000,
+        rl_burst: 1,
+        rl_action: GUARD_ACTION_DROP as u8,
+        ..base_config()
+    });
+    let f = Frame::v4(Dns::query("www.clean.example").bytes()).from([10, 99, 0, 1]).bytes();
+    for i in 0..100 {
+        g.expect(&format!("query {i} at 1M qps"), &f, XDP_PASS, GUARD_REASON_ALLOW_CLEAN);
+    }
+}
+
 #[test]
 fn rate_limit_per_prefix() {
     let Some(mut g) = Guard::load("rate_limit_per_prefix") else {
