@@ -25,7 +25,7 @@ typedef uint64_t __u64;
 
 /* Bumped on any change to a pinned map's layout: a restart that finds pins
  * of another version refuses to reuse them instead of misreading them. */
-#define GUARD_ABI_VERSION 2
+#define GUARD_ABI_VERSION 3
 
 /* ---- limits ------------------------------------------------------------ */
 
@@ -58,15 +58,24 @@ typedef uint64_t __u64;
  *
  * A blocked Bloom filter follows the buckets (bloom_blocks elements from
  * element bloom_first; none when bloom_blocks is 0). Each block is one
- * element read as 512 bits; a key sets 3 of them in one block (see
- * guard_bloom_* in guard_hash.h). About 1.1 bytes per name, and about 1 MB
- * at 1M names against 10.6 MB of buckets: most suffixes of a clean name are
- * ruled out there, in memory that stays in cache and in the TLB, instead of
- * by a bucket probe that misses both.
+ * element whose keys[] are read as 512 bits; a key sets 3 of them in one
+ * block (see guard_bloom_* in guard_hash.h). About 1.1 bytes per name, and
+ * about 1 MB at 1M names against 10.6 MB of buckets: most suffixes of a
+ * clean name are ruled out there instead of by a bucket probe.
+ *
+ * Which block: a key of one or two labels uses its own, block
+ * guard_bloom_block(key). A key of three or more labels uses its group's:
+ * the block of the key of its last two labels, so all suffixes of a name
+ * test one block, and a cold name costs one block miss, not one per label
+ * (none at all under a busy domain, whose block stays cached). A block
+ * whose groups would put too many keys in it has GUARD_BLOOM_SPILLED in
+ * flags[0]; the 3+-label keys of those groups then use their own blocks.
  */
 #define GUARD_BUCKET_SLOTS 8
 #define GUARD_MAX_PROBE 128
-#define GUARD_TABLE_MAGIC 0x31656c6261746764ULL /* "dgtable1" little-endian */
+#define GUARD_TABLE_MAGIC 0x32656c6261746764ULL /* "dgtable2" little-endian */
+/* flags[0] of a Bloom block: keys grouped here use their own blocks. */
+#define GUARD_BLOOM_SPILLED 1
 
 struct guard_bucket {
 	__u64 keys[GUARD_BUCKET_SLOTS];
@@ -238,6 +247,8 @@ struct guard_scratch {
 	__u8 match_flags;                       /* that rule's enum guard_rule_flags */
 	__u8 match_dyn_action;                  /* a dynamic block's action; 0: none */
 	__u8 _pad[3];
+	__u32 bloom_group;                      /* Bloom block of the name's group; 0: none */
+	__u8 _pad2[4];
 };
 
 /* ---- pinned names -------------------------------------------------------- */

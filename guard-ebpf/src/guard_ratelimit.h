@@ -15,6 +15,15 @@
 #include "pckt_parsing.h"
 
 #define GUARD_NSEC_PER_SEC 1000000000ULL
+/* The limiter's clock is bpf_ktime_get_coarse_ns() (CLOCK_MONOTONIC_COARSE,
+ * kernel >= 5.11): it stands still for a tick (1-10 ms, CONFIG_HZ >= 100)
+ * and costs a load, where bpf_ktime_get_ns() reads the TSC, about 27 ns of
+ * a ~240 ns query here (docs/benchmarks.md). While the clock stands still
+ * no budget refills, so the tolerance gets one longest tick on top: without
+ * it a client with a period shorter than a tick (qps > HZ) and a small
+ * burst would get one query per tick. The long-run rate is unchanged; the
+ * burst grows by at most qps / 100 queries. */
+#define GUARD_RL_TICK_SLACK_NS 10000000ULL
 
 /* Network-order mask for the 32-bit address word that starts at bit `lo`
  * of a `prefix`-bit prefix. Whole words, not bytes: a per-byte mask makes
@@ -65,8 +74,8 @@ static __always_inline int rl_over_rate(const struct guard_config *cfg,
 		return 0;
 	rl_key_init(&key, cfg, pd);
 	period = GUARD_NSEC_PER_SEC / cfg->rl_qps;
-	tau = period * (burst - 1);
-	now = bpf_ktime_get_ns();
+	tau = period * (burst - 1) + GUARD_RL_TICK_SLACK_NS;
+	now = bpf_ktime_get_coarse_ns();
 
 	st = bpf_map_lookup_elem(&guard_ratelimit, &key);
 	if (!st) {

@@ -119,19 +119,28 @@ static __always_inline __u8 table_probe(void *table, __u32 max_probe, __u32 nbuc
 	return 0;
 }
 
-/* 0 when the Bloom filter rules the key out; 1 when it may be in the table
- * (or there is no filter, or the block cannot be read: then probe). */
-static __always_inline int bloom_may_hold(void *table, __u32 first, __u32 blocks, __u64 key)
+/* 0 when the Bloom filter rules the suffix at walk step k out; 1 when it
+ * may be in the table (or there is no filter, or the block cannot be read:
+ * then probe). Steps 0 and 1 (one and two labels) test the key's own
+ * block; step 1's block is also its group's, which steps 2.. test unless it
+ * spilled (guard_abi.h). The group's block is kept in the scratch map, not
+ * in the walk's stack struct: there the verifier would track its value and
+ * verify the callback once per value (3.4x the instructions, measured). */
+static __always_inline int bloom_may_hold(struct suffix_walk *w, __u64 k, __u64 key)
 {
 	struct guard_bucket *bk;
 	__u32 b, p0, p1, p2;
 
-	if (!blocks)
+	if (!w->bloom_blocks)
 		return 1;
-	b = first + guard_bloom_block(key, blocks);
-	bk = bpf_map_lookup_elem(table, &b);
+	b = k >= 2 ? *(volatile __u32 *)&w->s->bloom_group : 0;
+	if (!b)
+		b = w->bloom_first + guard_bloom_block(key, w->bloom_blocks);
+	bk = bpf_map_lookup_elem(w->table, &b);
 	if (!bk)
 		return 1;
+	if (k == 1)
+		w->s->bloom_group = bk->flags[0] & GUARD_BLOOM_SPILLED ? 0 : b;
 	p0 = guard_bloom_bit(key, 0);
 	p1 = guard_bloom_bit(key, 1);
 	p2 = guard_bloom_bit(key, 2);
@@ -165,7 +174,7 @@ static long suffix_step(__u64 k, void *arg)
 	key = guard_key(w->h);
 	s->suffix_hash[i] = key;
 
-	if (!bloom_may_hold(w->table, w->bloom_first, w->bloom_blocks, key))
+	if (!bloom_may_hold(w, k, key))
 		return 0;
 	flags = table_probe(w->table, w->max_probe, w->nbuckets, key);
 	if (!flags)
@@ -198,6 +207,7 @@ static __always_inline int match_name(struct guard_scratch *s, __u64 nlabels)
 	s->match_block = 0;
 	s->match_exact = 0;
 	s->match_flags = 0;
+	s->bloom_group = 0;
 	table = bpf_map_lookup_elem(&guard_tables, &zero);
 	if (!table)
 		return -1;

@@ -8,6 +8,13 @@
 //! larger key. The XDP program probes at most `max_probe + 1` buckets, so
 //! the builder grows the table until every key sits within
 //! `GUARD_MAX_PROBE` buckets of its home: the kernel never misses a name.
+//!
+//! The Bloom filter after the buckets keeps a name's suffixes together: a
+//! key of three or more labels sets its bits in the block of its *group*,
+//! the key of its last two labels, so a cold name's suffixes all read one
+//! block (guard_abi.h). A block that would hold too many keys that way is
+//! marked spilled, and the keys of groups homed on it go to their own
+//! blocks instead, as every key of one or two labels always does.
 
 use crate::abi::{
     guard_bucket, guard_table_header, GUARD_BUCKET_SLOTS, GUARD_LABEL_MAX, GUARD_MAX_LABELS,
@@ -86,6 +93,32 @@ pub fn name_key(dotted: &str, seed: u64) -> u64 {
     to_key(h)
 }
 
+/// One name to store: its key, its Bloom group (the key of its last two
+/// labels, or its own key when it has fewer than three) and its flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub key: u64,
+    pub group: u64,
+    pub flags: u8,
+}
+
+impl Entry {
+    /// The entry of a dotted, normalized name.
+    pub fn for_name(dotted: &str, seed: u64, flags: u8) -> Entry {
+        let labels: Vec<&str> = dotted.split('.').filter(|l| !l.is_empty()).collect();
+        let key = name_key(dotted, seed);
+        let group = if labels.len() > 2 { name_key(&labels[labels.len() - 2..].join("."), seed) } else { key };
+        Entry { key, group, flags }
+    }
+}
+
+/// The Bloom group of each suffix key (as `suffix_keys` returns them, full
+/// name first): the key of the last two labels, or the key itself.
+pub fn suffix_groups(keys: &[u64]) -> Vec<u64> {
+    let n = keys.len();
+    (0..n).map(|i| if n - i > 2 { keys[n - 2] } else { keys[i] }).collect()
+}
+
 /// Keys of every suffix of a wire-format name, the full name first, or
 /// `None` if the name is not valid uncompressed wire format.
 pub fn suffix_keys(wire: &[u8], seed: u64) -> Option<Vec<u64>> {
@@ -128,12 +161,13 @@ impl Table {
         1 + self.buckets.len() as u32 + self.bloom.len() as u32
     }
 
-    /// What the kernel's Bloom check says about `key` (`bloom_may_hold`).
-    pub fn bloom_may_hold(&self, key: u64) -> bool {
+    /// What the kernel's Bloom check says about `key`, whose group is
+    /// `group` (`bloom_may_hold` and its caller in guard_table.h).
+    pub fn bloom_may_hold(&self, key: u64, group: u64) -> bool {
         if self.bloom.is_empty() {
             return true;
         }
-        let block = &self.bloom[bloom_block(key, self.bloom.len() as u32) as usize];
+        let block = &self.bloom[bloom_block_of(key, group, &self.bloom) as usize];
         (0..BLOOM_BITS).all(|i| {
             let bit = bloom_bit(key, i);
             block.keys[(bit >> 6) as usize] >> (bit & 63) & 1 == 1
@@ -147,8 +181,8 @@ impl Table {
     }
 
     /// Looks a key up the way the kernel does; for tests and `check`.
-    pub fn lookup(&self, key: u64) -> Option<u8> {
-        if !self.bloom_may_hold(key) {
+    pub fn lookup(&self, key: u64, group: u64) -> Option<u8> {
+        if !self.bloom_may_hold(key, group) {
             return None;
         }
         let home = home_bucket(key, self.header.nbuckets) as usize;
@@ -184,6 +218,24 @@ const BLOOM_BITS: u32 = 3;
 /// Names per 512-bit Bloom block: 8 bits per name, about 3 % false
 /// positives with 3 bits set per name.
 const NAMES_PER_BLOOM_BLOCK: usize = 64;
+/// Keys a block may take through groups before it spills: 1.5x the mean,
+/// about 8 % false positives there at worst (3 % at the mean). A hosts
+/// list's thousands of names under one ad domain would otherwise fill its
+/// block and make every name under that domain probe the buckets.
+const BLOOM_GROUP_MAX: usize = NAMES_PER_BLOOM_BLOCK * 3 / 2;
+/// `guard_bucket.flags[0]` of a spilled Bloom block (GUARD_BLOOM_SPILLED).
+const BLOOM_SPILLED: u8 = crate::abi::GUARD_BLOOM_SPILLED as u8;
+
+/// The block `key` is tested in: its group's, unless that block spilled.
+fn bloom_block_of(key: u64, group: u64, bloom: &[guard_bucket]) -> u32 {
+    let blocks = bloom.len() as u32;
+    let g = bloom_block(group, blocks);
+    if bloom[g as usize].flags[0] & BLOOM_SPILLED != 0 {
+        bloom_block(key, blocks)
+    } else {
+        g
+    }
+}
 
 /// Same as `guard_bloom_block()` in guard_hash.h.
 #[inline]
@@ -209,12 +261,12 @@ pub enum TableError {
     TooLarge(usize),
 }
 
-/// Builds a table from `(key, flags)` pairs. Flags of equal keys are merged.
-pub fn build(entries: &[(u64, u8)], seed: u64, generation: u64, load: f64) -> Result<Table, TableError> {
+/// Builds a table from entries. Flags of equal keys are merged.
+pub fn build(entries: &[Entry], seed: u64, generation: u64, load: f64) -> Result<Table, TableError> {
     if entries.len() > (u32::MAX / 16) as usize {
         return Err(TableError::TooLarge(entries.len()));
     }
-    let mut sorted: Vec<(u64, u8)> = entries.iter().map(|&(k, f)| (to_key(k), f)).collect();
+    let mut sorted: Vec<(u64, u8)> = entries.iter().map(|e| (to_key(e.key), e.flags)).collect();
     sorted.sort_unstable_by_key(|&(k, _)| k);
     let mut merged = 0usize;
     sorted.dedup_by(|later, kept| {
@@ -227,13 +279,14 @@ pub fn build(entries: &[(u64, u8)], seed: u64, generation: u64, load: f64) -> Re
     });
 
     let nbuckets = (sorted.len() as f64 / load / SLOTS as f64).ceil().max(1.0) as u32;
-    Ok(build_sorted(sorted, merged, seed, generation, nbuckets))
+    let bloom = build_bloom(entries, sorted.len());
+    Ok(build_sorted(sorted, merged, seed, generation, nbuckets, bloom))
 }
 
 /// Builds with a given number of home buckets (grown only if a key would
 /// land too far from home): lets tests crowd a table on purpose.
-pub fn build_with_home_buckets(entries: &[(u64, u8)], seed: u64, generation: u64, nbuckets: u32) -> Table {
-    let mut sorted: Vec<(u64, u8)> = entries.iter().map(|&(k, f)| (to_key(k), f)).collect();
+pub fn build_with_home_buckets(entries: &[Entry], seed: u64, generation: u64, nbuckets: u32) -> Table {
+    let mut sorted: Vec<(u64, u8)> = entries.iter().map(|e| (to_key(e.key), e.flags)).collect();
     sorted.sort_unstable_by_key(|&(k, _)| k);
     sorted.dedup_by(|later, kept| {
         let same = later.0 == kept.0;
@@ -242,12 +295,52 @@ pub fn build_with_home_buckets(entries: &[(u64, u8)], seed: u64, generation: u64
         }
         same
     });
-    build_sorted(sorted, 0, seed, generation, nbuckets.max(1))
+    let bloom = build_bloom(entries, sorted.len());
+    build_sorted(sorted, 0, seed, generation, nbuckets.max(1), bloom)
 }
 
-fn build_sorted(sorted: Vec<(u64, u8)>, merged: usize, seed: u64, generation: u64, mut nbuckets: u32) -> Table {
+/// The Bloom blocks for `entries` (`distinct` of them after merging): the
+/// blocks of groups that would take more than BLOOM_GROUP_MAX keys are
+/// marked spilled first, then every key sets its bits where the kernel
+/// will test them. Built from all entries, not the merged ones, so two
+/// names of one key but different groups are both found.
+fn build_bloom(entries: &[Entry], distinct: usize) -> Vec<guard_bucket> {
+    let empty = guard_bucket { keys: [0; SLOTS], flags: [0; SLOTS] };
+    let nblocks = distinct.div_ceil(NAMES_PER_BLOOM_BLOCK);
+    let mut bloom = vec![empty; nblocks];
+    if nblocks == 0 {
+        return bloom;
+    }
+    let mut load = vec![0usize; nblocks];
+    for e in entries {
+        load[bloom_block(to_key(e.group), nblocks as u32) as usize] += 1;
+    }
+    for (block, &n) in bloom.iter_mut().zip(&load) {
+        if n > BLOOM_GROUP_MAX {
+            block.flags[0] = BLOOM_SPILLED;
+        }
+    }
+    for e in entries {
+        let key = to_key(e.key);
+        let b = bloom_block_of(key, to_key(e.group), &bloom) as usize;
+        for i in 0..BLOOM_BITS {
+            let bit = bloom_bit(key, i);
+            bloom[b].keys[(bit >> 6) as usize] |= 1 << (bit & 63);
+        }
+    }
+    bloom
+}
+
+fn build_sorted(
+    sorted: Vec<(u64, u8)>,
+    merged: usize,
+    seed: u64,
+    generation: u64,
+    mut nbuckets: u32,
+    bloom: Vec<guard_bucket>,
+) -> Table {
     loop {
-        if let Some(mut table) = place(&sorted, seed, generation, nbuckets) {
+        if let Some(mut table) = place(&sorted, seed, generation, nbuckets, &bloom) {
             table.merged_collisions = merged;
             return table;
         }
@@ -257,7 +350,7 @@ fn build_sorted(sorted: Vec<(u64, u8)>, merged: usize, seed: u64, generation: u6
 }
 
 /// Places sorted, distinct keys; `None` if one lands too far from home.
-fn place(sorted: &[(u64, u8)], seed: u64, generation: u64, nbuckets: u32) -> Option<Table> {
+fn place(sorted: &[(u64, u8)], seed: u64, generation: u64, nbuckets: u32, bloom: &[guard_bucket]) -> Option<Table> {
     let mut slots_used = 0usize; // next free slot position, in slots
     let mut positions = Vec::with_capacity(sorted.len());
     let mut max_probe = 0u32;
@@ -280,15 +373,6 @@ fn place(sorted: &[(u64, u8)], seed: u64, generation: u64, nbuckets: u32) -> Opt
         bucket.keys[pos % SLOTS] = key;
         bucket.flags[pos % SLOTS] = flags;
     }
-    let nblocks = sorted.len().div_ceil(NAMES_PER_BLOOM_BLOCK);
-    let mut bloom = vec![empty; nblocks];
-    for &(key, _) in sorted {
-        let block = &mut bloom[bloom_block(key, nblocks as u32) as usize];
-        for i in 0..BLOOM_BITS {
-            let bit = bloom_bit(key, i);
-            block.keys[(bit >> 6) as usize] |= 1 << (bit & 63);
-        }
-    }
     let header = guard_table_header {
         magic: GUARD_TABLE_MAGIC,
         seed,
@@ -297,15 +381,20 @@ fn place(sorted: &[(u64, u8)], seed: u64, generation: u64, nbuckets: u32) -> Opt
         nnames: sorted.len() as u64,
         generation,
         bloom_first: 1 + total_buckets as u32,
-        bloom_blocks: nblocks as u32,
+        bloom_blocks: bloom.len() as u32,
         _pad: [0; 24],
     };
-    Some(Table { header, buckets, bloom, merged_collisions: 0 })
+    Some(Table { header, buckets, bloom: bloom.to_vec(), merged_collisions: 0 })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An entry that is its own Bloom group (a name of one or two labels).
+    fn own(key: u64, flags: u8) -> Entry {
+        Entry { key, group: key, flags }
+    }
 
     fn wire(name: &str) -> Vec<u8> {
         let mut out = Vec::new();
@@ -356,16 +445,81 @@ mod tests {
 
     #[test]
     fn bloom_never_rules_out_a_stored_key_and_rarely_passes_an_absent_one() {
-        let entries: Vec<(u64, u8)> = (0..100_000u64).map(|i| (name_key(&format!("n{i}.bloom.test"), 3), 1)).collect();
+        // One group far over BLOOM_GROUP_MAX: its block spills, and its
+        // keys fall back to a block each.
+        let entries: Vec<Entry> = (0..100_000u64).map(|i| Entry::for_name(&format!("n{i}.bloom.test"), 3, 1)).collect();
         let table = build(&entries, 3, 1, DEFAULT_LOAD).unwrap();
         assert_eq!(table.header.bloom_first, 1 + table.buckets.len() as u32);
         assert_eq!(table.header.bloom_blocks as usize, table.bloom.len());
-        assert!(entries.iter().all(|&(k, _)| table.bloom_may_hold(to_key(k))), "a false negative");
-        let absent = (0..100_000u64).filter(|i| table.bloom_may_hold(name_key(&format!("a{i}.other.test"), 3))).count();
+        assert!(entries.iter().all(|e| table.bloom_may_hold(e.key, e.group)), "a false negative");
+        let group = name_key("bloom.test", 3);
+        assert_ne!(table.bloom[bloom_block(group, table.bloom.len() as u32) as usize].flags[0] & BLOOM_SPILLED, 0);
+        let absent = (0..100_000u64)
+            .filter(|i| table.bloom_may_hold(name_key(&format!("a{i}.bloom.test"), 3), group))
+            .count();
         let rate = absent as f64 / 100_000.0;
         assert!(rate < 0.06, "false positive rate {rate}");
         let per_name = table.bloom.len() as f64 * 72.0 / entries.len() as f64;
         assert!(per_name < 1.2, "{per_name} bytes of Bloom filter per name");
+    }
+
+    #[test]
+    fn grouped_bloom_finds_every_name_and_rules_out_most_others() {
+        // Groups of very different sizes, as in real lists: many small
+        // ones, some hot ad domains with thousands of names.
+        let mut entries = Vec::new();
+        let mut x = 7u64;
+        for g in 0..3000u64 {
+            x = fmix64(x);
+            let size = if g % 500 == 0 { 3000 } else { x % 40 + 1 };
+            for i in 0..size {
+                entries.push(Entry::for_name(&format!("h{i}.g{g}.example"), 9, 1));
+            }
+            entries.push(Entry::for_name(&format!("g{g}.example"), 9, 2));
+        }
+        entries.push(Entry::for_name("example", 9, 2));
+        let table = build(&entries, 9, 1, DEFAULT_LOAD).unwrap();
+        assert!(table.bloom.iter().any(|b| b.flags[0] & BLOOM_SPILLED != 0), "no block spilled");
+        assert!(table.bloom.iter().any(|b| b.flags[0] & BLOOM_SPILLED == 0), "every block spilled");
+        for e in &entries {
+            assert_eq!(table.lookup(e.key, e.group), Some(e.flags), "{e:?} not found");
+        }
+        // Absent names under the same groups (hot and small) and new ones,
+        // looked up suffix by suffix as the kernel walks them.
+        let (mut tested, mut passed) = (0usize, 0usize);
+        for i in 0..30_000u64 {
+            let name = match i % 3 {
+                0 => format!("a{i}.g{}.example", i % 3000),
+                1 => format!("w.a{i}.g{}.example", i % 3000),
+                _ => format!("a{i}.new{i}.example"),
+            };
+            let keys = suffix_keys(&wire(&name), 9).unwrap();
+            let groups = suffix_groups(&keys);
+            for (j, (&k, &g)) in keys.iter().zip(&groups).enumerate() {
+                let labels = keys.len() - j;
+                if labels == 1 || (labels == 2 && !name.contains("new")) {
+                    continue; // "example" and g<N>.example are in the table
+                }
+                tested += 1;
+                passed += table.bloom_may_hold(k, g) as usize;
+            }
+        }
+        let rate = passed as f64 / tested as f64;
+        assert!(rate < 0.06, "false positive rate {rate} over {tested} absent suffixes");
+        assert!(table.bytes_per_name() < 12.0, "{} bytes per name", table.bytes_per_name());
+    }
+
+    #[test]
+    fn suffix_groups_are_the_groups_of_the_names() {
+        for name in ["com", "example.com", "www.example.com", "a.b.c.example.com"] {
+            let keys = suffix_keys(&wire(name), 4).unwrap();
+            let groups = suffix_groups(&keys);
+            let labels: Vec<&str> = name.split('.').collect();
+            for i in 0..labels.len() {
+                let e = Entry::for_name(&labels[i..].join("."), 4, 1);
+                assert_eq!((keys[i], groups[i]), (e.key, e.group), "{name}, suffix {i}");
+            }
+        }
     }
 
     #[test]
@@ -383,23 +537,25 @@ mod tests {
 
     #[test]
     fn every_stored_key_is_found_and_absent_keys_are_not() {
-        let entries: Vec<(u64, u8)> = (0..50_000u64).map(|i| (name_key(&format!("n{i}.test"), 5), (i % 63) as u8 + 1)).collect();
+        let entries: Vec<Entry> =
+            (0..50_000u64).map(|i| Entry::for_name(&format!("n{i}.test"), 5, (i % 63) as u8 + 1)).collect();
         let table = build(&entries, 5, 1, DEFAULT_LOAD).unwrap();
         assert_eq!(table.header.nnames, 50_000);
         assert!(table.header.max_probe <= GUARD_MAX_PROBE);
-        for &(k, f) in &entries {
-            assert_eq!(table.lookup(k), Some(f));
+        for e in &entries {
+            assert_eq!(table.lookup(e.key, e.group), Some(e.flags));
         }
         for i in 0..50_000u64 {
-            assert_eq!(table.lookup(name_key(&format!("absent{i}.test"), 5)), None);
+            let k = name_key(&format!("absent{i}.test"), 5);
+            assert_eq!(table.lookup(k, k), None);
         }
         assert!(table.bytes_per_name() < 12.0, "{} bytes per name", table.bytes_per_name());
     }
 
     #[test]
     fn equal_keys_merge_their_flags() {
-        let table = build(&[(42, 1), (42, 2)], 0, 1, DEFAULT_LOAD).unwrap();
-        assert_eq!(table.lookup(42), Some(3));
+        let table = build(&[own(42, 1), own(42, 2)], 0, 1, DEFAULT_LOAD).unwrap();
+        assert_eq!(table.lookup(42, 42), Some(3));
         assert_eq!(table.merged_collisions, 1);
     }
 
@@ -407,24 +563,24 @@ mod tests {
     fn an_empty_table_is_valid() {
         let table = build(&[], 0, 1, DEFAULT_LOAD).unwrap();
         assert_eq!(table.header.nbuckets, 1);
-        assert_eq!(table.lookup(1234), None);
+        assert_eq!(table.lookup(1234, 1234), None);
     }
 
     #[test]
     fn one_million_names_fit_in_twelve_bytes_each() {
-        let entries: Vec<(u64, u8)> = (0..1_000_000u64).map(|i| (fmix64(i ^ 0xabc), 1)).collect();
+        let entries: Vec<Entry> = (0..1_000_000u64).map(|i| own(fmix64(i ^ 0xabc), 1)).collect();
         let table = build(&entries, 0, 1, DEFAULT_LOAD).unwrap();
         // Buckets about 10.6 bytes per name, the Bloom filter about 1.1: the goal is 12.
         assert!(table.bytes_per_name() <= 12.0, "{} bytes per name", table.bytes_per_name());
         assert!(table.header.max_probe <= GUARD_MAX_PROBE);
-        for &(k, _) in entries.iter().step_by(97) {
-            assert_eq!(table.lookup(k), Some(1));
+        for e in entries.iter().step_by(97) {
+            assert_eq!(table.lookup(e.key, e.group), Some(1));
         }
     }
 
     #[test]
     fn keys_are_sorted_across_the_whole_table() {
-        let entries: Vec<(u64, u8)> = (0..10_000u64).map(|i| (fmix64(i), 1)).collect();
+        let entries: Vec<Entry> = (0..10_000u64).map(|i| own(fmix64(i), 1)).collect();
         let table = build(&entries, 0, 1, DEFAULT_LOAD).unwrap();
         let keys: Vec<u64> = table.buckets.iter().flat_map(|b| b.keys).filter(|&k| k != 0).collect();
         assert_eq!(keys.len(), 10_000);
@@ -433,7 +589,7 @@ mod tests {
 
     #[test]
     fn a_zero_hash_is_stored_as_one() {
-        let table = build(&[(0, 4)], 0, 1, DEFAULT_LOAD).unwrap();
-        assert_eq!(table.lookup(1), Some(4));
+        let table = build(&[own(0, 4)], 0, 1, DEFAULT_LOAD).unwrap();
+        assert_eq!(table.lookup(1, 1), Some(4));
     }
 }

@@ -162,7 +162,8 @@ impl Guard {
     /// Builds a table the way guard_abi.h describes it (bucketised linear
     /// probing, header in element 0) and swaps it into slot 0.
     fn table(&mut self, rules: &[(String, u8)], nbuckets: u32) {
-        let entries: Vec<(u64, u8)> = rules.iter().map(|(name, flags)| (name_key(name), *flags)).collect();
+        let entries: Vec<guard_ebpf::table::Entry> =
+            rules.iter().map(|(name, flags)| guard_ebpf::table::Entry::for_name(name, SEED, *flags)).collect();
         let table = guard_ebpf::table::build_with_home_buckets(&entries, SEED, 1, nbuckets);
         let mut buckets = vec![guard_bucket::default(); table.elements() as usize];
         // SAFETY: both are 72-byte plain-old-data structs (checked by tests/abi.rs).
@@ -1364,6 +1365,63 @@ fn crowded_table_probes() {
     }
 }
 
+/// The Bloom filter groups a name's suffixes in the block of its last two
+/// labels (guard_abi.h); a group too big for one block spills to a block
+/// per key. Both kinds must find every name.
+#[test]
+fn bloom_groups_and_spilled_blocks() {
+    use guard_ebpf::table::{build_with_home_buckets, Entry};
+
+    let Some(mut g) = Guard::load("bloom_groups_and_spilled_blocks") else {
+        return;
+    };
+    let mut rules: Vec<(String, u8)> = (0..300).map(|i| (format!("n{i}.hot.example"), BLOCK_SELF)).collect();
+    // A small group whose block is not the hot group's, so not spilled.
+    let table_of = |rules: &[(String, u8)]| {
+        let entries: Vec<Entry> = rules.iter().map(|(n, f)| Entry::for_name(n, SEED, *f)).collect();
+        build_with_home_buckets(&entries, SEED, 1, 64)
+    };
+    let spilled = |rules: &[(String, u8)], group: &str| {
+        let t = table_of(rules);
+        let b = ((name_key(group) & 0xffff_ffff) * t.bloom.len() as u64 >> 32) as usize;
+        t.bloom[b].flags[0] as u32 & GUARD_BLOOM_SPILLED != 0
+    };
+    let small = (0..)
+        .map(|j| format!("small{j}.example"))
+        .find(|zone| {
+            let mut r = rules.clone();
+            r.push((format!("a.b.{zone}"), BLOCK_SELF));
+            !spilled(&r, zone)
+        })
+        .unwrap();
+    rules.push((format!("a.b.{small}"), BLOCK_SELF));
+    rules.push((format!("x.{small}"), BLOCK_SELF));
+    rules.push((format!("sub.{small}"), BLOCK_SUB));
+    assert!(spilled(&rules, "hot.example"), "the 300-name group must spill");
+    assert!(!spilled(&rules, &small), "{small} must keep its group block");
+    g.table(&rules, 64);
+    g.config(guard_config {
+        block_action: GUARD_ACTION_DROP as u8,
+        ..base_config()
+    });
+    for (n, _) in &rules {
+        let reason = if n.starts_with("sub.") { continue } else { GUARD_REASON_BLOCK_EXACT };
+        g.expect(n, &Frame::v4(Dns::query(n).bytes()).bytes(), XDP_DROP, reason);
+    }
+    let deep = format!("q.r.sub.{small}");
+    g.expect(&deep, &Frame::v4(Dns::query(&deep).bytes()).bytes(), XDP_DROP, GUARD_REASON_BLOCK_SUFFIX);
+    for n in [
+        "n300.hot.example".to_string(),
+        "hot.example".into(),
+        format!("w.a.b.{small}"),
+        format!("b.{small}"),
+        small.clone(),
+        format!("sub.{small}"),
+    ] {
+        g.expect(&n, &Frame::v4(Dns::query(&n).bytes()).bytes(), XDP_PASS, GUARD_REASON_ALLOW_CLEAN);
+    }
+}
+
 #[test]
 fn rule_flags_force_the_action() {
     let Some(mut g) = Guard::load("rule_flags_force_the_action") else {
@@ -1406,6 +1464,26 @@ fn rule_flags_force_the_action() {
         XDP_PASS,
         GUARD_REASON_BLOCK_EXACT,
     );
+}
+
+/// The limiter's clock is coarse (guard_ratelimit.h): it stands still for
+/// a tick. A client allowed more queries per second than there are ticks
+/// must still get its rate within one tick, not one query per tick.
+#[test]
+fn rate_limit_faster_than_the_clock_tick() {
+    let Some(mut g) = Guard::load("rate_limit_faster_than_the_clock_tick") else {
+        return;
+    };
+    g.config(guard_config {
+        rl_qps: 1_000_000,
+        rl_burst: 1,
+        rl_action: GUARD_ACTION_DROP as u8,
+        ..base_config()
+    });
+    let f = Frame::v4(Dns::query("www.clean.example").bytes()).from([10, 99, 0, 1]).bytes();
+    for i in 0..100 {
+        g.expect(&format!("query {i} at 1M qps"), &f, XDP_PASS, GUARD_REASON_ALLOW_CLEAN);
+    }
 }
 
 #[test]

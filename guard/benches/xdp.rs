@@ -9,6 +9,17 @@
 //! medians and spreads); `DG_BENCH_ROUNDS` and `DG_BENCH_SINGLES` shrink the
 //! run for a smoke test.
 //!
+//! # Variants
+//! `DG_BENCH_OBJECTS=label=path.o,label2=path2.o` adds other builds of
+//! guard.bpf.c (same maps and ABI) beside the built-in one ("built-in").
+//! The path `builtin` is the built-in object again, and a `@rl` suffix
+//! (`rl=builtin@rl`) turns the rate limit on for that variant, at a rate
+//! (10^9 qps, burst 10^6) no bench packet reaches: its cost, not its drops.
+//! The default settings (`XdpSettings::unattached`) have it off (qps 0).
+//! Each gets its own maps and the same table; within a round they run one
+//! after another, each beside the floor, the order rotating by round, so
+//! the rows of one run are an interleaved A/B.
+//!
 //! # The floor
 //! Every number is reported as `ours − floor = net`. The floor is an XDP
 //! program that only returns XDP_PASS (`guard_ebpf::XDP_PASS_OBJECT`), run
@@ -42,6 +53,10 @@
 //!   BPF_F_TEST_XDP_LIVE_FRAMES was rejected: it can repeat but still
 //!   sends one identical frame, and for XDP_PASS it builds an skb and runs
 //!   the stack, which the timer includes.
+//! - **cold, new suffix**: like cold, but the last two labels are new in
+//!   every name too (`w<i>.s<j>.ex<j>.org`); bpf_stats only. The cold names
+//!   above all end in `example.org`, and the Bloom filter picks its block by
+//!   the last two labels, so this is the case that still misses it.
 //! - **blocked**: a blocked name answered NXDOMAIN. A reply rewrites the
 //!   packet in place and test_run does not restore it between repeats, so
 //!   these are single runs.
@@ -167,114 +182,191 @@ struct Runs {
     json: Option<PathBuf>,
 }
 
+/// One build of the program under test.
+struct Variant {
+    label: String,
+    guard: XdpGuard,
+}
+
+/// Every mode of one variant at one size.
+#[derive(Default)]
+struct Modes {
+    hot: Pair,
+    single: Pair,
+    cold_tr: Pair,
+    cold_st: Pair,
+    cold_new: Pair,
+    blk: Pair,
+}
+
 fn bench(settings: &XdpSettings, pin_root: &PathBuf, sizes: &[usize], runs: &Runs) {
     let Runs { rounds, singles, .. } = *runs;
-    let mut guard = XdpGuard::load_detached(settings, pin_root).expect("loading the XDP program");
+    let mut objects: Vec<(String, Vec<u8>, bool)> = vec![("built-in".into(), guard_ebpf::XDP_OBJECT.to_vec(), false)];
+    if let Ok(list) = std::env::var("DG_BENCH_OBJECTS") {
+        for item in list.split(',').filter(|s| !s.trim().is_empty()) {
+            let (label, path) = item.split_once('=').expect("DG_BENCH_OBJECTS: label=path,...");
+            let (path, rl) = match path.trim().strip_suffix("@rl") {
+                Some(p) => (p, true),
+                None => (path.trim(), false),
+            };
+            let bytes = if path == "builtin" {
+                guard_ebpf::XDP_OBJECT.to_vec()
+            } else {
+                std::fs::read(path).unwrap_or_else(|e| panic!("DG_BENCH_OBJECTS: {path}: {e}"))
+            };
+            objects.push((label.trim().into(), bytes, rl));
+        }
+    }
+    let mut rl_settings = settings.clone();
+    rl_settings.ratelimit.qps = 1_000_000_000;
+    rl_settings.ratelimit.burst = 1_000_000;
+    let mut variants: Vec<Variant> = objects
+        .iter()
+        .enumerate()
+        .map(|(i, (label, obj, rl))| Variant {
+            label: label.clone(),
+            guard: XdpGuard::load_detached_object(if *rl { &rl_settings } else { settings }, &pin_root.join(format!("v{i}")), obj)
+                .unwrap_or_else(|e| panic!("loading {label}: {e}")),
+        })
+        .collect();
     let mut floor_obj = Ebpf::load(guard_ebpf::XDP_PASS_OBJECT).expect("loading xdp_pass");
     let floor: &mut Xdp = floor_obj.program_mut("xdp_pass").expect("xdp_pass").try_into().expect("an XDP program");
     floor.load().expect("loading xdp_pass");
     let floor: &Xdp = floor;
-    let verified = guard.program().info().ok().and_then(|i| i.verified_instruction_count());
     let mut out = vec![0u8; 1600];
 
-    println!(
-        "dns_guard: {} instructions verified; cells are **net** (dns_guard − xdp_pass floor), ns per query, median of {rounds} rounds\n",
-        verified.map_or("?".into(), |n| n.to_string())
-    );
-    println!("| names | parse + build + fill (ms) | bytes/name | hot: same packet ×{}k | single runs, same packet | cold: different names, test_run − floor | **cold: different names, bpf_stats** | blocked NXDOMAIN, single runs |", HOT_REPEAT / 1000);
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for v in &variants {
+        let verified = v.guard.program().info().ok().and_then(|i| i.verified_instruction_count());
+        println!("{}: {} instructions verified", v.label, verified.map_or("?".into(), |n| n.to_string()));
+    }
+    println!("\ncells are **net** (dns_guard − xdp_pass floor), ns per query, median of {rounds} rounds\n");
+    println!("| names | variant | parse + build + fill (ms) | bytes/name | hot: same packet ×{}k | single runs, same packet | cold: different names, test_run − floor | **cold: different names, bpf_stats** | cold, new last-two labels, bpf_stats | blocked NXDOMAIN, single runs |", HOT_REPEAT / 1000);
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in sizes {
-        // A hosts file as users bring them: parse, compile and fill, timed.
+        // A hosts file as users bring them: parse, compile and fill, timed
+        // (the fill into the first variant only).
         let text: String = (0..n).map(|i| format!("0.0.0.0 host{i}.ads-{}.example{}\n", i % 977, i % 13)).collect();
         let started = Instant::now();
         let mut rules = RuleSet::default();
         lists::parse_str(&text, std::path::Path::new("bench-hosts.txt"), ListKind::Block, &mut rules);
         let table = lists::table::compile(&rules, 0x5eed, 1).expect("table");
-        let report = guard.install_table(&table).expect("install");
+        let report = variants[0].guard.install_table(&table).expect("install");
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
+        for v in variants.iter_mut().skip(1) {
+            v.guard.install_table(&table).expect("install");
+        }
         drop(text);
 
-        let ours = guard.program();
         let clean = packet("www.clean-site.example.org");
-        assert_eq!(run_ns(ours, &clean, 1, &mut out).1, 2, "clean name must pass");
         let blocked = packet("host1.ads-1.example1");
-        if n > 0 {
-            assert_eq!(run_ns(ours, &blocked, 1, &mut out).1, 3, "blocked name must be answered with XDP_TX");
+        // The built-in program must give the right verdicts; a variant that
+        // does not (an ablation that skips steps) is only flagged.
+        for (i, v) in variants.iter().enumerate() {
+            let ours = v.guard.program();
+            let verdicts = (run_ns(ours, &clean, 1, &mut out).1, if n > 0 { run_ns(ours, &blocked, 1, &mut out).1 } else { 3 });
+            if verdicts != (2, 3) {
+                assert!(i > 0, "clean name must pass (2), blocked one be answered with XDP_TX (3): got {verdicts:?}");
+                println!("{}: verdicts (clean, blocked) {verdicts:?}, not (2, 3): an ablation", v.label);
+            }
         }
         let cold: Vec<Vec<u8>> =
             (0..rounds * singles).map(|i| packet(&format!("w{i}.site{}.example.org", i * 7919))).collect();
+        let cold_new: Vec<Vec<u8>> =
+            (0..rounds * singles).map(|i| packet(&format!("w{i}.s{0}.ex{0}.org", i * 7919))).collect();
 
         // For profilers (`perf record -a`): spin on the hot mode only.
         if let Some(secs) = std::env::var("DG_BENCH_SPIN_SECS").ok().and_then(|s| s.parse::<f64>().ok()) {
             let until = Instant::now() + std::time::Duration::from_secs_f64(secs);
             while Instant::now() < until {
-                run_ns(ours, &clean, HOT_REPEAT, &mut out);
+                run_ns(variants[0].guard.program(), &clean, HOT_REPEAT, &mut out);
             }
         }
 
-        let (mut hot, mut single, mut cold_tr, mut cold_st, mut blk) =
-            (Pair::default(), Pair::default(), Pair::default(), Pair::default(), Pair::default());
+        let mut modes: Vec<Modes> = variants.iter().map(|_| Modes::default()).collect();
         for round in 0..rounds {
-            hot.push(run_ns(ours, &clean, HOT_REPEAT, &mut out).0, run_ns(floor, &clean, HOT_REPEAT, &mut out).0);
+            for k in 0..variants.len() {
+                let vi = (k + round) % variants.len();
+                let ours = variants[vi].guard.program();
+                let m = &mut modes[vi];
+                m.hot.push(run_ns(ours, &clean, HOT_REPEAT, &mut out).0, run_ns(floor, &clean, HOT_REPEAT, &mut out).0);
 
-            let (mut o, mut f) = (Vec::with_capacity(singles), Vec::with_capacity(singles));
-            for _ in 0..singles {
-                o.push(run_ns(ours, &clean, 1, &mut out).0);
-                f.push(run_ns(floor, &clean, 1, &mut out).0);
-            }
-            single.push(median(o), median(f));
-
-            // Cold: bpf_stats on only here, since it slows every run down.
-            let stats = enable_stats(Stats::RunTime).expect("BPF_ENABLE_STATS (kernel >= 5.8)");
-            let (mut o, mut f, mut os, mut fs) = (vec![], vec![], vec![], vec![]);
-            let (mut o_t, mut f_t) = (stats_ns(ours), stats_ns(floor));
-            for p in &cold[round * singles..(round + 1) * singles] {
-                o.push(run_ns(ours, p, 1, &mut out).0);
-                f.push(run_ns(floor, p, 1, &mut out).0);
-                let (o_now, f_now) = (stats_ns(ours), stats_ns(floor));
-                os.push(o_now - o_t);
-                fs.push(f_now - f_t);
-                (o_t, f_t) = (o_now, f_now);
-            }
-            drop(stats);
-            cold_tr.push(median(o), median(f));
-            cold_st.push(median(os), median(fs));
-
-            if n > 0 {
                 let (mut o, mut f) = (Vec::with_capacity(singles), Vec::with_capacity(singles));
                 for _ in 0..singles {
-                    o.push(run_ns(ours, &blocked, 1, &mut out).0);
-                    f.push(run_ns(floor, &blocked, 1, &mut out).0);
+                    o.push(run_ns(ours, &clean, 1, &mut out).0);
+                    f.push(run_ns(floor, &clean, 1, &mut out).0);
                 }
-                blk.push(median(o), median(f));
+                m.single.push(median(o), median(f));
+
+                // Cold: bpf_stats on only here, since it slows every run down.
+                let stats = enable_stats(Stats::RunTime).expect("BPF_ENABLE_STATS (kernel >= 5.8)");
+                let (mut o, mut f, mut os, mut fs) = (vec![], vec![], vec![], vec![]);
+                let (mut o_t, mut f_t) = (stats_ns(ours), stats_ns(floor));
+                for p in &cold[round * singles..(round + 1) * singles] {
+                    o.push(run_ns(ours, p, 1, &mut out).0);
+                    f.push(run_ns(floor, p, 1, &mut out).0);
+                    let (o_now, f_now) = (stats_ns(ours), stats_ns(floor));
+                    os.push(o_now - o_t);
+                    fs.push(f_now - f_t);
+                    (o_t, f_t) = (o_now, f_now);
+                }
+                m.cold_tr.push(median(o), median(f));
+                m.cold_st.push(median(os), median(fs));
+                let (mut os, mut fs) = (vec![], vec![]);
+                let (mut o_t, mut f_t) = (stats_ns(ours), stats_ns(floor));
+                for p in &cold_new[round * singles..(round + 1) * singles] {
+                    run_ns(ours, p, 1, &mut out);
+                    run_ns(floor, p, 1, &mut out);
+                    let (o_now, f_now) = (stats_ns(ours), stats_ns(floor));
+                    os.push(o_now - o_t);
+                    fs.push(f_now - f_t);
+                    (o_t, f_t) = (o_now, f_now);
+                }
+                drop(stats);
+                m.cold_new.push(median(os), median(fs));
+
+                if n > 0 {
+                    let (mut o, mut f) = (Vec::with_capacity(singles), Vec::with_capacity(singles));
+                    for _ in 0..singles {
+                        o.push(run_ns(ours, &blocked, 1, &mut out).0);
+                        f.push(run_ns(floor, &blocked, 1, &mut out).0);
+                    }
+                    m.blk.push(median(o), median(f));
+                }
             }
         }
         let bpn = if n > 0 { format!("{:.2}", report.bytes_per_name()) } else { "-".into() };
-        let blocked_cell = if n > 0 { blk.cell() } else { "-".into() };
-        println!(
-            "| {n} | {load_ms:.0} | {bpn} | {} | {} | {} | {} | {blocked_cell} |",
-            hot.cell(),
-            single.cell(),
-            cold_tr.cell(),
-            cold_st.cell()
-        );
-        if let Some(path) = &runs.json {
-            let row = serde_json::json!({
-                "names": n,
-                "load_ms": load_ms,
-                "kernel_bytes": report.kernel_bytes,
-                "bytes_per_name": if n > 0 { Some(report.bytes_per_name()) } else { None },
-                "verified_instructions": verified,
-                "hot_repeat": HOT_REPEAT,
-                "hot": hot.json(),
-                "single": single.json(),
-                "cold_test_run": cold_tr.json(),
-                "cold_bpf_stats": cold_st.json(),
-                "blocked": if n > 0 { Some(blk.json()) } else { None },
-            });
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("DG_BENCH_JSON: open");
-            writeln!(f, "{row}").expect("DG_BENCH_JSON: write");
+        for (v, m) in variants.iter().zip(&modes) {
+            let blocked_cell = if n > 0 { m.blk.cell() } else { "-".into() };
+            println!(
+                "| {n} | {} | {load_ms:.0} | {bpn} | {} | {} | {} | {} | {} | {blocked_cell} |",
+                v.label,
+                m.hot.cell(),
+                m.single.cell(),
+                m.cold_tr.cell(),
+                m.cold_st.cell(),
+                m.cold_new.cell()
+            );
+            if let Some(path) = &runs.json {
+                let verified = v.guard.program().info().ok().and_then(|i| i.verified_instruction_count());
+                let row = serde_json::json!({
+                    "names": n,
+                    "variant": v.label,
+                    "load_ms": load_ms,
+                    "kernel_bytes": report.kernel_bytes,
+                    "bytes_per_name": if n > 0 { Some(report.bytes_per_name()) } else { None },
+                    "verified_instructions": verified,
+                    "hot_repeat": HOT_REPEAT,
+                    "hot": m.hot.json(),
+                    "single": m.single.json(),
+                    "cold_test_run": m.cold_tr.json(),
+                    "cold_bpf_stats": m.cold_st.json(),
+                    "cold_new_suffix_bpf_stats": m.cold_new.json(),
+                    "blocked": if n > 0 { Some(m.blk.json()) } else { None },
+                });
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("DG_BENCH_JSON: open");
+                writeln!(f, "{row}").expect("DG_BENCH_JSON: write");
+            }
         }
     }
 }

@@ -181,11 +181,17 @@ impl XdpGuard {
     /// Loads and configures the program without attaching it, pinning maps
     /// under `pin_root`: for BPF_PROG_TEST_RUN in tests and benchmarks.
     pub fn load_detached(settings: &XdpSettings, pin_root: &Path) -> Result<Self, LoaderError> {
+        Self::load_detached_object(settings, pin_root, guard_ebpf::XDP_OBJECT)
+    }
+
+    /// [`Self::load_detached`] with another build of the program (same
+    /// maps and ABI): lets the benchmark run variants side by side.
+    pub fn load_detached_object(settings: &XdpSettings, pin_root: &Path, object: &[u8]) -> Result<Self, LoaderError> {
         fs::create_dir_all(pin_root).map_err(|source| LoaderError::PinDir { path: pin_root.into(), source })?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_root)
             .map_max_entries("guard_ratelimit", settings.ratelimit.max_clients)
-            .load(guard_ebpf::XDP_OBJECT)?;
+            .load(object)?;
         write_config(&mut ebpf, settings, pin_root)?;
         let prog: &mut Xdp = ebpf.program_mut(PROGRAM).expect("the object defines dns_guard").try_into()?;
         prog.load()?;
