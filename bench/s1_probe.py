@@ -17,7 +17,7 @@ A config may carry dnsperf's outstanding-query limit after an @ (alone@150; defa
 
 Per measurement: dnsperf from c1 at max rate (-c 4 -q 200, as scenario 1), and beside it the
 dns pod's UDP counters (nstat: receive-buffer drops), NET_RX softirqs, CPU of CoreDNS and
-dns-guard, the box's busy %, and with bpf_stats the XDP program's own ns per packet.
+dns-guard, the box's busy %, and with --bpf-stats the XDP program's own ns per packet.
 
     python3 bench/s1_probe.py --rounds 6 --configs alone,pass,guard     # as root
     python3 bench/s1_probe.py --perf guard,alone                          # + perf record -a -g
@@ -171,24 +171,33 @@ def main(argv: list[str]) -> int:
     p.add_argument("--duration", type=float, default=4.0)
     p.add_argument("--settle", type=float, default=0.0, help="seconds between attach and measuring")
     p.add_argument("--outstanding", type=int, default=200, help="dnsperf -q (scenario 1: 200)")
-    p.add_argument("--rmem", type=int, help="net.core.rmem_default of the dns pod's netns, set "
-                   "before CoreDNS starts (the kernel default is 212992)")
     p.add_argument("--perf", default="", help="configs to record with perf -a -g (every round; files in --perf-dir)")
     p.add_argument("--perf-dir", default="/tmp")
     p.add_argument("--perf-freq", type=int, default=999)
     p.add_argument("--alt-bin", help="dns-guard binary for the guardalt config")
+    p.add_argument("--bpf-stats", action="store_true",
+                   help="turn kernel.bpf_stats_enabled on for the run (XDP prog ns column; it adds two "
+                        "clock reads to every program run, so it is off unless asked for)")
     p.add_argument("--out", type=Path, help="write the raw rounds as JSON here")
     args = p.parse_args(argv)
     configs = [c for c in args.configs.split(",") if c]
     if any(c.partition("@")[0] not in ALL for c in configs) or not XDP_PASS_OBJ:
         p.error(f"configs from {ALL}; xdp_pass.bpf.o must be built (cargo build --release)")
     perf_for = {c for c in args.perf.split(",") if c}
-    subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=1"], check=False)
+    stats = Path("/proc/sys/kernel/bpf_stats_enabled")
+    before = stats.read_text().strip()
+    if args.bpf_stats:
+        stats.write_text("1")
+    try:
+        return run(args, configs, perf_for)
+    finally:
+        # A box-wide switch (a clock read around every BPF program run): leave it as found.
+        stats.write_text(before)
 
+
+def run(args, configs: list[str], perf_for: set[str]) -> int:
     # The same lab and CoreDNS as bench/peers.py (its Corefile, its extra pod addresses).
     def make_coredns(lab, pod, up):
-        if args.rmem:
-            lab.run(pod, ["sysctl", "-q", f"net.core.rmem_default={args.rmem}"])
         for addr in peers.EXTRA_ADDRS:
             lab._ip("-n", lab.ns(pod), "addr", "add", f"{addr}/24", "dev", "eth0")
         return peers.corednsmod.CoreDns(lab, pod, up, corefile=peers.corefile())
