@@ -13,10 +13,11 @@ CoreDNS's cache:
   holds in every configuration, which the dns pod's UdpRcvbufErrors (reported) confirm.
 * max rate with 200 in flight (-q 200, the setting before 2026-12-03): QPS and queries lost.
   Here the configurations differ in loss, not in work: with XDP on eth0 (generic mode) each
-  query queued at CoreDNS's socket is charged 1280 bytes instead of 832 (the kernel re-allocates
-  every skb with less than 256 bytes of headroom, bench/truesize_probe.py), so the default
-  208 KiB buffer holds about a third fewer queries; a query lost there holds one of dnsperf's
-  200 slots for its 1 s timeout. Reported, not judged, so that cost stays visible.
+  query queued at CoreDNS's socket is charged 1075 bytes instead of 832 (the kernel re-allocates
+  every skb with less than 256 bytes of headroom; 1280 bytes before the program was xdp.frags;
+  bench/truesize_probe.py), so the default 208 KiB buffer holds about a fifth fewer queries;
+  a query lost there holds one of dnsperf's 200 slots for its 1 s timeout. Reported, not
+  judged, so that cost stays visible.
 * a fixed rate far below saturation (-v, per-query latency): the latency percentiles a client sees.
 
 Goal (issue 5): with-guard / alone QPS at least 0.97.
@@ -147,7 +148,9 @@ def table(key: str, res: dict[str, list[dict]]) -> list[str]:
 def goals(key: str, res: dict[str, list[dict]]) -> list[tuple[str, str, str | None]]:
     r = C.per_round(res["guard"], res["coredns"], "qps")
     deep = C.per_round(res["guard"], res["coredns"], "qps_deep")
-    lossless = ", lossless" if _in_flight(res) == LOSSLESS else ""
+    drops = sum(C.values(res["guard"] + res["coredns"], "drops"))
+    lossless = (", lossless" if not drops else f", NOT lossless: {drops:.0f} socket drops") \
+        if _in_flight(res) == LOSSLESS else ""
     out = [(f"1: with-guard / alone QPS, cache hits ≥ 0.97 (max rate, {_in_flight(res)} in flight{lossless})",
             C.summary(r, ".2f"), C.judge(r, lambda v: v >= 0.97))]
     if deep:  # absent from runs before 2026-12-03
