@@ -58,6 +58,14 @@ class CpuMeter:
         return out
 
 
+def udp_rcvbuf_errors(lab, pod: str) -> int:
+    """UDP datagrams a pod's sockets dropped for a full receive buffer (netstat's UdpRcvbufErrors,
+    namespaced). nstat -a reads the absolute counter, -s leaves its history file alone."""
+    out = lab.run(pod, ["nstat", "-asz", "UdpRcvbufErrors"]).stdout
+    m = re.search(r"^UdpRcvbufErrors\s+(\d+)", out, re.M)
+    return int(m.group(1)) if m else 0
+
+
 def proc_status(pid: int) -> dict[str, int]:
     """VmRSS, VmHWM, ... of /proc/PID/status, in KiB."""
     out = {}
