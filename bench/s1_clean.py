@@ -13,9 +13,10 @@ CoreDNS's cache:
   holds in every configuration, which the dns pod's UdpRcvbufErrors (reported) confirm.
 * max rate with 200 in flight (-q 200, the setting before 2026-12-03): QPS and queries lost.
   Here the configurations differ in loss, not in work: with XDP on eth0 (generic mode) each
-  query queued at CoreDNS's socket is charged 1075 bytes instead of 832 (the kernel re-allocates
-  every skb with less than 256 bytes of headroom; 1280 bytes before the program was xdp.frags;
-  bench/truesize_probe.py), so the default 208 KiB buffer holds about a fifth fewer queries;
+  query queued at CoreDNS's socket is charged 1280 bytes instead of 832 (the kernel re-allocates
+  every skb with less than 256 bytes of headroom; 1075 bytes if the program were xdp.frags,
+  which was measured and not shipped; bench/truesize_probe.py), so the default 208 KiB buffer
+  holds about a third fewer queries;
   a query lost there holds one of dnsperf's 200 slots for its 1 s timeout. Reported, not
   judged, so that cost stays visible.
 * a fixed rate far below saturation (-v, per-query latency): the latency percentiles a client sees.

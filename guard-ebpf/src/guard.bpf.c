@@ -192,15 +192,7 @@ static __always_inline int act(struct xdp_md *ctx, const struct packet_descripti
 	}
 }
 
-/* xdp.frags (BPF_F_XDP_HAS_FRAGS): in generic mode the kernel must re-allocate
- * every skb with less than 256 B of headroom, i.e. every packet a veth
- * delivers. For a frags-aware program it copies into a page-pool fragment
- * (skb_pp_cow_data), otherwise it grows the head with pskb_expand_head, and
- * the socket is charged 1280 B per queued query instead of 1075 (832 with no
- * XDP; bench/truesize_probe.py): CoreDNS's receive buffer holds a fifth more
- * queries. Everything this program reads or writes is bounds-checked against
- * data_end, the linear part, and dns_reply.h answers only what fits there. */
-SEC("xdp.frags")
+SEC("xdp")
 int dns_guard(struct xdp_md *ctx)
 {
 	struct packet_description pd = {};
