@@ -30,6 +30,7 @@ packages=(
   nsd bind9-utils  # forwarder tests: authoritative servers and DNSSEC signing for the private hierarchy
   dnsdist  # bench/peers.py: dnsdist in front of CoreDNS, a peer to compare against (issue 5)
   python3 python3-pytest python3-scapy
+  python3-matplotlib  # bench/report.py draws docs/peers.png (the peer bench and its smoke test)
   # manifests test: a venv for kubernetes-validate (PyPI), whose Kubernetes schemas ship inside it
   python3-venv
 )
