@@ -11,7 +11,8 @@
 //! blocks do: in the kernel (`guard_dynblock`, so the flood stops at XDP
 //! before CoreDNS sees it) when XDP is on, and in the proxy always (TCP
 //! clients, proxy-only mode). The zone apex keeps resolving, and neither a
-//! zone in `exempt`, nor one on an allowlist, nor a TLD is ever blocked.
+//! zone in `exempt`, nor one on an allowlist, nor a public suffix is ever
+//! blocked.
 
 use std::{
     collections::HashMap,
@@ -148,8 +149,8 @@ impl DynBlocks {
     /// One failed lookup under `zone`. `allowlisted` says whether the zone
     /// is covered by an allowlist (which always wins over a block).
     pub fn note_failure(&self, zone: &str, allowlisted: impl FnOnce(&str) -> bool) {
-        if !self.enabled() || zone.split('.').count() < 2 || self.is_exempt(zone) {
-            return; // never a TLD or the root: that would block a whole namespace
+        if !self.enabled() || is_public_suffix(zone) || self.is_exempt(zone) {
+            return;
         }
         let now = Instant::now();
         let window = Duration::from_secs(self.cfg.window_s);
@@ -271,6 +272,14 @@ impl DynBlocks {
         let blocked = self.blocked.read().unwrap_or_else(|p| p.into_inner());
         blocked.iter().filter(|(_, b)| b.until > now).map(|(z, b)| (z.clone(), b.until)).collect()
     }
+}
+
+/// Never a zone to block: a TLD, the root, or any other public suffix
+/// (`co.uk`, `github.io`; the Public Suffix List, via the psl crate).
+/// Otherwise a flood of random names under `co.uk` would block every
+/// domain in it: an attacker could aim the defence at everyone else.
+fn is_public_suffix(zone: &str) -> bool {
+    zone.split('.').count() < 2 || psl::suffix_str(zone).is_some_and(|s| s.len() == zone.len())
 }
 
 /// `a.b.example.com` -> `b.example.com`, `example.com`, `com`.
@@ -407,15 +416,25 @@ mod tests {
     #[test]
     fn tlds_exempt_and_allowlisted_zones_are_never_blocked() {
         let d = blocks(1);
-        for zone in ["test", "cluster.local", "svc.cluster.local", "10.in-addr.arpa", "allowed.test"] {
+        for zone in ["test", "co.uk", "github.io", "cluster.local", "svc.cluster.local", "10.in-addr.arpa", "allowed.test"] {
             for _ in 0..5 {
                 d.note_failure(zone, |z| z == "allowed.test");
             }
         }
-        for name in ["x.test", "x.svc.cluster.local", "x.10.in-addr.arpa", "x.allowed.test"] {
+        for name in ["x.test", "x.co.uk", "x.github.io", "x.svc.cluster.local", "x.10.in-addr.arpa", "x.allowed.test"] {
             assert_eq!(d.blocked_zone(name), None, "{name}");
         }
         assert_eq!(d.metrics.dynblocks_started.get(), 0);
+    }
+
+    #[test]
+    fn registrable_domains_and_their_subzones_can_be_blocked() {
+        for zone in ["victim.test", "example.co.uk", "user.github.io", "deep.victim.example"] {
+            assert!(!is_public_suffix(zone), "{zone}");
+        }
+        for zone in ["com", "co.uk", "github.io", "", "test"] {
+            assert!(is_public_suffix(zone), "{zone}");
+        }
     }
 
     #[test]
