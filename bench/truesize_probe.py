@@ -18,7 +18,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "integration"))
 
-from lab import Lab, v4  # noqa: E402
+from lab import BPFFS, Lab, v4  # noqa: E402
+
+GLOBALS = BPFFS / "tc" / "globals"  # where `ip ... obj` pins an object's maps (LIBBPF_PIN_BY_NAME)
 
 PORT = 5399
 N = 200
@@ -70,11 +72,15 @@ def main(argv: list[str]) -> int:
         print(f"no XDP: {per_query(lab):.0f} B per query")
         for spec in argv:
             obj, _, sec = spec.partition(":")
+            before = set(GLOBALS.iterdir()) if GLOBALS.is_dir() else set()
             lab.run("dns", ["ip", "link", "set", "dev", "eth0", "xdpgeneric", "obj", obj, "sec", sec or "xdp"])
             try:
                 print(f"{Path(obj).name} ({sec or 'xdp'}), generic: {per_query(lab):.0f} B per query")
             finally:
                 lab.clear_xdp("dns")
+                # guard.bpf.o's maps pin by name: iproute2 put them here; this probe removes them.
+                for pin in (set(GLOBALS.iterdir()) if GLOBALS.is_dir() else set()) - before:
+                    pin.unlink()
     return 0
 
 

@@ -216,6 +216,18 @@ def _tail(path: Path, n: int = 40) -> str:
         return "<missing>"
 
 
+def remove_iproute_dirs() -> None:
+    """Removes iproute2's bpffs dirs (tc/globals, and the ip and xdp links to tc) if empty.
+    Something else's pins in them keep them: rmdir of a non-empty dir fails, harmlessly."""
+    with contextlib.suppress(OSError):
+        (BPFFS / "tc" / "globals").rmdir()
+        (BPFFS / "tc").rmdir()
+        for link in ("ip", "xdp"):
+            p = BPFFS / link
+            if p.is_symlink() and not p.exists():  # its target, tc, is gone
+                p.unlink()
+
+
 def _wait_for(pred: Callable[[], object], timeout: float, interval: float = 0.05):
     deadline = time.monotonic() + timeout
     while True:
@@ -569,6 +581,9 @@ class Lab:
             raise LabError("bpffs is not mounted at /sys/fs/bpf; run scripts/setup.sh "
                            "(or: mount -t bpf bpf /sys/fs/bpf)")
         atexit.register(self.close)
+        # iproute2 makes its own bpffs dirs (tc/globals, with ip and xdp linking to it) the first
+        # time `ip ... obj` loads a program; if this lab is what made them, close() removes them.
+        self._iproute_dirs_existed = (BPFFS / "tc").exists()
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "owner.pid").write_text(str(os.getpid()))
         self._build_network()
@@ -669,6 +684,8 @@ class Lab:
             shutil.rmtree(path, ignore_errors=True)
         for name in reversed(self.namespaces):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        if not getattr(self, "_iproute_dirs_existed", True):
+            remove_iproute_dirs()
         if not os.environ.get("DG_KEEP_WORKDIR"):
             shutil.rmtree(self.workdir, ignore_errors=True)
         with contextlib.suppress(Exception):

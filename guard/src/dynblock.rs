@@ -122,6 +122,7 @@ impl DynBlocks {
                     warn!(zone, error = %e, "cannot key a dynamic block under the new table's seed");
                 }
             }
+            k.update_count();
         }
     }
 
@@ -133,6 +134,7 @@ impl DynBlocks {
             for (zone, _) in &self.live_zones() {
                 k.remove_under(zone, seed);
             }
+            k.update_count();
         }
     }
 
@@ -341,13 +343,17 @@ impl KernelBlocks {
         let left = until.saturating_duration_since(Instant::now());
         let value = guard_dynblock { expires_ns: monotonic_ns() + left.as_nanos() as u64, action: kernel_action(action) as u8, _pad: [0; 7] };
         self.map.insert(name_key(zone, seed), value, 0)?;
-        self.set_count()
+        Ok(())
     }
 
     fn remove(&mut self, zone: &str) {
         for seed in self.seeds.clone() {
             self.remove_under(zone, seed);
         }
+        self.update_count();
+    }
+
+    fn update_count(&mut self) {
         if let Err(e) = self.set_count() {
             warn!(error = %e, "cannot update the kernel's dynamic block count");
         }
@@ -356,7 +362,6 @@ impl KernelBlocks {
     fn remove_under(&mut self, zone: &str, seed: u64) {
         // Already gone is fine: the entry may never have been inserted.
         let _ = self.map.remove(&name_key(zone, seed));
-        let _ = self.set_count();
     }
 
     /// The kernel skips its lookups while this is 0.
