@@ -5,6 +5,7 @@
 //! TLS upstreams (`tls`) share the failover and checks, not the rest.
 
 use std::{
+    cell::RefCell,
     collections::BTreeMap,
     net::SocketAddr,
     sync::{
@@ -19,8 +20,8 @@ use hickory_proto::{
     rr::{Name, RecordType},
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpStream, UdpSocket},
+    io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt, Interest},
+    net::TcpStream,
     time::{timeout_at, Instant},
 };
 use tokio_rustls::rustls::ClientConfig;
@@ -302,18 +303,10 @@ impl Upstreams {
         ctx: &QueryCtx,
     ) -> Result<(Message, bool), ExchangeError> {
         let bytes = msg.to_vec().map_err(|e| ExchangeError::Encode(e.to_string()))?;
-        // A new socket per query: the kernel picks a random ephemeral
-        // port (RFC 5452 §9.2), so a forger must guess port and txid.
-        let sock = UdpSocket::bind(any_addr(&u.addr)).await?;
-        sock.send_to(&bytes, u.addr).await?;
-        // Uninitialized capacity, filled by recv_buf_from: zeroing 64 KiB
-        // per query was 5% of the proxy's CPU, page faults included.
-        let mut buf = Vec::with_capacity(65535);
+        let sock = send_on_fresh_socket(u.addr, &bytes)?;
         let first = loop {
-            buf.clear();
-            let (n, from) =
-                timeout_at(deadline, sock.recv_buf_from(&mut buf)).await.map_err(|_| ExchangeError::Timeout)??;
-            match verify_response(expected, from, &buf[..n]) {
+            let (datagram, from) = timeout_at(deadline, recv_datagram(&sock)).await.map_err(|_| ExchangeError::Timeout)??;
+            match verify_response(expected, from, &datagram) {
                 Ok(m) => break m,
                 Err(rej) => self.on_spoof(u, rej, from, ctx),
             }
@@ -323,14 +316,9 @@ impl Upstreams {
         }
         let until = deadline.min(Instant::now() + HOLD_ON);
         let mut differing = false;
-        while let Ok(r) = timeout_at(until, {
-            buf.clear();
-            sock.recv_buf_from(&mut buf)
-        })
-        .await
-        {
-            let (n, from) = r?;
-            match verify_response(expected, from, &buf[..n]) {
+        while let Ok(r) = timeout_at(until, recv_datagram(&sock)).await {
+            let (datagram, from) = r?;
+            match verify_response(expected, from, &datagram) {
                 Ok(m) if !same_answer(&first, &m) => differing = true,
                 Ok(_) => {}
                 Err(rej) => self.on_spoof(u, rej, from, ctx),
@@ -513,5 +501,40 @@ pub(crate) mod tests {
         };
         assert!(same_answer(&mk([192, 0, 2, 1]), &mk([192, 0, 2, 1])));
         assert!(!same_answer(&mk([192, 0, 2, 1]), &mk([192, 0, 2, 2])));
+    }
+}
+
+/// A new socket per query: the kernel picks a random ephemeral port
+/// (RFC 5452 §9.2), so a forger must guess port and txid. The query is sent
+/// before the socket is registered with tokio, and it is registered for
+/// reads only: a fresh tokio socket is not writable until the I/O driver has
+/// polled its first epoll event, so its first send waited a trip through
+/// the driver, and the write event itself woke whichever worker was parked
+/// in epoll_wait, on every query.
+fn send_on_fresh_socket(upstream: SocketAddr, query: &[u8]) -> std::io::Result<AsyncFd<std::net::UdpSocket>> {
+    let sock = std::net::UdpSocket::bind(any_addr(&upstream))?;
+    sock.set_nonblocking(true)?;
+    sock.send_to(query, upstream)?;
+    // SAFETY: the std socket owns its fd, which stays open and the same
+    // until the AsyncFd (the socket's only owner from here) is dropped.
+    unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE) }.map_err(|e| e.into_parts().1)
+}
+
+thread_local! {
+    /// One receive buffer per worker thread, zeroed once: a zeroed 64 KiB
+    /// buffer per query was 5% of the proxy's CPU, page faults included.
+    static RECV_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; 65535].into_boxed_slice());
+}
+
+/// The next datagram on an upstream socket, and who sent it.
+async fn recv_datagram(sock: &AsyncFd<std::net::UdpSocket>) -> std::io::Result<(Vec<u8>, SocketAddr)> {
+    loop {
+        let mut ready = sock.readable().await?;
+        let received = ready.try_io(|s| {
+            RECV_BUF.with_borrow_mut(|buf| s.get_ref().recv_from(buf).map(|(n, from)| (buf[..n].to_vec(), from)))
+        });
+        if let Ok(r) = received {
+            return r;
+        }
     }
 }
