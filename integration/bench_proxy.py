@@ -23,6 +23,15 @@ share the CPUs, so the max-rate ratio measures CPU cost per query as much as any
 
     python3 integration/bench_proxy.py            # full run (~2 minutes)
     python3 integration/bench_proxy.py --smoke    # a few seconds; asserts answers, never timings
+    python3 integration/bench_proxy.py --alt exp=/tmp/dns-guard   # + case F: D with another build
+
+``--relay`` adds cases R and S: a bare UDP relay (guard/examples/udp_relay.rs: no DNS, one
+thread, blocking sockets) in the proxy's place, with a fresh upstream socket per query (R, as
+the proxy) or one shared socket (S). Latency only. R vs A is what one more hop costs on the
+machine; D vs R is what the proxy adds on top of that floor.
+
+``--alt LABEL=BINARY`` (repeatable) adds a case per build, set up as D (dnssec off, unsigned
+names) on its own port, in the same interleaved rounds: an A/B of a proxy change in one run.
 
 Run as root. Traffic stays inside the lab (198.18.0.0/24); the lab is torn down on exit.
 """
@@ -57,6 +66,7 @@ class Case:
     label: str
     zone: str
     port: int | None  # None: Unbound direct on 53
+    latency_only: bool = False
 
     @property
     def server(self) -> str:
@@ -137,25 +147,52 @@ class Bench:
         t.tput_lost += res.lost
 
 
+RELAY_CASES = [
+    Case("R", "bare UDP relay, fresh upstream socket per query", "unsigned.lab", PORT_OFF + 20, True),
+    Case("S", "bare UDP relay, one upstream socket", "unsigned.lab", PORT_OFF + 21, True),
+]
+RELAY_BIN = Path(__file__).resolve().parent.parent / "target" / "release" / "examples" / "udp_relay"
+
+
+def extra_cases(args) -> list[Case]:
+    return (RELAY_CASES if args.relay else []) + alt_cases(args)
+
+
+def alt_cases(args) -> list[Case]:
+    """Case F, G, ...: D (dnssec off, unsigned names) served by another dns-guard build."""
+    return [Case(chr(ord("F") + i), f"proxy `{label}`, dnssec off, unsigned names", "unsigned.lab",
+                 PORT_OFF + 1 + i) for i, (label, _) in enumerate(args.alt)]
+
+
 def report(totals: dict[str, Totals], args, meta: dict) -> str:
     st = {}
     rows = []
-    for c in CASES:
+    cases = CASES + extra_cases(args)
+    for c in cases:
         t = totals[c.key]
-        med, p99, qps = statistics.median(t.latencies_us), percentile(t.latencies_us, 99), statistics.median(t.tput_qps)
+        med, p99 = statistics.median(t.latencies_us), percentile(t.latencies_us, 99)
+        qps = statistics.median(t.tput_qps) if t.tput_qps else None
         st[c.key] = (med, p99, qps)
-        lost = 100.0 * t.tput_lost / t.tput_sent if t.tput_sent else 0.0
+        lost = f"{100.0 * t.tput_lost / t.tput_sent:.2f}" if t.tput_sent else "–"
         rows.append(f"| {c.key}: {c.label} | {med:.0f} | {p99:.0f} | {min(t.round_medians):.0f}–"
-                    f"{max(t.round_medians):.0f} | {qps:,.0f} | {lost:.2f} |")
+                    f"{max(t.round_medians):.0f} | {'–' if qps is None else f'{qps:,.0f}'} | {lost} |")
     head = ["| case | median µs | p99 µs | per-round medians µs | QPS at max rate | lost % |",
             "|---|---:|---:|---:|---:|---:|"]
 
     def vs(x: str, ref: str) -> str:
         (m, p, q), (rm, rp, rq) = st[x], st[ref]
-        return (f"| {x} vs {ref} | {m - rm:+.0f} | {p - rp:+.0f} | {q / rq:.2f} |" if rq else "")
+        # Within each round first (the cases ran back to back), then the median and range:
+        # a noisy round then moves one sample, not every case's pooled median differently.
+        paired = sorted(a - b for a, b in zip(totals[x].round_medians, totals[ref].round_medians))
+        return (f"| {x} vs {ref} | {m - rm:+.0f} | {statistics.median(paired):+.0f} ({paired[0]:+.0f}–"
+                f"{paired[-1]:+.0f}) | {p - rp:+.0f} | {f'{q / rq:.2f}' if q and rq else '–'} |")
 
-    cmp = ["", "| comparison | added µs at p50 | added µs at p99 | QPS ratio |", "|---|---:|---:|---:|",
+    cmp = ["", "| comparison | added µs at p50, pooled | added µs at p50, per round: median (range) | "
+           "added µs at p99 | QPS ratio |", "|---|---:|---:|---:|---:|",
            vs("B", "A"), vs("D", "A"), vs("C", "E"), vs("C", "B"), vs("B", "D")]
+    if args.relay:
+        cmp += [vs("R", "A"), vs("S", "A"), vs("D", "R"), vs("B", "R")]
+    cmp += [vs(c.key, "D") for c in alt_cases(args)]
     notes = [
         "",
         f"Latency: {args.rounds} interleaved rounds × {args.queries} queries per case at ≤{args.rate} qps "
@@ -182,7 +219,18 @@ def parse_args(argv: list[str]):
     p.add_argument("--queries", type=int, help="queries per latency round (default 3000, smoke 100)")
     p.add_argument("--rate", type=int, default=2000, help="qps cap of latency rounds (default 2000)")
     p.add_argument("--duration", type=float, help="seconds per max-rate round (default 2, smoke 0.3)")
+    p.add_argument("--relay", action="store_true",
+                   help="add cases R and S: a bare UDP relay in the proxy's place (latency only)")
+    p.add_argument("--alt", action="append", default=[], metavar="LABEL=BINARY",
+                   help="add a case: D (dnssec off) served by this dns-guard build (repeatable)")
     args = p.parse_args(argv)
+    try:
+        args.alt = [(label, Path(path)) for label, path in (a.split("=", 1) for a in args.alt)]
+    except ValueError:
+        p.error("--alt takes LABEL=BINARY")
+    for label, path in args.alt:
+        if not os.access(path, os.X_OK):
+            p.error(f"--alt {label}: {path} is not an executable")
     args.rounds = args.rounds or (1 if args.smoke else 5)
     args.queries = args.queries or (100 if args.smoke else 3000)
     args.duration = args.duration or (0.3 if args.smoke else 2.0)
@@ -210,11 +258,21 @@ def main(argv: list[str]) -> int:
     }
     with Lab() as lab, H.Hierarchy(lab) as h:
         guards = []
-        for port, mode in ((PORT_VALIDATE, "validate"), (PORT_OFF, "off")):
+        cases = CASES + extra_cases(args)
+        if args.relay:
+            subprocess.run(["cargo", "build", "--release", "-q", "--example", "udp_relay"],
+                           cwd=RELAY_BIN.parents[3], check=True)
+            for c in RELAY_CASES:
+                lab.spawn("dns", [str(RELAY_BIN), f"{H.PROXY_ADDR}:{c.port}", f"{H.REC}:53",
+                                  "fresh" if c.key == "R" else "shared"], f"relay-{c.key}")
+            time.sleep(0.5)  # bound before check_answer asks it
+        builds = [(PORT_VALIDATE, "validate", lab.binary), (PORT_OFF, "off", lab.binary)]
+        builds += [(c.port, "off", path) for c, (_, path) in zip(alt_cases(args), args.alt)]
+        for port, mode, binary in builds:
             cfg = h.proxy_config(listen=f"{H.PROXY_ADDR}:{port}", dnssec=mode, anchor="dnskey" if mode == "validate" else None)
             cfg["log"] = {"allow_sample": 0}  # the production default: allows are counted, not logged
             cfg["metrics"] = {"listen": "127.0.0.1:0"}
-            g = lab.start_guard(cfg)
+            g = lab.start_guard(cfg, binary=binary)
             if not g.proxy_listening(5.0):
                 raise LabError(f"proxy on :{port} did not start:\n{g.stderr_tail()}")
             guards.append(g)
@@ -223,18 +281,20 @@ def main(argv: list[str]) -> int:
             names = [f"q{i:03d}.wild.{zone}" for i in range(POOL)]
             lab.dnsperf("c1", H.REC, names, duration=10, qps=1000, extra=["-n", "1", "-D"])
         bench = Bench(lab, args)
-        for c in CASES:
+        for c in cases:
             bench.check_answer(c)
-        totals = {c.key: Totals() for c in CASES}
+        totals = {c.key: Totals() for c in cases}
         t0 = time.monotonic()
         for phase in ("latency", "throughput"):
             for r in range(args.rounds):
-                order = CASES[r % len(CASES):] + CASES[:r % len(CASES)]
+                order = cases[r % len(cases):] + cases[:r % len(cases)]
                 for c in order:
+                    if phase == "throughput" and c.latency_only:
+                        continue
                     (bench.latency_round if phase == "latency" else bench.throughput_round)(c, totals[c.key])
                 print(f"[{time.monotonic() - t0:5.1f}s] {phase} round {r + 1}/{args.rounds} "
                       f"({' '.join(c.key for c in order)})", file=sys.stderr, flush=True)
-        for c in CASES:
+        for c in cases:
             bench.check_answer(c)
         for g in guards:
             if not g.alive():

@@ -376,9 +376,11 @@ def resolver_class(kind: str) -> type[Resolver]:
 class Guard:
     """One dns-guard configuration running in the dns pod (possibly across restarts)."""
 
-    def __init__(self, lab: "Lab", gdir: Path, config: dict, config_path: Path, layout: str, pod: str = "dns"):
+    def __init__(self, lab: "Lab", gdir: Path, config: dict, config_path: Path, layout: str, pod: str = "dns",
+                 binary: Path | None = None):
         self.lab, self.dir, self.config, self.config_path, self.layout = lab, gdir, config, config_path, layout
         self.pod = pod
+        self.binary = binary or lab.binary  # benches may run another build beside the lab's
         self.pin_dir = Path(config["xdp"]["pin_dir"])
         self.proc: subprocess.Popen | None = None
         self.runs = 0
@@ -398,7 +400,7 @@ class Guard:
             raise GuardError("guard already running")
         self.runs += 1
         self.proc = self.lab.spawn(
-            self.pod, [str(self.lab.binary), "run", "--config", str(self.config_path)],
+            self.pod, [str(self.binary), "run", "--config", str(self.config_path)],
             f"guard-{self.dir.name}-{self.runs}", stdout=self.stdout_path, stderr=self.stderr_path)
         self.wait_stderr("dns-guard ready", ready_timeout, what="ready")
         return self
@@ -435,14 +437,14 @@ class Guard:
         return self.proc.wait(5)
 
     def detach(self) -> subprocess.CompletedProcess:
-        return self.lab.run(self.pod, [str(self.lab.binary), "detach", "--config", str(self.config_path)],
+        return self.lab.run(self.pod, [str(self.binary), "detach", "--config", str(self.config_path)],
                             check=False, timeout=30)
 
     def cleanup(self) -> None:
         """Leave the guard's pod as we found it, whatever state the guard is in."""
         if self.proc:
             _stop_pid(self.proc, signal.SIGTERM, 5)
-        if self.pin_dir.exists() and self.lab.binary.exists():
+        if self.pin_dir.exists() and self.binary.exists():
             with contextlib.suppress(Exception):
                 self.detach()
         shutil.rmtree(self.pin_dir, ignore_errors=True)
@@ -825,15 +827,16 @@ class Lab:
         return {k: v for k, v in deep_merge(base, overrides or {}).items() if v is not None}
 
     def prepare_guard(self, config: dict | None = None, lists: dict[str, str] | None = None,
-                      layout: str = "files", pod: str = "dns") -> Guard:
+                      layout: str = "files", pod: str = "dns", binary: Path | None = None) -> Guard:
         """Write config + lists into a fresh directory and return an unstarted Guard for ``pod``.
 
         ``lists`` maps file name -> content. Unless the config names them, files whose name
         starts with "allow" become allowlists and the rest blocklists. Relative names in
         config["blocklists"/"allowlists"] refer to these files.
         """
-        if not self.binary.exists():
-            raise GuardError(f"{self.binary} not built; run `cargo build --release` (or scripts/setup.sh)")
+        binary = binary or self.binary
+        if not binary.exists():
+            raise GuardError(f"{binary} not built; run `cargo build --release` (or scripts/setup.sh)")
         self._guard_seq += 1
         gdir = self.workdir / f"guard{self._guard_seq}"
         ldir = gdir / "lists"
@@ -858,13 +861,13 @@ class Lab:
         full = self.guard_config(str(BPFFS / f"{self.prefix}-g{self._guard_seq}"), config)
         path = gdir / "guard.yaml"
         path.write_text(to_yaml(full) + "\n")
-        guard = Guard(self, gdir, full, path, layout, pod)
+        guard = Guard(self, gdir, full, path, layout, pod, binary)
         self.guards.append(guard)
         return guard
 
     def start_guard(self, config: dict | None = None, lists: dict[str, str] | None = None,
-                    layout: str = "files", ready_timeout: float = 20.0) -> Guard:
-        return self.prepare_guard(config, lists, layout).start(ready_timeout)
+                    layout: str = "files", ready_timeout: float = 20.0, binary: Path | None = None) -> Guard:
+        return self.prepare_guard(config, lists, layout, binary=binary).start(ready_timeout)
 
     def check_config(self, config_path: Path) -> subprocess.CompletedProcess:
         return subprocess.run([str(self.binary), "check", "--config", str(config_path)],

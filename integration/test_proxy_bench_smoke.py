@@ -1,7 +1,8 @@
 """The forwarder benchmark's harness works: `bench_proxy.py --smoke` exits 0.
 
-The smoke run asserts answers (the right address from every case, AD only on the validated
-signed-zone answers, no loss in the latency rounds); it never asserts timings. It builds its
+The smoke run asserts answers (the right address from every case, the bare relay and an
+``--alt`` build included, AD only on the validated signed-zone answers, no loss in the latency
+rounds); it never asserts timings. It builds its
 own lab and hierarchy, so it does not use the session fixtures.
 """
 
@@ -29,7 +30,10 @@ def test_bench_proxy_smoke():
     missing = H.missing_tools()
     if missing:
         _unavailable(f"missing {' '.join(missing)} (scripts/setup.sh)")
-    r = subprocess.run([sys.executable, str(BENCH), "--smoke"], capture_output=True, text=True, timeout=300)
+    # --relay (the bare relay, built by cargo) and --alt (another build; here the same one)
+    # are the A/B tools of the docs: their cases must answer too.
+    r = subprocess.run([sys.executable, str(BENCH), "--smoke", "--relay", "--alt", f"same={binary}"],
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr[-4000:]}"
-    for row in ("| B vs A |", "| C vs E |", "| D vs A |"):
+    for row in ("| B vs A |", "| C vs E |", "| D vs A |", "| R vs A |", "| D vs R |", "| F vs D |"):
         assert row in r.stdout, r.stdout
