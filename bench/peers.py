@@ -227,8 +227,9 @@ class Bench:
 
     # --- dns-guard, as its users run it: XDP on eth0 and the proxy in CoreDNS's forward path
     def guard_config(self, profile: str) -> dict:
-        """profile: "clean" (rate limit out of reach), "flood" (args.limit per /32) or "validate"
-        (clean, and the proxy validates against the private hierarchy)."""
+        """profile: "clean" (rate limit out of reach), "flood" (args.limit per /32), "validate"
+        (clean, and the proxy validates against the private hierarchy) or "forward" (the same
+        upstream, dnssec off)."""
         qps = self.args.limit if profile == "flood" else NO_LIMIT
         # The lab upstream is a flat dnsmasq, not a signed zone: validation would judge every
         # answer bogus, so it is off there (as in test_coredns.py); scenario 3 validates.
@@ -236,6 +237,8 @@ class Bench:
         if profile == "validate":
             proxy = {"listen": PROXY_LISTEN, "upstreams": [HIERARCHY_REC], "dnssec": "validate",
                      "trust_anchor": str(self.hier.anchors["dnskey"])}
+        elif profile == "forward":  # scenario 3's split: the same path without DNSSEC
+            proxy = {"listen": PROXY_LISTEN, "upstreams": [HIERARCHY_REC], "dnssec": "off"}
         return {"xdp": {"action": "nxdomain", "mode": "auto",
                         "ratelimit": {"qps": qps, "burst": qps, "ipv4_prefix": 32, "ipv6_prefix": 64,
                                       "action": "drop"}},

@@ -60,7 +60,11 @@ def _chart_link(args) -> str:
 
 
 def write_docs(path: Path, section: str, chart: Path | None) -> None:
-    """Replace what lies between the markers in ``path`` with ``section``."""
+    """Replace what lies between the markers in ``path`` with ``section``; a file that does not
+    exist yet is created holding only the section (a scratch run: ``--docs /tmp/run.md``)."""
+    if not path.exists():
+        path.write_text(f"{BEGIN}\n{section}{END}\n")
+        return
     text = path.read_text()
     if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
         raise SystemExit(f"{path}: needs exactly one pair of markers, in order:\n{BEGIN}\n{END}")

@@ -373,6 +373,10 @@ class Hierarchy:
     logfile: "{d}/nsd.log"
     verbosity: 1
     hide-version: yes
+    # Debian's NSD answers one source with at most 200 responses/s per kind (RRL) and
+    # drops or truncates the rest: the lab's own recursor asking for many names under one
+    # wildcard would measure that limit (and its retries) instead of the path under test.
+    rrl-ratelimit: 0
 remote-control:
     control-enable: no
 {zconf}""")
