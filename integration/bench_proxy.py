@@ -30,6 +30,9 @@ thread, blocking sockets) in the proxy's place, with a fresh upstream socket per
 the proxy) or one shared socket (S). Latency only. R vs A is what one more hop costs on the
 machine; D vs R is what the proxy adds on top of that floor.
 
+``--dnsdist`` adds case P: dnsdist (Debian; a C++ DNS proxy with no packet cache unless one is
+configured) forwarding to the same Unbound, for what a mature forwarder's hop costs here.
+
 ``--alt LABEL=BINARY`` (repeatable) adds a case per build, set up as D (dnssec off, unsigned
 names) on its own port, in the same interleaved rounds: an A/B of a proxy change in one run.
 
@@ -44,6 +47,7 @@ import datetime
 import os
 import platform
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -154,8 +158,20 @@ RELAY_CASES = [
 RELAY_BIN = Path(__file__).resolve().parent.parent / "target" / "release" / "examples" / "udp_relay"
 
 
+DNSDIST_CASE = Case("P", "dnsdist forwarding (no packet cache)", "unsigned.lab", PORT_OFF + 30)
+
+
 def extra_cases(args) -> list[Case]:
-    return (RELAY_CASES if args.relay else []) + alt_cases(args)
+    return (RELAY_CASES if args.relay else []) + ([DNSDIST_CASE] if args.dnsdist else []) + alt_cases(args)
+
+
+def dnsdist_conf(listen: str, upstream: str) -> str:
+    return f"""-- integration/bench_proxy.py --dnsdist: a plain forwarder, as a peer of the proxy
+setSecurityPollSuffix("")  -- never poll secpoll.powerdns.com: nothing leaves the lab
+setLocal("{listen}")
+setACL({{"198.18.0.0/15"}})
+newServer({{address="{upstream}", name="unbound", checkName="x.wild.unsigned.lab."}})
+"""
 
 
 def alt_cases(args) -> list[Case]:
@@ -192,6 +208,8 @@ def report(totals: dict[str, Totals], args, meta: dict) -> str:
            vs("B", "A"), vs("D", "A"), vs("C", "E"), vs("C", "B"), vs("B", "D")]
     if args.relay:
         cmp += [vs("R", "A"), vs("S", "A"), vs("D", "R"), vs("B", "R")]
+    if args.dnsdist:
+        cmp += [vs("P", "A"), vs("D", "P")]
     cmp += [vs(c.key, "D") for c in alt_cases(args)]
     notes = [
         "",
@@ -221,6 +239,8 @@ def parse_args(argv: list[str]):
     p.add_argument("--duration", type=float, help="seconds per max-rate round (default 2, smoke 0.3)")
     p.add_argument("--relay", action="store_true",
                    help="add cases R and S: a bare UDP relay in the proxy's place (latency only)")
+    p.add_argument("--dnsdist", action="store_true",
+                   help="add case P: dnsdist forwarding to the same upstream (a peer forwarder)")
     p.add_argument("--alt", action="append", default=[], metavar="LABEL=BINARY",
                    help="add a case: D (dnssec off) served by this dns-guard build (repeatable)")
     args = p.parse_args(argv)
@@ -244,7 +264,7 @@ def main(argv: list[str]) -> int:
     if os.geteuid() != 0:
         print("bench_proxy.py needs root (network namespaces)", file=sys.stderr)
         return 2
-    missing = H.missing_tools()
+    missing = H.missing_tools() + (["dnsdist"] if args.dnsdist and not shutil.which("dnsdist") else [])
     if missing:
         print(f"bench_proxy.py needs {' '.join(missing)} (scripts/setup.sh)", file=sys.stderr)
         return 2
@@ -266,6 +286,17 @@ def main(argv: list[str]) -> int:
                 lab.spawn("dns", [str(RELAY_BIN), f"{H.PROXY_ADDR}:{c.port}", f"{H.REC}:53",
                                   "fresh" if c.key == "R" else "shared"], f"relay-{c.key}")
             time.sleep(0.5)  # bound before check_answer asks it
+        if args.dnsdist:
+            conf = lab.workdir / "dnsdist.conf"
+            conf.write_text(dnsdist_conf(f"{H.PROXY_ADDR}:{DNSDIST_CASE.port}", f"{H.REC}:53"))
+            lab.spawn("dns", ["dnsdist", "--supervised", "--disable-syslog", "-C", str(conf)], "dnsdist")
+            up = lambda: lab.dig("c1", "x.wild.unsigned.lab", H.PROXY_ADDR, "-p", str(DNSDIST_CASE.port),
+                                 "+timeout=1").status == "NOERROR"
+            deadline = time.monotonic() + 15
+            while not up():
+                if time.monotonic() > deadline:
+                    raise LabError("dnsdist never answered")
+                time.sleep(0.3)
         builds = [(PORT_VALIDATE, "validate", lab.binary), (PORT_OFF, "off", lab.binary)]
         builds += [(c.port, "off", path) for c, (_, path) in zip(alt_cases(args), args.alt)]
         for port, mode, binary in builds:

@@ -1,12 +1,13 @@
 """The forwarder benchmark's harness works: `bench_proxy.py --smoke` exits 0.
 
-The smoke run asserts answers (the right address from every case, the bare relay and an
-``--alt`` build included, AD only on the validated signed-zone answers, no loss in the latency
+The smoke run asserts answers (the right address from every case, the bare relay, dnsdist
+and an ``--alt`` build included, AD only on the validated signed-zone answers, no loss in the latency
 rounds); it never asserts timings. It builds its
 own lab and hierarchy, so it does not use the session fixtures.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,13 +28,13 @@ def test_bench_proxy_smoke():
     binary = Path(os.environ.get("DNS_GUARD_BIN", DEFAULT_BIN))
     if not binary.exists():
         _unavailable(f"{binary} is not built (cargo build --release)")
-    missing = H.missing_tools()
+    missing = H.missing_tools() + ([] if shutil.which("dnsdist") else ["dnsdist"])
     if missing:
         _unavailable(f"missing {' '.join(missing)} (scripts/setup.sh)")
-    # --relay (the bare relay, built by cargo) and --alt (another build; here the same one)
-    # are the A/B tools of the docs: their cases must answer too.
-    r = subprocess.run([sys.executable, str(BENCH), "--smoke", "--relay", "--alt", f"same={binary}"],
+    # --relay (the bare relay, built by cargo), --dnsdist (a peer forwarder) and --alt (another
+    # build; here the same one) are what the docs' runs use: their cases must answer too.
+    r = subprocess.run([sys.executable, str(BENCH), "--smoke", "--relay", "--dnsdist", "--alt", f"same={binary}"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr[-4000:]}"
-    for row in ("| B vs A |", "| C vs E |", "| D vs A |", "| R vs A |", "| D vs R |", "| F vs D |"):
+    for row in ("| B vs A |", "| C vs E |", "| D vs A |", "| R vs A |", "| D vs R |", "| P vs A |", "| F vs D |"):
         assert row in r.stdout, r.stdout
