@@ -246,6 +246,37 @@ async fn forwards_and_answers_in_the_clients_spelling() {
     assert!(text.contains("dns_guard_upstream_latency_seconds_count"), "{text}");
 }
 
+/// RFC 5452 §9.2: a forger must guess the source port as well as the txid,
+/// so every upstream query leaves from a socket of its own on a port the
+/// kernel picked at random. One shared socket would show one port here.
+#[tokio::test]
+async fn each_upstream_query_leaves_from_its_own_random_port() {
+    let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+    let ports = Arc::new(Mutex::new(Vec::new()));
+    let seen = ports.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (n, from) = upstream.recv_from(&mut buf).await.unwrap();
+            let Ok(q) = Message::from_vec(&buf[..n]) else { continue };
+            seen.lock().unwrap().push(from.port());
+            let a = answer(&q, &[a_record(q.queries[0].name(), [192, 0, 2, 7])]);
+            upstream.send_to(&a.to_vec().unwrap(), from).await.unwrap();
+        }
+    });
+    let p = proxy(settings(vec![addr])).await;
+    for i in 0..20 {
+        assert_eq!(ips(&p.ask(&format!("n{i}.example.com.")).await), ["192.0.2.7"]);
+    }
+    let mut ports = ports.lock().unwrap().clone();
+    assert_eq!(ports.len(), 20);
+    ports.sort_unstable();
+    ports.dedup();
+    // Random picks from ~28k ephemeral ports may repeat a port now and then.
+    assert!(ports.len() >= 15, "{} distinct source ports for 20 queries: {ports:?}", ports.len());
+}
+
 #[tokio::test]
 async fn forgeries_are_counted_and_the_real_answer_still_wins() {
     // The forger answers first, with every wrong field; the real answer

@@ -469,41 +469,6 @@ fn same_answer(a: &Message, b: &Message) -> bool {
     a.metadata.response_code == b.metadata.response_code && set(a) == set(b)
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use hickory_proto::rr::{rdata::A, RData, Record};
-    use std::str::FromStr;
-
-    #[test]
-    fn queries_get_random_ids_and_case() {
-        let q = Query::query(Name::from_str("abcdefghijklmnop.example.com.").unwrap(), RecordType::A);
-        let (m1, n1) = build_query(&q, false, true, true);
-        let (m2, n2) = build_query(&q, false, true, true);
-        // 2^-16 and 2^-24 chances of a false failure: acceptable.
-        assert!(m1.metadata.id != m2.metadata.id || !n1.eq_case(&n2));
-        assert!(!n1.eq_case(&n2));
-        assert!(n1.eq_ignore_root(q.name()));
-        assert!(m1.edns.as_ref().unwrap().flags().dnssec_ok);
-        assert_eq!(m1.edns.as_ref().unwrap().max_payload(), 1232);
-        assert!(m1.metadata.recursion_desired);
-        let (_, plain) = build_query(&q, false, true, false);
-        assert_eq!(plain.to_ascii(), "abcdefghijklmnop.example.com.");
-    }
-
-    #[test]
-    fn answers_compare_by_content() {
-        let n = Name::from_str("a.example.").unwrap();
-        let mk = |ip: [u8; 4]| {
-            let mut m = Message::response(1, OpCode::Query);
-            m.add_answer(Record::from_rdata(n.clone(), 60, RData::A(A::from(std::net::Ipv4Addr::from(ip)))));
-            m
-        };
-        assert!(same_answer(&mk([192, 0, 2, 1]), &mk([192, 0, 2, 1])));
-        assert!(!same_answer(&mk([192, 0, 2, 1]), &mk([192, 0, 2, 2])));
-    }
-}
-
 /// A new socket per query: the kernel picks a random ephemeral port
 /// (RFC 5452 §9.2), so a forger must guess port and txid. The query is sent
 /// before the socket is registered with tokio, and it is registered for
@@ -536,5 +501,40 @@ async fn recv_datagram(sock: &AsyncFd<std::net::UdpSocket>) -> std::io::Result<(
         if let Ok(r) = received {
             return r;
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use hickory_proto::rr::{rdata::A, RData, Record};
+    use std::str::FromStr;
+
+    #[test]
+    fn queries_get_random_ids_and_case() {
+        let q = Query::query(Name::from_str("abcdefghijklmnop.example.com.").unwrap(), RecordType::A);
+        let (m1, n1) = build_query(&q, false, true, true);
+        let (m2, n2) = build_query(&q, false, true, true);
+        // 2^-16 and 2^-24 chances of a false failure: acceptable.
+        assert!(m1.metadata.id != m2.metadata.id || !n1.eq_case(&n2));
+        assert!(!n1.eq_case(&n2));
+        assert!(n1.eq_ignore_root(q.name()));
+        assert!(m1.edns.as_ref().unwrap().flags().dnssec_ok);
+        assert_eq!(m1.edns.as_ref().unwrap().max_payload(), 1232);
+        assert!(m1.metadata.recursion_desired);
+        let (_, plain) = build_query(&q, false, true, false);
+        assert_eq!(plain.to_ascii(), "abcdefghijklmnop.example.com.");
+    }
+
+    #[test]
+    fn answers_compare_by_content() {
+        let n = Name::from_str("a.example.").unwrap();
+        let mk = |ip: [u8; 4]| {
+            let mut m = Message::response(1, OpCode::Query);
+            m.add_answer(Record::from_rdata(n.clone(), 60, RData::A(A::from(std::net::Ipv4Addr::from(ip)))));
+            m
+        };
+        assert!(same_answer(&mk([192, 0, 2, 1]), &mk([192, 0, 2, 1])));
+        assert!(!same_answer(&mk([192, 0, 2, 1]), &mk([192, 0, 2, 2])));
     }
 }
