@@ -31,6 +31,10 @@ struct ObjGetAttr {
     bpf_fd: u32,
     file_flags: u32,
     path_fd: i32,
+    /// Named so that it is zeroed: the kernel rejects (EINVAL) an attr
+    /// with any non-zero byte past its last field, and the compiler's
+    /// implicit padding here held whatever was on the stack.
+    _pad: u32,
 }
 
 /// The `info` member of `union bpf_attr`.
