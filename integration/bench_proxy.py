@@ -58,7 +58,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import hierarchy as H  # noqa: E402
-from lab import Lab, LabError  # noqa: E402
+from lab import Lab, LabError, _wait_for  # noqa: E402
 
 POOL = 100
 PORT_VALIDATE, PORT_OFF = H.PROXY_PORT, H.PROXY_PORT + 1
@@ -279,24 +279,24 @@ def main(argv: list[str]) -> int:
     with Lab() as lab, H.Hierarchy(lab) as h:
         guards = []
         cases = CASES + extra_cases(args)
+        def answering(c: Case, what: str) -> None:
+            ok = _wait_for(lambda: lab.dig("c1", c.names()[0], c.server, "-p", str(c.port),
+                                           "+timeout=1").status == "NOERROR", 15, 0.3)
+            if not ok:
+                raise LabError(f"{what} on :{c.port} never answered")
+
         if args.relay:
             subprocess.run(["cargo", "build", "--release", "-q", "--example", "udp_relay"],
                            cwd=RELAY_BIN.parents[3], check=True)
             for c in RELAY_CASES:
                 lab.spawn("dns", [str(RELAY_BIN), f"{H.PROXY_ADDR}:{c.port}", f"{H.REC}:53",
                                   "fresh" if c.key == "R" else "shared"], f"relay-{c.key}")
-            time.sleep(0.5)  # bound before check_answer asks it
+                answering(c, "udp_relay")
         if args.dnsdist:
             conf = lab.workdir / "dnsdist.conf"
             conf.write_text(dnsdist_conf(f"{H.PROXY_ADDR}:{DNSDIST_CASE.port}", f"{H.REC}:53"))
             lab.spawn("dns", ["dnsdist", "--supervised", "--disable-syslog", "-C", str(conf)], "dnsdist")
-            up = lambda: lab.dig("c1", "x.wild.unsigned.lab", H.PROXY_ADDR, "-p", str(DNSDIST_CASE.port),
-                                 "+timeout=1").status == "NOERROR"
-            deadline = time.monotonic() + 15
-            while not up():
-                if time.monotonic() > deadline:
-                    raise LabError("dnsdist never answered")
-                time.sleep(0.3)
+            answering(DNSDIST_CASE, "dnsdist")
         builds = [(PORT_VALIDATE, "validate", lab.binary), (PORT_OFF, "off", lab.binary)]
         builds += [(c.port, "off", path) for c, (_, path) in zip(alt_cases(args), args.alt)]
         for port, mode, binary in builds:

@@ -71,6 +71,8 @@ struct FakeUpstream {
     addr: SocketAddr,
     udp_queries: Arc<AtomicUsize>,
     tcp_queries: Arc<AtomicUsize>,
+    /// Source port of each UDP query, in order.
+    udp_ports: Arc<Mutex<Vec<u16>>>,
 }
 
 impl FakeUpstream {
@@ -80,13 +82,15 @@ impl FakeUpstream {
         let tcp = TcpListener::bind(addr).await.unwrap();
         let stranger = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let (udp_queries, tcp_queries) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let uq = udp_queries.clone();
+        let udp_ports = Arc::new(Mutex::new(Vec::new()));
+        let (uq, ports) = (udp_queries.clone(), udp_ports.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
                 let (n, from) = udp.recv_from(&mut buf).await.unwrap();
                 let Ok(q) = Message::from_vec(&buf[..n]) else { continue };
                 uq.fetch_add(1, Ordering::SeqCst);
+                ports.lock().unwrap().push(from.port());
                 for s in udp_script(&q) {
                     let (sock, m) = match s {
                         Reply::Real(m) => (&udp, m),
@@ -115,7 +119,7 @@ impl FakeUpstream {
                 });
             }
         });
-        FakeUpstream { addr, udp_queries, tcp_queries }
+        FakeUpstream { addr, udp_queries, tcp_queries, udp_ports }
     }
 }
 
@@ -251,25 +255,12 @@ async fn forwards_and_answers_in_the_clients_spelling() {
 /// kernel picked at random. One shared socket would show one port here.
 #[tokio::test]
 async fn each_upstream_query_leaves_from_its_own_random_port() {
-    let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = upstream.local_addr().unwrap();
-    let ports = Arc::new(Mutex::new(Vec::new()));
-    let seen = ports.clone();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let (n, from) = upstream.recv_from(&mut buf).await.unwrap();
-            let Ok(q) = Message::from_vec(&buf[..n]) else { continue };
-            seen.lock().unwrap().push(from.port());
-            let a = answer(&q, &[a_record(q.queries[0].name(), [192, 0, 2, 7])]);
-            upstream.send_to(&a.to_vec().unwrap(), from).await.unwrap();
-        }
-    });
-    let p = proxy(settings(vec![addr])).await;
+    let up = FakeUpstream::start(answers_with([192, 0, 2, 7]), answers_with([192, 0, 2, 7])).await;
+    let p = proxy(settings(vec![up.addr])).await;
     for i in 0..20 {
         assert_eq!(ips(&p.ask(&format!("n{i}.example.com.")).await), ["192.0.2.7"]);
     }
-    let mut ports = ports.lock().unwrap().clone();
+    let mut ports = up.udp_ports.lock().unwrap().clone();
     assert_eq!(ports.len(), 20);
     ports.sort_unstable();
     ports.dedup();
