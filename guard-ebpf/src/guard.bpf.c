@@ -58,8 +58,8 @@ __attribute__((noinline)) int parse_packet(struct xdp_md *ctx,
 	return parse_dns_header(data, data_end, pd);
 }
 
-/* Step 4-5: the question, then the name copied and lower-cased into the
- * scratch. Leaves qname_len and nlabels in the scratch. */
+/* Steps 4-5: the question. Leaves qname_len, nlabels and the label offsets
+ * in the scratch. */
 __attribute__((noinline)) int parse_question(struct xdp_md *ctx,
 					     struct packet_description *pd,
 					     struct guard_scratch *s)
@@ -88,12 +88,7 @@ __attribute__((noinline)) int parse_question(struct xdp_md *ctx,
 	if (qname_len < 1 || qname_len > GUARD_QNAME_MAX ||
 	    *(volatile __u32 *)&s->nlabels >= GUARD_MAX_LABELS)
 		return GUARD_REASON_MALFORMED_NAME_TOO_LONG;
-	r = parse_question_tail(data, data_end, pd, dns_off, qname_len);
-	if (r != GUARD_PARSE_OK)
-		return r;
-	if (copy_qname(ctx, dns_off, qname_len, s))
-		return GUARD_REASON_MALFORMED_TRUNCATED_QUESTION;
-	return GUARD_PARSE_OK;
+	return parse_question_tail(data, data_end, pd, dns_off, qname_len);
 }
 
 /* Not DNS, or not ours to judge: counted and passed untouched. */
@@ -144,10 +139,20 @@ static __always_inline __u8 block_action(const struct guard_config *cfg, __u8 fl
 	return cfg->block_action;
 }
 
-/* Step 8: carries out a decision: event, counter, XDP verdict. */
+/* Every verdict but allow gets an event; log.allow_sample also logs a
+ * random fraction of allowed queries, so operators see what normal traffic
+ * looks like. */
+static __always_inline int wants_event(const struct decision *d, __u32 allow_sample)
+{
+	return d->verdict != GUARD_VERDICT_ALLOW ||
+	       (allow_sample && (allow_sample == 0xffffffff || bpf_get_prandom_u32() < allow_sample));
+}
+
+/* Step 8: carries out a decision: event, counter, XDP verdict. `logged`
+ * is wants_event(); the qname is in the scratch (or qname_len is 0). */
 static __always_inline int act(struct xdp_md *ctx, const struct packet_description *pd,
 			       const struct guard_scratch *s, struct decision *d,
-			       __u64 qname_len, __u32 allow_sample)
+			       __u64 qname_len, int logged)
 {
 	switch (d->action) {
 	case GUARD_ACTION_DROP:
@@ -182,11 +187,7 @@ static __always_inline int act(struct xdp_md *ctx, const struct packet_descripti
 		return pass(d->reason);
 	default:
 		d->action = GUARD_ACTION_PASS;
-		/* log.allow_sample: a random fraction of allowed queries is
-		 * logged too, so operators see what normal traffic looks like. */
-		if (d->verdict != GUARD_VERDICT_ALLOW ||
-		    (allow_sample &&
-		     (allow_sample == 0xffffffff || bpf_get_prandom_u32() < allow_sample)))
+		if (logged)
 			emit_event(pd, s, d, qname_len);
 		return pass(d->reason);
 	}
@@ -202,7 +203,7 @@ int dns_guard(struct xdp_md *ctx)
 	__u64 qname_len, rule_id;
 	__u8 allow, block, exact, flags, dyn = 0;
 	__u32 zero = 0;
-	int r;
+	int r, logged;
 
 	/* 1. Unconfigured (or configured by another ABI): hands off. */
 	cfg = bpf_map_lookup_elem(&guard_config, &zero);
@@ -217,7 +218,7 @@ int dns_guard(struct xdp_md *ctx)
 	if (r != GUARD_PARSE_OK)
 		return pass(r);
 
-	/* 4-5. The question, and the name copied for hashing. */
+	/* 4-5. The question. */
 	s = bpf_map_lookup_elem(&guard_scratch, &zero);
 	if (!s)
 		return pass(GUARD_REASON_PASS_NOT_DNS); /* cannot happen */
@@ -227,7 +228,7 @@ int dns_guard(struct xdp_md *ctx)
 	qname_len = *(volatile __u32 *)&s->qname_len;
 
 	/* 6. The name against the table. */
-	r = match_name(s, *(volatile __u32 *)&s->nlabels);
+	r = match_name(ctx, pd.dns_off, qname_len, s, *(volatile __u32 *)&s->nlabels);
 	allow = *(volatile __u8 *)&s->match_allow;
 	block = *(volatile __u8 *)&s->match_block;
 	exact = *(volatile __u8 *)&s->match_exact;
@@ -270,8 +271,12 @@ int dns_guard(struct xdp_md *ctx)
 		d.action = GUARD_ACTION_PASS;
 	}
 
-	/* 8. Act. */
-	return act(ctx, &pd, s, &d, qname_len, cfg->allow_sample);
+	/* 8. Act. The name is copied for the log only when there is an
+	 * event: a clean query never pays for the copy. */
+	logged = wants_event(&d, cfg->allow_sample);
+	if (logged && copy_qname(ctx, pd.dns_off, qname_len, s))
+		qname_len = 0; /* the parse rules it out; log the rest */
+	return act(ctx, &pd, s, &d, qname_len, logged);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

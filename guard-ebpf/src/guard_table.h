@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR MIT) */
 /*
- * guard_table.h - the qname against the name table: copy and lower-case the
- * name, then hash it suffix by suffix (guard_hash.h) and look each suffix
- * up in the bucketised open-addressing table of guard_abi.h.
+ * guard_table.h - the qname against the name table: hash it suffix by
+ * suffix straight from the packet (guard_hash.h) and look each suffix up in
+ * the bucketised open-addressing table of guard_abi.h; and the copy of the
+ * name that the verdict log gets.
  */
 #ifndef GUARD_TABLE_H
 #define GUARD_TABLE_H
@@ -23,31 +24,64 @@
  * the scratch map (match_*), not to this struct: stack writes would make
  * every callback exit a new verifier state. */
 struct suffix_walk {
+	struct xdp_md *ctx;
 	struct guard_scratch *s;
 	void *table;
 	__u64 h;         /* hash state, carried right to left */
 	__u64 n;         /* labels */
+	__u64 start;     /* packet offset of the qname */
+	__u64 len;       /* qname length */
 	__u32 nbuckets;
 	__u32 max_probe;
 	__u32 bloom_first;
 	__u32 bloom_blocks;
 };
 
-/* Copies the qname into the scratch and lower-cases it a word at a time,
- * up to the word holding its last byte; the rest of that word is zeroed.
- * Bytes after it are stale: hashing masks them and events zero them.
- * Length bytes are <= 63 and so untouched by guard_lower8.
+/* The 8 bytes of the qname from offset `at` (0 is its first length byte),
+ * read straight from the packet, little-endian, into *word. The caller has
+ * checked that qtype/qclass (4 bytes) follow the name, so a word may reach
+ * at most 4 bytes past the name; one that would reach further is read up to
+ * 3 bytes earlier and shifted down (its top bytes are then zero). Branch-free
+ * on purpose: a second packet-read path made the verifier walk 2^words
+ * states (E2BIG). Returns -1 if the offsets fail the verifier's bounds,
+ * which the parse before it rules out.
  *
- * Words are read straight from the packet rather than through
- * bpf_xdp_load_bytes: the helper's memcpy stores the bytes in pieces the
- * CPU cannot forward to our 8-byte loads, and each word then stalled until
- * the stores retired (about 30 ns per query, measured). The caller has
- * checked that qtype/qclass (4 bytes) follow the name in the packet, so a
- * word may reach at most 4 bytes past the name; one that would reach
- * further is read up to 3 bytes earlier and shifted down. Branch-free on
- * purpose: a second packet-read path made the verifier walk 2^words states
- * (E2BIG). A global function, so it is verified once and not once per exit
- * of the qname walk before it (that also hit E2BIG). */
+ * Words come from the packet, not from a copy in the scratch: a copy's
+ * stores and the hash's loads of the same bytes, one label later and
+ * misaligned with them, stalled the CPU until the stores retired (30-50 ns
+ * per query, measured), and the copy itself is only needed for the log. */
+static __always_inline int qname_word(void *data, void *data_end, __u64 start, __u64 at,
+				      __u64 len, __u64 *word)
+{
+	__u64 back, pos;
+	__s64 over, neg;
+	__u8 *p;
+
+	/* bytes this word would read past qtype/qclass, 0..3 */
+	over = (__s64)(at + 8) - (__s64)(len + DNS_QTAIL_LEN);
+	neg = over >> 63;
+	barrier_var(neg); /* or clang turns max(over, 0) into a branch */
+	back = (__u64)(over & ~neg) & 7;
+	/* start >= DNS_HDR_LEN > back: never before the packet. The offset is
+	 * formed and bounded as a scalar first, or clang adds -back to the
+	 * pointer and the verifier sees a negative offset. */
+	pos = start + at - back;
+	barrier_var(pos);
+	if (pos > GUARD_DNS_OFF_MAX + DNS_HDR_LEN + GUARD_QNAME_MAX)
+		return -1;
+	p = data + pos;
+	if (p + 8 > data_end)
+		return -1;
+	*word = load_word(p) >> (back * 8);
+	return 0;
+}
+
+/* Copies the qname into the scratch for the verdict log, lower-cased a word
+ * at a time, up to the word holding its last byte; the rest of that word is
+ * zeroed. Bytes after it are stale: events mask them. Length bytes are
+ * <= 63 and so untouched by guard_lower8. Called only for a query that
+ * gets an event. A global function, so it is verified once and not once per
+ * caller state. */
 __attribute__((noinline)) int copy_qname(struct xdp_md *ctx, __u64 dns_off,
 					  __u64 len, struct guard_scratch *s)
 {
@@ -59,29 +93,14 @@ __attribute__((noinline)) int copy_qname(struct xdp_md *ctx, __u64 dns_off,
 		return -1;
 #pragma clang loop unroll(disable)
 	for (i = 0; i < GUARD_NAME_WORDS; i++) {
-		__u64 at = i * 8, back, pos;
-		__s64 over, neg;
-		__u8 *p;
+		__u64 at = i * 8, word;
 
 		if (at >= len)
 			break;
-		/* bytes this word would read past qtype/qclass, 0..3 */
-		over = (__s64)(at + 8) - (__s64)(len + DNS_QTAIL_LEN);
-		neg = over >> 63;
-		barrier_var(neg); /* or clang turns max(over, 0) into a branch */
-		back = (__u64)(over & ~neg) & 7;
-		/* start >= DNS_HDR_LEN > back: never before the packet. The
-		 * offset is formed and bounded as a scalar first, or clang adds
-		 * -back to the pointer and the verifier sees a negative offset. */
-		pos = start + at - back;
-		barrier_var(pos);
-		if (pos > GUARD_DNS_OFF_MAX + DNS_HDR_LEN + GUARD_QNAME_MAX)
+		if (qname_word(data, data_end, start, at, len, &word))
 			return -1;
-		p = data + pos;
-		if (p + 8 > data_end)
-			return -1;
-		store_word(&s->name[at], guard_lower8((load_word(p) >> (back * 8)) &
-						      word_mask_clamped((__s64)len - (__s64)at)));
+		store_word(&s->name[at],
+			   guard_lower8(word & word_mask_clamped((__s64)len - (__s64)at)));
 	}
 	return 0;
 }
@@ -148,27 +167,32 @@ static __always_inline int bloom_may_hold(struct suffix_walk *w, __u64 k, __u64 
 	       (bk->keys[p2 >> 6] >> (p2 & 63)) & 1;
 }
 
-/* One label, right to left (k = 0 is the top-level label): fold its words
- * into the hash as guard_suffix_keys() does, then look the suffix up. */
+/* One label, right to left (k = 0 is the top-level label): fold its words,
+ * read from the packet and lower-cased, into the hash as guard_suffix_keys()
+ * does, then look the suffix up. A word that cannot be read ends the walk
+ * with what it found so far (the parse rules that out). */
 static long suffix_step(__u64 k, void *arg)
 {
 	struct suffix_walk *w = arg;
 	struct guard_scratch *s = w->s;
-	__u64 i = w->n - 1 - k, o, bytes, key, j;
+	void *data = (void *)(long)w->ctx->data;
+	void *data_end = (void *)(long)w->ctx->data_end;
+	__u64 i = w->n - 1 - k, o, bytes, key, j, word;
 	__u8 flags;
 
 	if (i >= GUARD_MAX_LABELS)
 		return 1;
 	o = s->label_off[i];
-	bytes = (__u64)s->name[o] + 1;
+	if (qname_word(data, data_end, w->start, o, w->len, &word))
+		return 1;
+	bytes = (word & 0xff) + 1;
 #pragma clang loop unroll(disable)
 	for (j = 0; j < GUARD_LABEL_MAX + 1; j += 8) {
-		__u64 at = o + j, word;
-
-		if (j >= bytes || at > GUARD_NAME_BUF - 8)
+		if (j >= bytes)
 			break;
-		word = load_word(&s->name[at]);
-		w->h = guard_hash_word(w->h, word & guard_word_mask(bytes - j));
+		if (j && qname_word(data, data_end, w->start, o + j, w->len, &word))
+			return 1;
+		w->h = guard_hash_word(w->h, guard_lower8(word) & guard_word_mask(bytes - j));
 	}
 	w->h = guard_fmix64(w->h);
 	key = guard_key(w->h);
@@ -193,9 +217,10 @@ static long suffix_step(__u64 k, void *arg)
 	return 0;
 }
 
-/* Matches the (copied, lower-cased) qname against the live table, leaving
- * the result in s->match_*. Returns -1 if no valid table is installed. */
-static __always_inline int match_name(struct guard_scratch *s, __u64 nlabels)
+/* Matches the qname (at dns_off + DNS_HDR_LEN in the packet, label offsets
+ * in the scratch) against the live table, leaving the result in s->match_*. Returns -1 if no valid table is installed. */
+static __always_inline int match_name(struct xdp_md *ctx, __u64 dns_off, __u64 qname_len,
+				      struct guard_scratch *s, __u64 nlabels)
 {
 	__u32 zero = 0;
 	struct guard_table_header *hdr;
@@ -216,7 +241,10 @@ static __always_inline int match_name(struct guard_scratch *s, __u64 nlabels)
 		return -1;
 	if (nlabels == 0 || nlabels >= GUARD_MAX_LABELS)
 		return 0; /* the root name: nothing to look up */
+	w.ctx = ctx;
 	w.s = s;
+	w.start = dns_off + DNS_HDR_LEN;
+	w.len = qname_len;
 	w.table = table;
 	w.h = hdr->seed;
 	w.n = nlabels;
