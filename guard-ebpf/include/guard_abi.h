@@ -70,12 +70,25 @@ typedef uint64_t __u64;
  * (none at all under a busy domain, whose block stays cached). A block
  * whose groups would put too many keys in it has GUARD_BLOOM_SPILLED in
  * flags[0]; the 3+-label keys of those groups then use their own blocks.
+ *
+ * Deep marks (header flag GUARD_TABLE_DEEP_MARKS). The other 56 bits of a
+ * block's flags[] (flags[1..7], bit guard_deep_bit(group) counted from bit
+ * 8 of the little-endian word) mark the groups, among those whose two-label
+ * key has this block, that hold a name of three or more labels. A name
+ * whose group is unmarked cannot match past its last two labels, so the
+ * walk stops there: most queries (Kubernetes' *.cluster.local, names under
+ * a domain no list goes below) hash and test two labels, not all of them.
+ * A mark is never missing for a group that has such names; a false mark
+ * only costs the full walk. While dynamic blocks are live the walk is
+ * always full, as their lookups need every suffix's key.
  */
 #define GUARD_BUCKET_SLOTS 8
 #define GUARD_MAX_PROBE 128
 #define GUARD_TABLE_MAGIC 0x32656c6261746764ULL /* "dgtable2" little-endian */
 /* flags[0] of a Bloom block: keys grouped here use their own blocks. */
 #define GUARD_BLOOM_SPILLED 1
+/* guard_table_header.flags: the Bloom blocks carry deep marks. */
+#define GUARD_TABLE_DEEP_MARKS 1
 
 struct guard_bucket {
 	__u64 keys[GUARD_BUCKET_SLOTS];
@@ -91,7 +104,8 @@ struct guard_table_header {
 	__u64 generation;
 	__u32 bloom_first;  /* element index of the first Bloom block */
 	__u32 bloom_blocks; /* 0: no Bloom filter, probe every suffix */
-	__u8 _pad[24];      /* pads to sizeof(struct guard_bucket) */
+	__u32 flags;        /* GUARD_TABLE_* */
+	__u8 _pad[20];      /* pads to sizeof(struct guard_bucket) */
 };
 
 /* What a table entry says about the name it was built from. A name can

@@ -87,6 +87,14 @@ GUARD_INLINE __u32 guard_bloom_bit(__u64 key, int i)
 	return (__u32)(key >> (32 + 9 * i)) & 511;
 }
 
+/* Deep mark of a group key in its block's flags word: bit 8 + (0..55), from
+ * the key's low 16 bits, which neither the block choice (the high bits of
+ * the low 32, for up to 65,536 blocks) nor the Bloom bits use. */
+GUARD_INLINE __u32 guard_deep_bit(__u64 group_key)
+{
+	return 8 + (__u32)(((group_key & 0xffff) * 56) >> 16);
+}
+
 #ifndef __BPF__
 /*
  * Reference implementation for hosts: fills out[i] with the key of the

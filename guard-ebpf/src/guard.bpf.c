@@ -202,7 +202,7 @@ int dns_guard(struct xdp_md *ctx)
 	struct guard_scratch *s;
 	__u64 qname_len, rule_id;
 	__u8 allow, block, exact, flags, dyn = 0;
-	__u32 zero = 0;
+	__u32 zero = 0, dynblocks;
 	int r, logged;
 
 	/* 1. Unconfigured (or configured by another ABI): hands off. */
@@ -227,8 +227,10 @@ int dns_guard(struct xdp_md *ctx)
 		return malformed(cfg, &pd, r);
 	qname_len = *(volatile __u32 *)&s->qname_len;
 
-	/* 6. The name against the table. */
-	r = match_name(ctx, pd.dns_off, qname_len, s, *(volatile __u32 *)&s->nlabels);
+	/* 6. The name against the table. Read once: a dynamic-block lookup
+	 * needs the full walk, and userspace may set dynblocks meanwhile. */
+	dynblocks = cfg->dynblocks;
+	r = match_name(ctx, pd.dns_off, qname_len, s, *(volatile __u32 *)&s->nlabels, dynblocks);
 	allow = *(volatile __u8 *)&s->match_allow;
 	block = *(volatile __u8 *)&s->match_block;
 	exact = *(volatile __u8 *)&s->match_exact;
@@ -237,7 +239,7 @@ int dns_guard(struct xdp_md *ctx)
 
 	/* 6b. No rule: is the name under a zone the proxy saw being flooded
 	 * with random subdomains? Only while a dynamic block is live. */
-	if (!r && !allow && !block && cfg->dynblocks) {
+	if (!r && !allow && !block && dynblocks) {
 		dynblock_match(s, *(volatile __u32 *)&s->nlabels);
 		dyn = *(volatile __u8 *)&s->match_dyn_action;
 		rule_id = *(volatile __u64 *)&s->match_rule_id;

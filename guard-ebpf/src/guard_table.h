@@ -35,6 +35,7 @@ struct suffix_walk {
 	__u32 max_probe;
 	__u32 bloom_first;
 	__u32 bloom_blocks;
+	__u32 deep_marks; /* the walk may stop at an unmarked group (guard_abi.h) */
 };
 
 /* The 8 bytes of the qname from offset `at` (0 is its first length byte),
@@ -138,33 +139,44 @@ static __always_inline __u8 table_probe(void *table, __u32 max_probe, __u32 nbuc
 	return 0;
 }
 
-/* 0 when the Bloom filter rules the suffix at walk step k out; 1 when it
- * may be in the table (or there is no filter, or the block cannot be read:
- * then probe). Steps 0 and 1 (one and two labels) test the key's own
- * block; step 1's block is also its group's, which steps 2.. test unless it
- * spilled (guard_abi.h). The group's block is kept in the scratch map, not
- * in the walk's stack struct: there the verifier would track its value and
- * verify the callback once per value (3.4x the instructions, measured). */
+#define BLOOM_MAY_HOLD 1  /* the suffix may be in the table: probe it */
+#define BLOOM_LAST_STEP 2 /* no longer suffix can be: the walk may stop here */
+
+/* What the Bloom filter says about the suffix at walk step k: BLOOM_MAY_HOLD
+ * unless it rules the suffix out (always set when there is no filter or the
+ * block cannot be read: then probe), and BLOOM_LAST_STEP when k is the
+ * name's two-label group and its block has no deep mark for it. Steps 0
+ * and 1 (one and two labels) test the key's own block; step 1's block is
+ * also its group's, which steps 2.. test unless it spilled (guard_abi.h).
+ * The group's block is kept in the scratch map, not in the walk's stack
+ * struct: there the verifier would track its value and verify the callback
+ * once per value (3.4x the instructions, measured). */
 static __always_inline int bloom_may_hold(struct suffix_walk *w, __u64 k, __u64 key)
 {
 	struct guard_bucket *bk;
 	__u32 b, p0, p1, p2;
+	int last = 0;
 
 	if (!w->bloom_blocks)
-		return 1;
+		return BLOOM_MAY_HOLD;
 	b = k >= 2 ? *(volatile __u32 *)&w->s->bloom_group : 0;
 	if (!b)
 		b = w->bloom_first + guard_bloom_block(key, w->bloom_blocks);
 	bk = bpf_map_lookup_elem(w->table, &b);
 	if (!bk)
-		return 1;
-	if (k == 1)
-		w->s->bloom_group = bk->flags[0] & GUARD_BLOOM_SPILLED ? 0 : b;
+		return BLOOM_MAY_HOLD;
+	if (k == 1) {
+		__u64 f = load_word(bk->flags);
+
+		w->s->bloom_group = f & GUARD_BLOOM_SPILLED ? 0 : b;
+		if (w->deep_marks && !((f >> guard_deep_bit(key)) & 1))
+			last = BLOOM_LAST_STEP;
+	}
 	p0 = guard_bloom_bit(key, 0);
 	p1 = guard_bloom_bit(key, 1);
 	p2 = guard_bloom_bit(key, 2);
-	return (bk->keys[p0 >> 6] >> (p0 & 63)) & (bk->keys[p1 >> 6] >> (p1 & 63)) &
-	       (bk->keys[p2 >> 6] >> (p2 & 63)) & 1;
+	return last | ((bk->keys[p0 >> 6] >> (p0 & 63)) & (bk->keys[p1 >> 6] >> (p1 & 63)) &
+		       (bk->keys[p2 >> 6] >> (p2 & 63)) & BLOOM_MAY_HOLD);
 }
 
 /* One label, right to left (k = 0 is the top-level label): fold its words,
@@ -178,6 +190,7 @@ static long suffix_step(__u64 k, void *arg)
 	void *data = (void *)(long)w->ctx->data;
 	void *data_end = (void *)(long)w->ctx->data_end;
 	__u64 i = w->n - 1 - k, o, bytes, key, j, word;
+	int bloom, done;
 	__u8 flags;
 
 	if (i >= GUARD_MAX_LABELS)
@@ -198,11 +211,13 @@ static long suffix_step(__u64 k, void *arg)
 	key = guard_key(w->h);
 	s->suffix_hash[i] = key;
 
-	if (!bloom_may_hold(w, k, key))
-		return 0;
+	bloom = bloom_may_hold(w, k, key);
+	done = bloom & BLOOM_LAST_STEP ? 1 : 0;
+	if (!(bloom & BLOOM_MAY_HOLD))
+		return done;
 	flags = table_probe(w->table, w->max_probe, w->nbuckets, key);
 	if (!flags)
-		return 0;
+		return done;
 	if (flags & (i == 0 ? GUARD_RULE_ALLOW_SELF : GUARD_RULE_ALLOW_SUB)) {
 		s->match_allow = 1;
 		return 1; /* allow wins (Pi-hole, AdGuard): nothing left to learn */
@@ -214,13 +229,16 @@ static long suffix_step(__u64 k, void *arg)
 		s->match_flags = flags;
 		s->match_rule_id = key;
 	}
-	return 0;
+	return done;
 }
 
 /* Matches the qname (at dns_off + DNS_HDR_LEN in the packet, label offsets
- * in the scratch) against the live table, leaving the result in s->match_*. Returns -1 if no valid table is installed. */
+ * in the scratch) against the live table, leaving the result in s->match_*.
+ * `full` walks every label even where deep marks would stop it, leaving
+ * every suffix's key in s->suffix_hash (dynamic blocks need them). Returns
+ * -1 if no valid table is installed. */
 static __always_inline int match_name(struct xdp_md *ctx, __u64 dns_off, __u64 qname_len,
-				      struct guard_scratch *s, __u64 nlabels)
+				      struct guard_scratch *s, __u64 nlabels, int full)
 {
 	__u32 zero = 0;
 	struct guard_table_header *hdr;
@@ -252,6 +270,7 @@ static __always_inline int match_name(struct xdp_md *ctx, __u64 dns_off, __u64 q
 	w.max_probe = hdr->max_probe > GUARD_MAX_PROBE ? GUARD_MAX_PROBE : hdr->max_probe;
 	w.bloom_first = hdr->bloom_first;
 	w.bloom_blocks = hdr->bloom_blocks;
+	w.deep_marks = !full && (hdr->flags & GUARD_TABLE_DEEP_MARKS);
 	bpf_loop(nlabels, suffix_step, &w, 0);
 	return 0;
 }

@@ -14,11 +14,14 @@
 //! the key of its last two labels, so a cold name's suffixes all read one
 //! block (guard_abi.h). A block that would hold too many keys that way is
 //! marked spilled, and the keys of groups homed on it go to their own
-//! blocks instead, as every key of one or two labels always does.
+//! blocks instead, as every key of one or two labels always does. A group
+//! that holds a name of three or more labels also gets a *deep mark* in
+//! its block's flags: where the mark is missing, the kernel stops its walk
+//! after the name's last two labels.
 
 use crate::abi::{
     guard_bucket, guard_table_header, GUARD_BUCKET_SLOTS, GUARD_LABEL_MAX, GUARD_MAX_LABELS,
-    GUARD_MAX_PROBE, GUARD_TABLE_MAGIC,
+    GUARD_MAX_PROBE, GUARD_TABLE_DEEP_MARKS, GUARD_TABLE_MAGIC,
 };
 
 const K1: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -94,11 +97,14 @@ pub fn name_key(dotted: &str, seed: u64) -> u64 {
 }
 
 /// One name to store: its key, its Bloom group (the key of its last two
-/// labels, or its own key when it has fewer than three) and its flags.
+/// labels, or its own key when it has fewer than three), whether it is
+/// deeper than its group (three or more labels: the group gets a deep mark)
+/// and its flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     pub key: u64,
     pub group: u64,
+    pub deep: bool,
     pub flags: u8,
 }
 
@@ -107,8 +113,9 @@ impl Entry {
     pub fn for_name(dotted: &str, seed: u64, flags: u8) -> Entry {
         let labels: Vec<&str> = dotted.split('.').filter(|l| !l.is_empty()).collect();
         let key = name_key(dotted, seed);
-        let group = if labels.len() > 2 { name_key(&labels[labels.len() - 2..].join("."), seed) } else { key };
-        Entry { key, group, flags }
+        let deep = labels.len() > 2;
+        let group = if deep { name_key(&labels[labels.len() - 2..].join("."), seed) } else { key };
+        Entry { key, group, deep, flags }
     }
 }
 
@@ -172,6 +179,18 @@ impl Table {
             let bit = bloom_bit(key, i);
             block.keys[(bit >> 6) as usize] >> (bit & 63) & 1 == 1
         })
+    }
+
+    /// Whether the kernel's walk goes past the group `group` (the key of a
+    /// name's last two labels): false only when the table carries deep
+    /// marks and the group's block has none for it, so no name of three
+    /// or more labels ends in that group (`BLOOM_LAST_STEP` in guard_table.h).
+    pub fn walk_goes_past(&self, group: u64) -> bool {
+        if self.header.flags & GUARD_TABLE_DEEP_MARKS == 0 || self.bloom.is_empty() {
+            return true;
+        }
+        let block = &self.bloom[bloom_block(group, self.bloom.len() as u32) as usize];
+        u64::from_le_bytes(block.flags) >> deep_bit(group) & 1 == 1
     }
 
     /// Bytes of table data per stored name (excluding map overhead).
@@ -249,6 +268,13 @@ pub fn bloom_bit(key: u64, i: u32) -> u32 {
     (key >> (32 + 9 * i)) as u32 & 511
 }
 
+/// Same as `guard_deep_bit()` in guard_hash.h: the group's bit in its
+/// block's flags word.
+#[inline]
+pub fn deep_bit(group: u64) -> u32 {
+    8 + (((group & 0xffff) * 56) >> 16) as u32
+}
+
 /// Same as `guard_home_bucket()` in guard_hash.h (0-based).
 #[inline]
 pub fn home_bucket(key: u64, nbuckets: u32) -> u32 {
@@ -302,8 +328,10 @@ pub fn build_with_home_buckets(entries: &[Entry], seed: u64, generation: u64, nb
 /// The Bloom blocks for `entries` (`distinct` of them after merging): the
 /// blocks of groups that would take more than BLOOM_GROUP_MAX keys are
 /// marked spilled first, then every key sets its bits where the kernel
-/// will test them. Built from all entries, not the merged ones, so two
-/// names of one key but different groups are both found.
+/// will test them, and every group with a deeper name gets its deep mark
+/// in its own block (flags bits 8..63, which spilling leaves alone). Built
+/// from all entries, not the merged ones, so two names of one key but
+/// different groups are both found and marked.
 fn build_bloom(entries: &[Entry], distinct: usize) -> Vec<guard_bucket> {
     let empty = guard_bucket { keys: [0; SLOTS], flags: [0; SLOTS] };
     let nblocks = distinct.div_ceil(NAMES_PER_BLOOM_BLOCK);
@@ -326,6 +354,12 @@ fn build_bloom(entries: &[Entry], distinct: usize) -> Vec<guard_bucket> {
         for i in 0..BLOOM_BITS {
             let bit = bloom_bit(key, i);
             bloom[b].keys[(bit >> 6) as usize] |= 1 << (bit & 63);
+        }
+        if e.deep {
+            let group = to_key(e.group);
+            let block = &mut bloom[bloom_block(group, nblocks as u32) as usize];
+            let bit = deep_bit(group);
+            block.flags[(bit / 8) as usize] |= 1 << (bit % 8);
         }
     }
     bloom
@@ -382,7 +416,8 @@ fn place(sorted: &[(u64, u8)], seed: u64, generation: u64, nbuckets: u32, bloom:
         generation,
         bloom_first: 1 + total_buckets as u32,
         bloom_blocks: bloom.len() as u32,
-        _pad: [0; 24],
+        flags: if bloom.is_empty() { 0 } else { GUARD_TABLE_DEEP_MARKS },
+        _pad: [0; 20],
     };
     Some(Table { header, buckets, bloom: bloom.to_vec(), merged_collisions: 0 })
 }
@@ -393,7 +428,7 @@ mod tests {
 
     /// An entry that is its own Bloom group (a name of one or two labels).
     fn own(key: u64, flags: u8) -> Entry {
-        Entry { key, group: key, flags }
+        Entry { key, group: key, deep: false, flags }
     }
 
     fn wire(name: &str) -> Vec<u8> {
@@ -507,6 +542,44 @@ mod tests {
         let rate = passed as f64 / tested as f64;
         assert!(rate < 0.06, "false positive rate {rate} over {tested} absent suffixes");
         assert!(table.bytes_per_name() < 12.0, "{} bytes per name", table.bytes_per_name());
+    }
+
+    #[test]
+    fn every_group_with_a_deeper_name_is_marked_and_most_others_are_not() {
+        // 20,000 listed groups, every other one with names below it (as in
+        // "ads.g0.example"), and 20,000 groups not listed at all.
+        let group = |g: u32| format!("g{g}.example");
+        let mut entries = Vec::new();
+        for g in 0..20_000 {
+            entries.push(Entry::for_name(&group(g), 5, 1));
+            if g % 2 == 0 {
+                entries.push(Entry::for_name(&format!("ads.{}", group(g)), 5, 1));
+            }
+        }
+        let table = build(&entries, 5, 1, DEFAULT_LOAD).unwrap();
+        assert_ne!(table.header.flags & GUARD_TABLE_DEEP_MARKS, 0);
+        let mut false_marks = 0;
+        for g in 0..40_000 {
+            let key = name_key(&group(g), 5);
+            if g < 20_000 && g % 2 == 0 {
+                assert!(table.walk_goes_past(key), "{} has a deeper name but no mark", group(g));
+            } else {
+                false_marks += table.walk_goes_past(key) as usize;
+            }
+        }
+        // 10,000 marks in 469 blocks, one of 56 bits each: about 1 in 3 of
+        // the other groups walks on for nothing (and loses nothing).
+        let rate = false_marks as f64 / 30_000.0;
+        assert!(rate < 0.4, "{rate} of unmarked groups read as marked");
+        // Spilling uses flags[0] bit 0 only; marks never touch it.
+        assert!(table.bloom.iter().all(|b| b.flags[0] & !BLOOM_SPILLED == 0));
+    }
+
+    #[test]
+    fn a_table_without_a_bloom_filter_has_no_deep_marks() {
+        let table = build(&[], 5, 1, DEFAULT_LOAD).unwrap();
+        assert_eq!(table.header.flags & GUARD_TABLE_DEEP_MARKS, 0);
+        assert!(table.walk_goes_past(name_key("any.example", 5)));
     }
 
     #[test]

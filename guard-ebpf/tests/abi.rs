@@ -49,7 +49,7 @@ fn rust_and_bpf_layouts_agree() {
     let btf = btf_layouts();
     let rust = [
         rust_layout!(guard_bucket { keys, flags }),
-        rust_layout!(guard_table_header { magic, seed, nbuckets, max_probe, nnames, generation, bloom_first, bloom_blocks, _pad }),
+        rust_layout!(guard_table_header { magic, seed, nbuckets, max_probe, nnames, generation, bloom_first, bloom_blocks, flags, _pad }),
         rust_layout!(guard_config { abi_version, block_action, rl_action, ipv4_prefix, ipv6_prefix, rl_qps, rl_burst, ports, nports, allow_sample, dynblocks }),
         rust_layout!(guard_dynblock { expires_ns, action, _pad }),
         rust_layout!(guard_rl_key { family, _pad, addr }),

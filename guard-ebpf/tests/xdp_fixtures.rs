@@ -118,6 +118,12 @@ fn long_name(c: char) -> String {
     name
 }
 
+fn build_table(rules: &[(String, u8)], nbuckets: u32) -> guard_ebpf::table::Table {
+    let entries: Vec<guard_ebpf::table::Entry> =
+        rules.iter().map(|(name, flags)| guard_ebpf::table::Entry::for_name(name, SEED, *flags)).collect();
+    guard_ebpf::table::build_with_home_buckets(&entries, SEED, 1, nbuckets)
+}
+
 fn name_key(name: &str) -> u64 {
     reference_suffix_keys(&wire(name), SEED).expect("valid name")[0]
 }
@@ -162,9 +168,11 @@ impl Guard {
     /// Builds a table the way guard_abi.h describes it (bucketised linear
     /// probing, header in element 0) and swaps it into slot 0.
     fn table(&mut self, rules: &[(String, u8)], nbuckets: u32) {
-        let entries: Vec<guard_ebpf::table::Entry> =
-            rules.iter().map(|(name, flags)| guard_ebpf::table::Entry::for_name(name, SEED, *flags)).collect();
-        let table = guard_ebpf::table::build_with_home_buckets(&entries, SEED, 1, nbuckets);
+        self.install(&build_table(rules, nbuckets));
+    }
+
+    /// Swaps a built (possibly hand-edited) table into slot 0.
+    fn install(&mut self, table: &guard_ebpf::table::Table) {
         let mut buckets = vec![guard_bucket::default(); table.elements() as usize];
         // SAFETY: both are 72-byte plain-old-data structs (checked by tests/abi.rs).
         buckets[0] = unsafe { std::mem::transmute::<guard_table_header, guard_bucket>(table.header) };
@@ -1420,6 +1428,58 @@ fn bloom_groups_and_spilled_blocks() {
     ] {
         g.expect(&n, &Frame::v4(Dns::query(&n).bytes()).bytes(), XDP_PASS, GUARD_REASON_ALLOW_CLEAN);
     }
+}
+
+/// Deep marks (guard_abi.h): the walk stops at a name's two-label group
+/// when the group's block has no mark for it. Shown by removing the one mark
+/// by hand: the deeper rule then goes unseen. With the table's DEEP_MARKS
+/// flag cleared, or while a dynamic block is live, the kernel walks every
+/// label and finds it again.
+#[test]
+fn deep_marks_end_the_walk_at_unmarked_groups() {
+    use guard_ebpf::table::{bloom_block, deep_bit};
+
+    let Some(mut g) = Guard::load("deep_marks_end_the_walk_at_unmarked_groups") else {
+        return;
+    };
+    g.config(guard_config {
+        block_action: GUARD_ACTION_DROP as u8,
+        ..base_config()
+    });
+    let rules = vec![("a.deep.example".to_string(), BLOCK_SELF), ("shallow.example".to_string(), BLOCK_SELF | BLOCK_SUB)];
+    let deep = Frame::v4(Dns::query("a.deep.example").bytes()).bytes();
+    let below_shallow = Frame::v4(Dns::query("x.y.shallow.example").bytes()).bytes();
+
+    let mut table = build_table(&rules, 64);
+    let group = name_key("deep.example");
+    assert_ne!(table.header.flags & GUARD_TABLE_DEEP_MARKS, 0, "a table with a Bloom filter carries deep marks");
+    assert!(table.walk_goes_past(group), "deep.example holds a longer name: marked");
+    assert!(!table.walk_goes_past(name_key("shallow.example")), "shallow.example holds none: unmarked");
+    g.install(&table);
+    g.expect("a.deep.example", &deep, XDP_DROP, GUARD_REASON_BLOCK_EXACT);
+    // The walk stops at shallow.example, which is the rule it needs.
+    g.expect("x.y.shallow.example", &below_shallow, XDP_DROP, GUARD_REASON_BLOCK_SUFFIX);
+
+    let block = bloom_block(group, table.bloom.len() as u32) as usize;
+    let bit = deep_bit(group);
+    table.bloom[block].flags[(bit / 8) as usize] &= !(1 << (bit % 8));
+    assert!(!table.walk_goes_past(group));
+    g.install(&table);
+    g.expect("a.deep.example, its mark removed", &deep, XDP_PASS, GUARD_REASON_ALLOW_CLEAN);
+
+    table.header.flags = 0;
+    g.install(&table);
+    g.expect("a.deep.example, marks off", &deep, XDP_DROP, GUARD_REASON_BLOCK_EXACT);
+
+    table.header.flags = GUARD_TABLE_DEEP_MARKS;
+    g.install(&table);
+    g.dynblock("elsewhere.example", GUARD_ACTION_REFUSED, 60_000_000_000);
+    g.config(guard_config {
+        block_action: GUARD_ACTION_DROP as u8,
+        dynblocks: 1,
+        ..base_config()
+    });
+    g.expect("a.deep.example, a dynamic block live", &deep, XDP_DROP, GUARD_REASON_BLOCK_EXACT);
 }
 
 #[test]
