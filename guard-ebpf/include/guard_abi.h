@@ -72,15 +72,16 @@ typedef uint64_t __u64;
  * flags[0]; the 3+-label keys of those groups then use their own blocks.
  *
  * Deep marks (header flag GUARD_TABLE_DEEP_MARKS). The other 56 bits of a
- * block's flags[] (flags[1..7], bit guard_deep_bit(group) counted from bit
- * 8 of the little-endian word) mark the groups, among those whose two-label
- * key has this block, that hold a name of three or more labels. A name
- * whose group is unmarked cannot match past its last two labels, so the
- * walk stops there: most queries (Kubernetes' *.cluster.local, names under
- * a domain no list goes below) hash and test two labels, not all of them.
- * A mark is never missing for a group that has such names; a false mark
- * only costs the full walk. While dynamic blocks are live the walk is
- * always full, as their lookups need every suffix's key.
+ * block's flags[] (bits 8..63 of flags[] read as one little-endian word; a
+ * group's bit is guard_deep_bit(group key)) mark the groups, among those
+ * whose two-label key has this block, that hold a name of three or more
+ * labels. A name whose group is unmarked cannot match past its last two
+ * labels, so the walk stops there: most queries (Kubernetes'
+ * *.cluster.local, names under a domain no list goes below) hash and test
+ * two labels, not all of them. A mark is never missing for a group that
+ * has such names; a false mark only costs the full walk. While dynamic
+ * blocks are live the walk is always full, as their lookups need every
+ * suffix's key.
  */
 #define GUARD_BUCKET_SLOTS 8
 #define GUARD_MAX_PROBE 128
