@@ -90,6 +90,9 @@ typedef uint64_t __u64;
 #define GUARD_BLOOM_SPILLED 1
 /* guard_table_header.flags: the Bloom blocks carry deep marks. */
 #define GUARD_TABLE_DEEP_MARKS 1
+/* guard_table_header.flags: no name in the table is a single label (most
+ * lists), so the walk hashes a top-level label but does not look it up. */
+#define GUARD_TABLE_NO_TLD_NAMES 2
 
 struct guard_bucket {
 	__u64 keys[GUARD_BUCKET_SLOTS];

@@ -1482,6 +1482,35 @@ fn deep_marks_end_the_walk_at_unmarked_groups() {
     g.expect("a.deep.example, a dynamic block live", &deep, XDP_DROP, GUARD_REASON_BLOCK_EXACT);
 }
 
+/// GUARD_TABLE_NO_TLD_NAMES: a table whose compiler found no single-label
+/// name lets the walk skip the top-level label's lookup. Shown by setting
+/// the flag by hand on a table that does hold one (`||zip^`): the kernel
+/// trusts it and no longer finds that rule, while two-label rules still match.
+#[test]
+fn tables_without_single_label_names_skip_the_top_level() {
+    let Some(mut g) = Guard::load("tables_without_single_label_names_skip_the_top_level") else {
+        return;
+    };
+    g.config(guard_config {
+        block_action: GUARD_ACTION_DROP as u8,
+        ..base_config()
+    });
+    let rules = vec![("zip".to_string(), BLOCK_SELF | BLOCK_SUB), ("ads.example".to_string(), BLOCK_SELF)];
+    let under_zip = Frame::v4(Dns::query("file.zip").bytes()).bytes();
+    let ads = Frame::v4(Dns::query("ads.example").bytes()).bytes();
+
+    let mut table = build_table(&rules, 64);
+    assert_eq!(table.header.flags & GUARD_TABLE_NO_TLD_NAMES, 0, "only the list compiler sets it");
+    g.install(&table);
+    g.expect("file.zip", &under_zip, XDP_DROP, GUARD_REASON_BLOCK_SUFFIX);
+    g.expect("ads.example", &ads, XDP_DROP, GUARD_REASON_BLOCK_EXACT);
+
+    table.header.flags |= GUARD_TABLE_NO_TLD_NAMES;
+    g.install(&table);
+    g.expect("file.zip, flag set", &under_zip, XDP_PASS, GUARD_REASON_ALLOW_CLEAN);
+    g.expect("ads.example, flag set", &ads, XDP_DROP, GUARD_REASON_BLOCK_EXACT);
+}
+
 #[test]
 fn rule_flags_force_the_action() {
     let Some(mut g) = Guard::load("rule_flags_force_the_action") else {
