@@ -34,8 +34,9 @@ typedef uint64_t __u64;
 #define GUARD_LABEL_MAX 63
 /* 255 octets hold at most 127 one-byte labels plus the root. */
 #define GUARD_MAX_LABELS 128
-/* Scratch copy of the qname: 256 bytes plus one word of slack so that
- * 8-byte reads of the last label never leave the buffer. */
+/* Scratch copy of the qname for the verdict log: 256 bytes plus one word
+ * of slack, so that the copy's 8-byte store of the last word never leaves
+ * the buffer. */
 #define GUARD_NAME_BUF 264
 #define GUARD_MAX_PORTS 8
 

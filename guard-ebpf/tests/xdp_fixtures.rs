@@ -1378,20 +1378,16 @@ fn crowded_table_probes() {
 /// per key. Both kinds must find every name.
 #[test]
 fn bloom_groups_and_spilled_blocks() {
-    use guard_ebpf::table::{build_with_home_buckets, Entry};
+    use guard_ebpf::table::bloom_block;
 
     let Some(mut g) = Guard::load("bloom_groups_and_spilled_blocks") else {
         return;
     };
     let mut rules: Vec<(String, u8)> = (0..300).map(|i| (format!("n{i}.hot.example"), BLOCK_SELF)).collect();
     // A small group whose block is not the hot group's, so not spilled.
-    let table_of = |rules: &[(String, u8)]| {
-        let entries: Vec<Entry> = rules.iter().map(|(n, f)| Entry::for_name(n, SEED, *f)).collect();
-        build_with_home_buckets(&entries, SEED, 1, 64)
-    };
     let spilled = |rules: &[(String, u8)], group: &str| {
-        let t = table_of(rules);
-        let b = ((name_key(group) & 0xffff_ffff) * t.bloom.len() as u64 >> 32) as usize;
+        let t = build_table(rules, 64);
+        let b = bloom_block(name_key(group), t.bloom.len() as u32) as usize;
         t.bloom[b].flags[0] as u32 & GUARD_BLOOM_SPILLED != 0
     };
     let small = (0..)
