@@ -262,6 +262,12 @@ static __always_inline int match_name(struct xdp_md *ctx, __u64 dns_off, __u64 q
 		return -1;
 	if (nlabels == 0 || nlabels >= GUARD_MAX_LABELS)
 		return 0; /* the root name: nothing to look up */
+	/* An empty table (a node that only rate-limits) holds nothing to
+	 * find. Without this the walk would probe every suffix: an empty
+	 * table has no Bloom filter to rule them out. Dynamic blocks still
+	 * need every suffix's key. */
+	if (!full && hdr->nnames == 0)
+		return 0;
 	w.ctx = ctx;
 	w.s = s;
 	w.start = dns_off + DNS_HDR_LEN;

@@ -1478,6 +1478,49 @@ fn deep_marks_end_the_walk_at_unmarked_groups() {
     g.expect("a.deep.example, a dynamic block live", &deep, XDP_DROP, GUARD_REASON_BLOCK_EXACT);
 }
 
+/// An empty table (a node that only rate-limits) ends the match before the
+/// walk, as its header's name count says there is nothing to find. Shown by
+/// a header that says 0 over a table that does hold a rule: the kernel
+/// trusts it, except while dynamic blocks are live, which need the full walk.
+#[test]
+fn empty_tables_end_the_match_before_the_walk() {
+    let Some(mut g) = Guard::load("empty_tables_end_the_match_before_the_walk") else {
+        return;
+    };
+    g.config(guard_config {
+        block_action: GUARD_ACTION_DROP as u8,
+        ..base_config()
+    });
+    let clean = Frame::v4(Dns::query("www.example.org").bytes()).bytes();
+    let ads = Frame::v4(Dns::query("ads.example").bytes()).bytes();
+    let victim_sub = Frame::v4(Dns::query("x1.victim.example").bytes()).bytes();
+
+    let empty = build_table(&[], 64);
+    assert_eq!(empty.header.nnames, 0);
+    g.install(&empty);
+    g.expect("clean name, empty table", &clean, XDP_PASS, GUARD_REASON_ALLOW_CLEAN);
+    g.dynblock("victim.example", GUARD_ACTION_DROP, 60_000_000_000);
+    g.config(guard_config {
+        block_action: GUARD_ACTION_DROP as u8,
+        dynblocks: 1,
+        ..base_config()
+    });
+    g.expect("dynamic block, empty table", &victim_sub, XDP_DROP, GUARD_REASON_BLOCK_DYNAMIC);
+
+    let mut table = build_table(&[("ads.example".to_string(), BLOCK_SELF)], 64);
+    table.header.nnames = 0;
+    g.install(&table);
+    g.expect("a rule, header says empty, dynamic block live", &ads, XDP_DROP, GUARD_REASON_BLOCK_EXACT);
+    g.config(guard_config {
+        block_action: GUARD_ACTION_DROP as u8,
+        ..base_config()
+    });
+    g.expect("a rule, header says empty", &ads, XDP_PASS, GUARD_REASON_ALLOW_CLEAN);
+    table.header.nnames = 1;
+    g.install(&table);
+    g.expect("a rule, header says one", &ads, XDP_DROP, GUARD_REASON_BLOCK_EXACT);
+}
+
 /// GUARD_TABLE_NO_TLD_NAMES: a table whose compiler found no single-label
 /// name lets the walk skip the top-level label's lookup. Shown by setting
 /// the flag by hand on a table that does hold one (`||zip^`): the kernel

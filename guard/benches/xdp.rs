@@ -4,7 +4,8 @@
 //! and 1M list entries (and more with `DG_BENCH_SIZES=0,100000,1000000,5000000`).
 //! Needs root. `cargo bench -p dns-guard --bench xdp`; prints Markdown.
 //! `DG_BENCH_SPIN_SECS=5` first spins that long on the hot mode of each
-//! size, for `perf record -a`. `DG_BENCH_JSON=path` also appends one JSON
+//! size, for `perf record -a` (`DG_BENCH_SPIN_DEEP=1`: on the mode "hot,
+//! under a listed domain" instead). `DG_BENCH_JSON=path` also appends one JSON
 //! object per size with every round's values (bench/peers.py reads it for
 //! medians and spreads); `DG_BENCH_ROUNDS` and `DG_BENCH_SINGLES` shrink the
 //! run for a smoke test.
@@ -282,11 +283,12 @@ fn bench(settings: &XdpSettings, pin_root: &PathBuf, sizes: &[usize], runs: &Run
         let cold_new: Vec<Vec<u8>> =
             (0..rounds * singles).map(|i| packet(&format!("w{i}.s{0}.ex{0}.org", i * 7919))).collect();
 
-        // For profilers (`perf record -a`): spin on the hot mode only.
+        // For profilers (`perf record -a`): spin on one hot mode only.
         if let Some(secs) = std::env::var("DG_BENCH_SPIN_SECS").ok().and_then(|s| s.parse::<f64>().ok()) {
             let until = Instant::now() + std::time::Duration::from_secs_f64(secs);
+            let spun = if std::env::var("DG_BENCH_SPIN_DEEP").is_ok() { &clean_deep } else { &clean };
             while Instant::now() < until {
-                run_ns(variants[0].guard.program(), &clean, HOT_REPEAT, &mut out);
+                run_ns(variants[0].guard.program(), spun, HOT_REPEAT, &mut out);
             }
         }
 
