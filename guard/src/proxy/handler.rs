@@ -96,6 +96,9 @@ pub struct Handler {
     /// The random-subdomain defence: fed with failed lookups, consulted
     /// before forwarding.
     pub dynblocks: Arc<DynBlocks>,
+    /// `xdp.action: log`: check 8 logs and counts what it would block, then
+    /// forwards, so a dry run is a dry run through both layers.
+    pub block_dry_run: bool,
 }
 
 /// The reply and its verdict line, before encoding.
@@ -107,6 +110,14 @@ struct Outcome {
 }
 
 impl Handler {
+    /// A block not carried out (`xdp.action: log`): its line, with action
+    /// `log` as the kernel writes it, and its count; the query goes on.
+    fn dry_run(&self, out: Outcome) {
+        let mut v = out.verdict;
+        v.action = "log".into();
+        self.tel.emit(v, out.label, &out.upstream);
+    }
+
     fn rules(&self) -> Option<Arc<RuleSet>> {
         let ix = self.index.read().unwrap_or_else(|p| p.into_inner());
         ix.as_ref().map(|i| Arc::clone(&i.rules))
@@ -174,7 +185,11 @@ impl Handler {
         // Check 8, early: a blocked qname is never sent upstream at all.
         let listed = rules.as_ref().and_then(|r| r.matches(&qname));
         if let Some(m) = listed.as_ref().filter(|m| m.kind == MatchKind::Block) {
-            return blocked(m, "blocklist", None);
+            let out = blocked(m, "blocklist", None);
+            if !self.block_dry_run {
+                return out;
+            }
+            self.dry_run(out);
         }
         let allowlisted = listed.is_some_and(|m| m.kind == MatchKind::Allow);
         let zone_allowlisted = |zone: &str| {
@@ -301,7 +316,11 @@ impl Handler {
         if let Some(rules) = &rules {
             let chain = answer_chain(&answer.sent, &msg);
             if let Some((_, m)) = check_blocklist(&chain[1..], rules) {
-                return blocked(&m, "cname-cloaking", Some(&up));
+                let out = blocked(&m, "cname-cloaking", Some(&up));
+                if !self.block_dry_run {
+                    return out;
+                }
+                self.dry_run(out);
             }
         }
 

@@ -34,7 +34,7 @@ use tracing::debug;
 
 use crate::{
     admin::Shutdown,
-    config::{Config, DnssecMode, RebindingConfig, ResolvConfError, SpoofConfig, Upstream},
+    config::{Config, DnssecMode, RebindingConfig, ResolvConfError, SpoofConfig, Upstream, XdpAction},
     ebpf::events::SharedRuleIndex,
     metrics::{Metrics, VerdictLabels},
     dynblock::DynBlocks,
@@ -84,6 +84,8 @@ pub struct ProxySettings {
     pub paranoid: bool,
     pub timeout: Duration,
     pub allow_sample: f64,
+    /// `xdp.action: log`: the blocklist check only logs (a dry run).
+    pub block_dry_run: bool,
 }
 
 impl ProxySettings {
@@ -112,6 +114,7 @@ impl ProxySettings {
             paranoid: p.paranoid,
             timeout: Duration::from_millis(p.timeout_ms),
             allow_sample: cfg.log.allow_sample,
+            block_dry_run: cfg.xdp.action == XdpAction::Log,
         })
     }
 }
@@ -191,6 +194,7 @@ pub async fn start(
         rebinding: settings.rebinding.clone(),
         dnssec: settings.dnssec,
         dynblocks: dynblocks.clone(),
+        block_dry_run: settings.block_dry_run,
     });
     let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT));
     let tasks = vec![

@@ -160,6 +160,7 @@ fn settings(upstreams: Vec<SocketAddr>) -> ProxySettings {
         paranoid: false,
         timeout: Duration::from_millis(1000),
         allow_sample: 1.0,
+        block_dry_run: false,
     }
 }
 
@@ -426,6 +427,47 @@ async fn blocklist_on_qname_and_cname_chain() {
     assert_eq!(lines[1]["reason"], "cname-cloaking");
     assert_eq!(lines[1]["rule"], "||tracker.test^");
     assert_eq!(lines[1]["list"], "block.txt:1");
+}
+
+/// `xdp.action: log` is a dry run here too: the blocklist check logs and
+/// counts what it would block (action `log`), and the query is forwarded.
+#[tokio::test]
+async fn a_dry_run_logs_blocklisted_names_and_forwards_them() {
+    // Only metrics.shop.example is a CNAME into the blocklist.
+    let cloak: Script = Arc::new(|q: &Message| {
+        let qn = q.queries[0].name().clone();
+        if !qn.to_ascii().eq_ignore_ascii_case("metrics.shop.example.") {
+            return vec![Reply::Real(answer(q, &[a_record(&qn, [192, 0, 2, 1])]))];
+        }
+        let target = name("x.tracker.test.");
+        vec![Reply::Real(answer(
+            q,
+            &[Record::from_rdata(qn, 60, RData::CNAME(CNAME(target.clone()))), a_record(&target, [192, 0, 2, 1])],
+        ))]
+    });
+    let up = FakeUpstream::start(cloak.clone(), cloak).await;
+    let p = proxy(ProxySettings { block_dry_run: true, ..settings(vec![up.addr]) }).await;
+    p.set_blocklist("||tracker.test^\nads.example\n");
+
+    for qname in ["ads.example.", "metrics.shop.example."] {
+        let m = p.ask(qname).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{qname}");
+        assert_eq!(ips(&m), ["192.0.2.1"], "{qname}: the upstream's answer");
+        assert!(ede_of(&m).is_empty(), "{qname}: no EDE 15 on a forwarded answer");
+    }
+    assert_eq!(up.udp_queries.load(Ordering::SeqCst), 2, "both were forwarded");
+    let lines = p.log.lines();
+    let would: Vec<_> = lines.iter().filter(|l| l["verdict"] == "block").collect();
+    assert_eq!(would.len(), 2, "{lines:?}");
+    assert_eq!((would[0]["action"].as_str(), would[0]["reason"].as_str()), (Some("log"), Some("blocklist")));
+    assert_eq!(would[0]["rule"], "ads.example");
+    assert_eq!((would[1]["action"].as_str(), would[1]["reason"].as_str()), (Some("log"), Some("cname-cloaking")));
+    assert_eq!(would[1]["list"], "block.txt:1");
+    let allowed = lines.iter().filter(|l| l["verdict"] == "allow" && l["action"] == "forward").count();
+    assert_eq!(allowed, 2, "what was done is logged too: {lines:?}");
+    let text = p.metrics.encode();
+    assert!(text.contains(r#"verdict="block",upstream=""} 1"#), "{text}");
+    assert!(text.contains(&format!(r#"verdict="block",upstream="{}"}} 1"#, up.addr)), "{text}");
 }
 
 #[tokio::test]
