@@ -79,8 +79,9 @@ mod tests {
     #[test]
     fn loopback_has_no_ethtool_driver_but_does_not_panic() {
         // `lo` answers GDRVINFO with EOPNOTSUPP on most kernels; either way
-        // the call must return, not crash.
-        let _ = driver_name("lo");
+        // the call must return, not crash, and never name a driver that
+        // would push `auto` to generic mode.
+        assert!(!driver_name("lo").is_ok_and(|d| prefers_generic(&d)));
     }
 
     #[test]
