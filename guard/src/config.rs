@@ -1256,7 +1256,9 @@ impl<'a> Ctx<'a> {
                 path: p.clone(),
                 line: node.line(),
                 key: f.key("trust_anchor"),
-                content: None,
+                // Parsed here as `run` parses it, so `check` finds a bad
+                // anchor before a rollout does.
+                content: Some(|p| crate::proxy::dnssec::AnchorSet::from_file(p).map(drop).map_err(|e| e.to_string())),
             });
         }
         let tls_ca = self.value(&f, "tls_ca", None, |n| path(n).map(|p| Some(resolve(base, p))));
@@ -1888,6 +1890,21 @@ kubernetes:
         std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).unwrap();
         std::fs::write(&cfg, "proxy:\n  upstreams: [tls://192.0.2.1@dns.example]\n  tls_ca: ca.pem\n").unwrap();
         assert_eq!(load(&cfg).unwrap().proxy.tls_ca, Some(dir.path().join("ca.pem")));
+    }
+
+    #[test]
+    fn a_bad_trust_anchor_is_reported_with_each_bad_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("guard.yaml");
+        std::fs::write(&cfg, "proxy:\n  upstreams: [192.0.2.1]\n  trust_anchor: root.key\n").unwrap();
+        std::fs::write(dir.path().join("root.key"), ". IN DNSKEY 257 3 8 AwEAAa==\n. IN DS nope\n. IN TXT x\n").unwrap();
+        let e: Vec<String> = load(&cfg).unwrap_err().issues.iter().map(|i| i.to_string()).collect();
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(e[0].contains(":3: proxy.trust_anchor: bad trust anchor file"), "{}", e[0]);
+        assert!(e[0].contains("root.key:2: ") && e[0].contains("root.key:3: "), "every bad line: {}", e[0]);
+        std::fs::write(dir.path().join("root.key"), "; nothing here\n").unwrap();
+        let e = load(&cfg).unwrap_err().to_string();
+        assert!(e.contains("holds no DNSKEY or DS record"), "{e}");
     }
 
     #[test]
