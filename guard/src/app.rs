@@ -4,7 +4,7 @@
 use std::{
     path::Path,
     sync::{Arc, RwLock},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context;
@@ -150,6 +150,7 @@ pub fn detach(path: &Path) -> Result<(), Failure> {
 fn install(
     guard: &mut XdpGuard,
     rules: RuleSet,
+    parse_took: Duration,
     generation: u64,
     index: &SharedRuleIndex,
     dynblocks: &DynBlocks,
@@ -177,7 +178,7 @@ fn install(
         }
         *current = Some(RuleIndex { previous, ..RuleIndex::new(seed, Arc::new(rules)) });
     }
-    record_lists(metrics, counts, started);
+    record_lists(metrics, counts, parse_took + started.elapsed());
     info!(
         generation,
         names = report.names,
@@ -191,17 +192,18 @@ fn install(
 
 /// Makes `rules` the index the proxy (and the event reader) consult,
 /// without a kernel table: the proxy-only mode.
-fn publish(rules: RuleSet, index: &SharedRuleIndex, metrics: &Metrics) {
-    record_lists(metrics, (rules.count_block(), rules.count_allow()), Instant::now());
+fn publish(rules: RuleSet, parse_took: Duration, index: &SharedRuleIndex, metrics: &Metrics) {
+    record_lists(metrics, (rules.count_block(), rules.count_allow()), parse_took);
     *index.write().unwrap_or_else(|p| p.into_inner()) = Some(RuleIndex::new(0, Arc::new(rules)));
 }
 
 // ---- admin: list metrics, readiness, drain (guard/src/admin.rs) ----------
-/// Records what /metrics says about the active lists.
-fn record_lists(metrics: &Metrics, (block, allow): (usize, usize), started: Instant) {
+/// Records what /metrics says about the active lists; `took` is parse,
+/// build and install together.
+fn record_lists(metrics: &Metrics, (block, allow): (usize, usize), took: Duration) {
     metrics.list_names.get_or_create(&ListLabels { kind: "block" }).set(block as i64);
     metrics.list_names.get_or_create(&ListLabels { kind: "allow" }).set(allow as i64);
-    metrics.list_load_seconds.observe(started.elapsed().as_secs_f64());
+    metrics.list_load_seconds.observe(took.as_secs_f64());
 }
 
 fn record_reload(metrics: &Metrics, ok: bool) {
@@ -212,7 +214,9 @@ fn record_reload(metrics: &Metrics, ok: bool) {
 /// `dns-guard run`: attach, enforce, log verdicts, reload on change.
 pub async fn run(path: &Path) -> Result<(), Failure> {
     let cfg = load_config(path)?;
+    let parse_started = Instant::now();
     let rules = load_lists(&cfg, true)?;
+    let parse_took = parse_started.elapsed();
     let index: SharedRuleIndex = Arc::new(RwLock::new(None));
     // The one registry of the process: every layer records into it.
     let metrics = Metrics::new();
@@ -254,7 +258,7 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
         Some(settings) => {
             let mut guard = XdpGuard::start(settings)?;
             dynblocks.attach_kernel(&guard.pin_root).context("opening the dynamic block map")?;
-            install(&mut guard, rules, 1, &index, &dynblocks, &metrics)?;
+            install(&mut guard, rules, parse_took, 1, &index, &dynblocks, &metrics)?;
             let events = guard.take_events().context("opening the event ring buffer")?;
             // Tracked, so the drain on SIGTERM waits for its last lines.
             shutdown.tracker.spawn(stream_events(events, index.clone(), log.clone(), shutdown.token.clone()));
@@ -262,7 +266,7 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
         }
         None => {
             warn!("no `interface:` configured: the XDP fast path is off");
-            publish(rules, &index, &metrics);
+            publish(rules, parse_took, &index, &metrics);
             None
         }
     };
@@ -312,6 +316,7 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
                 // Parsing a large list takes about a second: keep it off the
                 // runtime's workers, which serve the proxy and the admin server.
                 let (block, allow) = (cfg.blocklists.clone(), cfg.allowlists.clone());
+                let parse_started = Instant::now();
                 let loaded = match tokio::task::spawn_blocking(move || lists::load(&block, &allow)).await {
                     Ok(loaded) => loaded,
                     Err(e) => {
@@ -323,13 +328,14 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
                 // A bad reload keeps the old table: enforcement never lapses.
                 match loaded {
                     Ok(rules) => {
+                        let parse_took = parse_started.elapsed();
                         for d in &rules.diagnostics {
                             warn!("skipped list line: {d}");
                         }
                         let installed = match guard.as_mut() {
-                            Some(g) => install(g, rules, generation, &index, &dynblocks, &metrics),
+                            Some(g) => install(g, rules, parse_took, generation, &index, &dynblocks, &metrics),
                             None => {
-                                publish(rules, &index, &metrics);
+                                publish(rules, parse_took, &index, &metrics);
                                 Ok(())
                             }
                         };
