@@ -68,7 +68,10 @@
 //!   packet in place and test_run does not restore it between repeats, so
 //!   these are single runs.
 
-use std::{path::PathBuf, time::Instant};
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
 use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
@@ -207,7 +210,7 @@ struct Modes {
     blk: Pair,
 }
 
-fn bench(settings: &XdpSettings, pin_root: &PathBuf, sizes: &[usize], runs: &Runs) {
+fn bench(settings: &XdpSettings, pin_root: &Path, sizes: &[usize], runs: &Runs) {
     let Runs { rounds, singles, .. } = *runs;
     let mut objects: Vec<(String, Vec<u8>, bool)> = vec![("built-in".into(), guard_ebpf::XDP_OBJECT.to_vec(), false)];
     if let Ok(list) = std::env::var("DG_BENCH_OBJECTS") {

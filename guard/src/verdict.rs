@@ -484,7 +484,7 @@ mod tests {
             v.qname = Some("evil.example".into());
             log.emit(&v);
         }
-        log.emit(&Verdict::new("xdp", "malformed", "drop", "short-header"));
+        log.emit(Verdict::new("xdp", "malformed", "drop", "short-header"));
         let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);
@@ -503,7 +503,7 @@ mod tests {
     fn closed_reader_counts_and_drops() {
         let log = VerdictLog::to_writer(Box::new(Broken));
         for _ in 0..5 {
-            log.emit(&Verdict::new("xdp", "block", "drop", "blocklist"));
+            log.emit(Verdict::new("xdp", "block", "drop", "blocklist"));
         }
         assert_eq!(log.dropped(), 5);
         assert_eq!(log.emitted(), 0);

@@ -162,9 +162,9 @@ async fn pod_watch_follows_the_recorded_api_and_names_pods_in_verdicts() {
     // A verdict line from each layer, written while the watch is live.
     let out = Lines::default();
     let log = Arc::new(VerdictLog::to_writer(Box::new(out.clone())).with_pods(index.clone()));
-    log.emit(&to_verdict(&xdp_event("10.244.1.20"), None));
-    log.emit(&to_verdict(&xdp_event("fd00:10:244:2::7"), None));
-    log.emit(&to_verdict(&xdp_event("10.244.77.77"), None));
+    log.emit(to_verdict(&xdp_event("10.244.1.20"), None));
+    log.emit(to_verdict(&xdp_event("fd00:10:244:2::7"), None));
+    log.emit(to_verdict(&xdp_event("10.244.77.77"), None));
     // The proxy's client is CoreDNS on loopback: never a pod.
     let tel = Telemetry { log: log.clone(), metrics: metrics.clone(), allow_sample: 0.0 };
     let mut proxied = Verdict::new("proxy", "block", "nxdomain", "blocklist");
@@ -213,7 +213,7 @@ async fn an_unreachable_api_never_holds_up_verdicts() {
     let out = Lines::default();
     let log = VerdictLog::to_writer(Box::new(out.clone())).with_pods(index.clone());
     until("a counted watch error", || {
-        log.emit(&to_verdict(&xdp_event("10.244.1.20"), None));
+        log.emit(to_verdict(&xdp_event("10.244.1.20"), None));
         metrics.k8s_watch_errors.get() >= 1
     })
     .await;
@@ -249,7 +249,7 @@ async fn an_api_that_never_answers_never_holds_up_verdicts() {
     let out = Lines::default();
     let log = VerdictLog::to_writer(Box::new(out.clone())).with_pods(index);
     for _ in 0..100 {
-        log.emit(&to_verdict(&xdp_event("10.244.1.20"), None));
+        log.emit(to_verdict(&xdp_event("10.244.1.20"), None));
     }
     let lines = out.json();
     assert_eq!(lines.len(), 100);
