@@ -201,15 +201,20 @@ impl Handler {
         // clients and proxy-only mode end up here).
         if let Some(zone) = self.dynblocks.blocked_zone(&qname).filter(|_| !allowlisted) {
             let action = self.dynblocks.action();
-            let mut v = line("block", action.as_str(), "random-subdomain");
+            // REFUSED also for `drop`: this client is CoreDNS, which would
+            // retry a silence and keep the flood going. The line's action
+            // names what was sent.
+            let (rcode, sent) = match action {
+                DynBlockAction::Log => (ResponseCode::NoError, "log"),
+                DynBlockAction::Nxdomain => (ResponseCode::NXDomain, "nxdomain"),
+                _ => (ResponseCode::Refused, "refused"),
+            };
+            let mut v = line("block", sent, "random-subdomain");
             v.rule = Some(format!("*.{zone}"));
             v.list = Some("random-subdomain".into());
             if action == DynBlockAction::Log {
                 self.tel.log.emit(v); // dry run: logged, then forwarded
             } else {
-                // REFUSED also for `drop`: this client is CoreDNS, which
-                // would retry a silence and keep the flood going.
-                let rcode = if action == DynBlockAction::Nxdomain { ResponseCode::NXDomain } else { ResponseCode::Refused };
                 let ede = Ede::new(EDE_BLOCKED, format!("random-subdomain flood on {zone}"));
                 return Outcome { reply: local_reply(cq, rcode, Some(&ede)), verdict: v, label: "block", upstream: String::new() };
             }

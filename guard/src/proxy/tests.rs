@@ -29,7 +29,7 @@ use tokio::{
 use super::{response::ede_of, start, ProxyHandle, ProxySettings};
 use crate::{
     admin::Shutdown,
-    config::{DnssecMode, RandomSubdomainConfig, RebindingConfig, SpoofConfig, Upstream},
+    config::{DnssecMode, DynBlockAction, RandomSubdomainConfig, RebindingConfig, SpoofConfig, Upstream},
     dynblock::DynBlocks,
     ebpf::events::{RuleIndex, SharedRuleIndex},
     lists::{parse_str, ListKind, RuleSet},
