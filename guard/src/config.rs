@@ -475,8 +475,8 @@ interface: eth0
 
 xdp:
   mode: auto            # auto | native | generic (auto falls back to generic)
-  ports: [53]           # 1 to 8 UDP/TCP destination ports to inspect
-  action: nxdomain      # nxdomain | refused | drop | log (log = dry run)
+  ports: [53]           # 1 to 8 UDP destination ports to inspect (XDP sees UDP only)
+  action: nxdomain      # nxdomain | refused | drop | log (log = dry run, proxy included)
   pin_dir: /sys/fs/bpf/dns-guard   # bpffs directory for pinned maps
   ratelimit:
     qps: 100            # queries per second per client prefix; 0 = off

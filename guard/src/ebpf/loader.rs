@@ -4,7 +4,8 @@
 //! restarts: a restart finds the pinned maps (aya reuses pins by name) and
 //! the pinned link, and swaps the freshly loaded program into that link
 //! with one `bpf_link_update`, so there is no moment without a program.
-//! Needs kernel >= 5.9 (bpf_link for XDP) and >= 5.10 (BPF_F_INNER_MAP).
+//! Needs kernel >= 5.17: bpf_loop (the name walk); also bpf_link for XDP
+//! (5.9), BPF_F_INNER_MAP (5.10) and bpf_ktime_get_coarse_ns (5.11).
 
 use std::{
     fs, io,

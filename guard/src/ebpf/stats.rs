@@ -1,5 +1,5 @@
 //! The kernel's per-reason counters (`guard_stats`, a per-CPU array), and
-//! the names they go by in the verdict log, metrics and `dns-guard stats`.
+//! the names they go by in the verdict log and metrics.
 
 use aya::maps::{MapData, PerCpuArray};
 use guard_ebpf::abi::{guard_action, guard_reason, guard_stat, guard_verdict};
