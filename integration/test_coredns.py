@@ -32,6 +32,7 @@ from lab import GOOD_V4, UP_V4, v4
 
 BLOCKLIST = "||blocked.test^\n||evil.corp.example^\n"
 CORP_V4 = "198.19.0.77"
+DRY_RUN_NAME, DRY_RUN_V4 = "dry.blocked.test", "198.19.0.78"  # listed, and the upstream has it
 REBIND_V4 = "10.1.2.3"  # only ever data in an answer: nothing is sent there
 TORTURED = "torture.test"  # the zone of the random-subdomain flood
 PROXY_LINE = "dns-guard proxy listening on"
@@ -53,6 +54,7 @@ def clab():
         up = the_lab.upstream
         labmod._stop_pid(up.proc)
         up.records += [f"--address=/corp.example/{CORP_V4}", f"--host-record=rebind.test,{REBIND_V4}",
+                       f"--host-record={DRY_RUN_NAME},{DRY_RUN_V4}",
                        f"--address=/{TORTURED}/"]  # NXDOMAIN for the zone and every name under it
         up.start()
         _wait_upstream(the_lab)
@@ -229,6 +231,23 @@ def test_rebinding_answer_never_reaches_clients_or_the_cache(clab, cguard):
     # The cluster's own names may be private: the hosts mock answers them before forward.
     r = clab.dig("c1", "web.shop.svc.cluster.local")
     assert r.addresses == [coredns.CLUSTER_HOSTS["web.shop.svc.cluster.local"]], r.raw
+
+
+def test_a_dry_run_blocks_nothing_in_either_layer_and_logs_both(clab, cguard):
+    """xdp.action: log is a dry run end to end: a listed name passes the kernel, CoreDNS
+    forwards its cache miss to the proxy, the proxy forwards it upstream, and each layer logs
+    what it would have blocked, with action `log`."""
+    guard = cguard({"xdp": {"action": "log"}})
+    _require_proxy(guard)
+    run_example(clab, guard, "kubeadm-default.Corefile")
+    r = clab.dig("c1", DRY_RUN_NAME, None, "+timeout=5")
+    assert r.status == "NOERROR" and r.addresses == [DRY_RUN_V4], r.raw
+    assert clab.resolver_saw(DRY_RUN_NAME), "CoreDNS got the query"
+    for layer in ("xdp", "proxy"):
+        v = guard.wait_verdict(qname=DRY_RUN_NAME, layer=layer, verdict="block")
+        assert v and v["action"] == "log" and v["rule"] == "||blocked.test^", (layer, guard.verdicts())
+    forwarded = guard.wait_verdict(qname=DRY_RUN_NAME, layer="proxy", verdict="allow")
+    assert forwarded is None or forwarded["action"] == "forward", forwarded  # allows are sampled
 
 
 FORGED_V4 = "198.18.66.99"
