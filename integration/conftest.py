@@ -1,6 +1,8 @@
 """Fixtures: one lab per session, one dns-guard per test, everything torn down even on failure."""
 
 import os
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -22,6 +24,42 @@ def _unavailable(reason: str):
 def require_root():
     if os.geteuid() != 0:
         _unavailable("lab tests need root")
+
+
+def run_lab_script(argv: list[str], timeout: float, grace: float = 60.0) -> subprocess.CompletedProcess:
+    """Run a script that builds its own lab (a bench harness), capturing its text output.
+
+    Not subprocess.run(timeout=...): that SIGKILLs the child on timeout, so the SIGTERM
+    handler that unwinds its `with Lab()` never runs and its namespaces, pins and daemons
+    stay behind. Here a timeout sends SIGTERM, allows `grace` s for that teardown, then
+    SIGKILLs, and fails the test with what the script printed.
+    """
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        out, err, how = _stop_lab_script(proc, grace)
+        pytest.fail(f"{' '.join(map(str, argv))} ran past its {timeout:.0f} s timeout ({how})\n"
+                    f"stdout:\n{out[-4000:]}\nstderr:\n{err[-6000:]}", pytrace=False)
+    except BaseException:  # KeyboardInterrupt, say: the script must not outlive the test either
+        _stop_lab_script(proc, grace)
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def _stop_lab_script(proc: subprocess.Popen, grace: float) -> tuple[str, str, str]:
+    """SIGTERM, `grace` s for the script's own teardown, then SIGKILL; returns its output."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        # communicate() again after a TimeoutExpired loses no output (subprocess docs).
+        out, err = proc.communicate(timeout=grace)
+        how = f"SIGTERM; it exited {proc.returncode} after its teardown"
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        how = (f"SIGTERM, then SIGKILL {grace:.0f} s later: its lab may be left behind "
+               "(python3 integration/lab.py cleanup)")
+    return out or "", err or "", how
 
 
 @pytest.fixture(scope="session")

@@ -6,13 +6,12 @@ It builds its own lab, so it does not use the session lab fixture.
 """
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import _unavailable, require_root
+from conftest import _unavailable, require_root, run_lab_script
 from lab import DEFAULT_BIN
 
 pytestmark = pytest.mark.needs_guard
@@ -25,6 +24,6 @@ def test_bench_roundtrip_smoke():
     binary = Path(os.environ.get("DNS_GUARD_BIN", DEFAULT_BIN))
     if not binary.exists():
         _unavailable(f"{binary} is not built (cargo build --release)")
-    r = subprocess.run([sys.executable, str(BENCH), "--smoke"], capture_output=True, text=True, timeout=300)
+    r = run_lab_script([sys.executable, str(BENCH), "--smoke"], timeout=300)
     assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr[-4000:]}"
     assert "| **A/B** |" in r.stdout, r.stdout

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import struct
 import subprocess
@@ -323,9 +324,10 @@ t._forging_upstream(s, threading.Event())
 
 def test_forged_upstream_replies_are_never_cached(clab, cguard):
     clab.add_pod("fup", [70], v6=False)
+    forger = None
     try:
         ready = clab.workdir / "fup.ready"
-        clab.spawn("fup", [sys.executable, "-c", FORGER_PY, str(ready)], "fup")
+        forger = clab.spawn("fup", [sys.executable, "-c", FORGER_PY, str(ready)], "fup")
         assert labmod._wait_for(ready.exists, 10), (clab.workdir / "fup.err").read_text()
         guard = cguard({"proxy": {"upstreams": ["198.18.0.70"]}})
         _require_proxy(guard)
@@ -335,6 +337,10 @@ def test_forged_upstream_replies_are_never_cached(clab, cguard):
             assert FORGED_V4 not in r.addresses, r.raw
             assert r.status == "NOERROR" and GOOD_V4 in r.addresses, r.raw
     finally:
+        # `ip netns del` only unmounts the name: a live forger would keep pod fup, and its
+        # link on the bridge, until the module's lab closes.
+        if forger is not None:
+            labmod._stop_pid(forger, signal.SIGTERM, 3)
         clab.remove_pod("fup")
 
 

@@ -326,11 +326,14 @@ def test_pins_of_a_gone_pod_are_swept_and_a_live_pods_are_kept(lab, start_guard)
     because the pod's XDP link lost its device, and leaves a live pod's pins alone."""
     shared = str(BPFFS / f"{lab.prefix}-node")
     cfg = {"xdp": {"pin_dir": shared}}
-    lab.add_pod("gone", [81])
-    lab.add_pod("live", [82])
-    gone = lab.prepare_guard(cfg, LISTS, pod="gone")
-    live = lab.prepare_guard(cfg, LISTS, pod="live")
+    guards = []
     try:
+        lab.add_pod("gone", [81])
+        lab.add_pod("live", [82])
+        gone = lab.prepare_guard(cfg, LISTS, pod="gone")
+        guards.append(gone)
+        live = lab.prepare_guard(cfg, LISTS, pod="live")
+        guards.append(live)
         gone.start()
         live.start()
         dirs = {p.name: p for p in Path(shared).iterdir()}
@@ -347,9 +350,12 @@ def test_pins_of_a_gone_pod_are_swept_and_a_live_pods_are_kept(lab, start_guard)
         assert live_dir.exists() and (live_dir / "link").exists(), "a live pod's pins were removed"
         assert lab.dig("c1", "y.blocked.test", "198.18.0.82").status == "NXDOMAIN", "live pod lost XDP"
     finally:
-        for g in (gone, live):
+        for g in guards:
             g.cleanup()
             lab.guards.remove(g)
+        # remove_pod is a no-op for a pod already removed (or never added): "gone" is only
+        # removed above if the test got that far.
+        lab.remove_pod("gone")
         lab.remove_pod("live")
         shutil.rmtree(shared, ignore_errors=True)
 

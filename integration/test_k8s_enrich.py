@@ -7,12 +7,13 @@ in the dns pod's network namespace, where dns-guard reaches it at 127.0.0.1 thro
 """
 
 import re
+import signal
 import sys
 from pathlib import Path
 
 import pytest
 
-from lab import _wait_for, v4, v6
+from lab import _stop_pid, _wait_for, v4, v6
 
 pytestmark = pytest.mark.needs_guard
 
@@ -33,15 +34,26 @@ current-context: lab
     return path
 
 
-def start_fake_api(lab, *pods: str):
-    """Starts the stand-in API in the dns pod; returns its port and a reader of its request log."""
-    out = lab.workdir / "k8s-api.out"
-    err = lab.workdir / "k8s-api.err"
-    fake = Path(__file__).resolve().parent / "k8s_fake_api.py"
-    lab.spawn("dns", [sys.executable, str(fake), *pods], "k8s-api", stdout=out, stderr=err)
-    line = _wait_for(lambda: re.search(r"listening on (\d+)", out.read_text()) if out.exists() else None, 10)
-    assert line, "the stand-in API server did not start"
-    return int(line.group(1)), lambda: err.read_text().splitlines()
+@pytest.fixture
+def fake_api(lab):
+    """Factory: fake_api(*pods) starts the stand-in API in the dns pod and returns its port and
+    a reader of its request log. The dns pod outlives the test, so teardown stops it by pid."""
+    procs = []
+
+    def start(*pods: str):
+        out = lab.workdir / "k8s-api.out"
+        err = lab.workdir / "k8s-api.err"
+        out.unlink(missing_ok=True)  # spawn appends: an earlier run's line must not count
+        err.unlink(missing_ok=True)
+        fake = Path(__file__).resolve().parent / "k8s_fake_api.py"
+        procs.append(lab.spawn("dns", [sys.executable, str(fake), *pods], "k8s-api", stdout=out, stderr=err))
+        line = _wait_for(lambda: re.search(r"listening on (\d+)", out.read_text()) if out.exists() else None, 10)
+        assert line, f"the stand-in API server did not start: {err.read_text()[-1000:] if err.exists() else ''}"
+        return int(line.group(1)), lambda: err.read_text().splitlines()
+
+    yield start
+    for proc in procs:
+        _stop_pid(proc, signal.SIGTERM, 3)
 
 
 def blocked(lab, guard, client, server, name):
@@ -52,8 +64,9 @@ def blocked(lab, guard, client, server, name):
     return v
 
 
-def test_xdp_verdicts_name_the_client_pod(lab, start_guard, monkeypatch):
-    port, requests = start_fake_api(lab, f"{v4('c1')},{v6('c1')}={CART}")
+def test_xdp_verdicts_name_the_client_pod(lab, fake_api, start_guard, monkeypatch):
+    # fake_api before start_guard: teardown stops the guard first, then the API it watches.
+    port, requests = fake_api(f"{v4('c1')},{v6('c1')}={CART}")
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig(lab, port)))
     guard = start_guard({"kubernetes": {"enrich": "on"}}, LISTS)
     guard.wait_stderr("pod cache synced", 10)

@@ -1,7 +1,10 @@
 """The lab itself, without dns-guard: if these fail, no other result in this directory means anything."""
 
+import sys
+
 import pytest
 
+from conftest import run_lab_script
 from lab import GOOD_V4, GOOD_V6, v4, v6
 
 
@@ -45,3 +48,34 @@ def test_sniffer_sees_malformed_without_guard(lab):
         lab.scapy("c1", "malformed", "--dst", v4("dns"), "--sport-base", "45000",
                   "--out", str(lab.workdir / "lab-malformed.json"))
     assert {s["sport"] for s in seen} >= set(range(45000, 45006)), seen
+
+
+# A stand-in for a bench script: says it is up, then outlives any timeout. With "trap" it
+# tears down on SIGTERM (writes the marker) like the bench scripts' handlers; without, it
+# ignores SIGTERM and only SIGKILL ends it.
+_SLOW_SCRIPT = """
+import signal, sys, time
+def down(*_):
+    open(sys.argv[1], "w").write("torn down")
+    sys.exit(143)
+signal.signal(signal.SIGTERM, down if sys.argv[2] == "trap" else signal.SIG_IGN)
+print("up", flush=True)
+time.sleep(120)
+"""
+
+
+def test_lab_script_timeout_lets_its_teardown_run(tmp_path):
+    marker = tmp_path / "down"
+    with pytest.raises(pytest.fail.Exception) as failed:
+        run_lab_script([sys.executable, "-c", _SLOW_SCRIPT, str(marker), "trap"], timeout=3, grace=10)
+    assert marker.read_text() == "torn down", "SIGKILLed before its SIGTERM handler ran"
+    msg = str(failed.value)
+    assert "timeout" in msg and "exited 143" in msg and "stdout:\nup" in msg, msg
+
+
+def test_lab_script_ignoring_sigterm_is_killed_after_grace(tmp_path):
+    marker = tmp_path / "down"
+    with pytest.raises(pytest.fail.Exception) as failed:
+        run_lab_script([sys.executable, "-c", _SLOW_SCRIPT, str(marker), "ignore"], timeout=3, grace=1)
+    assert not marker.exists()
+    assert "SIGKILL" in str(failed.value), failed.value

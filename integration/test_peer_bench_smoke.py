@@ -15,7 +15,6 @@ session lab fixture.
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import pytest
 
 import coredns
 import hierarchy
-from conftest import _unavailable, require_root
+from conftest import _unavailable, require_root, run_lab_script
 from lab import DEFAULT_BIN
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
@@ -81,8 +80,8 @@ def test_peer_bench_smoke_runs_every_scenario(tmp_path):
     doc = tmp_path / "benchmarks.md"
     doc.write_text(DOC)
     # Scenario 4 builds guard/benches/xdp.rs first (a few minutes on a cold target/).
-    r = subprocess.run([sys.executable, str(BENCH), "--smoke", "--chart", str(chart), "--docs", str(doc)],
-                       capture_output=True, text=True, timeout=1500)
+    r = run_lab_script([sys.executable, str(BENCH), "--smoke", "--chart", str(chart), "--docs", str(doc)],
+                       timeout=1500)
     assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr[-6000:]}"
     out = r.stdout
     for heading in ("### 1.", "### 2a.", "### 2b.", "### 2c.", "### 3.", "### 4.", "### 5."):
@@ -105,8 +104,8 @@ def test_peer_bench_smoke_runs_every_scenario(tmp_path):
     again = tmp_path / "again" / "benchmarks.md"
     again.parent.mkdir()
     again.write_text(DOC)
-    r = subprocess.run([sys.executable, str(BENCH), "--render", str(raw), "--docs", str(again),
-                        "--chart", str(again.with_name("peers.png"))], capture_output=True, text=True, timeout=300)
+    r = run_lab_script([sys.executable, str(BENCH), "--render", str(raw), "--docs", str(again),
+                        "--chart", str(again.with_name("peers.png"))], timeout=300)
     assert r.returncode == 0, r.stderr
     strip = lambda t: t.replace(" Tables re-rendered from that run's raw results (`--render`), not re-measured.", "")
     assert strip(again.read_text()) == text

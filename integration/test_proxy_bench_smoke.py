@@ -8,14 +8,13 @@ own lab and hierarchy, so it does not use the session fixtures.
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 import hierarchy as H
-from conftest import _unavailable, require_root
+from conftest import _unavailable, require_root, run_lab_script
 from lab import DEFAULT_BIN
 
 pytestmark = pytest.mark.needs_guard
@@ -33,8 +32,8 @@ def test_bench_proxy_smoke():
         _unavailable(f"missing {' '.join(missing)} (scripts/setup.sh)")
     # --relay (the bare relay, built by cargo), --dnsdist (a peer forwarder) and --alt (another
     # build; here the same one) are what the docs' runs use: their cases must answer too.
-    r = subprocess.run([sys.executable, str(BENCH), "--smoke", "--relay", "--dnsdist", "--alt", f"same={binary}"],
-                       capture_output=True, text=True, timeout=600)
+    r = run_lab_script([sys.executable, str(BENCH), "--smoke", "--relay", "--dnsdist", "--alt", f"same={binary}"],
+                       timeout=600)
     assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr[-4000:]}"
     for row in ("| B vs A |", "| C vs E |", "| D vs A |", "| R vs A |", "| D vs R |", "| P vs A |", "| F vs D |"):
         assert row in r.stdout, r.stdout
