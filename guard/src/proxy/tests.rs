@@ -904,4 +904,16 @@ async fn a_random_subdomain_flood_blocks_the_zones_subdomains() {
     let text = p.metrics.encode();
     assert!(text.contains("dns_guard_random_subdomain_blocks_total 1"), "{text}");
     assert!(text.contains("dns_guard_random_subdomain_blocked_zones 1"), "{text}");
+
+    // `drop` is REFUSED here (the client is CoreDNS, which would retry a
+    // silence), and the line's action says what was sent.
+    let rs = RandomSubdomainConfig { threshold: 5, window_s: 10, block_s: 60, action: DynBlockAction::Drop, ..RandomSubdomainConfig::default() };
+    let p = proxy_full(settings(vec![up.addr]), Shutdown::default(), rs).await;
+    for i in 0..6 {
+        p.ask(&format!("drop{i}.victim.test.")).await;
+    }
+    assert_eq!(p.ask("drop-next.victim.test.").await.metadata.response_code, ResponseCode::Refused);
+    let lines = p.log.lines();
+    let blocked = lines.iter().find(|v| v["verdict"] == "block").expect("a block line");
+    assert_eq!(blocked["action"], "refused", "{lines:?}");
 }
