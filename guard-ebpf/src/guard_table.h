@@ -36,7 +36,7 @@ struct suffix_walk {
 	__u32 bloom_first;
 	__u32 bloom_blocks;
 	__u32 deep_marks; /* the walk may stop at an unmarked group (guard_abi.h) */
-	__u32 no_tld_names; /* GUARD_TABLE_NO_TLD_NAMES */
+	__u32 no_tld_names; /* 1: GUARD_TABLE_NO_TLD_NAMES is set */
 };
 
 /* The 8 bytes of the qname from offset `at` (0 is its first length byte),
@@ -211,7 +211,10 @@ static long suffix_step(__u64 k, void *arg)
 	w->h = guard_fmix64(w->h);
 	key = guard_key(w->h);
 	s->suffix_hash[i] = key;
-	if (k == 0 && w->no_tld_names)
+	/* k < 1: the top-level label. Written as a compare with the flag (0
+	 * or 1), not `k == 0 && flag`: that form cost the verifier 60 % more
+	 * instructions (274k against 171k). */
+	if (k < w->no_tld_names)
 		return 0; /* no single-label name to find; the hash goes on */
 
 	bloom = bloom_may_hold(w, k, key);
@@ -280,7 +283,7 @@ static __always_inline int match_name(struct xdp_md *ctx, __u64 dns_off, __u64 q
 	w.bloom_first = hdr->bloom_first;
 	w.bloom_blocks = hdr->bloom_blocks;
 	w.deep_marks = !full && (hdr->flags & GUARD_TABLE_DEEP_MARKS);
-	w.no_tld_names = hdr->flags & GUARD_TABLE_NO_TLD_NAMES;
+	w.no_tld_names = hdr->flags & GUARD_TABLE_NO_TLD_NAMES ? 1 : 0;
 	bpf_loop(nlabels, suffix_step, &w, 0);
 	return 0;
 }
