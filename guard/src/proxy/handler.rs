@@ -96,8 +96,9 @@ pub struct Handler {
     /// The random-subdomain defence: fed with failed lookups, consulted
     /// before forwarding.
     pub dynblocks: Arc<DynBlocks>,
-    /// `xdp.action: log`: check 8 logs and counts what it would block, then
-    /// forwards, so a dry run is a dry run through both layers.
+    /// `xdp.action: log`: check 8 and the random-subdomain block log (and
+    /// check 8 counts) what they would block, then forward, so a dry run is
+    /// a dry run through both layers.
     pub block_dry_run: bool,
 }
 
@@ -200,7 +201,8 @@ impl Handler {
         // upstream either (the XDP layer stops most of these already; TCP
         // clients and proxy-only mode end up here).
         if let Some(zone) = self.dynblocks.blocked_zone(&qname).filter(|_| !allowlisted) {
-            let action = self.dynblocks.action();
+            // A dry run (`xdp.action: log`) wins here too, as in the kernel.
+            let action = if self.block_dry_run { DynBlockAction::Log } else { self.dynblocks.action() };
             // REFUSED also for `drop`: this client is CoreDNS, which would
             // retry a silence and keep the flood going. The line's action
             // names what was sent.

@@ -916,4 +916,16 @@ async fn a_random_subdomain_flood_blocks_the_zones_subdomains() {
     let lines = p.log.lines();
     let blocked = lines.iter().find(|v| v["verdict"] == "block").expect("a block line");
     assert_eq!(blocked["action"], "refused", "{lines:?}");
+
+    // A dry run (`xdp.action: log`) wins over the block's action, as in the
+    // kernel: logged, and the upstream's own answer goes back.
+    let rs = RandomSubdomainConfig { threshold: 5, window_s: 10, block_s: 60, ..RandomSubdomainConfig::default() };
+    let p = proxy_full(ProxySettings { block_dry_run: true, ..settings(vec![up.addr]) }, Shutdown::default(), rs).await;
+    for i in 0..6 {
+        p.ask(&format!("dry{i}.victim.test.")).await;
+    }
+    assert_eq!(p.ask("dry-next.victim.test.").await.metadata.response_code, ResponseCode::NXDomain, "the upstream's");
+    let lines = p.log.lines();
+    let would = lines.iter().find(|v| v["verdict"] == "block").expect("a block line");
+    assert_eq!((would["action"].as_str(), would["qname"].as_str()), (Some("log"), Some("dry-next.victim.test")), "{lines:?}");
 }
