@@ -1248,6 +1248,7 @@ impl<'a> Ctx<'a> {
             })
             .unwrap_or_default();
         let base = self.base;
+        let dnssec = self.value(&f, "dnssec", d.dnssec, keyword);
         let trust_anchor = self.value(&f, "trust_anchor", None, |n| {
             path(n).map(|p| Some(resolve(base, p)))
         });
@@ -1256,9 +1257,11 @@ impl<'a> Ctx<'a> {
                 path: p.clone(),
                 line: node.line(),
                 key: f.key("trust_anchor"),
-                // Parsed here as `run` parses it, so `check` finds a bad
-                // anchor before a rollout does.
-                content: Some(|p| crate::proxy::dnssec::AnchorSet::from_file(p).map(drop).map_err(|e| e.to_string())),
+                // Parsed here when `run` would parse it (validating), so
+                // `check` finds a bad anchor before a rollout does.
+                content: (dnssec == DnssecMode::Validate).then_some(|p: &Path| {
+                    crate::proxy::dnssec::AnchorSet::from_file(p).map(drop).map_err(|e| e.to_string())
+                }),
             });
         }
         let tls_ca = self.value(&f, "tls_ca", None, |n| path(n).map(|p| Some(resolve(base, p))));
@@ -1312,7 +1315,7 @@ impl<'a> Ctx<'a> {
             listen: self.value(&f, "listen", d.listen, socket_addr),
             upstreams,
             no_0x20,
-            dnssec: self.value(&f, "dnssec", d.dnssec, keyword),
+            dnssec,
             trust_anchor,
             tls_ca,
             rebinding,
@@ -1905,6 +1908,9 @@ kubernetes:
         std::fs::write(dir.path().join("root.key"), "; nothing here\n").unwrap();
         let e = load(&cfg).unwrap_err().to_string();
         assert!(e.contains("holds no DNSKEY or DS record"), "{e}");
+        // Not validating: run never reads it, so only its readability counts.
+        std::fs::write(&cfg, "proxy:\n  upstreams: [192.0.2.1]\n  dnssec: off\n  trust_anchor: root.key\n").unwrap();
+        assert!(load(&cfg).is_ok());
     }
 
     #[test]
