@@ -111,12 +111,13 @@ struct Outcome {
 }
 
 impl Handler {
-    /// A block not carried out (`xdp.action: log`): its line, with action
-    /// `log` as the kernel writes it, and its count; the query goes on.
+    /// A block not carried out (a dry run): its line, with action `log` as
+    /// the kernel writes it, counted as `dry-run` (the query is counted
+    /// again under what then happens to it); the query goes on.
     fn dry_run(&self, out: Outcome) {
         let mut v = out.verdict;
         v.action = "log".into();
-        self.tel.emit(v, out.label, &out.upstream);
+        self.tel.emit(v, "dry-run", &out.upstream);
     }
 
     fn rules(&self) -> Option<Arc<RuleSet>> {
@@ -215,7 +216,7 @@ impl Handler {
             v.rule = Some(format!("*.{zone}"));
             v.list = Some("random-subdomain".into());
             if action == DynBlockAction::Log {
-                self.tel.log.emit(v); // dry run: logged, then forwarded
+                self.tel.emit(v, "dry-run", ""); // logged, then forwarded
             } else {
                 let ede = Ede::new(EDE_BLOCKED, format!("random-subdomain flood on {zone}"));
                 return Outcome { reply: local_reply(cq, rcode, Some(&ede)), verdict: v, label: "block", upstream: String::new() };

@@ -473,9 +473,13 @@ async fn a_dry_run_logs_blocklisted_names_and_forwards_them() {
     assert_eq!(would[1]["list"], "block.txt:1");
     let allowed = lines.iter().filter(|l| l["verdict"] == "allow" && l["action"] == "forward").count();
     assert_eq!(allowed, 2, "what was done is logged too: {lines:?}");
+    // Counted as dry-run, apart from the real blocks; each query also as
+    // what happened to it.
     let text = p.metrics.encode();
-    assert!(text.contains(r#"verdict="block",upstream=""} 1"#), "{text}");
-    assert!(text.contains(&format!(r#"verdict="block",upstream="{}"}} 1"#, up.addr)), "{text}");
+    assert!(text.contains(r#"verdict="dry-run",upstream=""} 1"#), "{text}");
+    assert!(text.contains(&format!(r#"verdict="dry-run",upstream="{}"}} 1"#, up.addr)), "{text}");
+    assert!(!text.contains(r#"verdict="block""#), "{text}");
+    assert!(text.contains(&format!(r#"verdict="allow",upstream="{}"}} 2"#, up.addr)), "{text}");
 }
 
 #[tokio::test]
