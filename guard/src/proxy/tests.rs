@@ -407,16 +407,17 @@ async fn rebinding_answers_are_emptied_with_ede_15() {
     assert_eq!(p.log.lines()[0]["reason"], "metadata-address");
 }
 
+/// An answer to `q` that is a CNAME to x.tracker.test and its A record:
+/// CNAME cloaking into a blocklisted name.
+fn cname_into_tracker(q: &Message) -> Message {
+    let target = name("x.tracker.test.");
+    let cname = Record::from_rdata(q.queries[0].name().clone(), 60, RData::CNAME(CNAME(target.clone())));
+    answer(q, &[cname, a_record(&target, [192, 0, 2, 1])])
+}
+
 #[tokio::test]
 async fn blocklist_on_qname_and_cname_chain() {
-    let cloak: Script = Arc::new(|q: &Message| {
-        let qn = q.queries[0].name().clone();
-        let target = name("x.tracker.test.");
-        vec![Reply::Real(answer(
-            q,
-            &[Record::from_rdata(qn, 60, RData::CNAME(CNAME(target.clone()))), a_record(&target, [192, 0, 2, 1])],
-        ))]
-    });
+    let cloak: Script = Arc::new(|q: &Message| vec![Reply::Real(cname_into_tracker(q))]);
     let up = FakeUpstream::start(cloak.clone(), cloak).await;
     let p = proxy(settings(vec![up.addr])).await;
     p.set_blocklist("||tracker.test^\nads.example\n");
@@ -447,11 +448,7 @@ async fn a_dry_run_logs_blocklisted_names_and_forwards_them() {
         if !qn.to_ascii().eq_ignore_ascii_case("metrics.shop.example.") {
             return vec![Reply::Real(answer(q, &[a_record(&qn, [192, 0, 2, 1])]))];
         }
-        let target = name("x.tracker.test.");
-        vec![Reply::Real(answer(
-            q,
-            &[Record::from_rdata(qn, 60, RData::CNAME(CNAME(target.clone()))), a_record(&target, [192, 0, 2, 1])],
-        ))]
+        vec![Reply::Real(cname_into_tracker(q))]
     });
     let up = FakeUpstream::start(cloak.clone(), cloak).await;
     let p = proxy(ProxySettings { block_dry_run: true, ..settings(vec![up.addr]) }).await;
