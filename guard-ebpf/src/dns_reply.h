@@ -113,7 +113,7 @@ __attribute__((noinline)) int dns_reply(struct xdp_md *ctx,
 	struct ethhdr *eth;
 	struct udphdr *udp;
 	__u64 sum = 0;
-	__u8 keep_opt = 0, do_bit = 0, rcode;
+	__u8 keep_opt = 0, do_bit = 0, badvers = 0, rcode;
 	__u16 port;
 
 	if (!pd)
@@ -144,6 +144,9 @@ __attribute__((noinline)) int dns_reply(struct xdp_md *ctx,
 		    opt[2] == DNS_TYPE_OPT) {
 			keep_opt = 1;
 			do_bit = opt[DNS_OPT_FLAGS_OFF] & DNS_OPT_DO; /* RFC 3225 3 */
+			/* RFC 6891 6.1.3: a version we do not implement gets
+			 * BADVERS, not an answer, as CoreDNS would reply. */
+			badvers = opt[DNS_OPT_VERSION_OFF] != 0;
 		}
 	}
 
@@ -226,10 +229,12 @@ __attribute__((noinline)) int dns_reply(struct xdp_md *ctx,
 	dns = data + dns_off;
 	if (dns + 1 > data_end)
 		return DNS_REPLY_MANGLED;
-	rcode = action == GUARD_ACTION_NXDOMAIN ? DNS_RCODE_NXDOMAIN
+	/* BADVERS is 16: header RCODE 0 under an extended RCODE of 1. */
+	rcode = badvers ? DNS_RCODE_NOERROR
+		: action == GUARD_ACTION_NXDOMAIN ? DNS_RCODE_NXDOMAIN
 		: action == GUARD_ACTION_REFUSED ? DNS_RCODE_REFUSED
 		: DNS_RCODE_NOERROR;
-	dns->flags0 = DNS_FLAG_QR | (action == GUARD_ACTION_TRUNCATE ? DNS_FLAG_TC : 0) |
+	dns->flags0 = DNS_FLAG_QR | (action == GUARD_ACTION_TRUNCATE && !badvers ? DNS_FLAG_TC : 0) |
 		      (dns->flags0 & DNS_FLAG_RD);
 	dns->flags1 = DNS_FLAG_RA | (dns->flags1 & DNS_FLAG_CD) | rcode;
 	dns->qdcount = bpf_htons(1);
@@ -249,8 +254,8 @@ __attribute__((noinline)) int dns_reply(struct xdp_md *ctx,
 		opt[2] = DNS_TYPE_OPT;
 		opt[3] = GUARD_EDNS_UDP_SIZE >> 8;
 		opt[4] = GUARD_EDNS_UDP_SIZE & 0xff;
-		opt[5] = 0;
-		opt[6] = 0;
+		opt[DNS_OPT_EXT_RCODE_OFF] = badvers; /* BADVERS >> 4 */
+		opt[DNS_OPT_VERSION_OFF] = 0;        /* the version we speak */
 		opt[7] = do_bit;
 		opt[8] = 0;
 		opt[9] = 0;

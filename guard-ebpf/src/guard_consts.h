@@ -67,6 +67,8 @@
  * ext-rcode(1) version(1) flags(2) rdlen(2). */
 #define DNS_TYPE_OPT 41
 #define DNS_OPT_LEN 11
+#define DNS_OPT_EXT_RCODE_OFF 5  /* upper 8 bits of the 12-bit RCODE */
+#define DNS_OPT_VERSION_OFF 6
 #define DNS_OPT_FLAGS_OFF 7      /* first byte of the 16-bit flags */
 #define DNS_OPT_DO 0x80          /* RFC 3225: DO is the top flags bit */
 /* The UDP size we advertise in replies: the DNS Flag Day 2020 value. */
