@@ -72,7 +72,7 @@ if ! command -v cargo >/dev/null; then
   [[ -x $HOME/.cargo/bin/cargo ]] && export PATH="$HOME/.cargo/bin:$PATH"
 fi
 if ! command -v cargo >/dev/null; then
-  die "cargo not found. Install Rust (1.87 or newer), e.g.:
+  die "cargo not found. Install Rust (1.89 or newer), e.g.:
   curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
   . \"\$HOME/.cargo/env\" && $0"
 fi

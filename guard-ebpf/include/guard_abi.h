@@ -5,7 +5,7 @@
  * Every struct, constant, reason code and map key that crosses the
  * kernel/userspace boundary lives here. The Rust side is generated from this
  * file by bindgen (guard-ebpf/build.rs); layout drift is caught by the ABI
- * test in guard/tests/abi.rs. Never mirror anything from here by hand.
+ * test in guard-ebpf/tests/abi.rs. Never mirror anything from here by hand.
  *
  * Structs are padded explicitly: no implicit holes, no bool, so the bytes
  * the kernel writes are the bytes Rust reads.
@@ -272,7 +272,8 @@ struct guard_scratch {
 
 /* ---- pinned names -------------------------------------------------------- */
 
-/* Under the configured pin directory (default /sys/fs/bpf/dns-guard/<ifname>):
+/* Under the configured pin directory (default /sys/fs/bpf/dns-guard), in
+ * <ifname>-netns<inode> (one per pod network namespace):
  * maps pin by their own names; these two are the program and its link. */
 #define GUARD_PIN_PROG "prog"
 #define GUARD_PIN_LINK "link"

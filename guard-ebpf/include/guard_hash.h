@@ -4,7 +4,7 @@
  *
  * Pure C with no BPF helpers, so the same text is compiled into the XDP
  * program and into a host test library (guard-ebpf/build.rs) that checks the
- * Rust implementation (guard/src/lists/hash.rs) byte for byte.
+ * Rust implementation (guard-ebpf/src/table.rs) byte for byte.
  *
  * A name is hashed suffix by suffix, right to left: the key of the suffix
  * starting at label i is mix(key of label i+1, bytes of label i). One pass

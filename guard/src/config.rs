@@ -175,8 +175,9 @@ macro_rules! keyword_enum {
 }
 
 keyword_enum! {
-    /// How XDP attaches. `auto` tries native (driver) mode and falls back to
-    /// generic (skb) mode, which every kernel >= 4.12 supports.
+    /// How XDP attaches. `auto` picks generic (skb) mode on drivers where
+    /// native XDP_TX replies are lost (veth, macvlan, ...), and elsewhere
+    /// tries native (driver) mode, falling back to generic.
     XdpMode default Auto {
         Auto = "auto",
         Native = "native",
@@ -474,7 +475,7 @@ const EXAMPLE: &str = r#"# guard.yaml: dns-guard configuration. Every key is opt
 interface: eth0
 
 xdp:
-  mode: auto            # auto | native | generic (auto falls back to generic)
+  mode: auto            # auto | native | generic (auto: generic on veth, else native, falling back)
   ports: [53]           # 1 to 8 UDP destination ports to inspect (XDP sees UDP only)
   action: nxdomain      # nxdomain | refused | drop | log (log = dry run, proxy included)
   pin_dir: /sys/fs/bpf/dns-guard   # bpffs directory for pinned maps
