@@ -452,6 +452,25 @@ class Guard:
         if self.lab.ns(self.pod) in self.lab.namespaces:
             self.lab.clear_xdp(self.pod)
 
+    # --- admin endpoints
+    def admin_addr(self) -> str:
+        """The admin listener of the current run (each run binds a fresh port)."""
+        text = self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+        m = re.search(r"dns-guard admin listening on (\S+)", text)
+        if not m:
+            raise GuardError(f"no admin address in stderr:\n{self.stderr_tail()}")
+        return m.group(1)
+
+    def scrape(self) -> str:
+        """The current run's /metrics, fetched from inside its pod."""
+        url = f"http://{self.admin_addr()}/metrics"
+        r = self.lab.run(self.pod, [sys.executable, "-c",
+                                    f"import urllib.request;print(urllib.request.urlopen({url!r}, timeout=3).read().decode())"],
+                         check=False, timeout=10)
+        if r.returncode != 0:
+            raise GuardError(f"could not read {url} in {self.pod}:\n{r.stderr[-1000:]}")
+        return r.stdout
+
     # --- logs
     def stderr(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.dir.glob("stderr-*.log")))
@@ -474,13 +493,23 @@ class Guard:
             time.sleep(0.05)
 
     def verdicts(self) -> list[dict]:
+        """Every verdict line so far. stdout carries verdicts only (diagnostics go to stderr), so
+        any complete line that is not a JSON object fails the test. The last line may still be
+        being written (or cut by kill -9) when it has no newline yet; it is left out."""
         out = []
         for path in sorted(self.dir.glob("verdicts-*.jsonl")):
-            for line in path.read_text(errors="replace").splitlines():
-                line = line.strip()
-                if line.startswith("{"):
-                    with contextlib.suppress(ValueError):
-                        out.append(json.loads(line))
+            text = path.read_text(errors="replace")
+            complete = text if text.endswith("\n") else text[:text.rfind("\n") + 1]
+            for n, line in enumerate(complete.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    v = json.loads(line)
+                except ValueError:
+                    v = None
+                if not isinstance(v, dict):
+                    raise GuardError(f"{path.name}:{n}: stdout line is not a JSON verdict: {line[:200]!r}")
+                out.append(v)
         return out
 
     def find_verdicts(self, **match) -> list[dict]:

@@ -6,6 +6,7 @@ lab, so every pass also proves the client received a synthesized reply in that m
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -265,15 +266,17 @@ def test_malformed_queries_fail_open(lab, start_guard):
 
 @pytest.mark.parametrize("layout", ["files", "configmap"], ids=["rename", "configmap-symlink"])
 def test_reload_under_load(lab, start_guard, layout):
-    guard = start_guard({}, {"block.txt": "old.reload.test\n"}, layout=layout)
+    guard = start_guard({}, {"block.txt": "old.reload.test\nkept.reload.test\n"}, layout=layout)
     assert lab.dig("c1", "old.reload.test").status == "NXDOMAIN"
     assert lab.dig("c2", "new.reload.test").status == "NOERROR"
 
     legit = [f"legit{i}.example.test" for i in range(20)] + ["good.test"]
     load = lab.dnsperf("c1", v4("dns"), legit, duration=5, qps=300, timeout=2, wait=False)
+    # A name in both lists, asked across the swap: no answer may slip through in between.
+    kept = lab.dnsperf("c2", v4("dns"), ["kept.reload.test"], duration=5, qps=200, timeout=2, wait=False)
     time.sleep(1)
     t0 = time.monotonic()
-    guard.update_list("block.txt", "# replaced\nnew.reload.test\n")
+    guard.update_list("block.txt", "# replaced\nnew.reload.test\nkept.reload.test\n")
     took = None
     while time.monotonic() - t0 < 2.0:
         if lab.dig("c2", "new.reload.test", None, "+timeout=1").status == "NXDOMAIN":
@@ -285,6 +288,10 @@ def test_reload_under_load(lab, start_guard, layout):
     assert lab.dig("c2", "old.reload.test").status == "NOERROR", "removed entry still blocked"
     res = load.result()
     assert res.lost == 0 and res.rcodes == {"NOERROR": res.completed}, f"legitimate queries failed: {res}"
+    res = kept.result()
+    assert res.completed > 500 and res.rcodes == {"NXDOMAIN": res.completed}, \
+        f"a name listed before and after the reload was answered during it: {res}"
+    assert not lab.resolver_saw("kept.reload.test"), "the resolver saw a name blocked throughout"
 
 
 # --------------------------------------------------------------------------- restart / detach
@@ -299,8 +306,14 @@ def test_pinned_program_survives_kill_and_restart(lab, start_guard):
     assert_unseen(lab, "r2.blocked.test")
 
     guard.restart()
+    assert "dns-guard ready: XDP reused on" in guard.stderr_tail(), \
+        f"the restart did not take over the pinned link:\n{guard.stderr_tail()}"
     assert lab.dig("c1", "r3.blocked.test").status == "NXDOMAIN"
     assert guard.wait_verdict(qname="r3.blocked.test"), "restarted guard logs no verdicts"
+    # The kernel's counters are pinned state too: r2, dropped while no process ran, still counts.
+    blocked = [line for line in guard.scrape().splitlines()
+               if line.startswith('dns_guard_xdp_packets_total{reason="blocklist_suffix"}')]
+    assert blocked and float(blocked[0].split()[-1]) >= 3, f"counters did not survive the restart: {blocked}"
     assert lab.dig("c1", "good.test").status == "NOERROR"
 
     rc = guard.stop()
@@ -369,3 +382,19 @@ def test_check_reports_every_error_with_line(lab, guard_binary, tmp_path):
     out = r.stdout + r.stderr
     for line in (3, 4, 5):
         assert f"{bad}:{line}" in out, f"no error at line {line}:\n{out}"
+
+
+def test_check_prints_counts_per_list_and_skips_bad_lines_with_their_place(lab, tmp_path):
+    """`dns-guard check` on a good config: counts per list, and a malformed line is reported as
+    file:line and skipped, not fatal (exit 0)."""
+    block, allow = tmp_path / "block.txt", tmp_path / "allow.txt"
+    block.write_text("||ads.test^\nbad..name\nexact.test\n*.wild.test\n")
+    allow.write_text("ok.ads.test\n")
+    cfg = tmp_path / "guard.yaml"
+    cfg.write_text(f"interface: eth0\nblocklists: [{block}]\nallowlists: [{allow}]\n")
+    r = lab.check_config(cfg)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    assert f"blocklist {block}: 3 rules, 1 lines skipped" in r.stdout, r.stdout
+    assert f"allowlist {allow}: 1 rules, 0 lines skipped" in r.stdout, r.stdout
+    assert re.search(rf"skipped {re.escape(str(block))}:2\b", r.stdout), r.stdout
+    assert re.search(r"table: 4 names \(3 block, 1 allow\)", r.stdout), r.stdout
