@@ -144,17 +144,25 @@ fn describe_in(event: &XdpEvent, seed: u64, rules: &RuleSet) -> Option<(Option<S
     let i = keys.iter().position(|&k| k == event.rule_id)?;
     let qname = event.qname().unwrap_or_default();
     let suffix = qname.splitn(i + 1, '.').last().unwrap_or_default().to_string();
+    let self_bit = guard_rule_flags::GUARD_RULE_BLOCK_SELF as u8;
+    let sub_bit = guard_rule_flags::GUARD_RULE_BLOCK_SUB as u8;
     Some(match rules.rules.get(suffix.as_str()) {
         Some(info) => {
-            let f = info.flags;
-            let sub = f & (guard_rule_flags::GUARD_RULE_BLOCK_SUB as u8) != 0;
-            let own = f & (guard_rule_flags::GUARD_RULE_BLOCK_SELF as u8) != 0;
-            let rule = match (own, sub) {
+            // The qname itself matched a rule on the name; a shorter suffix
+            // matched a rule on its subdomains. Name the rule that gave
+            // that kind, which is not the first one when two rules share
+            // the name (`x` in one list, `*.x` in another).
+            let kind = if i == 0 { self_bit } else { sub_bit };
+            let (f, origin) = match rules.later_origins.get(suffix.as_str()) {
+                Some((f, o)) if info.origin_flags & kind == 0 && f & kind != 0 => (*f, o),
+                _ => (info.origin_flags, &info.origin),
+            };
+            let rule = match (f & self_bit != 0, f & sub_bit != 0) {
                 (true, true) => format!("||{suffix}^"),
                 (false, true) => format!("*.{suffix}"),
                 _ => suffix,
             };
-            (Some(rule), Some(format!("{}:{}", info.origin.list.display(), info.origin.line)))
+            (Some(rule), Some(format!("{}:{}", origin.list.display(), origin.line)))
         }
         None => (Some(suffix), None),
     })
@@ -353,6 +361,20 @@ mod tests {
         assert_eq!(describe_rule(&ev, &ix), (Some(format!("{:#018x}", ev.rule_id)), None));
         ix.previous = Some((old_seed, old));
         assert_eq!(describe_rule(&ev, &ix), (Some("||bad.example^".into()), Some("old.txt:1".into())));
+    }
+
+    #[test]
+    fn a_name_with_rules_from_two_lists_logs_the_rule_that_matched() {
+        let mut set = RuleSet::default();
+        crate::lists::parse_str("x.example\n", std::path::Path::new("a.txt"), crate::lists::ListKind::Block, &mut set);
+        crate::lists::parse_str("# subdomains\n*.x.example\n", std::path::Path::new("b.txt"), crate::lists::ListKind::Block, &mut set);
+        let ix = RuleIndex::new(7, Arc::new(set));
+        let mut apex = event(b"\x01x\x07example\x00");
+        apex.rule_id = suffix_keys(&apex.wire_qname, 7).unwrap()[0];
+        assert_eq!(describe_rule(&apex, &ix), (Some("x.example".into()), Some("a.txt:1".into())));
+        let mut sub = event(b"\x01a\x01x\x07example\x00");
+        sub.rule_id = suffix_keys(&sub.wire_qname, 7).unwrap()[1];
+        assert_eq!(describe_rule(&sub, &ix), (Some("*.x.example".into()), Some("b.txt:2".into())));
     }
 
     #[test]

@@ -10,7 +10,7 @@ mod rpz;
 pub mod table;
 mod text;
 
-use std::collections::HashMap;
+use std::collections::{hash_map::Entry, HashMap};
 use std::fmt;
 use std::hash::BuildHasherDefault;
 use std::io;
@@ -63,6 +63,8 @@ pub struct RuleInfo {
     pub flags: u8,
     /// The first rule that named it.
     pub origin: Origin,
+    /// The bits that first rule gave.
+    pub origin_flags: u8,
 }
 
 /// A line that was skipped, and why.
@@ -95,6 +97,11 @@ pub struct ListStats {
 pub struct RuleSet {
     /// Normalized dotted name (lower case, punycode, no trailing dot).
     pub rules: NameMap<RuleInfo>,
+    /// A later rule that added a block kind (the name itself, or its
+    /// subdomains) the first rule on that name did not have, with the bits
+    /// it gave: `x` in one list and `*.x` in another log as themselves.
+    /// Rare, so kept beside the map rather than in every entry.
+    pub later_origins: NameMap<(u8, Origin)>,
     pub stats: Vec<ListStats>,
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -219,17 +226,20 @@ impl Sink<'_> {
             }
         };
         self.rules += 1;
-        self.set
-            .rules
-            .entry(name)
-            .and_modify(|r| r.flags |= flags)
-            .or_insert_with(|| RuleInfo {
-                flags,
-                origin: Origin {
-                    list: self.list.clone(),
-                    line,
-                },
-            });
+        let origin = || Origin { list: self.list.clone(), line };
+        match self.set.rules.entry(name) {
+            Entry::Occupied(mut e) => {
+                let r = e.get_mut();
+                r.flags |= flags;
+                let kinds = BLOCK_SELF | BLOCK_SUB;
+                if flags & kinds & !r.origin_flags != 0 {
+                    self.set.later_origins.entry(e.key().clone()).or_insert_with(|| (flags, origin()));
+                }
+            }
+            Entry::Vacant(e) => {
+                e.insert(RuleInfo { flags, origin: origin(), origin_flags: flags });
+            }
+        }
     }
 
     /// Normalizes `raw` and adds it, or records why it cannot be.
