@@ -20,11 +20,10 @@ import ipaddress
 import os
 import re
 import signal
-import sys
 from pathlib import Path
 
 import lab as labmod
-from lab import Resolver, v4
+from lab import Resolver, http_get, v4
 
 COREDNS_VERSION = "1.15.0"  # keep in step with scripts/setup.sh
 DEFAULT_BIN = labmod.REPO / ".cache" / "bin" / "coredns"
@@ -184,23 +183,4 @@ class CoreDns(Resolver):
         return total
 
 
-# A stdlib HTTP GET run inside a pod (no curl dependency): prints status then body.
-_FETCH = """\
-import sys, urllib.request, urllib.error
-try:
-    r = urllib.request.urlopen(sys.argv[1], timeout=5)
-    code, body = r.status, r.read()
-except urllib.error.HTTPError as e:
-    code, body = e.code, e.read()
-sys.stdout.write(f"{code}\\n"); sys.stdout.write(body.decode())
-"""
-
-
-def http_get(lab, pod: str, url: str) -> tuple[int, str]:
-    """GET ``url`` from inside a pod's network namespace."""
-    r = lab.run(pod, [sys.executable, "-c", _FETCH, url], check=False, timeout=30)
-    if r.returncode != 0:
-        return 0, r.stderr
-    code, _, body = r.stdout.partition("\n")
-    return int(code), body
 

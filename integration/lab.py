@@ -209,6 +209,27 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+# A stdlib HTTP GET run inside a pod (no curl dependency): prints status then body.
+_FETCH = """\
+import sys, urllib.request, urllib.error
+try:
+    r = urllib.request.urlopen(sys.argv[1], timeout=5)
+    code, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    code, body = e.code, e.read()
+sys.stdout.write(f"{code}\\n"); sys.stdout.write(body.decode())
+"""
+
+
+def http_get(lab, pod: str, url: str) -> tuple[int, str]:
+    """GET ``url`` from inside a pod's network namespace."""
+    r = lab.run(pod, [sys.executable, "-c", _FETCH, url], check=False, timeout=30)
+    if r.returncode != 0:
+        return 0, r.stderr
+    code, _, body = r.stdout.partition("\n")
+    return int(code), body
+
+
 def _tail(path: Path, n: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -464,12 +485,10 @@ class Guard:
     def scrape(self) -> str:
         """The current run's /metrics, fetched from inside its pod."""
         url = f"http://{self.admin_addr()}/metrics"
-        r = self.lab.run(self.pod, [sys.executable, "-c",
-                                    f"import urllib.request;print(urllib.request.urlopen({url!r}, timeout=3).read().decode())"],
-                         check=False, timeout=10)
-        if r.returncode != 0:
-            raise GuardError(f"could not read {url} in {self.pod}:\n{r.stderr[-1000:]}")
-        return r.stdout
+        code, body = http_get(self.lab, self.pod, url)
+        if code != 200:
+            raise GuardError(f"{url} in {self.pod} answered {code}: {body[-1000:]}")
+        return body
 
     # --- logs
     def stderr(self) -> str:

@@ -203,10 +203,7 @@ def snmp(lab: labmod.Lab, pod: str) -> dict[str, int]:
 
 
 def guard_metrics(lab: labmod.Lab, guard: labmod.Guard) -> dict[str, float]:
-    m = re.search(r"dns-guard admin listening on (\S+)", guard.stderr())
-    if not m:
-        raise labmod.GuardError(f"no admin address in dns-guard's stderr:\n{guard.stderr_tail()}")
-    code, body = coredns.http_get(lab, "dns", f"http://{m.group(1)}/metrics")
+    code, body = coredns.http_get(lab, "dns", f"http://{guard.admin_addr()}/metrics")
     if code != 200:
         raise labmod.GuardError(f"/metrics answered {code}: {body[:500]}")
     out: dict[str, float] = {}

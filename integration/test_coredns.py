@@ -92,12 +92,6 @@ def proxy_listening(guard) -> bool:
     return PROXY_LINE in guard.stderr()
 
 
-def admin_addr(guard) -> str:
-    m = re.search(r"dns-guard admin listening on (\S+)", guard.stderr())
-    assert m, f"no admin address in stderr:\n{guard.stderr_tail()}"
-    return m.group(1)
-
-
 def metric(text: str, series: str) -> float | None:
     for line in text.splitlines():
         if line.startswith(series + " "):
@@ -153,7 +147,7 @@ def test_example_resolves_and_xdp_blocks_before_coredns(clab, cguard, name):
     assert seen <= 6, f"CoreDNS counted {seen} requests; blocked ones must not reach it"
 
     # The admin port, from inside the pod as the kubelet's probes would ask.
-    base = f"http://{admin_addr(guard)}"
+    base = f"http://{guard.admin_addr()}"
     assert coredns.http_get(clab, "dns", base + "/healthz")[0] == 200
     assert coredns.http_get(clab, "dns", base + "/readyz")[0] == 200
     code, text = coredns.http_get(clab, "dns", base + "/metrics")
@@ -386,7 +380,7 @@ def test_random_subdomain_flood_is_stopped_in_the_kernel_after_the_threshold(cla
     assert not clab.resolver_saw(fresh), "the block must survive the reload in the kernel"
     assert clab.dig("c1", "x.another.test").status == "NXDOMAIN", "the reloaded list is enforced"
 
-    code, text = coredns.http_get(clab, "dns", f"http://{admin_addr(guard)}/metrics")
+    code, text = coredns.http_get(clab, "dns", f"http://{guard.admin_addr()}/metrics")
     assert code == 200, text
     assert metric(text, "dns_guard_random_subdomain_blocks_total") == 1, text
     assert metric(text, "dns_guard_random_subdomain_blocked_zones") == 1, text

@@ -9,7 +9,6 @@ Clients dig it with DO and AD set; EDE codes come from dig's `; EDE:` lines.
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 
 import hierarchy as H
 from forger import MARKER_V4, MARKER_V6
-from lab import SCAPY_PYTHON, _stop_pid, _wait_for, v4
+from lab import SCAPY_PYTHON, _stop_pid, _wait_for, http_get, v4
 
 HERE = Path(__file__).resolve().parent
 EDE_BOGUS, EDE_BLOCKED = 6, 15
@@ -44,11 +43,10 @@ def metric_sum(lab, prefix: str) -> float:
     proxy_config() always sets metrics.listen, so an unreadable endpoint is a failure, not a
     reason to fall back to a weaker check."""
     url = f"http://{H.METRICS}/metrics"
-    r = lab.run("dns", [sys.executable, "-c", f"import urllib.request;print(urllib.request.urlopen({url!r}, timeout=3).read().decode())"],
-                check=False, timeout=10)
-    assert r.returncode == 0, f"could not read {url} in the dns pod:\n{r.stdout[-500:]}{r.stderr[-1000:]}"
+    code, body = http_get(lab, "dns", url)
+    assert code == 200, f"could not read {url} in the dns pod: {code} {body[-1000:]}"
     total = None
-    for line in r.stdout.splitlines():
+    for line in body.splitlines():
         if line.startswith(prefix) and not line.startswith("#"):
             total = (total or 0.0) + float(line.rsplit(None, 1)[1])
     return total if total is not None else 0.0
