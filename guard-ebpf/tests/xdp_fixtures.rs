@@ -130,6 +130,12 @@ fn name_key(name: &str) -> u64 {
 
 impl Guard {
     fn load(test: &str) -> Option<Guard> {
+        Self::load_with_clients(test, None)
+    }
+
+    /// [`Self::load`] with the rate-limit LRU sized to `max_clients`
+    /// (the loader's `xdp.ratelimit.max_clients`) instead of the object's.
+    fn load_with_clients(test: &str, max_clients: Option<u32>) -> Option<Guard> {
         if !privileged(test) {
             return None;
         }
@@ -142,8 +148,12 @@ impl Guard {
         std::fs::create_dir(&dir)
             .unwrap_or_else(|e| panic!("{test}: mkdir {}: {e}", dir.display()));
         let pins = PinDir(dir);
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pins.0)
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&pins.0);
+        if let Some(n) = max_clients {
+            loader.map_max_entries("guard_ratelimit", n);
+        }
+        let mut ebpf = loader
             .load(XDP_OBJECT)
             .unwrap_or_else(|e| panic!("{test}: loading guard.bpf.o: {e:?}"));
         let prog: &mut Xdp = ebpf.program_mut("dns_guard").unwrap().try_into().unwrap();
@@ -1952,4 +1962,81 @@ fn a_full_ring_buffer_counts_lost_events_and_keeps_judging() {
     // Drained, the ring takes events again.
     g.expect("after the drain", &f, XDP_DROP, GUARD_REASON_BLOCK_SUFFIX);
     assert_eq!(g.events().len(), 1, "a drained ring takes the next event");
+}
+
+/// A spray of source addresses cannot grow the limiter's memory or free a
+/// flooding client from its limit: the buckets live in an LRU map of fixed
+/// size (preallocated, so its kernel memory never changes), every new
+/// source passes (a full map fails open), and a client that keeps sending
+/// stays recently used, so the spray evicts the idle buckets, not its own.
+#[test]
+fn a_spray_of_sources_is_bounded_by_the_lru_and_the_flooder_stays_limited() {
+    const MAX_CLIENTS: u32 = 1024;
+    const SPRAY: u32 = 20_000;
+    const FLOODER_EVERY: u32 = 50;
+    let Some(mut g) = Guard::load_with_clients(
+        "a_spray_of_sources_is_bounded_by_the_lru_and_the_flooder_stays_limited",
+        Some(MAX_CLIENTS),
+    ) else {
+        return;
+    };
+    // 1 qps, burst 1, per /32: after its first query the flooder is over
+    // rate for about a second, then earns one query per second.
+    g.config(guard_config {
+        rl_qps: 1,
+        rl_burst: 1,
+        ipv4_prefix: 32,
+        rl_action: GUARD_ACTION_DROP as u8,
+        ..base_config()
+    });
+    let memlock = |g: &Guard| -> u64 {
+        let map: &MapData = match g.ebpf.map("guard_ratelimit").unwrap() {
+            aya::maps::Map::LruHashMap(m) => m,
+            other => panic!("guard_ratelimit is {other:?}"),
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(map.fd()));
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("memlock in fdinfo")
+    };
+    let memlock_before = memlock(&g);
+
+    let q = Dns::query("www.clean.example");
+    let flooder = Frame::v4(q.bytes()).from([10, 200, 0, 1]).bytes();
+    let started = std::time::Instant::now();
+    let (mut flooder_sent, mut flooder_passed) = (0u32, 0u32);
+    for i in 0..SPRAY {
+        // 10.0.0.0/9-style spread: every packet from a /32 never seen before.
+        let src = [10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        let run = g.run(&Frame::v4(q.bytes()).from(src).bytes());
+        assert_eq!(run.verdict, XDP_PASS, "sprayed source {src:?} is new: it must pass");
+        if i % FLOODER_EVERY == 0 {
+            flooder_sent += 1;
+            match g.run(&flooder).verdict {
+                XDP_PASS => flooder_passed += 1,
+                XDP_DROP => {}
+                v => panic!("flooder got verdict {v}"),
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // GCRA at 1 qps, burst 1: the first query, then one per second.
+    let allowed = 1 + elapsed.ceil() as u32;
+    assert!(
+        flooder_passed <= allowed,
+        "the flooder got {flooder_passed} of {flooder_sent} through in {elapsed:.2} s (at most {allowed}): \
+         the spray evicted its bucket"
+    );
+
+    let buckets: aya::maps::HashMap<_, guard_rl_key, guard_rl_state> =
+        g.ebpf.map("guard_ratelimit").unwrap().try_into().unwrap();
+    let live = buckets.keys().count() as u32;
+    assert!(live <= MAX_CLIENTS, "{live} buckets in an LRU of {MAX_CLIENTS}");
+    assert!(live >= MAX_CLIENTS / 2, "only {live} buckets after {SPRAY} sources: the map never filled");
+    assert_eq!(memlock(&g), memlock_before, "the limiter's kernel memory grew under the spray");
+    eprintln!(
+        "spray: {SPRAY} sources, {live} buckets live, flooder {flooder_passed}/{flooder_sent} passed in {elapsed:.2} s"
+    );
 }
