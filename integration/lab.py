@@ -692,6 +692,8 @@ class Lab:
             if v6:
                 self._ip("-n", ns, "addr", "add", f"{V6_PREFIX}{host}/64", "dev", "eth0", "nodad")
         self._ip("-n", ns, "link", "set", "eth0", "up")
+        if self.peer_xdp:  # a guard may run in this pod too: let native XDP_TX replies out
+            self._attach_peer_xdp(pod)
         return ns
 
     def remove_pod(self, pod: str) -> None:
@@ -701,14 +703,15 @@ class Lab:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
             self.namespaces.remove(ns)
 
-    def _attach_peer_xdp(self) -> None:
+    def _attach_peer_xdp(self, pod: str = "dns") -> None:
         src, obj = self.workdir / "peer_pass.c", self.workdir / "peer_pass.o"
-        src.write_text(PEER_XDP_PASS_C)
-        r = subprocess.run(["clang", "-O2", "-target", "bpf", "-c", str(src), "-o", str(obj)],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            raise LabError(f"compiling the peer XDP_PASS program failed: {r.stderr}")
-        self._ip("-n", self.ns("br"), "link", "set", "dev", "vdns", "xdpdrv", "obj", str(obj), "sec", "xdp")
+        if not obj.exists():
+            src.write_text(PEER_XDP_PASS_C)
+            r = subprocess.run(["clang", "-O2", "-target", "bpf", "-c", str(src), "-o", str(obj)],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise LabError(f"compiling the peer XDP_PASS program failed: {r.stderr}")
+        self._ip("-n", self.ns("br"), "link", "set", "dev", f"v{pod}", "xdpdrv", "obj", str(obj), "sec", "xdp")
 
     def _wait_resolution(self) -> None:
         def ok():

@@ -8,6 +8,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -292,6 +294,48 @@ def test_reload_under_load(lab, start_guard, layout):
     assert res.completed > 500 and res.rcodes == {"NXDOMAIN": res.completed}, \
         f"a name listed before and after the reload was answered during it: {res}"
     assert not lab.resolver_saw("kept.reload.test"), "the resolver saw a name blocked throughout"
+
+
+def live_table(guard) -> dict:
+    """The table map the program uses now: slot 0 of the pinned guard_tables, via bpftool."""
+    outer = next(guard.pin_dir.glob("*/guard_tables"))
+    r = subprocess.run(["bpftool", "-j", "map", "lookup", "pinned", str(outer), "key", "0", "0", "0", "0"],
+                       capture_output=True, text=True, check=True)
+    # A map-of-maps slot reads back as the inner map's id, as 4 little-endian bytes.
+    inner_id = int.from_bytes(bytes(int(b, 16) for b in json.loads(r.stdout)["value"]), sys.byteorder)
+    return table_map(inner_id)
+
+
+def table_map(map_id: int) -> dict | None:
+    r = subprocess.run(["bpftool", "-j", "map", "show", "id", str(map_id)], capture_output=True, text=True)
+    return json.loads(r.stdout) if r.returncode == 0 else None
+
+
+def test_a_reload_frees_the_old_table_and_the_new_one_stays_within_12_bytes_a_name(lab, start_guard):
+    # Issue 2: the steady state after a reload counts against the 12-byte budget, so the
+    # old table must be gone from the kernel, not just unreferenced by the program.
+    n = 300_000
+    first_list = "".join(f"first{i}.bulk.test\n" for i in range(n))
+    guard = start_guard({}, {"block.txt": first_list})
+    first = live_table(guard)
+    assert first["name"] == "guard_table", first
+    assert first["bytes_memlock"] / n <= 12, f"{first['bytes_memlock'] / n:.2f} B/name at load"
+
+    guard.update_list("block.txt", "".join(f"second{i}.bulk.test\n" for i in range(n)))
+    guard.wait_stderr("lists reloaded", 20)
+    second = live_table(guard)
+    assert second["id"] != first["id"], "the reload did not install a new table"
+    # The kernel frees an inner map after an RCU grace period once slot 0 lets go of it.
+    assert lab_wait(lambda: table_map(first["id"]) is None, 5), \
+        f"the old table (map id {first['id']}) is still in the kernel after the reload"
+    per_name = second["bytes_memlock"] / n
+    assert per_name <= 12, f"{per_name:.2f} B/name after the reload"
+    gauge = [line for line in guard.scrape().splitlines() if line.startswith("dns_guard_xdp_table_bytes ")]
+    assert gauge and int(gauge[0].split()[-1]) == second["bytes_memlock"], \
+        f"dns_guard_xdp_table_bytes {gauge} disagrees with bpftool's {second['bytes_memlock']}"
+    assert lab.dig("c1", f"second{n - 1}.bulk.test").status == "NXDOMAIN"
+    assert lab.dig("c1", "first0.bulk.test").status == "NOERROR"
+    print(f"table after reload: {second['bytes_memlock']} B for {n} names = {per_name:.2f} B/name")
 
 
 # --------------------------------------------------------------------------- restart / detach

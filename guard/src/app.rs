@@ -179,6 +179,7 @@ fn install(
         *current = Some(RuleIndex { previous, ..RuleIndex::new(seed, Arc::new(rules)) });
     }
     record_lists(metrics, counts, parse_took + started.elapsed());
+    metrics.xdp_table_bytes.set(report.kernel_bytes as i64);
     info!(
         generation,
         names = report.names,

@@ -62,6 +62,9 @@ pub struct Metrics {
     pub list_reloads: Family<ResultLabels, Counter>,
     /// Time to parse, build and install a list table, seconds.
     pub list_load_seconds: Histogram,
+    /// Kernel memory charged to the active XDP list table (its map's
+    /// memlock). A reload frees the old table, so this is the whole cost.
+    pub xdp_table_bytes: Gauge,
     /// Pods with an IP in the enrichment cache (`kubernetes.enrich`).
     pub k8s_pods: Gauge,
     /// Failed pod list/watch calls; each is retried with backoff.
@@ -107,6 +110,12 @@ impl Metrics {
         registry.register("list_reloads", "List reloads by result", list_reloads.clone());
         let list_load_seconds = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0]);
         registry.register("list_load_seconds", "Time to parse, build and install the lists", list_load_seconds.clone());
+        let xdp_table_bytes = Gauge::default();
+        registry.register(
+            "xdp_table_bytes",
+            "Kernel memory of the active XDP list table (map memlock)",
+            xdp_table_bytes.clone(),
+        );
         let k8s_pods = Gauge::default();
         registry.register("k8s_pods", "Pods whose IPs the verdict log can name", k8s_pods.clone());
         let k8s_watch_errors = Counter::default();
@@ -129,6 +138,7 @@ impl Metrics {
             list_names,
             list_reloads,
             list_load_seconds,
+            xdp_table_bytes,
             k8s_pods,
             k8s_watch_errors,
             dynblocks_started,
