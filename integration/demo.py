@@ -7,7 +7,8 @@ Builds the lab (two client pods, a dns pod with a resolver, an upstream), starts
 on the dns pod's eth0 with a small blocklist and a per-client rate limit, then shows:
 a clean name resolving, a blocked name answered NXDOMAIN by the kernel (the resolver never
 sees it), one client flooding while the other is unaffected, and the verdict log.
-Everything is torn down at the end, also on Ctrl-C.
+Everything is torn down at the end, also on Ctrl-C. Each thing the demo shows is also
+checked: if one does not hold, it says which and exits 1 (test_demo.py runs it in CI).
 """
 
 import json
@@ -37,6 +38,16 @@ def show(cmd: str, lines) -> None:
         print(f"  {line}")
 
 
+FAILED: list[str] = []
+
+
+def expect(ok: bool, claim: str) -> None:
+    """The demo narrates; this makes it honest: a claim that did not hold is reported."""
+    if not ok:
+        FAILED.append(claim)
+        print(f"  !! not as claimed: {claim}", flush=True)
+
+
 def dig_line(lab, pod, name):
     r = lab.dig(pod, name)
     answer = ", ".join(r.addresses) or "-"
@@ -62,12 +73,16 @@ def main() -> int:
         print("  " + next(line for line in guard.stderr().splitlines() if "ready" in line))
 
         say("A clean name goes through to the resolver")
-        dig_line(lab, "c1", "good.test")
+        r = dig_line(lab, "c1", "good.test")
+        expect(r.status == "NOERROR" and bool(r.addresses), "good.test resolves")
 
         say("A blocked name is answered by the kernel")
-        dig_line(lab, "c1", "ads.example.test")
-        dig_line(lab, "c2", "cdn.tracker.test")
-        print(f"  resolver saw ads.example.test? {lab.resolver_saw('ads.example.test')}")
+        for pod, name in (("c1", "ads.example.test"), ("c2", "cdn.tracker.test")):
+            r = dig_line(lab, pod, name)
+            expect(r.status == "NXDOMAIN", f"{name} gets NXDOMAIN")
+        saw = lab.resolver_saw("ads.example.test")
+        print(f"  resolver saw ads.example.test? {saw}")
+        expect(not saw, "the resolver never sees a blocked name")
 
         say("c1 floods at 2000 qps; c2 asks at its usual pace (limit: 100 qps per client)")
         flood = lab.dnsperf("c1", v4("dns"), [f"n{i}.example.test" for i in range(100)],
@@ -76,7 +91,10 @@ def main() -> int:
         c2 = [lab.dig("c2", f"calm{i}.example.test") for i in range(10)]
         res = flood.result()
         show("[c1] dnsperf -Q 2000 -l 3", [str(res)])
-        show("[c2] 10 x dig", [f"NOERROR {sum(r.status == 'NOERROR' for r in c2)}/10"])
+        calm_ok = sum(r.status == "NOERROR" for r in c2)
+        show("[c2] 10 x dig", [f"NOERROR {calm_ok}/10"])
+        expect(res.lost > res.sent // 2, "most of c1's flood is dropped")
+        expect(calm_ok == 10, "c2 is not limited while c1 floods")
 
         say("Verdict log (one JSON object per line on dns-guard's stdout)")
         verdicts = guard.verdicts()
@@ -85,11 +103,18 @@ def main() -> int:
         for v in shown:
             print("  " + json.dumps(v))
         print(f"  ... {len(verdicts)} verdicts in total")
+        expect(any(v.get("qname") == "ads.example.test" and v.get("layer") == "xdp" for v in shown),
+               "the verdict log names the blocked query")
+        expect(any(v.get("client") == v4("c1") for v in shown if v.get("verdict") == "ratelimit"),
+               "the verdict log names the flooding client")
 
         say("Tearing down (guard, pins, namespaces)")
         guard.stop()
         guard.detach()
-    print("done")
+    if FAILED:
+        print(f"demo: {len(FAILED)} claim(s) did not hold: {'; '.join(FAILED)}", file=sys.stderr)
+        return 1
+    print("done: every claim above held")
     return 0
 
 
