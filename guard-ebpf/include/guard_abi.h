@@ -114,15 +114,22 @@ struct guard_table_header {
 };
 
 /* What a table entry says about the name it was built from. A name can
- * carry several bits (a list with both "example.com" and "*.example.com"). */
+ * carry several bits (a list with both "example.com" and "*.example.com").
+ * The FORCE bits come from RPZ actions and, like the BLOCK bits, apply to
+ * the name itself or to its subdomains: "x CNAME rpz-drop." beside
+ * "*.x CNAME ." drops x and answers NXDOMAIN for its subdomains. */
 enum guard_rule_flags {
-	GUARD_RULE_BLOCK_SELF = 1 << 0,     /* block the name itself */
-	GUARD_RULE_BLOCK_SUB = 1 << 1,      /* block every subdomain */
-	GUARD_RULE_ALLOW_SELF = 1 << 2,     /* allow the name itself */
-	GUARD_RULE_ALLOW_SUB = 1 << 3,      /* allow every subdomain */
-	GUARD_RULE_FORCE_NXDOMAIN = 1 << 4, /* RPZ "CNAME .": answer NXDOMAIN */
-	GUARD_RULE_FORCE_DROP = 1 << 5,     /* RPZ "rpz-drop.": drop */
+	GUARD_RULE_BLOCK_SELF = 1 << 0,         /* block the name itself */
+	GUARD_RULE_BLOCK_SUB = 1 << 1,          /* block every subdomain */
+	GUARD_RULE_ALLOW_SELF = 1 << 2,         /* allow the name itself */
+	GUARD_RULE_ALLOW_SUB = 1 << 3,          /* allow every subdomain */
+	GUARD_RULE_FORCE_NXDOMAIN = 1 << 4,     /* RPZ "x CNAME .": NXDOMAIN for x */
+	GUARD_RULE_FORCE_DROP = 1 << 5,         /* RPZ "x CNAME rpz-drop.": drop x */
+	GUARD_RULE_FORCE_NXDOMAIN_SUB = 1 << 6, /* RPZ "*.x CNAME .": for x's subdomains */
+	GUARD_RULE_FORCE_DROP_SUB = 1 << 7,     /* RPZ "*.x CNAME rpz-drop." */
 };
+/* A _SUB force bit is its self bit shifted by this much. */
+#define GUARD_RULE_FORCE_SUB_SHIFT 2
 
 /* ---- runtime configuration (guard_config[0]) ---------------------------- */
 

@@ -126,12 +126,16 @@ static __always_inline int malformed(const struct guard_config *cfg,
 	return pass(reason);
 }
 
-/* The block action a matched rule gets. A LOG (dry run) configuration
- * wins over the rule's own FORCE_* flags: dry run must never touch traffic. */
-static __always_inline __u8 block_action(const struct guard_config *cfg, __u8 flags)
+/* The block action a matched rule gets: its own FORCE_* flags for the kind
+ * of match (the name itself, or a subdomain of it), else the configured
+ * one. A LOG (dry run) configuration wins over both: dry run must never
+ * touch traffic. */
+static __always_inline __u8 block_action(const struct guard_config *cfg, __u8 flags, __u8 exact)
 {
 	if (cfg->block_action == GUARD_ACTION_LOG)
 		return GUARD_ACTION_LOG;
+	if (!exact)
+		flags >>= GUARD_RULE_FORCE_SUB_SHIFT;
 	if (flags & GUARD_RULE_FORCE_DROP)
 		return GUARD_ACTION_DROP;
 	if (flags & GUARD_RULE_FORCE_NXDOMAIN)
@@ -259,7 +263,7 @@ int dns_guard(struct xdp_md *ctx)
 	} else if (block) {
 		d.verdict = GUARD_VERDICT_BLOCK;
 		d.reason = exact ? GUARD_REASON_BLOCK_EXACT : GUARD_REASON_BLOCK_SUFFIX;
-		d.action = block_action(cfg, flags);
+		d.action = block_action(cfg, flags, exact);
 		d.rule_id = rule_id;
 	} else if (dyn) {
 		d.verdict = GUARD_VERDICT_BLOCK;

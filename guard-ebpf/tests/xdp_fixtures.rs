@@ -33,6 +33,8 @@ const ALLOW_SELF: u8 = guard_rule_flags::GUARD_RULE_ALLOW_SELF as u8;
 const ALLOW_SUB: u8 = guard_rule_flags::GUARD_RULE_ALLOW_SUB as u8;
 const FORCE_NXDOMAIN: u8 = guard_rule_flags::GUARD_RULE_FORCE_NXDOMAIN as u8;
 const FORCE_DROP: u8 = guard_rule_flags::GUARD_RULE_FORCE_DROP as u8;
+const FORCE_NXDOMAIN_SUB: u8 = guard_rule_flags::GUARD_RULE_FORCE_NXDOMAIN_SUB as u8;
+const FORCE_DROP_SUB: u8 = guard_rule_flags::GUARD_RULE_FORCE_DROP_SUB as u8;
 
 use guard_action::*;
 use guard_reason::*;
@@ -1621,6 +1623,38 @@ fn rule_flags_force_the_action() {
         XDP_PASS,
         GUARD_REASON_BLOCK_EXACT,
     );
+
+    // A forced action applies to the kind of match it was given for. RPZ
+    // "mixed.example CNAME rpz-drop." with "*.mixed.example CNAME .", and
+    // "||subdrop.example^" with "*.subdrop.example CNAME rpz-drop.".
+    let mut rules = base_rules();
+    rules.push(("mixed.example".into(), BLOCK_SELF | FORCE_DROP | BLOCK_SUB | FORCE_NXDOMAIN_SUB));
+    rules.push(("subdrop.example".into(), BLOCK_SELF | BLOCK_SUB | FORCE_DROP_SUB));
+    g.table(&rules, 64);
+    g.config(guard_config {
+        block_action: GUARD_ACTION_REFUSED as u8,
+        ..base_config()
+    });
+    let f = Frame::v4(Dns::query("mixed.example").bytes()).bytes();
+    g.expect("the name's own force: drop", &f, XDP_DROP, GUARD_REASON_BLOCK_EXACT);
+    let q = Dns::query("a.mixed.example");
+    let fr = Frame::v4(q.bytes());
+    g.expect_reply(
+        "the subdomains' force: nxdomain",
+        &fr.bytes(),
+        GUARD_REASON_BLOCK_SUFFIX,
+        &fr.reply(q.reply(NXDOMAIN, false, None)).bytes(),
+    );
+    let q = Dns::query("subdrop.example");
+    let fr = Frame::v4(q.bytes());
+    g.expect_reply(
+        "no force on the name: the configured refused",
+        &fr.bytes(),
+        GUARD_REASON_BLOCK_EXACT,
+        &fr.reply(q.reply(REFUSED, false, None)).bytes(),
+    );
+    let f = Frame::v4(Dns::query("x.y.subdrop.example").bytes()).bytes();
+    g.expect("the subdomains' force: drop", &f, XDP_DROP, GUARD_REASON_BLOCK_SUFFIX);
 }
 
 /// The limiter's clock is coarse (guard_ratelimit.h): it stands still for

@@ -29,10 +29,14 @@ pub const BLOCK_SUB: u8 = guard_rule_flags::GUARD_RULE_BLOCK_SUB as u8;
 pub const ALLOW_SELF: u8 = guard_rule_flags::GUARD_RULE_ALLOW_SELF as u8;
 /// Allow every subdomain of the name.
 pub const ALLOW_SUB: u8 = guard_rule_flags::GUARD_RULE_ALLOW_SUB as u8;
-/// RPZ `CNAME .`: answer NXDOMAIN.
+/// RPZ `x CNAME .`: answer NXDOMAIN for the name itself.
 pub const FORCE_NXDOMAIN: u8 = guard_rule_flags::GUARD_RULE_FORCE_NXDOMAIN as u8;
-/// RPZ `CNAME rpz-drop.`: drop the query.
+/// RPZ `x CNAME rpz-drop.`: drop queries for the name itself.
 pub const FORCE_DROP: u8 = guard_rule_flags::GUARD_RULE_FORCE_DROP as u8;
+/// RPZ `*.x CNAME .`: answer NXDOMAIN for the name's subdomains.
+pub const FORCE_NXDOMAIN_SUB: u8 = guard_rule_flags::GUARD_RULE_FORCE_NXDOMAIN_SUB as u8;
+/// RPZ `*.x CNAME rpz-drop.`: drop queries for the name's subdomains.
+pub const FORCE_DROP_SUB: u8 = guard_rule_flags::GUARD_RULE_FORCE_DROP_SUB as u8;
 
 /// Hash map keyed by normalized names. FxHash: the keys come from files the
 /// operator chose, not from the network, so HashDoS resistance buys nothing
@@ -299,10 +303,14 @@ mod tests {
                 ALLOW_SELF,
                 ALLOW_SUB,
                 FORCE_NXDOMAIN,
-                FORCE_DROP
+                FORCE_DROP,
+                FORCE_NXDOMAIN_SUB,
+                FORCE_DROP_SUB
             ],
-            [1, 2, 4, 8, 16, 32]
+            [1, 2, 4, 8, 16, 32, 64, 128]
         );
+        let shift = guard_ebpf::abi::GUARD_RULE_FORCE_SUB_SHIFT;
+        assert_eq!((FORCE_NXDOMAIN << shift, FORCE_DROP << shift), (FORCE_NXDOMAIN_SUB, FORCE_DROP_SUB));
     }
 
     #[test]

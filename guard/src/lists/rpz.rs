@@ -4,7 +4,8 @@
 //! unsupported rather than half-applied.
 
 use super::{
-    numbered_lines, Sink, ALLOW_SELF, ALLOW_SUB, BLOCK_SELF, BLOCK_SUB, FORCE_DROP, FORCE_NXDOMAIN,
+    numbered_lines, Sink, ALLOW_SELF, ALLOW_SUB, BLOCK_SELF, BLOCK_SUB, FORCE_DROP, FORCE_DROP_SUB, FORCE_NXDOMAIN,
+    FORCE_NXDOMAIN_SUB,
 };
 
 /// Whether the text is a zone file. Decided per file, not per line, because
@@ -204,9 +205,9 @@ impl Zone {
         };
         let flags = match (action, sub) {
             (Action::Nxdomain, false) => BLOCK_SELF | FORCE_NXDOMAIN,
-            (Action::Nxdomain, true) => BLOCK_SUB | FORCE_NXDOMAIN,
+            (Action::Nxdomain, true) => BLOCK_SUB | FORCE_NXDOMAIN_SUB,
             (Action::Drop, false) => BLOCK_SELF | FORCE_DROP,
-            (Action::Drop, true) => BLOCK_SUB | FORCE_DROP,
+            (Action::Drop, true) => BLOCK_SUB | FORCE_DROP_SUB,
             (Action::Passthru, false) => ALLOW_SELF,
             (Action::Passthru, true) => ALLOW_SUB,
         };
@@ -325,10 +326,10 @@ outside.example. CNAME .
         let (set, stats) = parse(ZONE, ListKind::Block);
         assert_eq!(
             flags(&set, "bad.com"),
-            BLOCK_SELF | BLOCK_SUB | FORCE_NXDOMAIN
+            BLOCK_SELF | BLOCK_SUB | FORCE_NXDOMAIN | FORCE_NXDOMAIN_SUB
         );
         assert_eq!(flags(&set, "drop.net"), BLOCK_SELF | FORCE_DROP);
-        assert_eq!(flags(&set, "dropsub.net"), BLOCK_SUB | FORCE_DROP);
+        assert_eq!(flags(&set, "dropsub.net"), BLOCK_SUB | FORCE_DROP_SUB);
         assert_eq!(flags(&set, "ok.bad.com"), ALLOW_SELF);
         assert_eq!(flags(&set, "okzone.bad.com"), ALLOW_SUB);
         assert_eq!(flags(&set, "abs.org"), BLOCK_SELF | FORCE_NXDOMAIN);
@@ -381,6 +382,16 @@ outside.example. CNAME .
         assert_eq!(diags(&set), Vec::<String>::new());
         assert_eq!(flags(&set, "bad.example"), BLOCK_SELF | FORCE_NXDOMAIN);
         assert_eq!(flags(&set, "worse.example"), BLOCK_SELF | FORCE_DROP);
+    }
+
+    #[test]
+    fn rpz_actions_keep_their_kind_when_merged_on_one_name() {
+        // The name is dropped, its subdomains get NXDOMAIN: each action
+        // stays with the trigger it was written for.
+        let text = "$ORIGIN rpz.example.\nmixed.com CNAME rpz-drop.\n*.mixed.com CNAME .\n";
+        let (set, _) = parse(text, ListKind::Block);
+        assert_eq!(diags(&set), Vec::<String>::new());
+        assert_eq!(flags(&set, "mixed.com"), BLOCK_SELF | FORCE_DROP | BLOCK_SUB | FORCE_NXDOMAIN_SUB);
     }
 
     #[test]
