@@ -152,6 +152,34 @@ def test_matching_semantics(lab, start_guard):
             assert not lab.resolver_saw(name, sync=False), f"resolver saw blocked {name}"
 
 
+RPZ_ZONE = """\
+$TTL 300
+$ORIGIN rpz.lab.
+@ SOA localhost. hostmaster.localhost. 1 3600 600 86400 300
+@ NS localhost.
+nx.rpz.test CNAME .
+*.sub.rpz.test CNAME .
+ok.sub.rpz.test CNAME rpz-passthru.
+drop.rpz.test CNAME rpz-drop.
+*.drop.rpz.test CNAME .
+"""
+
+
+def test_rpz_zone_actions_per_trigger(lab, start_guard):
+    # An RPZ file among the blocklists: its actions override xdp.action (refused here),
+    # each for the trigger it was written for, and rpz-passthru allows.
+    guard = start_guard({"xdp": {"action": "refused"}}, {"block.txt": BLOCK, "policy.rpz": RPZ_ZONE})
+    cases = [("nx.rpz.test", "NXDOMAIN"), ("a.sub.rpz.test", "NXDOMAIN"), ("sub.rpz.test", "NOERROR"),
+             ("ok.sub.rpz.test", "NOERROR"), ("x.drop.rpz.test", "NXDOMAIN"), ("drop.rpz.test", None),
+             ("refused.blocked.test", "REFUSED")]
+    got = {name: lab.dig("c1", name, None, "+tries=1", "+timeout=1").status for name, _ in cases}
+    assert got == dict(cases), got
+    for name in ("nx.rpz.test", "a.sub.rpz.test", "x.drop.rpz.test", "drop.rpz.test"):
+        assert_unseen(lab, name)
+    v = guard.wait_verdict(qname="drop.rpz.test", action="drop")
+    assert v and v["rule"] == "drop.rpz.test" and v["list"].endswith("policy.rpz:8"), v or guard.verdicts()
+
+
 def test_verdict_qname_is_normalized(lab, start_guard):
     guard = start_guard({}, LISTS)
     assert lab.dig("c1", "Norm.Blocked.Test.").status == "NXDOMAIN"
