@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import BPFFS, GOOD_V4, _wait_for as lab_wait, v4, v6
+from lab import BPFFS, GOOD_V4, _wait_for as lab_wait, to_yaml, v4, v6
 
 pytestmark = pytest.mark.needs_guard
 
@@ -380,6 +380,7 @@ def test_pinned_program_survives_kill_and_restart(lab, start_guard):
     guard.restart()
     assert "dns-guard ready: XDP reused on" in guard.stderr_tail(), \
         f"the restart did not take over the pinned link:\n{guard.stderr_tail()}"
+    assert "xdp.mode differs" not in guard.stderr(), guard.stderr_tail()
     assert lab.dig("c1", "r3.blocked.test").status == "NXDOMAIN"
     assert guard.wait_verdict(qname="r3.blocked.test"), "restarted guard logs no verdicts"
     # The kernel's counters are pinned state too: r2, dropped while no process ran, still counts.
@@ -400,6 +401,20 @@ def test_pinned_program_survives_kill_and_restart(lab, start_guard):
     leftover = list(guard.pin_dir.rglob("*")) if guard.pin_dir.exists() else []
     assert not guard.pin_dir.exists() or not leftover, f"pins left: {leftover}"
     assert not lab.xdp_attached("dns"), "detach left an XDP program on eth0"
+
+
+def test_a_restart_with_another_xdp_mode_keeps_the_link_and_says_so(lab, start_guard):
+    guard = start_guard({"xdp": {"mode": "generic"}}, LISTS)
+    guard.kill9()
+    guard.config["xdp"]["mode"] = "native"
+    guard.config_path.write_text(to_yaml(guard.config) + "\n")
+    guard.restart()
+    err = guard.stderr()
+    assert "dns-guard ready: XDP reused on" in err, guard.stderr_tail()
+    assert "xdp.mode differs from the pinned link's mode" in err and "pinned=Generic" in err, \
+        f"no warning that native was asked for and the generic link kept:\n{guard.stderr_tail()}"
+    # The link stayed generic, so replies still arrive whatever the peer has.
+    assert lab.dig("c1", "mode.blocked.test").status == "NXDOMAIN"
 
 
 # --------------------------------------------------------------------------- config check

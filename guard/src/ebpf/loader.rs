@@ -164,7 +164,10 @@ impl XdpGuard {
 
         let link_path = pin_root.join(pin_file(GUARD_PIN_LINK));
         let attach = match take_over_pinned_link(prog, &link_path) {
-            Some(()) => "reused",
+            Some(()) => {
+                warn_if_mode_differs(settings);
+                "reused"
+            }
             None => attach_fresh(prog, settings, &link_path)?,
         };
 
@@ -286,6 +289,38 @@ fn take_over_pinned_link(prog: &mut Xdp, link_path: &Path) -> Option<()> {
             warn!(link = %link_path.display(), error = %e, "pinned XDP link unusable; attaching afresh");
             None
         }
+    }
+}
+
+/// A reused link keeps the mode it was made with, whatever `xdp.mode` says
+/// now: say so when they differ, since in native mode on a veth the
+/// synthesized replies are lost. Auto accepts generic anywhere (its own
+/// fallback), but not native where it would have chosen generic.
+fn warn_if_mode_differs(settings: &XdpSettings) {
+    let interface = &settings.interface;
+    let attached = match attach_mode::attached(interface) {
+        Ok(mode) => mode,
+        Err(e) => {
+            warn!(interface = %interface, error = %e, "cannot read the XDP attach mode of the pinned link");
+            return;
+        }
+    };
+    let prefers_generic = || attach_mode::prefers_generic(&attach_mode::driver_name(interface).unwrap_or_default());
+    let differs = match (settings.mode, attached) {
+        (AttachMode::Native, attach_mode::Attached::Generic) | (AttachMode::Generic, attach_mode::Attached::Native) => true,
+        (AttachMode::Auto, attach_mode::Attached::Native) => prefers_generic(),
+        _ => false,
+    };
+    if differs {
+        warn!(
+            interface = %interface,
+            configured = ?settings.mode,
+            pinned = ?attached,
+            "xdp.mode differs from the pinned link's mode, which a restart keeps; \
+             to change it, stop dns-guard, run `dns-guard detach --config FILE`, and start it again"
+        );
+    } else {
+        info!(interface = %interface, mode = ?attached, "the pinned link's attach mode");
     }
 }
 
