@@ -37,7 +37,7 @@ def one_round(binary: str, seconds: float) -> dict:
         guard = lab.start_guard({"xdp": {"action": "drop"}}, {"block.txt": "||bl.test^\n"})
         pid = guard.proc.pid
         c0, t0 = cpu_ms(pid), time.monotonic()
-        out = lab.run("c1", [sys.executable, str(REPO / "bench" / "flood.py"), "--dst", v4("dns"),
+        out = lab.run("c1", [sys.executable, str(REPO / "bench" / "flood.py"), "--dst", v4("coredns"),
                              "--port", "53", "--kind", "blocked", "--duration", str(seconds),
                              "--max", "10000000"], timeout=seconds + 30)
         time.sleep(1.5)  # folded lines are written once their one-second window closes

@@ -15,7 +15,7 @@ absolute numbers are beside them only for context. Scenarios, numbered as in iss
   5   time to a blocked answer: dns-guard's XDP NXDOMAIN against CoreDNS answering NXDOMAIN
       itself (s5_blocked.py)
 
-The dns pod runs ONE CoreDNS 1.15 with a server block per configuration, each bound to its
+The coredns pod runs ONE CoreDNS 1.15 with a server block per configuration, each bound to its
 own address of the pod (the kubeadm shape minus kubernetes, which needs an API server, and
 minus the log plugin, which would bill CoreDNS for per-query writes):
 
@@ -28,7 +28,7 @@ minus the log plugin, which would bill CoreDNS for per-query writes):
   .50  ``template IN ANY bl.test { rcode NXDOMAIN }``: CoreDNS answers blocked names itself
        (scenario 5; with dns-guard attached, XDP answers them first).
 
-dnsdist (Debian) runs in the dns pod in front of CoreDNS (.53 via 127.0.0.1). dns-guard is
+dnsdist (Debian) runs in the coredns pod in front of CoreDNS (.53 via 127.0.0.1). dns-guard is
 started before each of its measurements and detached after, so the other configurations run
 with no XDP program on eth0.
 
@@ -71,8 +71,8 @@ import s4_scale  # noqa: E402
 import s5_blocked  # noqa: E402
 from lab import Lab, LabError, v4  # noqa: E402
 
-# The dns pod's server addresses, one per CoreDNS server block (see the module docstring).
-ALONE = v4("dns")
+# The coredns pod's server addresses, one per CoreDNS server block (see the module docstring).
+ALONE = v4("coredns")
 SIDECAR = f"{labmod.V4_PREFIX}52"
 UNBOUND_FWD = f"{labmod.V4_PREFIX}51"
 TEMPLATE = f"{labmod.V4_PREFIX}50"
@@ -150,7 +150,7 @@ lab.:53 {{
 
 
 def dnsdist_conf(port: int, qps: int) -> str:
-    return f"""-- bench/peers.py: dnsdist in front of CoreDNS in the dns pod
+    return f"""-- bench/peers.py: dnsdist in front of CoreDNS in the coredns pod
 setSecurityPollSuffix("")  -- never poll secpoll.powerdns.com: nothing leaves the lab
 setLocal("{ALONE}:{port}")
 setACL({{"198.18.0.0/15", "fd53:6775:6172::/48"}})  -- the lab's clients (not in the default ACL)
@@ -207,7 +207,7 @@ class Bench:
         for kind, port in DNSDIST_PORT.items():
             conf = self.lab.workdir / f"dnsdist-{kind}.conf"
             conf.write_text(dnsdist_conf(port, self.args.limit if kind == "flood" else NO_LIMIT))
-            self.dnsdist[kind] = self.lab.spawn("dns", ["dnsdist", "--supervised", "--disable-syslog",
+            self.dnsdist[kind] = self.lab.spawn("coredns", ["dnsdist", "--supervised", "--disable-syslog",
                                                         "-C", str(conf)], f"dnsdist-{kind}")
         for kind, port in DNSDIST_PORT.items():
             def up():
@@ -223,7 +223,7 @@ class Bench:
         wd.mkdir(exist_ok=True)
         conf = wd / "unbound.conf"
         conf.write_text(unbound_forwarder_conf(wd, self.hier.anchors["dnskey"]))
-        self.unbound_fwd = self.lab.spawn("dns", ["unbound", "-d", "-c", str(conf)], "unbound-forwarder")
+        self.unbound_fwd = self.lab.spawn("coredns", ["unbound", "-d", "-c", str(conf)], "unbound-forwarder")
 
     # --- dns-guard, as its users run it: XDP on eth0 and the proxy in CoreDNS's forward path
     def guard_config(self, profile: str) -> dict:
@@ -278,14 +278,14 @@ class Bench:
         m = re.search(r"dns-guard admin listening on (\S+)", self.guard.stderr())
         if not m:
             raise LabError(f"no admin address in dns-guard's stderr:\n{self.guard.stderr_tail()}")
-        code, body = corednsmod.http_get(self.lab, "dns", f"http://{m.group(1)}/metrics")
+        code, body = corednsmod.http_get(self.lab, "coredns", f"http://{m.group(1)}/metrics")
         if code != 200:
             raise LabError(f"dns-guard /metrics answered {code}: {body[:300]}")
         return body
 
     def coredns_requests(self, server: str) -> float:
         """coredns_dns_requests_total of one server block (label server="dns://ADDR:53")."""
-        code, body = corednsmod.http_get(self.lab, "dns", "http://127.0.0.1:9153/metrics")
+        code, body = corednsmod.http_get(self.lab, "coredns", "http://127.0.0.1:9153/metrics")
         if code != 200:
             raise LabError(f"CoreDNS /metrics answered {code}")
         return sum(float(line.rsplit(None, 1)[1]) for line in body.splitlines()

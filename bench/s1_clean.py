@@ -10,7 +10,7 @@ CoreDNS's cache:
   latency (at saturation mostly queueing). This is the throughput the goal is judged on: the
   highest rate at which nothing is lost, as RFC 2544 (26.1) defines throughput. 100 in flight
   keeps CoreDNS's CPU saturated and its UDP socket queue below what its default receive buffer
-  holds in every configuration, which the dns pod's UdpRcvbufErrors (reported) confirm.
+  holds in every configuration, which the coredns pod's UdpRcvbufErrors (reported) confirm.
 * max rate with 200 in flight (-q 200, the setting before 2026-12-03): QPS and queries lost.
   Here the configurations differ in loss, not in work: with XDP on eth0 (generic mode) each
   query queued at CoreDNS's socket is charged 1280 bytes instead of 832 (the kernel re-allocates
@@ -91,11 +91,11 @@ def measure(bench, key: str, config: str, rnd: int) -> dict:
     with bench.guarded(config == "guard", "clean"):
         server, port = target(bench, config)
         meter = C.CpuMeter(bench.pids(dnsdist=bench.dnsdist["clean"].pid if config == "dnsdist" else None))
-        drops0 = C.udp_rcvbuf_errors(lab, "dns")
+        drops0 = C.udp_rcvbuf_errors(lab, "coredns")
         res = lab.dnsperf("c1", server, NAMES, duration=args.duration, clients=4, outstanding=LOSSLESS,
                           timeout=1, extra=["-p", str(port)])
         r = meter.stop()
-        r["drops"] = C.udp_rcvbuf_errors(lab, "dns") - drops0
+        r["drops"] = C.udp_rcvbuf_errors(lab, "coredns") - drops0
         ok = res.rcodes.get("NOERROR", 0)
         r["qps"] = res.qps * ok / res.completed if res.completed else 0.0
         r["lost"] = res.lost
@@ -125,7 +125,7 @@ def measure(bench, key: str, config: str, rnd: int) -> dict:
 
 
 def table(key: str, res: dict[str, list[dict]]) -> list[str]:
-    out = [f"| config | QPS at max rate, {_in_flight(res)} in flight | dns pod socket drops | "
+    out = [f"| config | QPS at max rate, {_in_flight(res)} in flight | coredns pod socket drops | "
            "avg latency at max rate µs | p50 µs | p90 µs | p99 µs | "
            "CoreDNS CPU ms/s | dnsdist CPU ms/s | dns-guard CPU ms/s | box busy % | "
            f"QPS, {DEEP} in flight | lost, {DEEP} in flight |",

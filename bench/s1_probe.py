@@ -16,7 +16,7 @@ so each step's cost can be read as a ratio inside a round:
 A config may carry dnsperf's outstanding-query limit after an @ (alone@150; default --outstanding).
 
 Per measurement: dnsperf from c1 at max rate (-c 4 -q 200, as scenario 1), and beside it the
-dns pod's UDP counters (nstat: receive-buffer drops), NET_RX softirqs, CPU of CoreDNS and
+coredns pod's UDP counters (nstat: receive-buffer drops), NET_RX softirqs, CPU of CoreDNS and
 dns-guard, the box's busy %, and with --bpf-stats the XDP program's own ns per packet.
 
     python3 bench/s1_probe.py --rounds 6 --configs alone,pass,guard     # as root
@@ -108,11 +108,11 @@ class Probe:
             return
         if name == "pass":
             obj = XDP_PASS_OBJ[-1]
-            lab.run("dns", ["ip", "link", "set", "dev", "eth0", "xdpgeneric", "obj", str(obj), "sec", "xdp"])
+            lab.run("coredns", ["ip", "link", "set", "dev", "eth0", "xdpgeneric", "obj", str(obj), "sec", "xdp"])
             try:
                 yield peers.ALONE
             finally:
-                lab.clear_xdp("dns")
+                lab.clear_xdp("coredns")
             return
         yield peers.ALONE
 
@@ -126,7 +126,7 @@ class Probe:
                 time.sleep(args.settle)
             pids = self.bench.pids()
             meter = C.CpuMeter(pids)
-            n0, s0, p0 = nstat(lab, "dns"), softirq("NET_RX"), prog_stats(lab, "dns")
+            n0, s0, p0 = nstat(lab, "coredns"), softirq("NET_RX"), prog_stats(lab, "coredns")
             perf_proc = None
             if perf:
                 out = Path(args.perf_dir) / f"perf-{spec}-{time.time_ns()}.data"
@@ -141,7 +141,7 @@ class Probe:
             # dnsperf is our waited-for child (nsenter execs it): its CPU, which also carries
             # most of the query's receive path (veth_xmit -> backlog runs in the sender's softirq).
             r["dnsperf_ms"] = ((ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)) * 1000 / args.duration
-            n1, s1, p1 = nstat(lab, "dns"), softirq("NET_RX"), prog_stats(lab, "dns")
+            n1, s1, p1 = nstat(lab, "coredns"), softirq("NET_RX"), prog_stats(lab, "coredns")
             if perf_proc:
                 perf_proc.wait(60)
                 r["perf_data"] = str(out)

@@ -11,7 +11,7 @@ domain (a clean 4-label name whose every label is hashed and tested), single run
 NXDOMAIN. The bench also reports kernel bytes per name (the table map's memlock) and its
 in-process parse + build + fill time.
 
-The real binary: ``dns-guard run`` in the dns pod (XDP on eth0, proxy on) with a hosts file
+The real binary: ``dns-guard run`` in the coredns pod (XDP on eth0, proxy on) with a hosts file
 of N names generated into a temporary directory (deleted afterwards). Measured per start:
 wall time from spawn to its ``dns-guard ready`` line; the table build + install time it logs;
 VmRSS and VmHWM from /proc/PID/status once ready; then a reload (the file is touched, as a

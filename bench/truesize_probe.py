@@ -1,7 +1,7 @@
 """How many bytes of a UDP socket's receive buffer one small DNS query takes (skb truesize),
 with and without an XDP program on the receiving pod's eth0 (issue 5, scenario 1).
 
-A socket in the dns pod binds a port and never reads; c1 sends it N queries; the socket's
+A socket in the coredns pod binds a port and never reads; c1 sends it N queries; the socket's
 rx_queue in /proc/net/udp (sk_rmem_alloc) divided by N is the truesize per query. Generic XDP
 re-allocates any skb with less than XDP_PACKET_HEADROOM (256) bytes of headroom, which is
 every packet a veth delivers, and the reallocated skb is charged at its new size.
@@ -37,12 +37,12 @@ import socket
 q = bytes.fromhex("1234010000010000000000000471303030026f6b0474657374000001 0001".replace(" ", ""))
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for _ in range({N}):
-    s.sendto(q, ("{v4('dns')}", {PORT}))
+    s.sendto(q, ("{v4('coredns')}", {PORT}))
 """
 
 
 def rx_queue(lab: Lab) -> int:
-    for line in lab.run("dns", ["cat", "/proc/net/udp"]).stdout.splitlines()[1:]:
+    for line in lab.run("coredns", ["cat", "/proc/net/udp"]).stdout.splitlines()[1:]:
         f = line.split()
         if f[1].endswith(f":{PORT:04X}"):
             return int(f[4].split(":")[1], 16)
@@ -50,7 +50,7 @@ def rx_queue(lab: Lab) -> int:
 
 
 def per_query(lab: Lab) -> float:
-    sink = lab.spawn("dns", [sys.executable, "-c", SINK], f"sink-{time.monotonic_ns()}")
+    sink = lab.spawn("coredns", [sys.executable, "-c", SINK], f"sink-{time.monotonic_ns()}")
     try:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
@@ -73,11 +73,11 @@ def main(argv: list[str]) -> int:
         for spec in argv:
             obj, _, sec = spec.partition(":")
             before = set(GLOBALS.iterdir()) if GLOBALS.is_dir() else set()
-            lab.run("dns", ["ip", "link", "set", "dev", "eth0", "xdpgeneric", "obj", obj, "sec", sec or "xdp"])
+            lab.run("coredns", ["ip", "link", "set", "dev", "eth0", "xdpgeneric", "obj", obj, "sec", sec or "xdp"])
             try:
                 print(f"{Path(obj).name} ({sec or 'xdp'}), generic: {per_query(lab):.0f} B per query")
             finally:
-                lab.clear_xdp("dns")
+                lab.clear_xdp("coredns")
                 # guard.bpf.o's maps pin by name: iproute2 put them here; this probe removes them.
                 for pin in (set(GLOBALS.iterdir()) if GLOBALS.is_dir() else set()) - before:
                     pin.unlink()

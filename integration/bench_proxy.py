@@ -289,13 +289,13 @@ def main(argv: list[str]) -> int:
             subprocess.run(["cargo", "build", "--release", "-q", "--example", "udp_relay"],
                            cwd=RELAY_BIN.parents[3], check=True)
             for c in RELAY_CASES:
-                lab.spawn("dns", [str(RELAY_BIN), f"{H.PROXY_ADDR}:{c.port}", f"{H.REC}:53",
+                lab.spawn("coredns", [str(RELAY_BIN), f"{H.PROXY_ADDR}:{c.port}", f"{H.REC}:53",
                                   "fresh" if c.key == "R" else "shared"], f"relay-{c.key}")
                 answering(c, "udp_relay")
         if args.dnsdist:
             conf = lab.workdir / "dnsdist.conf"
             conf.write_text(dnsdist_conf(f"{H.PROXY_ADDR}:{DNSDIST_CASE.port}", f"{H.REC}:53"))
-            lab.spawn("dns", ["dnsdist", "--supervised", "--disable-syslog", "-C", str(conf)], "dnsdist")
+            lab.spawn("coredns", ["dnsdist", "--supervised", "--disable-syslog", "-C", str(conf)], "dnsdist")
             answering(DNSDIST_CASE, "dnsdist")
         builds = [(PORT_VALIDATE, "validate", lab.binary), (PORT_OFF, "off", lab.binary)]
         builds += [(c.port, "off", path) for c, (_, path) in zip(alt_cases(args), args.alt)]

@@ -146,7 +146,7 @@ class Bench:
 
     # --- the resolver's own count of queries it handled
     def _chaos(self, name: str) -> int:
-        r = self.lab.run("c2", ["dig", f"@{v4('dns')}", name, "CH", "TXT", "+short", "+tries=1", "+timeout=2"])
+        r = self.lab.run("c2", ["dig", f"@{v4('coredns')}", name, "CH", "TXT", "+short", "+tries=1", "+timeout=2"])
         m = re.search(r'"(\d+)"', r.stdout)
         if not m:
             raise LabError(f"dnsmasq did not answer {name}: {r.stdout!r} {r.stderr!r}")
@@ -173,7 +173,7 @@ class Bench:
         names = (case.names() * (n // POOL + 1))[:n]
         bound = n / self.args.rate * 3 + 10
         res, seen = self.seen_during(lambda: self.lab.dnsperf(
-            "c1", v4("dns"), names, duration=bound, qps=self.args.rate, timeout=1,
+            "c1", v4("coredns"), names, duration=bound, qps=self.args.rate, timeout=1,
             outstanding=20, extra=["-n", "1", "-v"]))
         lines = _VERBOSE.findall(res.raw)
         rcodes = {rc for rc, *_ in lines}
@@ -191,7 +191,7 @@ class Bench:
     def throughput_round(self, case: Case, totals: Totals, resolver_pid: int, guard_pid: int) -> None:
         def run():
             s0 = Sample.now(resolver_pid, guard_pid)
-            res = self.lab.dnsperf("c1", v4("dns"), case.names(), duration=self.args.duration,
+            res = self.lab.dnsperf("c1", v4("coredns"), case.names(), duration=self.args.duration,
                                    clients=4, timeout=min(1.0, self.args.duration), outstanding=200)
             return res, Sample.now(resolver_pid, guard_pid) - s0
 
@@ -320,7 +320,7 @@ def main(argv: list[str]) -> int:
             r = lab.dig("c1", case.names()[0])
             if r.status != case.rcode:
                 raise LabError(f"{case.key}: {case.names()[0]} answered {r.status}, want {case.rcode}\n{r.raw}")
-        lab.dnsperf("c1", v4("dns"), CASES[2].names(), duration=10, qps=2000, extra=["-n", "1"])
+        lab.dnsperf("c1", v4("coredns"), CASES[2].names(), duration=10, qps=2000, extra=["-n", "1"])
 
         totals = {c.key: Totals() for c in CASES}
         t0 = time.monotonic()

@@ -3,8 +3,8 @@
 
     python3 integration/demo.py
 
-Builds the lab (two client pods, a dns pod with a resolver, an upstream), starts dns-guard
-on the dns pod's eth0 with a small blocklist and a per-client rate limit, then shows:
+Builds the lab (two client pods, a coredns pod with a resolver, an upstream), starts dns-guard
+on the coredns pod's eth0 with a small blocklist and a per-client rate limit, then shows:
 a clean name resolving, a blocked name answered NXDOMAIN by the kernel (the resolver never
 sees it), one client flooding while the other is unaffected, and the verdict log.
 Everything is torn down at the end, also on Ctrl-C. Each thing the demo shows is also
@@ -51,7 +51,7 @@ def expect(ok: bool, claim: str) -> None:
 def dig_line(lab, pod, name):
     r = lab.dig(pod, name)
     answer = ", ".join(r.addresses) or "-"
-    show(f"[{pod}] dig @{v4('dns')} {name}",
+    show(f"[{pod}] dig @{v4('coredns')} {name}",
          [f"status: {r.status or 'timed out'}   answer: {answer}   flags: {' '.join(sorted(r.flags))}"])
     return r
 
@@ -62,13 +62,13 @@ def main() -> int:
         return 1
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     with Lab() as lab:
-        say(f"Lab {lab.prefix}: c1 {v4('c1')}, c2 {v4('c2')}, dns pod {v4('dns')} "
+        say(f"Lab {lab.prefix}: c1 {v4('c1')}, c2 {v4('c2')}, coredns pod {v4('coredns')} "
             f"({lab.resolver_kind}), upstream {v4('up')}")
         guard = lab.start_guard(
             {"xdp": {"action": "nxdomain",
                      "ratelimit": {"qps": 100, "burst": 100, "ipv4_prefix": 32, "action": "drop"}}},
             {"block.txt": BLOCKLIST})
-        say("dns-guard attached XDP to the dns pod's eth0")
+        say("dns-guard attached XDP to the coredns pod's eth0")
         show("cat block.txt", BLOCKLIST.splitlines())
         print("  " + next(line for line in guard.stderr().splitlines() if "ready" in line))
 
@@ -85,7 +85,7 @@ def main() -> int:
         expect(not saw, "the resolver never sees a blocked name")
 
         say("c1 floods at 2000 qps; c2 asks at its usual pace (limit: 100 qps per client)")
-        flood = lab.dnsperf("c1", v4("dns"), [f"n{i}.example.test" for i in range(100)],
+        flood = lab.dnsperf("c1", v4("coredns"), [f"n{i}.example.test" for i in range(100)],
                             duration=3, qps=2000, wait=False)
         time.sleep(0.5)
         c2 = [lab.dig("c2", f"calm{i}.example.test") for i in range(10)]

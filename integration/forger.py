@@ -1,6 +1,6 @@
 """An on-path DNS forger for the lab, run with Debian's python3 (python3-scapy) in its own pod.
 
-The lab mirrors every frame the dns pod sends into this pod's eth0 (tc mirred on the bridge
+The lab mirrors every frame the coredns pod sends into this pod's eth0 (tc mirred on the bridge
 port), so the forger sees the proxy's upstream queries like an attacker on the path would.
 For each UDP query to the upstream it races the real answer with forged replies whose
 answer is the marker address (MARKER_V4 / MARKER_V6), none of which a correct proxy accepts:

@@ -51,7 +51,7 @@ REC = P + "55"
 RELAY = P + "57"
 DOWN, SLOW, GARBAGE = P + "56", P + "58", P + "59"
 PROXY_ADDR, PROXY_PORT = P + "53", 5353
-METRICS = "127.0.0.1:9253"  # inside the dns pod's own loopback
+METRICS = "127.0.0.1:9253"  # inside the coredns pod's own loopback
 RELAY_DELAY = 0.3
 SLOW_DELAY = 8.0
 
@@ -432,7 +432,7 @@ remote-control:
                   (REC, "www.signed.lab", "A"), (RELAY, "www.unsigned.lab", "A")]
         for server, name, qtype in checks:
             def ok():
-                r = self.lab.dig("dns", name, server, "+timeout=1", "+norecurse" if server in NS_NAME else "+recurse",
+                r = self.lab.dig("coredns", name, server, "+timeout=1", "+norecurse" if server in NS_NAME else "+recurse",
                                  qtype=qtype)
                 return r.status == "NOERROR" and r.answers
             if not _wait_for(ok, timeout, 0.2):
@@ -450,7 +450,7 @@ remote-control:
 
     def delv(self, name: str, qtype: str = "A", anchor: str = "dnskey", server: str = REC) -> str:
         """Validate with BIND's delv against the private root anchor; returns its output."""
-        r = self.lab.run("dns", ["delv", f"@{server}", "-a", str(self.anchors[f"delv-{anchor}"]),
+        r = self.lab.run("coredns", ["delv", f"@{server}", "-a", str(self.anchors[f"delv-{anchor}"]),
                                  "+root", name, qtype], check=False, timeout=30)
         return r.stdout + r.stderr
 
@@ -466,7 +466,7 @@ remote-control:
     def warm(self, names: list[tuple[str, str]]) -> None:
         """Resolve names at Unbound directly (DO set, so RRSIGs are cached too)."""
         for name, qtype in names:
-            self.lab.dig("dns", name, REC, "+dnssec", "+timeout=2", qtype=qtype)
+            self.lab.dig("coredns", name, REC, "+dnssec", "+timeout=2", qtype=qtype)
 
 
 # --------------------------------------------------------------------------- DNS over TLS
@@ -575,7 +575,7 @@ remote-control:
 
     def kdig(self, name: str, *opts: str, addr: str = DOT_ADDR):
         """kdig over TLS, checking the certificate against the lab CA and DOT_NAME."""
-        return self.lab.run("dns", ["kdig", f"@{addr}", "-p", str(DOT_PORT), "+tls", f"+tls-ca={self.pki['ca']}",
+        return self.lab.run("coredns", ["kdig", f"@{addr}", "-p", str(DOT_PORT), "+tls", f"+tls-ca={self.pki['ca']}",
                                     f"+tls-hostname={DOT_NAME}", "+timeout=2", "+retry=0", name, *opts],
                             check=False, timeout=20)
 

@@ -46,7 +46,7 @@ STATE_ROOT = Path(tempfile.gettempdir())
 
 V4_PREFIX = "198.18.0."
 V6_PREFIX = "fd53:6775:6172::"
-PODS = {"c1": 11, "c2": 12, "dns": 53, "up": 54}
+PODS = {"c1": 11, "c2": 12, "coredns": 53, "up": 54}
 # Answers handed out by the upstream; inside the lab ranges so nothing points outside.
 UP_V4 = "198.19.0.1"
 UP_V6 = "fd53:6775:6172:1::1"
@@ -58,7 +58,7 @@ PREFIX_RE = re.compile(r"^dg[0-9a-f]{5}$")
 # Native XDP_TX on a veth is silently lost unless the peer veth has an XDP program of its
 # own (measured on 6.18). A CNI's host-side veth usually has none, which is why `auto`
 # should pick generic there; to exercise native mode anyway the lab can put this on the
-# bridge-side peer of the dns pod (DG_PEER_XDP=1, default on when DG_XDP_MODE=native).
+# bridge-side peer of the coredns pod (DG_PEER_XDP=1, default on when DG_XDP_MODE=native).
 PEER_XDP_PASS_C = """\
 #include <linux/bpf.h>
 __attribute__((section("xdp"), used)) int peer_pass(struct xdp_md *ctx) { return XDP_PASS; }
@@ -395,9 +395,9 @@ def resolver_class(kind: str) -> type[Resolver]:
 
 
 class Guard:
-    """One dns-guard configuration running in the dns pod (possibly across restarts)."""
+    """One dns-guard configuration running in the coredns pod (possibly across restarts)."""
 
-    def __init__(self, lab: "Lab", gdir: Path, config: dict, config_path: Path, layout: str, pod: str = "dns",
+    def __init__(self, lab: "Lab", gdir: Path, config: dict, config_path: Path, layout: str, pod: str = "coredns",
                  binary: Path | None = None):
         self.lab, self.dir, self.config, self.config_path, self.layout = lab, gdir, config, config_path, layout
         self.pod = pod
@@ -644,7 +644,7 @@ class Lab:
             f"--address=/test/{UP_V4}", f"--address=/test/{UP_V6}",
         ])
         self.upstream.start()
-        self.resolver = resolver_class(self.resolver_kind)(self, "dns", v4("up"))
+        self.resolver = resolver_class(self.resolver_kind)(self, "coredns", v4("up"))
         self.resolver.start()
         self._wait_resolution()
         return self
@@ -703,7 +703,7 @@ class Lab:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
             self.namespaces.remove(ns)
 
-    def _attach_peer_xdp(self, pod: str = "dns") -> None:
+    def _attach_peer_xdp(self, pod: str = "coredns") -> None:
         src, obj = self.workdir / "peer_pass.c", self.workdir / "peer_pass.o"
         if not obj.exists():
             src.write_text(PEER_XDP_PASS_C)
@@ -715,7 +715,7 @@ class Lab:
 
     def _wait_resolution(self) -> None:
         def ok():
-            r = self.dig("c1", "good.test", v4("dns"), "+timeout=1")
+            r = self.dig("c1", "good.test", v4("coredns"), "+timeout=1")
             return r.status == "NOERROR" and r.addresses
         if not _wait_for(ok, 10, 0.2):
             raise LabError(f"lab resolver never answered; resolver log:\n{_tail(self.resolver.log)}\n"
@@ -772,13 +772,13 @@ class Lab:
         return proc
 
     def dig(self, pod: str, name: str, server: str | None = None, *opts: str, qtype: str = "A") -> DigResult:
-        server = server or v4("dns")
+        server = server or v4("coredns")
         argv = ["dig", f"@{server}", name, qtype, "+tries=1", "+timeout=2", *opts]
         r = self.run(pod, argv, check=False, timeout=30)
         return parse_dig(r.stdout + r.stderr, r.returncode)
 
     def kdig(self, pod: str, name: str, server: str | None = None, *opts: str) -> subprocess.CompletedProcess:
-        return self.run(pod, ["kdig", f"@{server or v4('dns')}", name, *opts], check=False)
+        return self.run(pod, ["kdig", f"@{server or v4('coredns')}", name, *opts], check=False)
 
     def dnsperf(self, pod: str, server: str | None, queries: Iterable[str | tuple[str, str]],
                 duration: float = 2, qps: int | None = None, clients: int = 1, timeout: float = 1,
@@ -794,7 +794,7 @@ class Lab:
         self._guard_seq += 1
         data = self.workdir / f"dnsperf-{self._guard_seq}.txt"
         data.write_text("".join(f"{q} A\n" if isinstance(q, str) else f"{q[0]} {q[1]}\n" for q in queries))
-        argv = ["dnsperf", "-s", server or v4("dns"), "-d", str(data), "-l", str(duration),
+        argv = ["dnsperf", "-s", server or v4("coredns"), "-d", str(data), "-l", str(duration),
                 "-t", str(timeout), "-c", str(clients), "-q", str(outstanding)]
         if qps:
             argv += ["-Q", str(qps)]
@@ -809,7 +809,7 @@ class Lab:
         return self.run(pod, [SCAPY_PYTHON, str(HERE / "scapy_tools.py"), *args], timeout=timeout)
 
     @contextlib.contextmanager
-    def sniff(self, pod: str = "dns", port: int = 53) -> Iterator[list[dict]]:
+    def sniff(self, pod: str = "coredns", port: int = 53) -> Iterator[list[dict]]:
         """Capture UDP datagrams to ``port`` arriving on a pod's eth0.
 
         XDP runs before packet taps (native and generic), so this sees exactly what the
@@ -845,7 +845,7 @@ class Lab:
         """
         self._barrier_seq += 1
         marker = f"barrier-{self._barrier_seq}.{self.prefix}.sync.test"
-        self.dig("c2", marker, v4("dns"), "+timeout=1")
+        self.dig("c2", marker, v4("coredns"), "+timeout=1")
         if not _wait_for(lambda: any(n.lower() == marker for _, n, _ in self.resolver_queries()), timeout):
             raise LabError(f"resolver never logged barrier {marker}; log tail:\n{_tail(self.resolver.log)}")
 
@@ -878,7 +878,7 @@ class Lab:
         return {k: v for k, v in deep_merge(base, overrides or {}).items() if v is not None}
 
     def prepare_guard(self, config: dict | None = None, lists: dict[str, str] | None = None,
-                      layout: str = "files", pod: str = "dns", binary: Path | None = None) -> Guard:
+                      layout: str = "files", pod: str = "coredns", binary: Path | None = None) -> Guard:
         """Write config + lists into a fresh directory and return an unstarted Guard for ``pod``.
 
         ``lists`` maps file name -> content. Unless the config names them, files whose name
@@ -924,11 +924,11 @@ class Lab:
         return subprocess.run([str(self.binary), "check", "--config", str(config_path)],
                               capture_output=True, text=True, timeout=30)
 
-    def xdp_attached(self, pod: str = "dns") -> bool:
+    def xdp_attached(self, pod: str = "coredns") -> bool:
         out = self.run(pod, ["ip", "-d", "link", "show", "dev", "eth0"]).stdout
         return "prog/xdp" in out or re.search(r"\bxdp(generic|drv|offload)?\b", out) is not None
 
-    def clear_xdp(self, pod: str = "dns") -> None:
+    def clear_xdp(self, pod: str = "coredns") -> None:
         for kind in ("xdp", "xdpgeneric", "xdpdrv"):
             self.run(pod, ["ip", "link", "set", "dev", "eth0", kind, "off"], check=False)
 
@@ -986,7 +986,7 @@ def main(argv: list[str]) -> int:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         with Lab() as the_lab:
             print(f"lab {the_lab.prefix} up; namespaces: {' '.join(the_lab.namespaces)}")
-            print(f"  nsenter --net=/run/netns/{the_lab.ns('c1')} dig @{v4('dns')} good.test")
+            print(f"  nsenter --net=/run/netns/{the_lab.ns('c1')} dig @{v4('coredns')} good.test")
             print(f"  resolver log: {the_lab.resolver.log}")
             print("Ctrl-C tears it down.")
             with contextlib.suppress(KeyboardInterrupt):

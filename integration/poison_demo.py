@@ -4,16 +4,16 @@ CoreDNS's cache misses, with and without dns-guard, and this prints what got int
     cd integration && python3 poison_demo.py          # as root, after cargo build --release
     python3 poison_demo.py --attempts 64 --ports 50000-50007 --delay-ms 1000 --stop-after 5
 
-The lab (lab.py) runs the real CoreDNS (kubeadm's Corefile, coredns.py) in the dns pod, and
+The lab (lab.py) runs the real CoreDNS (kubeadm's Corefile, coredns.py) in the coredns pod, and
 adds two pods:
 
     slow   198.18.0.80  the upstream: dnsmasq answers every name under poison.test with
                         198.19.0.20, behind dnsdist holding each UDP answer --delay-ms (a
                         distant server: the race window)
     racer  198.18.0.66  the attacker (racer.py): a client of CoreDNS like any pod, off the path
-                        (it never sees the dns pod's traffic)
+                        (it never sees the coredns pod's traffic)
 
-The dns pod's source ports are narrowed to a few (per-namespace `ip_local_port_range`), which
+The coredns pod's source ports are narrowed to a few (per-namespace `ip_local_port_range`), which
 CoreDNS's upstream socket and dns-guard's per-query sockets both draw from: the same fair
 chance for the attacker in every setup. So few ports cannot also hold a TIME_WAIT for every
 TCP query once dns-guard moves to TCP (connect fails with EADDRNOTAVAIL), so the pod keeps
@@ -125,7 +125,7 @@ setLocal("{listen}:53")
 setACL({{"198.18.0.0/15"}})
 newServer({{address="127.0.0.1:5300", name="dnsmasq", checkName="good.test.", checkInterval=1}})
 -- One line per query received ("Packet from 198.18.0.53:50001 for victim0001-... A with id 1234"),
--- UDP and TCP apart: how the dns pod asked, and from which source ports.
+-- UDP and TCP apart: how the coredns pod asked, and from which source ports.
 addAction(TCPRule(false), LogAction("{log_udp}", false, true, false))
 addAction(TCPRule(true), LogAction("{log_tcp}", false, true, false))
 addResponseAction(AllRule(), DelayResponseAction({delay_ms}))
@@ -137,7 +137,7 @@ def missing_tools() -> list[str]:
 
 
 def prepare(lab: labmod.Lab, ports: tuple[int, int], delay_ms: int) -> None:
-    """The slow upstream, the racer's pod, and the dns pod's narrow port range.
+    """The slow upstream, the racer's pod, and the coredns pod's narrow port range.
 
     The upstream is two real servers in one pod: dnsmasq holds the zone, and dnsdist in front
     of it holds every UDP answer delay_ms (DelayResponseAction), a distant upstream: the race
@@ -165,7 +165,7 @@ def prepare(lab: labmod.Lab, ports: tuple[int, int], delay_ms: int) -> None:
                               + (lab.workdir / "slow-dnsmasq.err").read_text()
                               + (lab.workdir / "slow-dnsdist.err").read_text())
     lab.add_pod("racer", [RACER_HOST], v6=False)
-    lab.run("dns", ["sysctl", "-q", "-w", f"net.ipv4.ip_local_port_range={ports[0]} {ports[1]}",
+    lab.run("coredns", ["sysctl", "-q", "-w", f"net.ipv4.ip_local_port_range={ports[0]} {ports[1]}",
                     "-w", "net.ipv4.tcp_max_tw_buckets=0"])
 
 
@@ -203,7 +203,7 @@ def snmp(lab: labmod.Lab, pod: str) -> dict[str, int]:
 
 
 def guard_metrics(lab: labmod.Lab, guard: labmod.Guard) -> dict[str, float]:
-    code, body = coredns.http_get(lab, "dns", f"http://{guard.admin_addr()}/metrics")
+    code, body = coredns.http_get(lab, "coredns", f"http://{guard.admin_addr()}/metrics")
     if code != 200:
         raise labmod.GuardError(f"/metrics answered {code}: {body[:500]}")
     out: dict[str, float] = {}
@@ -226,13 +226,13 @@ def upstream_queries(lab: labmod.Lab, tag: str) -> tuple[list[tuple[int, str]], 
         path = lab.workdir / f"upstream-{proto}.log"
         text = path.read_text() if path.exists() else ""
         return [(int(p), name) for ip, p, name in _LOGGED.findall(text)
-                if ip == v4("dns") and name.lower().endswith(f"-{tag}.{ZONE}.")]
+                if ip == v4("coredns") and name.lower().endswith(f"-{tag}.{ZONE}.")]
     return queries("udp"), queries("tcp")
 
 
 def cached_answers(lab: labmod.Lab, names: list[str]) -> list[list[str]]:
     """Asks CoreDNS for every raced name again, from another client (c2): its cache answers."""
-    return [lab.dig("c2", n, v4("dns"), "+timeout=3").addresses for n in names]
+    return [lab.dig("c2", n, v4("coredns"), "+timeout=3").addresses for n in names]
 
 
 # --------------------------------------------------------------------------- one setup
@@ -253,10 +253,10 @@ def run_setup(lab: labmod.Lab, setup: Setup, attempts: int = ATTEMPTS, ports=POR
         # A fresh CoreDNS per setup: an empty cache, and its upstream socket opened after the
         # port range was narrowed.
         restart_coredns(lab, corefile(lab, direct=guard is None))
-        dns0 = snmp(lab, "dns")
+        dns0 = snmp(lab, "coredns")
         out = lab.workdir / f"racer-{setup.key}.json"
         t0 = time.monotonic()
-        lab.run("racer", [sys.executable, str(HERE / "racer.py"), "--resolver", v4("dns"),
+        lab.run("racer", [sys.executable, str(HERE / "racer.py"), "--resolver", v4("coredns"),
                           "--spoof-src", SLOW, "--ports", f"{ports[0]}-{ports[1]}", "--zone", ZONE,
                           "--tag", setup.tag,
                           "--attempts", str(attempts), "--rate", str(rate),
@@ -266,7 +266,7 @@ def run_setup(lab: labmod.Lab, setup: Setup, attempts: int = ATTEMPTS, ports=POR
         names = [a["name"] for a in race["attempts"]]
         again = cached_answers(lab, names)
         seconds = time.monotonic() - t0
-        dns1 = snmp(lab, "dns")
+        dns1 = snmp(lab, "coredns")
         udp, tcp = upstream_queries(lab, setup.tag)
         res = {
             "setup": setup.key, "title": setup.title, "protects": setup.protects,
@@ -331,9 +331,9 @@ def table(results: list[dict], ports, delay_ms: int) -> str:
     row("POISONED: asked by another pod", lambda r: r["poisoned_other_client"])
     row("real answer to the racer", lambda r: r["real_answers"])
     row("SERVFAIL or no answer to the racer", lambda r: r["failed_answers"])
-    row("dns pod: datagrams to a socket", lambda r: r["dns_udp_delivered"])
-    row("dns pod: datagrams to no socket", lambda r: r["dns_udp_no_port"])
-    row("dns pod: socket buffer drops", lambda r: r["dns_udp_rcvbuf_drops"])
+    row("coredns pod: datagrams to a socket", lambda r: r["dns_udp_delivered"])
+    row("coredns pod: datagrams to no socket", lambda r: r["dns_udp_no_port"])
+    row("coredns pod: socket buffer drops", lambda r: r["dns_udp_rcvbuf_drops"])
     row("guard: refused, wrong txid", lambda r: r["spoof"].get("wrong_txid", 0) if "spoof" in r else "-")
     row("guard: refused, right txid, 0x20 case wrong",
         lambda r: r["spoof"].get("case_mismatch", 0) if "spoof" in r else "-")
@@ -348,7 +348,7 @@ def table(results: list[dict], ports, delay_ms: int) -> str:
     widths = [max(len(x[i]) for x in rows) for i in range(len(rows[0]))]
     lines = [" | ".join(c.ljust(w) for c, w in zip(x, widths)) for x in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
-    head = (f"source ports {ports[0]}-{ports[1]} in the dns pod; upstream delay {delay_ms} ms; "
+    head = (f"source ports {ports[0]}-{ports[1]} in the coredns pod; upstream delay {delay_ms} ms; "
             f"zone {ZONE} (unsigned)")
     legend = "\n".join(f"  {r['setup']}: {r['title']}; protected by {r['protects']}" for r in results)
     return f"{head}\n{legend}\n\n" + "\n".join(lines)
@@ -358,7 +358,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--attempts", type=int, default=ATTEMPTS, help="fresh names raced per dns-guard setup")
     ap.add_argument("--alone-attempts", type=int, default=ALONE_ATTEMPTS, help="at most, for CoreDNS alone")
-    ap.add_argument("--ports", default=f"{PORTS[0]}-{PORTS[1]}", help="the dns pod's source port range")
+    ap.add_argument("--ports", default=f"{PORTS[0]}-{PORTS[1]}", help="the coredns pod's source port range")
     ap.add_argument("--delay-ms", type=int, default=DELAY_MS, help="the upstream's delay: the race window")
     ap.add_argument("--stop-after", type=int, default=STOP_AFTER, help="CoreDNS alone: stop after this many poisoned names")
     ap.add_argument("--rate", type=int, default=RATE, help="forged packets per second")

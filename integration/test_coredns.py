@@ -1,4 +1,4 @@
-"""CoreDNS end to end: the real CoreDNS runs each corefile-examples/ Corefile in the dns pod,
+"""CoreDNS end to end: the real CoreDNS runs each corefile-examples/ Corefile in the coredns pod,
 with dns-guard attached to that pod's eth0 (and, once it exists, its proxy on 127.0.0.1:5353).
 
 Lab adaptation (coredns.py): the `kubernetes` plugin needs an API server, which does not exist
@@ -46,7 +46,7 @@ pytestmark = pytest.mark.needs_guard
 
 @pytest.fixture(scope="module")
 def clab():
-    """A lab whose dns pod runs the real CoreDNS; the upstream also serves the stub zone."""
+    """A lab whose coredns pod runs the real CoreDNS; the upstream also serves the stub zone."""
     require_root()
     why = coredns.available()
     if why:
@@ -148,9 +148,9 @@ def test_example_resolves_and_xdp_blocks_before_coredns(clab, cguard, name):
 
     # The admin port, from inside the pod as the kubelet's probes would ask.
     base = f"http://{guard.admin_addr()}"
-    assert coredns.http_get(clab, "dns", base + "/healthz")[0] == 200
-    assert coredns.http_get(clab, "dns", base + "/readyz")[0] == 200
-    code, text = coredns.http_get(clab, "dns", base + "/metrics")
+    assert coredns.http_get(clab, "coredns", base + "/healthz")[0] == 200
+    assert coredns.http_get(clab, "coredns", base + "/readyz")[0] == 200
+    code, text = coredns.http_get(clab, "coredns", base + "/metrics")
     assert code == 200, text
     assert metric(text, 'dns_guard_xdp_packets_total{reason="blocklist_suffix"}') >= 1, text
     assert metric(text, 'dns_guard_xdp_packets_total{reason="blocklist_exact"}') >= 1, text
@@ -380,7 +380,7 @@ def test_random_subdomain_flood_is_stopped_in_the_kernel_after_the_threshold(cla
     assert not clab.resolver_saw(fresh), "the block must survive the reload in the kernel"
     assert clab.dig("c1", "x.another.test").status == "NXDOMAIN", "the reloaded list is enforced"
 
-    code, text = coredns.http_get(clab, "dns", f"http://{guard.admin_addr()}/metrics")
+    code, text = coredns.http_get(clab, "coredns", f"http://{guard.admin_addr()}/metrics")
     assert code == 200, text
     assert metric(text, "dns_guard_random_subdomain_blocks_total") == 1, text
     assert metric(text, "dns_guard_random_subdomain_blocked_zones") == 1, text

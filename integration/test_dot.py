@@ -37,8 +37,8 @@ def dot_config(hierarchy, dot, upstreams=(GOOD,), ca=True, **proxy):
 
 
 def established_to_dot(lab) -> int:
-    """TCP connections from the dns pod (where dns-guard runs) to the DoT server's port."""
-    r = lab.run("dns", ["ss", "-H", "-tn", "state", "established", f"( dport = :{H.DOT_PORT} )"], check=False)
+    """TCP connections from the coredns pod (where dns-guard runs) to the DoT server's port."""
+    r = lab.run("coredns", ["ss", "-H", "-tn", "state", "established", f"( dport = :{H.DOT_PORT} )"], check=False)
     return len([l for l in r.stdout.splitlines() if l.strip()])
 
 
@@ -72,7 +72,7 @@ def test_resolution_over_tls_is_validated(lab, hierarchy, dot, start_proxy, upst
     # Every query and the validator's DS/DNSKEY lookups shared one connection.
     for i in range(5):
         assert hierarchy.dig("c2", f"r{i}.wild.signed.lab").ad
-    assert established_to_dot(lab) == 1, lab.run("dns", ["ss", "-tn"]).stdout
+    assert established_to_dot(lab) == 1, lab.run("coredns", ["ss", "-tn"]).stdout
 
 
 @pytest.mark.needs_guard

@@ -1,4 +1,4 @@
-"""Fast path end to end: XDP on the dns pod's eth0 answers or drops before the resolver sees a packet.
+"""Fast path end to end: XDP on the coredns pod's eth0 answers or drops before the resolver sees a packet.
 
 Every test runs dns-guard with `mode: auto` (override with DG_XDP_MODE) against the session
 lab, so every pass also proves the client received a synthesized reply in that mode.
@@ -49,10 +49,10 @@ def assert_unseen(lab, name):
 # --------------------------------------------------------------------------- actions
 
 
-@pytest.mark.parametrize("client,server", [("c1", v4("dns")), ("c2", v6("dns"))], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("client,server", [("c1", v4("coredns")), ("c2", v6("coredns"))], ids=["ipv4", "ipv6"])
 def test_blocked_name_answered_nxdomain_in_kernel(lab, start_guard, client, server):
     guard = start_guard({"xdp": {"action": "nxdomain"}}, LISTS)
-    assert lab.xdp_attached("dns"), "dns-guard said ready but eth0 has no XDP program"
+    assert lab.xdp_attached("coredns"), "dns-guard said ready but eth0 has no XDP program"
     name = f"www.{client}.blocked.test"
     r = lab.dig(client, name, server)
     assert r.status == "NXDOMAIN", r.raw
@@ -141,7 +141,7 @@ def test_matching_semantics(lab, start_guard):
     start_guard({}, LISTS)
     failures = []
     for client, fam, name, want in MATCHING:
-        server = v4("dns") if fam == 4 else v6("dns")
+        server = v4("coredns") if fam == 4 else v6("coredns")
         r = lab.dig(client, name, server)
         if r.status != want:
             failures.append(f"{client} -> {server} {name!r}: got {r.status}, want {want}")
@@ -197,7 +197,7 @@ def test_verdict_qname_is_normalized(lab, start_guard):
 
 def test_ratelimit_limits_flooding_client_only(lab, start_guard):
     guard = start_guard({"xdp": {"ratelimit": {"qps": 50, "burst": 50, "action": "drop"}}}, LISTS)
-    flood = lab.dnsperf("c1", v4("dns"), [f"flood{i}.example.test" for i in range(50)],
+    flood = lab.dnsperf("c1", v4("coredns"), [f"flood{i}.example.test" for i in range(50)],
                         duration=3, qps=1000, timeout=1, wait=False)
     time.sleep(0.5)
     calm = []
@@ -232,7 +232,7 @@ def _folded(guard, at_least, **match):
 
 def test_a_flood_of_one_blocked_name_is_one_counted_line_per_second(lab, start_guard):
     guard = start_guard({"xdp": {"action": "nxdomain"}}, LISTS)
-    res = lab.dnsperf("c1", v4("dns"), ["flood.blocked.test"], duration=3, qps=2000, timeout=1)
+    res = lab.dnsperf("c1", v4("coredns"), ["flood.blocked.test"], duration=3, qps=2000, timeout=1)
     answered = res.rcodes.get("NXDOMAIN", 0)
     assert answered >= 0.9 * res.sent, res
     lines = _folded(guard, answered, qname="flood.blocked.test")
@@ -244,7 +244,7 @@ def test_a_flood_of_one_blocked_name_is_one_counted_line_per_second(lab, start_g
 
 def test_a_shutdown_writes_the_folds_still_open(lab, start_guard):
     guard = start_guard({"xdp": {"action": "nxdomain"}}, LISTS)
-    res = lab.dnsperf("c1", v4("dns"), ["last-second.blocked.test"], duration=1.5, qps=2000, timeout=1)
+    res = lab.dnsperf("c1", v4("coredns"), ["last-second.blocked.test"], duration=1.5, qps=2000, timeout=1)
     answered = res.rcodes.get("NXDOMAIN", 0)
     assert answered >= 0.9 * res.sent, res
     # SIGTERM at once: the window the last queries folded into has not closed yet.
@@ -256,7 +256,7 @@ def test_a_shutdown_writes_the_folds_still_open(lab, start_guard):
 
 def test_ratelimit_truncate_sends_client_to_tcp(lab, start_guard):
     guard = start_guard({"xdp": {"ratelimit": {"qps": 5, "burst": 5, "action": "truncate"}}}, LISTS)
-    flood = lab.dnsperf("c1", v4("dns"), ["tc-flood.example.test"], duration=3, qps=500, wait=False)
+    flood = lab.dnsperf("c1", v4("coredns"), ["tc-flood.example.test"], duration=3, qps=500, wait=False)
     time.sleep(0.5)
     results = [lab.dig("c1", "good.test", None, "+timeout=2") for _ in range(3)]
     flood.result()
@@ -272,10 +272,10 @@ def test_ratelimit_truncate_sends_client_to_tcp(lab, start_guard):
 
 def test_malformed_queries_fail_open(lab, start_guard):
     guard = start_guard({}, LISTS)
-    with lab.sniff("dns") as seen:
-        lab.scapy("c1", "malformed", "--dst", v4("dns"), "--sport-base", "40000",
+    with lab.sniff("coredns") as seen:
+        lab.scapy("c1", "malformed", "--dst", v4("coredns"), "--sport-base", "40000",
                   "--out", str(guard.dir / "sent4.json"))
-        lab.scapy("c2", "malformed", "--dst", v6("dns"), "--sport-base", "41000",
+        lab.scapy("c2", "malformed", "--dst", v6("coredns"), "--sport-base", "41000",
                   "--out", str(guard.dir / "sent6.json"))
     sent = json.loads((guard.dir / "sent4.json").read_text()) + json.loads((guard.dir / "sent6.json").read_text())
     got = {(s["sport"], s["payload"]) for s in seen}
@@ -301,9 +301,9 @@ def test_reload_under_load(lab, start_guard, layout):
     assert lab.dig("c2", "new.reload.test").status == "NOERROR"
 
     legit = [f"legit{i}.example.test" for i in range(20)] + ["good.test"]
-    load = lab.dnsperf("c1", v4("dns"), legit, duration=5, qps=300, timeout=2, wait=False)
+    load = lab.dnsperf("c1", v4("coredns"), legit, duration=5, qps=300, timeout=2, wait=False)
     # A name in both lists, asked across the swap: no answer may slip through in between.
-    kept = lab.dnsperf("c2", v4("dns"), ["kept.reload.test"], duration=5, qps=200, timeout=2, wait=False)
+    kept = lab.dnsperf("c2", v4("coredns"), ["kept.reload.test"], duration=5, qps=200, timeout=2, wait=False)
     time.sleep(1)
     t0 = time.monotonic()
     guard.update_list("block.txt", "# replaced\nnew.reload.test\nkept.reload.test\n")
@@ -400,7 +400,7 @@ def test_pinned_program_survives_kill_and_restart(lab, start_guard):
     assert lab.resolver_saw("r5.blocked.test")
     leftover = list(guard.pin_dir.rglob("*")) if guard.pin_dir.exists() else []
     assert not guard.pin_dir.exists() or not leftover, f"pins left: {leftover}"
-    assert not lab.xdp_attached("dns"), "detach left an XDP program on eth0"
+    assert not lab.xdp_attached("coredns"), "detach left an XDP program on eth0"
 
 
 def test_a_restart_with_another_xdp_mode_keeps_the_link_and_says_so(lab, start_guard):

@@ -1,7 +1,7 @@
 """The validating forwarder end to end, against a private signed hierarchy (hierarchy.py).
 
 These tests are the proxy's contract. dns-guard runs proxy-only (no `interface:`) listening
-on the dns pod's 198.18.0.53:5353, forwarding to Unbound (validation OFF there, so every
+on the coredns pod's 198.18.0.53:5353, forwarding to Unbound (validation OFF there, so every
 DNSSEC verdict is dns-guard's own), with the private root key as `proxy.trust_anchor`.
 Clients dig it with DO and AD set; EDE codes come from dig's `; EDE:` lines.
 """
@@ -43,8 +43,8 @@ def metric_sum(lab, prefix: str) -> float:
     proxy_config() always sets metrics.listen, so an unreadable endpoint is a failure, not a
     reason to fall back to a weaker check."""
     url = f"http://{H.METRICS}/metrics"
-    code, body = http_get(lab, "dns", url)
-    assert code == 200, f"could not read {url} in the dns pod: {code} {body[-1000:]}"
+    code, body = http_get(lab, "coredns", url)
+    assert code == 200, f"could not read {url} in the coredns pod: {code} {body[-1000:]}"
     total = None
     for line in body.splitlines():
         if line.startswith(prefix) and not line.startswith("#"):
@@ -266,7 +266,7 @@ def test_fault_storm_no_crash_no_fd_leak(lab, hierarchy, start_proxy):
     hierarchy.dig("c1", "warm.wild.unsigned.lab", timeout=5)
     time.sleep(timeout_ms / 1000 * 4)
     before = fd_count(pid)
-    res = lab.dnsperf("c1", v4("dns"), [f"s{i}.wild.unsigned.lab" for i in range(200)] + [H.BOGUS_DATA],
+    res = lab.dnsperf("c1", v4("coredns"), [f"s{i}.wild.unsigned.lab" for i in range(200)] + [H.BOGUS_DATA],
                       duration=3, qps=150, timeout=3, extra=["-p", str(H.PROXY_PORT)])
     assert res.completed > 0.9 * res.sent, f"queries went unanswered (want SERVFAIL): {res}"
     assert set(res.rcodes) <= {"SERVFAIL"}, res
@@ -304,20 +304,20 @@ def test_malformed_requests_formerr_or_silence(lab, hierarchy, start_proxy):
 
 @pytest.fixture
 def attacker(lab, hierarchy):
-    """Pod `atk` (198.18.0.66) on the bridge, receiving a mirror of every frame the dns pod sends."""
+    """Pod `atk` (198.18.0.66) on the bridge, receiving a mirror of every frame the coredns pod sends."""
     lab.add_pod("atk", [66], v6=False)
     br = lab.ns("br")
     tc = ["tc", "-n", br]
     try:
-        for argv in (tc + ["qdisc", "add", "dev", "vdns", "clsact"],
-                     tc + ["filter", "add", "dev", "vdns", "ingress", "protocol", "all", "u32",
+        for argv in (tc + ["qdisc", "add", "dev", "vcoredns", "clsact"],
+                     tc + ["filter", "add", "dev", "vcoredns", "ingress", "protocol", "all", "u32",
                            "match", "u32", "0", "0", "action", "mirred", "egress", "mirror", "dev", "vatk"]):
             r = subprocess.run(argv, capture_output=True, text=True)
             if r.returncode != 0:
                 pytest.fail(f"{' '.join(argv)}: {r.stderr}", pytrace=False)
         yield "198.18.0.66"
     finally:
-        subprocess.run(tc + ["qdisc", "del", "dev", "vdns", "clsact"], capture_output=True)
+        subprocess.run(tc + ["qdisc", "del", "dev", "vcoredns", "clsact"], capture_output=True)
         lab.remove_pod("atk")
 
 
@@ -380,10 +380,10 @@ def test_forged_replies_rejected_counted_and_tcp_fallback(lab, hierarchy, start_
 
 @pytest.mark.needs_guard
 def test_both_layers(lab, hierarchy, start_proxy):
-    """XDP on the dns pod's eth0 guards the proxy's port; the proxy catches what XDP cannot see."""
+    """XDP on the coredns pod's eth0 guards the proxy's port; the proxy catches what XDP cannot see."""
     guard = start_proxy({**hierarchy.proxy_config(), "interface": "eth0", "xdp": {"ports": [H.PROXY_PORT]}},
                         {"block.txt": f"||{H.BLOCKED_TARGET}^\n"})
-    assert lab.xdp_attached("dns")
+    assert lab.xdp_attached("coredns")
     direct = hierarchy.dig("c1", "metrics.adnet.lab")
     assert direct.status == "NXDOMAIN", direct.raw
     assert guard.wait_verdict(layer="xdp", qname="metrics.adnet.lab", verdict="block"), guard.verdicts()[-4:]

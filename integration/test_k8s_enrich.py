@@ -2,7 +2,7 @@
 
 No Kubernetes API server runs here, so k8s_fake_api.py stands in for it with canned pod lists
 (the Rust test guard/tests/k8s_enrich.rs covers watch events against the same fixtures). It runs
-in the dns pod's network namespace, where dns-guard reaches it at 127.0.0.1 through KUBECONFIG
+in the coredns pod's network namespace, where dns-guard reaches it at 127.0.0.1 through KUBECONFIG
 (`kubernetes.enrich: on`, which also accepts a kubeconfig; `auto` needs a service account token).
 """
 
@@ -36,8 +36,8 @@ current-context: lab
 
 @pytest.fixture
 def fake_api(lab):
-    """Factory: fake_api(*pods) starts the stand-in API in the dns pod and returns its port and
-    a reader of its request log. The dns pod outlives the test, so teardown stops it by pid."""
+    """Factory: fake_api(*pods) starts the stand-in API in the coredns pod and returns its port and
+    a reader of its request log. The coredns pod outlives the test, so teardown stops it by pid."""
     procs = []
 
     def start(*pods: str):
@@ -46,7 +46,7 @@ def fake_api(lab):
         out.unlink(missing_ok=True)  # spawn appends: an earlier run's line must not count
         err.unlink(missing_ok=True)
         fake = Path(__file__).resolve().parent / "k8s_fake_api.py"
-        procs.append(lab.spawn("dns", [sys.executable, str(fake), *pods], "k8s-api", stdout=out, stderr=err))
+        procs.append(lab.spawn("coredns", [sys.executable, str(fake), *pods], "k8s-api", stdout=out, stderr=err))
         line = _wait_for(lambda: re.search(r"listening on (\d+)", out.read_text()) if out.exists() else None, 10)
         assert line, f"the stand-in API server did not start: {err.read_text()[-1000:] if err.exists() else ''}"
         return int(line.group(1)), lambda: err.read_text().splitlines()
@@ -71,21 +71,21 @@ def test_xdp_verdicts_name_the_client_pod(lab, fake_api, start_guard, monkeypatc
     guard = start_guard({"kubernetes": {"enrich": "on"}}, LISTS)
     guard.wait_stderr("pod cache synced", 10)
 
-    for server in (v4("dns"), v6("dns")):
+    for server in (v4("coredns"), v6("coredns")):
         v = blocked(lab, guard, "c1", server, f"c1-{len(server)}.blocked.test")
         assert (v["pod_namespace"], v["pod_name"]) == tuple(CART.split("/")), v
     # c2 is no pod the API knows: the line goes out without pod fields.
-    v = blocked(lab, guard, "c2", v4("dns"), "c2.blocked.test")
+    v = blocked(lab, guard, "c2", v4("coredns"), "c2.blocked.test")
     assert "pod_namespace" not in v and "pod_name" not in v, v
     assert requests()[0].startswith("/api/v1/pods?") and "watch=true" not in requests()[0], requests()
     assert _wait_for(lambda: any("watch=true" in r for r in requests()), 5), requests()
 
 
 def test_an_unreachable_api_leaves_enforcement_alone(lab, start_guard, monkeypatch):
-    # Nothing listens on port 1 inside the dns pod's fresh network namespace.
+    # Nothing listens on port 1 inside the coredns pod's fresh network namespace.
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig(lab, 1)))
     guard = start_guard({"kubernetes": {"enrich": "on"}}, LISTS)
     guard.wait_stderr("pod watch failed", 10)
-    v = blocked(lab, guard, "c1", v4("dns"), "down.blocked.test")
+    v = blocked(lab, guard, "c1", v4("coredns"), "down.blocked.test")
     assert "pod_name" not in v, v
     assert guard.alive()

@@ -9,7 +9,7 @@ from lab import GOOD_V4, GOOD_V6, v4, v6
 
 
 @pytest.mark.parametrize("client", ["c1", "c2"])
-@pytest.mark.parametrize("server", [v4("dns"), v6("dns")], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("server", [v4("coredns"), v6("coredns")], ids=["ipv4", "ipv6"])
 def test_resolution_through_dns_pod(lab, client, server):
     r = lab.dig(client, "good.test", server)
     assert r.status == "NOERROR", r.raw
@@ -20,7 +20,7 @@ def test_resolution_through_dns_pod(lab, client, server):
 
 def test_tcp_to_resolver(lab):
     # Truncation tests depend on the resolver answering over TCP.
-    r = lab.dig("c1", "tcp.example.test", v4("dns"), "+tcp")
+    r = lab.dig("c1", "tcp.example.test", v4("coredns"), "+tcp")
     assert r.status == "NOERROR" and r.addresses, r.raw
 
 
@@ -39,13 +39,13 @@ def test_names_outside_lab_zone_stay_inside(lab):
 
 
 def test_dnsperf_baseline(lab):
-    res = lab.dnsperf("c2", v4("dns"), ["good.test", "a.example.test"], duration=1, qps=200)
+    res = lab.dnsperf("c2", v4("coredns"), ["good.test", "a.example.test"], duration=1, qps=200)
     assert res.lost == 0 and res.rcodes == {"NOERROR": res.completed}, res
 
 
 def test_sniffer_sees_malformed_without_guard(lab):
-    with lab.sniff("dns") as seen:
-        lab.scapy("c1", "malformed", "--dst", v4("dns"), "--sport-base", "45000",
+    with lab.sniff("coredns") as seen:
+        lab.scapy("c1", "malformed", "--dst", v4("coredns"), "--sport-base", "45000",
                   "--out", str(lab.workdir / "lab-malformed.json"))
     assert {s["sport"] for s in seen} >= set(range(45000, 45006)), seen
 

@@ -1,7 +1,7 @@
 """Cache poisoning against the real CoreDNS, with and without dns-guard (poison_demo.py).
 
 An off-path racer (racer.py) triggers CoreDNS cache misses for fresh names and floods CoreDNS
-with answers forged from the upstream's address, every txid spread over the dns pod's source
+with answers forged from the upstream's address, every txid spread over the coredns pod's source
 ports, narrowed to four (the same fair chance in every setup). One lab run, three setups, the
 same budget of names and forged packets; the summary table is printed to stderr.
 
