@@ -67,19 +67,23 @@ if ! mountpoint -q /sys/fs/bpf; then
   mount -t bpf bpf /sys/fs/bpf
 fi
 
-# Rust: present on the project machines; never installed behind the user's back.
+# Rust: a rustup toolchain if there is one; otherwise Debian 12's own current
+# Rust, rustc-web and cargo-web (kept up to date in bookworm for the browsers'
+# builds; 1.96 in December 2026), from apt like everything else above.
 if ! command -v cargo >/dev/null; then
   [[ -x $HOME/.cargo/bin/cargo ]] && export PATH="$HOME/.cargo/bin:$PATH"
 fi
 if ! command -v cargo >/dev/null; then
-  die "cargo not found. Install Rust (1.89 or newer), e.g.:
-  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
-  . \"\$HOME/.cargo/env\" && $0"
+  say "no cargo: installing Debian's rustc-web and cargo-web"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rustc-web cargo-web >/dev/null \
+    || die "cargo not found and apt could not install rustc-web/cargo-web; install Rust 1.89 or newer"
 fi
+rust_minor=$(rustc --version | sed -n 's/^rustc 1\.\([0-9]*\).*/\1/p')
+[[ -n $rust_minor && $rust_minor -ge 89 ]] || die "$(rustc --version) is too old: DNS Guard needs Rust 1.89 or newer"
 say "$(cargo --version)"
 
 # ---- CoreDNS, kustomize, kubernetes-validate (issue 4) -------------------------
-# Real CoreDNS for the lab's dns pod and kustomize for the manifests test, built from
+# Real CoreDNS for the lab's coredns pod and kustomize for the manifests test, built from
 # source through the Go module proxy into .cache/bin (gitignored); skipped when the
 # binary already reports the pinned version. Bump both pins together with
 # integration/coredns.py (COREDNS_VERSION) and integration/test_manifests.py.
