@@ -78,8 +78,9 @@ if ! command -v cargo >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rustc-web cargo-web >/dev/null \
     || die "cargo not found and apt could not install rustc-web/cargo-web; install Rust 1.89 or newer"
 fi
-rust_minor=$(rustc --version | sed -n 's/^rustc 1\.\([0-9]*\).*/\1/p')
-[[ -n $rust_minor && $rust_minor -ge 89 ]] || die "$(rustc --version) is too old: DNS Guard needs Rust 1.89 or newer"
+rust_version=$(rustc --version 2>/dev/null || true)
+rust_minor=$(sed -n 's/^rustc 1\.\([0-9]*\).*/\1/p' <<<"$rust_version")
+[[ -n $rust_minor && $rust_minor -ge 89 ]] || die "Rust 1.89 or newer is needed; rustc says: ${rust_version:-nothing}"
 say "$(cargo --version)"
 
 # ---- CoreDNS, kustomize, kubernetes-validate (issue 4) -------------------------
