@@ -1,6 +1,7 @@
 """Fast path end to end: XDP on the coredns pod's eth0 answers or drops before the resolver sees a packet.
 
-Every test runs dns-guard with `mode: auto` (override with DG_XDP_MODE) against the session
+Every test but the one that changes modes across a restart runs dns-guard with `mode: auto`
+(override with DG_XDP_MODE; scripts/test.sh runs them again with `native`) against the session
 lab, so every pass also proves the client received a synthesized reply in that mode.
 """
 

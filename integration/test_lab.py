@@ -10,7 +10,7 @@ from lab import GOOD_V4, GOOD_V6, v4, v6
 
 @pytest.mark.parametrize("client", ["c1", "c2"])
 @pytest.mark.parametrize("server", [v4("coredns"), v6("coredns")], ids=["ipv4", "ipv6"])
-def test_resolution_through_dns_pod(lab, client, server):
+def test_resolution_through_coredns_pod(lab, client, server):
     r = lab.dig(client, "good.test", server)
     assert r.status == "NOERROR", r.raw
     assert r.addresses == [GOOD_V4]

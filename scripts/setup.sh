@@ -80,7 +80,13 @@ if ! command -v cargo >/dev/null; then
 fi
 rust_version=$(rustc --version 2>/dev/null || true)
 rust_minor=$(sed -n 's/^rustc 1\.\([0-9]*\).*/\1/p' <<<"$rust_version")
-[[ -n $rust_minor && $rust_minor -ge 89 ]] || die "Rust 1.89 or newer is needed; rustc says: ${rust_version:-nothing}"
+if [[ -z $rust_minor || $rust_minor -lt 89 ]]; then
+  # Not replaced behind the user's back: rustc-web conflicts with (and would remove) the
+  # packaged rustc/cargo, or this may be someone's pinned toolchain.
+  die "Rust 1.89 or newer is needed; rustc says: ${rust_version:-nothing}. On Debian 12:
+  apt-get install rustc-web cargo-web   (Rust 1.96; replaces the packaged rustc 1.63)
+  or update your rustup toolchain, then run $0 again"
+fi
 say "$(cargo --version)"
 
 # ---- CoreDNS, kustomize, kubernetes-validate (issue 4) -------------------------

@@ -128,7 +128,11 @@ enum guard_rule_flags {
 	GUARD_RULE_FORCE_NXDOMAIN_SUB = 1 << 6, /* RPZ "*.x CNAME .": for x's subdomains */
 	GUARD_RULE_FORCE_DROP_SUB = 1 << 7,     /* RPZ "*.x CNAME rpz-drop." */
 };
-/* A _SUB force bit is its self bit shifted by this much. */
+/* A _SUB force bit is its self bit shifted by this much. Tables built
+ * before the _SUB bits existed (bits 4-5 for both kinds) block the same
+ * names under this program; only a subdomain rule's forced action falls
+ * back to xdp.action, until the restart that loaded it installs its own
+ * table (a magic change would instead fail open for that moment). */
 #define GUARD_RULE_FORCE_SUB_SHIFT 2
 
 /* ---- runtime configuration (guard_config[0]) ---------------------------- */

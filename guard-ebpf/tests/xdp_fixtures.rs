@@ -2000,8 +2000,9 @@ fn a_full_ring_buffer_counts_lost_events_and_keeps_judging() {
 
 /// A spray of source addresses cannot grow the limiter's memory or free a
 /// flooding client from its limit: the buckets live in an LRU map of fixed
-/// size (preallocated, so its kernel memory never changes), every new
-/// source passes (a full map fails open), and a client that keeps sending
+/// size (an LRU hash is always preallocated, so its kernel memory is set by
+/// max_entries alone; what can go wrong is the count and the eviction), every
+/// new source passes (a full map fails open), and a client that keeps sending
 /// stays recently used, so the spray evicts the idle buckets, not its own.
 #[test]
 fn a_spray_of_sources_is_bounded_by_the_lru_and_the_flooder_stays_limited() {
@@ -2023,26 +2024,13 @@ fn a_spray_of_sources_is_bounded_by_the_lru_and_the_flooder_stays_limited() {
         rl_action: GUARD_ACTION_DROP as u8,
         ..base_config()
     });
-    let memlock = |g: &Guard| -> u64 {
-        let map: &MapData = match g.ebpf.map("guard_ratelimit").unwrap() {
-            aya::maps::Map::LruHashMap(m) => m,
-            other => panic!("guard_ratelimit is {other:?}"),
-        };
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(map.fd()));
-        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("memlock:"))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("memlock in fdinfo")
-    };
-    let memlock_before = memlock(&g);
 
     let q = Dns::query("www.clean.example");
     let flooder = Frame::v4(q.bytes()).from([10, 200, 0, 1]).bytes();
     let started = std::time::Instant::now();
     let (mut flooder_sent, mut flooder_passed) = (0u32, 0u32);
     for i in 0..SPRAY {
-        // 10.0.0.0/9-style spread: every packet from a /32 never seen before.
+        // 10.0.0.0 to 10.0.78.31: every packet from a /32 never seen before.
         let src = [10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
         let run = g.run(&Frame::v4(q.bytes()).from(src).bytes());
         assert_eq!(run.verdict, XDP_PASS, "sprayed source {src:?} is new: it must pass");
@@ -2069,7 +2057,6 @@ fn a_spray_of_sources_is_bounded_by_the_lru_and_the_flooder_stays_limited() {
     let live = buckets.keys().count() as u32;
     assert!(live <= MAX_CLIENTS, "{live} buckets in an LRU of {MAX_CLIENTS}");
     assert!(live >= MAX_CLIENTS / 2, "only {live} buckets after {SPRAY} sources: the map never filled");
-    assert_eq!(memlock(&g), memlock_before, "the limiter's kernel memory grew under the spray");
     eprintln!(
         "spray: {SPRAY} sources, {live} buckets live, flooder {flooder_passed}/{flooder_sent} passed in {elapsed:.2} s"
     );

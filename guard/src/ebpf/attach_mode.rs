@@ -76,6 +76,8 @@ pub enum Attached {
     Offload,
     /// Programs in more than one mode at once.
     Multiple,
+    /// A value this build does not know.
+    Unknown,
 }
 
 /// Asks the kernel (rtnetlink, IFLA_XDP_ATTACHED) how XDP is attached to
@@ -129,7 +131,8 @@ pub fn attached(interface: &str) -> io::Result<Attached> {
         Some(XdpAttached::Driver) => Attached::Native,
         Some(XdpAttached::SocketBuffer) => Attached::Generic,
         Some(XdpAttached::Hardware) => Attached::Offload,
-        Some(_) => Attached::Multiple,
+        Some(XdpAttached::Multiple) => Attached::Multiple,
+        Some(_) => Attached::Unknown,
     })
 }
 

@@ -306,9 +306,16 @@ fn warn_if_mode_differs(settings: &XdpSettings) {
         }
     };
     let prefers_generic = || attach_mode::prefers_generic(&attach_mode::driver_name(interface).unwrap_or_default());
+    use attach_mode::Attached;
     let differs = match (settings.mode, attached) {
-        (AttachMode::Native, attach_mode::Attached::Generic) | (AttachMode::Generic, attach_mode::Attached::Native) => true,
-        (AttachMode::Auto, attach_mode::Attached::Native) => prefers_generic(),
+        (AttachMode::Native, Attached::Generic) | (AttachMode::Generic, Attached::Native) => true,
+        (AttachMode::Auto, Attached::Native) => prefers_generic(),
+        // Just after taking over a link, nothing (or something else too) on
+        // the interface means another tool is at work there.
+        (_, Attached::None | Attached::Multiple | Attached::Unknown) => {
+            warn!(interface = %interface, attached = ?attached, "unexpected XDP state after taking over the pinned link");
+            return;
+        }
         _ => false,
     };
     if differs {
