@@ -230,6 +230,14 @@ def http_get(lab, pod: str, url: str) -> tuple[int, str]:
     return int(code), body
 
 
+def metric(text: str, series: str) -> float | None:
+    """The value of one Prometheus series (name with its labels, as exposed) in a scrape."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return None
+
+
 def _tail(path: Path, n: int = 40) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -489,6 +497,10 @@ class Guard:
         if code != 200:
             raise GuardError(f"{url} in {self.pod} answered {code}: {body[-1000:]}")
         return body
+
+    def metric(self, series: str) -> float | None:
+        """One series of the current run's /metrics (None when it is not exposed)."""
+        return metric(self.scrape(), series)
 
     # --- logs
     def stderr(self) -> str:

@@ -29,7 +29,7 @@ import pytest
 import coredns
 import lab as labmod
 from conftest import _unavailable, require_root
-from lab import GOOD_V4, UP_V4, v4
+from lab import GOOD_V4, UP_V4, metric, v4
 
 BLOCKLIST = "||blocked.test^\n||evil.corp.example^\n"
 CORP_V4 = "198.19.0.77"
@@ -90,13 +90,6 @@ def cguard(clab):
 
 def proxy_listening(guard) -> bool:
     return PROXY_LINE in guard.stderr()
-
-
-def metric(text: str, series: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith(series + " "):
-            return float(line.split()[-1])
-    return None
 
 
 def run_example(clab, guard, name: str, **adapt) -> str:

@@ -359,8 +359,8 @@ def test_a_reload_frees_the_old_table_and_the_new_one_stays_within_12_bytes_a_na
         f"the old table (map id {first['id']}) is still in the kernel after the reload"
     per_name = second["bytes_memlock"] / n
     assert per_name <= 12, f"{per_name:.2f} B/name after the reload"
-    gauge = [line for line in guard.scrape().splitlines() if line.startswith("dns_guard_xdp_table_bytes ")]
-    assert gauge and int(gauge[0].split()[-1]) == second["bytes_memlock"], \
+    gauge = guard.metric("dns_guard_xdp_table_bytes")
+    assert gauge == second["bytes_memlock"], \
         f"dns_guard_xdp_table_bytes {gauge} disagrees with bpftool's {second['bytes_memlock']}"
     assert lab.dig("c1", f"second{n - 1}.bulk.test").status == "NXDOMAIN"
     assert lab.dig("c1", "first0.bulk.test").status == "NOERROR"
@@ -385,9 +385,8 @@ def test_pinned_program_survives_kill_and_restart(lab, start_guard):
     assert lab.dig("c1", "r3.blocked.test").status == "NXDOMAIN"
     assert guard.wait_verdict(qname="r3.blocked.test"), "restarted guard logs no verdicts"
     # The kernel's counters are pinned state too: r2, dropped while no process ran, still counts.
-    blocked = [line for line in guard.scrape().splitlines()
-               if line.startswith('dns_guard_xdp_packets_total{reason="blocklist_suffix"}')]
-    assert blocked and float(blocked[0].split()[-1]) >= 3, f"counters did not survive the restart: {blocked}"
+    blocked = guard.metric('dns_guard_xdp_packets_total{reason="blocklist_suffix"}')
+    assert blocked is not None and blocked >= 3, f"counters did not survive the restart: {blocked}"
     assert lab.dig("c1", "good.test").status == "NOERROR"
 
     rc = guard.stop()
