@@ -5,7 +5,7 @@
 //! scrub an accepted answer. 6, DNSSEC, lives in `dnssec`.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::LazyLock,
 };
 
@@ -313,13 +313,6 @@ pub fn expect(server: SocketAddr, id: u16, query: &Query) -> Expected {
     Expected { server, id, query: query.clone(), op_code: OpCode::Query, match_case: true }
 }
 
-/// Unspecified addresses of both families, for binding per-query sockets.
-pub fn any_addr(server: &SocketAddr) -> SocketAddr {
-    match server {
-        SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-        SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
-    }
-}
 
 #[cfg(test)]
 mod tests {
