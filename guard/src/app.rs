@@ -251,7 +251,8 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
     // ---- end admin -------------------------------------------------------
 
     // ---- the random-subdomain defence (guard/src/dynblock.rs) ----------
-    let dynblocks = Arc::new(DynBlocks::new(cfg.proxy.random_subdomain.clone(), log.clone(), metrics.clone()));
+    let dry_run = cfg.xdp.action == config::XdpAction::Log;
+    let dynblocks = Arc::new(DynBlocks::new(cfg.proxy.random_subdomain.clone(), dry_run, log.clone(), metrics.clone()));
     // ---- end random-subdomain defence ------------------------------------
 
     let xdp = xdp_settings(&cfg);

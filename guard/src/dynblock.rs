@@ -77,7 +77,13 @@ pub struct DynBlocks {
 }
 
 impl DynBlocks {
-    pub fn new(cfg: RandomSubdomainConfig, log: Arc<VerdictLog>, metrics: Metrics) -> Self {
+    /// `dry_run` (`xdp.action: log`) makes every block a `log` block, in
+    /// the kernel entry, the proxy's answer and the line that starts it,
+    /// whatever `cfg.action` says: a dry run blocks nothing.
+    pub fn new(mut cfg: RandomSubdomainConfig, dry_run: bool, log: Arc<VerdictLog>, metrics: Metrics) -> Self {
+        if dry_run {
+            cfg.action = DynBlockAction::Log;
+        }
         DynBlocks {
             cfg,
             windows: DashMap::new(),
@@ -399,7 +405,40 @@ mod tests {
 
     fn blocks(threshold: u32) -> DynBlocks {
         let cfg = RandomSubdomainConfig { threshold, window_s: 10, block_s: 60, ..RandomSubdomainConfig::default() };
-        DynBlocks::new(cfg, Arc::new(VerdictLog::to_writer(Box::new(std::io::sink()))), Metrics::new())
+        DynBlocks::new(cfg, false, Arc::new(VerdictLog::to_writer(Box::new(std::io::sink()))), Metrics::new())
+    }
+
+    /// The log's bytes, readable after the writer is handed over.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_dry_run_starts_log_blocks_and_its_line_says_log() {
+        for (dry_run, want) in [(false, "drop"), (true, "log")] {
+            let cfg = RandomSubdomainConfig {
+                threshold: 1,
+                action: DynBlockAction::Drop,
+                ..RandomSubdomainConfig::default()
+            };
+            let out = Captured::default();
+            let d = DynBlocks::new(cfg, dry_run, Arc::new(VerdictLog::to_writer(Box::new(out.clone()))), Metrics::new());
+            d.note_failure("victim.test", |_| false);
+            d.note_failure("victim.test", |_| false);
+            assert_eq!(d.action().as_str(), want, "dry_run {dry_run}");
+            let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            let line: serde_json::Value = serde_json::from_str(text.lines().next().expect("a line")).unwrap();
+            assert_eq!((line["verdict"].as_str(), line["action"].as_str()), (Some("random-subdomain"), Some(want)));
+        }
     }
 
     #[test]

@@ -184,7 +184,7 @@ async fn proxy_full(s: ProxySettings, shutdown: Shutdown, rs: RandomSubdomainCon
     let metrics = Metrics::new();
     let index: SharedRuleIndex = Arc::new(RwLock::new(None));
     let log_out = Arc::new(VerdictLog::to_writer(Box::new(log.clone())));
-    let dynblocks = Arc::new(DynBlocks::new(rs, log_out.clone(), metrics.clone()));
+    let dynblocks = Arc::new(DynBlocks::new(rs, false, log_out.clone(), metrics.clone()));
     let handle = start(s, index.clone(), dynblocks, log_out, metrics.clone(), shutdown).await.unwrap();
     Proxy { handle, log, metrics, index }
 }
