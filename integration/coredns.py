@@ -153,7 +153,7 @@ class CoreDns(Resolver):
         if available():
             raise labmod.LabError(available())
         # The log plugin writes to stdout: that file is the query log.
-        self.proc = self.lab.spawn(self.pod, self.argv(), f"{self.pod}-{self.name}", stdout=self.log)
+        self.proc = self.lab.spawn(self.pod, self.argv(), self.label, stdout=self.log)
 
     def restart(self, corefile: str) -> None:
         """Swap the Corefile: stop by pid, start afresh, wait until it answers."""

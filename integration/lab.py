@@ -291,7 +291,9 @@ class Resolver:
 
     def __init__(self, lab: "Lab", pod: str, upstream: str | None):
         self.lab, self.pod, self.upstream = lab, pod, upstream
-        self.dir = lab.workdir / f"{pod}-{self.name}"
+        # "coredns" for CoreDNS in the coredns pod, not "coredns-coredns".
+        self.label = pod if pod == self.name else f"{pod}-{self.name}"
+        self.dir = lab.workdir / self.label
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log = self.dir / "query.log"
         self.proc: subprocess.Popen | None = None
@@ -300,7 +302,7 @@ class Resolver:
         raise NotImplementedError
 
     def start(self) -> None:
-        self.proc = self.lab.spawn(self.pod, self.argv(), f"{self.pod}-{self.name}")
+        self.proc = self.lab.spawn(self.pod, self.argv(), self.label)
 
     def queries(self) -> list[tuple[str, str, str]]:
         """(qtype, qname without trailing dot, client) for every query the server logged."""
