@@ -320,12 +320,19 @@ async fn serve_tcp_conn(
         tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut buf))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request body"))??;
-        let Ok(_permit) = inflight.acquire().await else { return Ok(()) };
-        let Some(out) = handler.handle(&buf, peer, Transport::Tcp).await else { continue };
+        // The in-flight slot covers the answering, not the write: a client
+        // that stops reading must not hold one.
+        let answered = {
+            let Ok(_permit) = inflight.acquire().await else { return Ok(()) };
+            handler.handle(&buf, peer, Transport::Tcp).await
+        };
+        let Some(out) = answered else { continue };
         let Ok(n) = u16::try_from(out.len()) else { continue };
         let mut framed = n.to_be_bytes().to_vec();
         framed.extend_from_slice(&out);
-        stream.write_all(&framed).await?;
+        tokio::time::timeout(TCP_IDLE, stream.write_all(&framed))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "reply not read"))??;
     }
 }
 
