@@ -28,6 +28,21 @@ use crate::{
     watch::ListWatcher,
 };
 
+/// Every query in flight holds an upstream socket, and the validator's
+/// sub-queries hold more: the common soft limit of 1024 open files is
+/// below `proxy::MAX_INFLIGHT`, and past it every exchange fails with
+/// EMFILE. The soft limit is raised (within the hard limit) to two
+/// sockets per query in flight and room for the rest, as the Go runtime
+/// raises CoreDNS's to its hard limit.
+fn raise_open_file_limit() {
+    let want = 2 * proxy::MAX_INFLIGHT as u64 + 1024;
+    match rlimit::increase_nofile_limit(want) {
+        Ok(got) if got < want => warn!("open file limit is {got}; a busy proxy may run out (wants {want}); raise the hard limit"),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot read or raise the open file limit"),
+    }
+}
+
 /// Exit codes: 64 for bad configuration (EX_USAGE, as linkerd2-proxy).
 pub const EXIT_BAD_CONFIG: i32 = 64;
 
@@ -215,6 +230,7 @@ fn record_reload(metrics: &Metrics, ok: bool) {
 /// `dns-guard run`: attach, enforce, log verdicts, reload on change.
 pub async fn run(path: &Path) -> Result<(), Failure> {
     let cfg = load_config(path)?;
+    raise_open_file_limit();
     let parse_started = Instant::now();
     let rules = load_lists(&cfg, true)?;
     let parse_took = parse_started.elapsed();
