@@ -10,8 +10,10 @@ use std::{
 };
 
 use hickory_proto::{
-    op::{Message, MessageType, OpCode, Query},
-    rr::{rdata::svcb::SvcParamValue, Name, RData, Record},
+    dnssec::rdata::DNSSECRData,
+    op::{Header, Message, MessageType, OpCode, Query},
+    rr::{rdata::svcb::SvcParamValue, Name, RData, Record, RecordType},
+    serialize::binary::{BinDecodable, BinDecoder},
 };
 use ipnet::IpNet;
 
@@ -41,8 +43,15 @@ pub enum Rejection {
     CaseMismatch,
     /// QR clear or a different opcode.
     NotResponse,
-    /// Right source and txid, but the message does not parse.
+    /// Right source and txid, but the message does not parse, nor does
+    /// its question match.
     Malformed,
+    /// Right source, txid, question and case, but a record past the
+    /// question does not parse (hickory reads some types strictly, such as
+    /// an empty RDATA). A forger would have had to guess port, txid and
+    /// case bits to send it, so it is the upstream's own answer that we
+    /// cannot read: a failed exchange, not a spoof.
+    Unreadable,
 }
 
 impl Rejection {
@@ -55,6 +64,7 @@ impl Rejection {
             Rejection::CaseMismatch => "case_mismatch",
             Rejection::NotResponse => "not_response",
             Rejection::Malformed => "malformed",
+            Rejection::Unreadable => "unreadable",
         }
     }
 
@@ -67,6 +77,7 @@ impl Rejection {
             Rejection::CaseMismatch => "case-mismatch",
             Rejection::NotResponse => "not-response",
             Rejection::Malformed => "malformed",
+            Rejection::Unreadable => "unreadable",
         }
     }
 }
@@ -75,10 +86,28 @@ impl Rejection {
 pub fn verify_response(expected: &Expected, from: SocketAddr, raw: &[u8]) -> Result<Message, Rejection> {
     check_source(expected, from)?;
     check_txid(expected, raw)?;
-    let msg = Message::from_vec(raw).map_err(|_| Rejection::Malformed)?;
+    let msg = match Message::from_vec(raw) {
+        Ok(m) => m,
+        Err(_) => return Err(unparseable(expected, raw)),
+    };
     check_question(expected, &msg)?;
     check_header(expected, &msg)?;
     Ok(msg)
+}
+
+/// A datagram that passed checks 1-2 but does not parse: `Unreadable` when
+/// its header and question alone pass checks 3-4, else `Malformed`.
+fn unparseable(expected: &Expected, raw: &[u8]) -> Rejection {
+    let mut decoder = BinDecoder::new(raw);
+    let Ok(header) = Header::read(&mut decoder) else { return Rejection::Malformed };
+    let Ok(query) = Query::read(&mut decoder) else { return Rejection::Malformed };
+    let mut head = Message::new(header.metadata.id, header.metadata.message_type, header.metadata.op_code);
+    head.add_query(query);
+    let one_question = header.counts.queries == 1;
+    match check_question(expected, &head).and_then(|()| check_header(expected, &head)) {
+        Ok(()) if one_question => Rejection::Unreadable,
+        _ => Rejection::Malformed,
+    }
 }
 
 /// Check 1. RFC 5452 §4.1: "the response [must] come from the same
@@ -161,21 +190,76 @@ pub fn answer_chain(qname: &Name, msg: &Message) -> Vec<Name> {
 /// so the zone is approximated from the names asked about:
 /// - answer records must be owned by a name in the CNAME chain (an
 ///   unrelated A record smuggled into an answer is the Kaminsky payload);
-/// - authority records must be owned by the chain names or their
-///   ancestors (the SOA or NS of the zone that answered);
-/// - additional records must be at or below a kept authority owner, or
-///   below the parent of a chain name.
+/// - authority records must be in scope (`scope_authority`);
+/// - additional records must be at or below the owner of a kept SOA, NS
+///   or DS, or below the parent of a chain name.
 ///
 /// Returns how many records were removed.
 pub fn scrub_bailiwick(qname: &Name, msg: &mut Message) -> usize {
     let chain = answer_chain(qname, msg);
     let before = msg.answers.len() + msg.authorities.len() + msg.additionals.len();
     msg.answers.retain(|r| chain.iter().any(|c| c.eq_ignore_root(&r.name)));
-    msg.authorities.retain(|r| chain.iter().any(|c| r.name.zone_of(c)));
-    let mut zones: Vec<Name> = msg.authorities.iter().map(|r| r.name.clone()).collect();
+    retain_authority_in_scope(&chain, msg);
+    let mut zones: Vec<Name> = msg
+        .authorities
+        .iter()
+        .filter(|r| !matches!(r.record_type(), RecordType::NSEC | RecordType::NSEC3 | RecordType::RRSIG))
+        .map(|r| r.name.clone())
+        .collect();
     zones.extend(chain.iter().filter(|c| c.num_labels() > 1).map(Name::base_name));
     msg.additionals.retain(|r| zones.iter().any(|z| z.num_labels() > 0 && z.zone_of(&r.name)));
     before - (msg.answers.len() + msg.authorities.len() + msg.additionals.len())
+}
+
+/// Drops authority records that do not speak for the zone of a name the
+/// answer is about (the qname and its CNAME targets). Kept:
+/// - records owned by such a name or an ancestor of one: the SOA, NS or DS
+///   of the zone that answered, and their RRSIGs;
+/// - denial proofs, NSEC and NSEC3 records and the RRSIGs over them, whose
+///   signer is such an ancestor and which lie inside the signer's zone
+///   (their owners are hashes or neighbouring names, never ancestors).
+///
+/// Run before check 6 too: an unsigned SOA from some other, unsigned zone
+/// would otherwise make a forged NXDOMAIN or NODATA for a signed name look
+/// insecure (hickory 0.26.3 calls a response insecure when every authority
+/// record is), and check 5 would then remove the evidence. Without it the
+/// validator has to prove the name's zone insecure itself (RFC 4035 §5.2).
+/// Returns how many records were removed.
+pub fn scope_authority(qname: &Name, msg: &mut Message) -> usize {
+    let chain = answer_chain(qname, msg);
+    let before = msg.authorities.len();
+    retain_authority_in_scope(&chain, msg);
+    before - msg.authorities.len()
+}
+
+fn retain_authority_in_scope(chain: &[Name], msg: &mut Message) {
+    let speaks_for_chain = |zone: &Name| chain.iter().any(|c| zone.zone_of(c));
+    // (owner, type) of each denial RRset that a chain zone signed.
+    let signed_proofs: Vec<(Name, RecordType)> = msg
+        .authorities
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::DNSSEC(DNSSECRData::RRSIG(sig)) => {
+                let input = sig.input();
+                let denial = matches!(input.type_covered, RecordType::NSEC | RecordType::NSEC3);
+                let signer = &input.signer_name;
+                (denial && speaks_for_chain(signer) && signer.zone_of(&r.name))
+                    .then(|| (r.name.clone(), input.type_covered))
+            }
+            _ => None,
+        })
+        .collect();
+    let signed_proof = |owner: &Name, rtype: RecordType| {
+        signed_proofs.iter().any(|(n, t)| *t == rtype && n.eq_ignore_root(owner))
+    };
+    msg.authorities.retain(|r| {
+        let covered = match &r.data {
+            RData::DNSSEC(DNSSECRData::RRSIG(sig)) => sig.input().type_covered,
+            _ => r.record_type(),
+        };
+        chain.iter().any(|c| r.name.zone_of(c))
+            || (matches!(covered, RecordType::NSEC | RecordType::NSEC3) && signed_proof(&r.name, covered))
+    });
 }
 
 /// A name in `allow` or below one (suffix match on labels).
@@ -452,6 +536,126 @@ mod tests {
         assert_eq!(auth, ["example.net.", "com."]);
         let add: Vec<String> = m.additionals.iter().map(|r| r.name.to_string()).collect();
         assert_eq!(add, ["ns1.example.net."]);
+    }
+
+    fn soa(owner: &str) -> Record {
+        Record::from_rdata(name(owner), 60, RData::SOA(SOA::new(name("ns.x.test."), name("h.x.test."), 1, 1, 1, 1, 1)))
+    }
+
+    fn nsec(owner: &str, next: &str) -> Record {
+        use hickory_proto::dnssec::rdata::NSEC;
+        Record::from_rdata(name(owner), 60, RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(name(next), [RecordType::A]))))
+    }
+
+    fn rrsig(owner: &str, covered: RecordType, signer: &str) -> Record {
+        use hickory_proto::dnssec::{
+            rdata::{SigInput, RRSIG},
+            Algorithm,
+        };
+        let input = SigInput {
+            type_covered: covered,
+            algorithm: Algorithm::ECDSAP256SHA256,
+            num_labels: name(owner).num_labels(),
+            original_ttl: 60,
+            sig_expiration: 2_000_000_000u32.into(),
+            sig_inception: 1_700_000_000u32.into(),
+            key_tag: 1,
+            signer_name: name(signer),
+        };
+        Record::from_rdata(name(owner), 60, RData::DNSSEC(DNSSECRData::RRSIG(RRSIG::from_sig(input, vec![0; 64]))))
+    }
+
+    fn owners(records: &[Record]) -> Vec<String> {
+        records.iter().map(|r| format!("{} {}", r.name, r.record_type())).collect()
+    }
+
+    /// The forged negative answer hickory 0.26.3 would call insecure: an
+    /// unsigned SOA from some other zone is the only authority record.
+    #[test]
+    fn authority_from_another_zone_is_dropped_before_validation() {
+        let q = name("www.bank.test.");
+        let mut m = response(1, Query::query(q.clone(), RecordType::A));
+        m.add_authority(soa("unsigned-elsewhere.test."));
+        m.add_authority(rrsig("unsigned-elsewhere.test.", RecordType::SOA, "unsigned-elsewhere.test."));
+        assert_eq!(scope_authority(&q, &mut m), 2);
+        assert!(m.authorities.is_empty(), "{m}");
+    }
+
+    /// A real NXDOMAIN from a signed zone keeps its SOA and its NSEC proof:
+    /// the NSEC owners are neighbours of the name, not ancestors, and are
+    /// kept because the zone's apex signed them. A proof signed by some
+    /// other zone is not.
+    #[test]
+    fn denial_proofs_signed_by_the_names_zone_are_kept() {
+        let q = name("nope.bank.test.");
+        let mut m = response(1, Query::query(q.clone(), RecordType::A));
+        let kept = [
+            soa("bank.test."),
+            rrsig("bank.test.", RecordType::SOA, "bank.test."),
+            nsec("mail.bank.test.", "www.bank.test."),
+            rrsig("mail.bank.test.", RecordType::NSEC, "bank.test."),
+            nsec("bank.test.", "mail.bank.test."),
+            rrsig("bank.test.", RecordType::NSEC, "bank.test."),
+        ];
+        for r in &kept {
+            m.add_authority(r.clone());
+        }
+        // Signed, but by a zone that is not an ancestor of the name.
+        m.add_authority(nsec("a.evil.test.", "z.evil.test."));
+        m.add_authority(rrsig("a.evil.test.", RecordType::NSEC, "evil.test."));
+        // Claims the parent's signature but lies outside the signer's zone.
+        m.add_authority(nsec("a.other.test.", "z.other.test."));
+        m.add_authority(rrsig("a.other.test.", RecordType::NSEC, "bank.test."));
+        // Unsigned: nothing vouches for it.
+        m.add_authority(nsec("m.bank.test.", "n.bank.test."));
+        let mut scrubbed = m.clone();
+        assert_eq!(scope_authority(&q, &mut m), 5, "{m}");
+        assert_eq!(owners(&m.authorities), owners(&kept));
+        // Check 5 keeps the same proofs, for clients that validate
+        // themselves (CD set, or DO with `dnssec: off`).
+        scrub_bailiwick(&q, &mut scrubbed);
+        assert_eq!(owners(&scrubbed.authorities), owners(&kept));
+    }
+
+    /// Only the SOA, NS or DS of a kept zone opens the additional section
+    /// to names under it: an NSEC owner does not.
+    #[test]
+    fn denial_proof_owners_do_not_admit_additional_records() {
+        let q = name("nope.sub.bank.test.");
+        let mut m = response(1, Query::query(q.clone(), RecordType::A));
+        m.add_authority(nsec("mail.bank.test.", "www.bank.test."));
+        m.add_authority(rrsig("mail.bank.test.", RecordType::NSEC, "bank.test."));
+        m.add_additional(a("x.mail.bank.test.", "192.0.2.1"));
+        // Below the qname's parent: admitted as before.
+        m.add_additional(a("ns.sub.bank.test.", "192.0.2.2"));
+        scrub_bailiwick(&q, &mut m);
+        assert_eq!(owners(&m.authorities).len(), 2);
+        assert_eq!(owners(&m.additionals), ["ns.sub.bank.test. A"]);
+    }
+
+    #[test]
+    fn the_upstreams_own_unparseable_answer_is_unreadable_not_a_spoof() {
+        let q = Query::query(name("wWw.ExAmple.com."), RecordType::A);
+        let exp = expect(server(), 0x0102, &q);
+        let mut m = response(0x0102, q.clone());
+        m.add_answer(a("www.example.com.", "192.0.2.1"));
+        let mut raw = m.to_vec().unwrap();
+        // Claim a second answer record that is not there.
+        raw[7] = 2;
+        assert_eq!(verify_response(&exp, server(), &raw).unwrap_err(), Rejection::Unreadable);
+        // The same bytes with the name in another case: a forger who
+        // guessed port and txid but not the 0x20 bits. Still a spoof.
+        let mut lower = response(0x0102, Query::query(name("www.example.com."), RecordType::A));
+        lower.add_answer(a("www.example.com.", "192.0.2.1"));
+        let mut raw = lower.to_vec().unwrap();
+        raw[7] = 2;
+        assert_eq!(verify_response(&exp, server(), &raw).unwrap_err(), Rejection::Malformed);
+        // Another question altogether.
+        let mut other = response(0x0102, Query::query(name("evil.test."), RecordType::A));
+        other.add_answer(a("evil.test.", "192.0.2.66"));
+        let mut raw = other.to_vec().unwrap();
+        raw[7] = 2;
+        assert_eq!(verify_response(&exp, server(), &raw).unwrap_err(), Rejection::Malformed);
     }
 
     #[test]

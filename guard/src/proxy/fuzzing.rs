@@ -13,7 +13,9 @@ use hickory_proto::{
 };
 
 use super::{
-    checks::{answer_chain, check_blocklist, check_rebinding, dotted, expect, scrub_bailiwick, verify_response},
+    checks::{
+        answer_chain, check_blocklist, check_rebinding, dotted, expect, scope_authority, scrub_bailiwick, verify_response,
+    },
     handler::{parse_request, Parsed},
     response::{encode_udp, forward_reply, local_reply, ClientQuery},
 };
@@ -53,6 +55,7 @@ pub fn fuzz_response(data: &[u8]) {
     };
     let Ok(mut msg) = verify_response(&expect(server, id, &query), server, data) else { return };
     let sent = query.name().clone();
+    scope_authority(&sent, &mut msg);
     scrub_bailiwick(&sent, &mut msg);
     let qname = dotted(&sent);
     let _ = check_rebinding(&qname, &msg, true, &["cluster.local".to_string()]);

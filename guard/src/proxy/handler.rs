@@ -15,13 +15,13 @@ use hickory_proto::{
 use tracing::debug;
 
 use super::{
-    checks::{answer_chain, check_blocklist, check_rebinding, dotted, scrub_bailiwick},
+    checks::{answer_chain, check_blocklist, check_rebinding, dotted, scope_authority, scrub_bailiwick},
     dnssec::{cap_authenticated_ttls, Security, Validator},
     response::{
         encode_udp, formerr_raw, forward_reply, header_reply, local_reply, ClientQuery, Ede, EDE_BLOCKED,
-        EDE_DNSSEC_BOGUS, EDE_NO_REACHABLE_AUTHORITY,
+        EDE_DNSSEC_BOGUS, EDE_NO_REACHABLE_AUTHORITY, EDE_OTHER,
     },
-    upstream::{QueryCtx, Upstreams, Via},
+    upstream::{ExchangeError, QueryCtx, Upstreams, Via},
     Telemetry,
 };
 use crate::{
@@ -234,10 +234,14 @@ impl Handler {
                 if let Some(zone) = failure_zone(&qname, None) {
                     self.dynblocks.note_failure(&zone, zone_allowlisted);
                 }
-                let mut v = line("servfail", "servfail", "all-upstreams-failed");
+                let (reason, code) = match e.source {
+                    ExchangeError::Unreadable => ("unreadable-answer", EDE_OTHER),
+                    _ => ("all-upstreams-failed", EDE_NO_REACHABLE_AUTHORITY),
+                };
+                let mut v = line("servfail", "servfail", reason);
                 v.upstream = Some(e.upstream.clone());
                 debug!(qname = %qname, error = %e, "no upstream answered");
-                let ede = Ede::new(EDE_NO_REACHABLE_AUTHORITY, e.to_string());
+                let ede = Ede::new(code, e.to_string());
                 return Outcome {
                     reply: local_reply(cq, ResponseCode::ServFail, Some(&ede)),
                     verdict: v,
@@ -274,8 +278,27 @@ impl Handler {
         }
 
         let mut msg = answer.msg;
-        // Check 6, on the answer as it came: check 5 would drop the NSEC3
-        // records a denial proof needs (their owners are hashes).
+        // RFC 1035 §4.1.1: only NOERROR and NXDOMAIN carry data. Records on
+        // any other rcode are dropped, since check 6 does not judge them. An
+        // extended rcode (RFC 6891 §6.1.3) is about our EDNS exchange with the
+        // upstream. The client would read only its low four bits, and could
+        // take them for NOERROR, so it becomes SERVFAIL.
+        let rcode = msg.metadata.response_code;
+        if !matches!(rcode, ResponseCode::NoError | ResponseCode::NXDomain) {
+            if u16::from(rcode) > 0xF {
+                debug!(qname = %qname, upstream = %up, rcode = u16::from(rcode), "extended rcode from upstream");
+                msg.metadata.response_code = ResponseCode::ServFail;
+            }
+            msg.answers.clear();
+            msg.authorities.clear();
+            msg.additionals.clear();
+        }
+        // Check 6, on the answer as it came, apart from authority records
+        // that speak for no zone of the answer's names (see
+        // `scope_authority`). Check 5 comes after it, because the DNAME
+        // behind a synthesized CNAME is outside the CNAME chain, and the
+        // validator needs it.
+        scope_authority(&answer.sent, &mut msg);
         let security = self.check_dnssec(cq, &answer.sent, &msg).await;
         if let Some(s) = &security {
             let _ = dnssec.set(s.label());

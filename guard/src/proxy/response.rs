@@ -19,6 +19,8 @@ pub const EDE_DNSSEC_BOGUS: u16 = 6;
 pub const EDE_BLOCKED: u16 = 15;
 /// RFC 8914 §4.23.
 pub const EDE_NO_REACHABLE_AUTHORITY: u16 = 22;
+/// RFC 8914 §4.1: Other. The text says what happened.
+pub const EDE_OTHER: u16 = 0;
 
 /// UDP payload we advertise and accept: the DNS Flag Day 2020 value,
 /// which avoids IP fragmentation (a fragment is easier to forge).

@@ -62,6 +62,8 @@ impl Sink {
 enum Reply {
     Real(Message),
     FromStranger(Message),
+    /// These bytes, from the upstream's own socket (UDP only).
+    RealBytes(Vec<u8>),
 }
 
 type Script = Arc<dyn Fn(&Message) -> Vec<Reply> + Send + Sync>;
@@ -92,11 +94,12 @@ impl FakeUpstream {
                 uq.fetch_add(1, Ordering::SeqCst);
                 ports.lock().unwrap().push(from.port());
                 for s in udp_script(&q) {
-                    let (sock, m) = match s {
-                        Reply::Real(m) => (&udp, m),
-                        Reply::FromStranger(m) => (&stranger, m),
+                    let (sock, bytes) = match s {
+                        Reply::Real(m) => (&udp, m.to_vec().unwrap()),
+                        Reply::FromStranger(m) => (&stranger, m.to_vec().unwrap()),
+                        Reply::RealBytes(b) => (&udp, b),
                     };
-                    sock.send_to(&m.to_vec().unwrap(), from).await.unwrap();
+                    sock.send_to(&bytes, from).await.unwrap();
                 }
             }
         });
@@ -267,6 +270,69 @@ async fn each_upstream_query_leaves_from_its_own_random_port() {
     ports.dedup();
     // Random picks from ~28k ephemeral ports may repeat a port now and then.
     assert!(ports.len() >= 15, "{} distinct source ports for 20 queries: {ports:?}", ports.len());
+}
+
+/// RFC 6891 §6.1.3: an extended rcode lives in the OPT record, and a stub
+/// reads only the header's four bits. An answer with rcode 16 (header 0,
+/// OPT 1) would pass as NOERROR with records that check 6 never judged.
+#[tokio::test]
+async fn an_extended_rcode_becomes_servfail_and_no_record_passes() {
+    let script: Script = Arc::new(|q: &Message| {
+        let mut m = answer(q, &[a_record(q.queries[0].name(), [6, 6, 6, 6])]);
+        m.set_edns(Edns::new());
+        m.metadata.response_code = ResponseCode::from(1, 0);
+        vec![Reply::Real(m)]
+    });
+    let up = FakeUpstream::start(script.clone(), script).await;
+    let p = proxy(settings(vec![up.addr])).await;
+    let m = p.ask("ext.example.").await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "{m}");
+    assert!(m.answers.is_empty() && m.authorities.is_empty() && m.additionals.is_empty(), "{m}");
+    assert_eq!(p.verdicts(), ["servfail"]);
+}
+
+/// RFC 1035 §4.1.1: records on a REFUSED (or any rcode but NOERROR and
+/// NXDOMAIN) are not data; they are not passed on.
+#[tokio::test]
+async fn records_on_an_error_rcode_are_dropped() {
+    let script: Script = Arc::new(|q: &Message| {
+        let mut m = answer(q, &[a_record(q.queries[0].name(), [6, 6, 6, 6])]);
+        m.metadata.response_code = ResponseCode::Refused;
+        vec![Reply::Real(m)]
+    });
+    let up = FakeUpstream::start(script.clone(), script).await;
+    let p = proxy(settings(vec![up.addr])).await;
+    let m = p.ask("refused.example.").await;
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused, "{m}");
+    assert!(m.answers.is_empty(), "{m}");
+}
+
+/// An answer with the right port, txid, question and 0x20 case that
+/// hickory cannot parse is the upstream's own: a failed exchange at once
+/// (SERVFAIL with EDE 0 when no other upstream answers), not a wait for
+/// the timeout, and no spoof count, so a pod that looks up such a record
+/// cannot raise a poisoning alert or force an upstream onto TCP.
+#[tokio::test]
+async fn the_upstreams_unparseable_answer_is_a_servfail_not_a_spoof() {
+    let script: Script = Arc::new(|q: &Message| {
+        let mut raw = answer(q, &[a_record(q.queries[0].name(), [192, 0, 2, 1])]).to_vec().unwrap();
+        raw[7] = 2; // a second answer record that is not there
+        vec![Reply::RealBytes(raw)]
+    });
+    let up = FakeUpstream::start(script, answers_with([192, 0, 2, 1])).await;
+    let mut s = settings(vec![up.addr]);
+    s.timeout = Duration::from_secs(3);
+    let p = proxy(s).await;
+    let started = std::time::Instant::now();
+    let m = p.ask("unreadable.example.").await;
+    assert!(started.elapsed() < Duration::from_secs(2), "waited {:?}", started.elapsed());
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(ede_of(&m).iter().map(|(code, _)| *code).collect::<Vec<_>>(), [0], "{m}");
+    let lines = p.log.lines();
+    assert_eq!(lines.iter().map(|v| v["reason"].as_str().unwrap()).collect::<Vec<_>>(), ["unreadable-answer"]);
+    let text = p.metrics.encode();
+    assert!(!text.contains("dns_guard_spoof_responses_total{"), "{text}");
+    assert!(text.contains(&format!(r#"dns_guard_upstream_tcp_forced{{upstream="{}"}} 0"#, up.addr)), "{text}");
 }
 
 #[tokio::test]

@@ -63,6 +63,22 @@ pub enum ExchangeError {
     Tls(DotError),
     #[error("cannot encode the query: {0}")]
     Encode(String),
+    #[error("the answer has the right id and question but does not parse")]
+    Unreadable,
+}
+
+impl ExchangeError {
+    /// A failure of this process, not of the upstream: out of sockets or
+    /// buffers (EMFILE, ENFILE, ENOBUFS, ENOMEM). It does not mark the
+    /// upstream down.
+    fn is_local(&self) -> bool {
+        match self {
+            ExchangeError::Io(e) => {
+                matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Why a query got no upstream answer at all.
@@ -239,7 +255,9 @@ impl Upstreams {
                 }
                 Err(e) => {
                     debug!(upstream = %u.label, error = %e, "upstream exchange failed");
-                    self.set_health(&u, false, Some(&e));
+                    if !e.is_local() {
+                        self.set_health(&u, false, Some(&e));
+                    }
                     last = Some((u.label.clone(), e));
                 }
             }
@@ -266,7 +284,7 @@ impl Upstreams {
             // Checks 2-4 still run: a confused server is a failed upstream.
             let raw = dot.exchange(&mut msg, deadline).await?;
             let expected = Expected { match_case: false, ..expect(u.addr, msg.metadata.id, &msg.queries[0]) };
-            let reply = verify_response(&expected, u.addr, &raw).map_err(ExchangeError::TlsRejected)?;
+            let reply = verify_response(&expected, u.addr, &raw).map_err(|r| rejected(r, ExchangeError::TlsRejected))?;
             return Ok(Answer { msg: reply, sent, upstream: u.label.clone(), latency: Duration::ZERO, via: Via::Tls, differing: false });
         }
         let expected = Expected { match_case: u.mixed_case, ..expect(u.addr, msg.metadata.id, &msg.queries[0]) };
@@ -309,6 +327,7 @@ impl Upstreams {
             let (datagram, from) = timeout_at(deadline, recv_datagram(&sock)).await.map_err(|_| ExchangeError::Timeout)??;
             match verify_response(expected, from, &datagram) {
                 Ok(m) => break m,
+                Err(Rejection::Unreadable) => return Err(ExchangeError::Unreadable),
                 Err(rej) => self.on_spoof(u, rej, from, ctx),
             }
         };
@@ -321,7 +340,7 @@ impl Upstreams {
             let (datagram, from) = r?;
             match verify_response(expected, from, &datagram) {
                 Ok(m) if !same_answer(&first, &m) => differing = true,
-                Ok(_) => {}
+                Ok(_) | Err(Rejection::Unreadable) => {}
                 Err(rej) => self.on_spoof(u, rej, from, ctx),
             }
         }
@@ -453,7 +472,17 @@ async fn tcp_exchange(msg: &Message, expected: &Expected, deadline: Instant) -> 
     };
     let buf = timeout_at(deadline, io).await.map_err(|_| ExchangeError::Timeout)??;
     // The source is the connection's peer: check 1 holds by construction.
-    verify_response(expected, expected.server, &buf).map_err(ExchangeError::TcpRejected)
+    verify_response(expected, expected.server, &buf).map_err(|r| rejected(r, ExchangeError::TcpRejected))
+}
+
+/// A stream answer that failed checks 1-4: the connection's peer is the
+/// server, so an unreadable answer is its own, as on UDP.
+fn rejected(r: Rejection, wrap: fn(Rejection) -> ExchangeError) -> ExchangeError {
+    if r == Rejection::Unreadable {
+        ExchangeError::Unreadable
+    } else {
+        wrap(r)
+    }
 }
 
 /// Same rcode and the same answer records (order and TTL aside).
