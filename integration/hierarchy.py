@@ -594,19 +594,49 @@ remote-control:
 # --------------------------------------------------------------------------- test doubles
 
 
-def _serve_relay(listen: str, to: str, delay: float) -> None:
-    """UDP and TCP relay that holds every exchange ``delay`` seconds: a distant upstream."""
+def _name_wire(name: str) -> bytes:
+    return b"".join(bytes([len(label)]) + label.encode() for label in name.rstrip(".").split(".")) + b"\0"
+
+
+def forged_nxdomain(query: bytes, victim: str) -> bytes | None:
+    """For an A query for ``victim``: an NXDOMAIN whose only authority record is an unsigned SOA
+    of unsigned.lab, a real zone that is provably insecure, so a validator that judges the
+    answer by its authority records alone calls it insecure. The question is echoed byte for
+    byte (0x20 case included), as an on-path forger or a hostile upstream would. None otherwise."""
+    labels, i = [], 12
+    while i < len(query) and query[i]:
+        labels.append(query[i + 1:i + 1 + query[i]].decode(errors="replace"))
+        i += 1 + query[i]
+    end = i + 5  # the root label, QTYPE, QCLASS
+    if len(query) < end or ".".join(labels).lower() != victim.rstrip(".").lower():
+        return None
+    if struct.unpack("!H", query[i + 1:i + 3])[0] != 1:
+        return None
+    rdata = _name_wire("ns.unsigned.lab") + _name_wire("hostmaster.unsigned.lab") + struct.pack("!5I", 1, 3600, 600, 86400, 300)
+    soa = _name_wire("unsigned.lab") + struct.pack("!HHIH", 6, 1, 300, len(rdata)) + rdata
+    opt = b"\0" + struct.pack("!HHIH", 41, 1232, 0x8000, 0)  # EDNS0 with DO
+    flags = 0x8000 | (query[2] & 0x01) << 8 | 0x0080 | 3  # QR, RD as asked, RA, NXDOMAIN
+    return query[:2] + struct.pack("!5H", flags, 1, 0, 1, 1) + query[12:end] + soa + opt
+
+
+def _serve_relay(listen: str, to: str, delay: float, port: int = 53, forge_nxdomain: str | None = None) -> None:
+    """UDP and TCP relay that holds every exchange ``delay`` seconds: a distant upstream.
+    With ``forge_nxdomain``, a hostile one: that name's A queries get forged_nxdomain()."""
     slots = threading.BoundedSemaphore(256)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind((listen, 53))
+    udp.bind((listen, port))
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    tcp.bind((listen, 53))
+    tcp.bind((listen, port))
     tcp.listen(64)
 
     def udp_one(data: bytes, client) -> None:
         try:
             time.sleep(delay)
+            forged = forged_nxdomain(data, forge_nxdomain) if forge_nxdomain else None
+            if forged:
+                udp.sendto(forged, client)
+                return
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.settimeout(5)
                 s.connect((to, 53))
@@ -634,6 +664,10 @@ def _serve_relay(listen: str, to: str, delay: float) -> None:
                     n = struct.unpack("!H", recv_exact(conn, 2))[0]
                     msg = recv_exact(conn, n)
                     time.sleep(delay)
+                    forged = forged_nxdomain(msg, forge_nxdomain) if forge_nxdomain else None
+                    if forged:
+                        conn.sendall(struct.pack("!H", len(forged)) + forged)
+                        continue
                     up.sendall(struct.pack("!H", len(msg)) + msg)
                     m = struct.unpack("!H", recv_exact(up, 2))[0]
                     conn.sendall(struct.pack("!H", m) + recv_exact(up, m))
@@ -686,10 +720,12 @@ def main(argv: list[str]) -> int:
     s.add_argument("--listen", required=True)
     s.add_argument("--to", default=REC)
     s.add_argument("--delay", type=float, default=RELAY_DELAY)
+    s.add_argument("--port", type=int, default=53)
+    s.add_argument("--forge-nxdomain", metavar="NAME", help="relay mode: answer NAME's A queries with forged_nxdomain()")
     args = ap.parse_args(argv[1:])
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     if args.mode == "relay":
-        _serve_relay(args.listen, args.to, args.delay)
+        _serve_relay(args.listen, args.to, args.delay, args.port, args.forge_nxdomain)
     else:
         _serve_garbage(args.listen)
     return 0

@@ -9,6 +9,7 @@ Clients dig it with DO and AD set; EDE codes come from dig's `; EDE:` lines.
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -157,6 +158,37 @@ def test_bogus_is_servfail_with_ede6(hierarchy, start_proxy, name):
     # Same zone, valid signature: only the corrupted names are bogus.
     ok = hierarchy.dig("c1", "ok.bogus.lab")
     assert ok.status == "NOERROR" and ok.ad and ok.addresses == [H.A["ok.bogus.lab"]], ok.raw
+
+
+@pytest.mark.needs_guard
+def test_forged_nxdomain_with_another_zones_unsigned_soa_is_bogus(lab, hierarchy, start_proxy):
+    """A hostile upstream (a relay in the fault pod, a test double for a compromised resolver
+    or an on-path forger) answers www.signed.lab with NXDOMAIN whose only authority record is
+    the SOA of unsigned.lab, a real insecure zone. hickory 0.26.3 alone calls that insecure,
+    because every authority record is; the proxy must drop the foreign SOA and find the
+    denial unproven in a signed zone."""
+    port = 5300
+    forger = lab.spawn("fault", [sys.executable, str(HERE / "hierarchy.py"), "serve", "--mode", "relay",
+                                 "--listen", H.GARBAGE, "--port", str(port), "--delay", "0",
+                                 "--forge-nxdomain", "www.signed.lab"], "forge-nx")
+    try:
+        # The forgery is what the test says it is: NXDOMAIN, only unsigned.lab's SOA.
+        def forged():
+            return lab.dig("c1", "www.signed.lab", H.GARBAGE, "-p", str(port), "+dnssec", "+timeout=1")
+        _wait_for(lambda: forged().status == "NXDOMAIN", 10, 0.2)  # the relay is starting
+        direct = forged()
+        assert direct.status == "NXDOMAIN" and "unsigned.lab.\t" in direct.raw and "RRSIG" not in direct.raw, direct.raw
+        guard = start_proxy(hierarchy.proxy_config(upstreams=[f"{H.GARBAGE}:{port}"]))
+        # Everything else is relayed and still validates through it.
+        ok = hierarchy.dig("c1", "x.wild.signed.lab")
+        assert ok.status == "NOERROR" and ok.ad, ok.raw
+        r = hierarchy.dig("c1", "www.signed.lab")
+        assert r.status == "SERVFAIL", f"forged NXDOMAIN passed:\n{r.raw}"
+        assert EDE_BOGUS in r.ede_codes, r.raw
+        v = proxy_verdict(guard, qname="www.signed.lab")
+        assert v["verdict"] == "bogus" and v["dnssec"] == "bogus", v
+    finally:
+        _stop_pid(forger)
 
 
 @pytest.mark.needs_guard
