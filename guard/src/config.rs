@@ -1291,9 +1291,11 @@ impl<'a> Ctx<'a> {
             threshold: self.value(&s, "threshold", d.spoof.threshold, |n| {
                 uint(n, 1, u32::MAX as u64).map(|v| v as u32)
             }),
-            window_s: self.value(&s, "window_s", d.spoof.window_s, |n| uint(n, 1, u64::MAX)),
+            // A day at most: beyond it a window or cooldown means nothing,
+            // and a time that large would overflow when added to now.
+            window_s: self.value(&s, "window_s", d.spoof.window_s, |n| uint(n, 1, 86_400)),
             tcp_cooldown_s: self.value(&s, "tcp_cooldown_s", d.spoof.tcp_cooldown_s, |n| {
-                uint(n, 0, u64::MAX)
+                uint(n, 0, 86_400)
             }),
         };
         let rs = self.fields(
@@ -1323,7 +1325,8 @@ impl<'a> Ctx<'a> {
             spoof,
             random_subdomain,
             paranoid: self.value(&f, "paranoid", d.paranoid, boolean),
-            timeout_ms: self.value(&f, "timeout_ms", d.timeout_ms, |n| uint(n, 1, u64::MAX)),
+            // A minute at most: CoreDNS's forward gives up on us after 5 s.
+            timeout_ms: self.value(&f, "timeout_ms", d.timeout_ms, |n| uint(n, 1, 60_000)),
         }
     }
 }
@@ -1730,11 +1733,13 @@ kubernetes:
             ("proxy:\n  upstreams: [9.9.9.9]\n  no_0x20: [1.1.1.1]", "proxy.no_0x20: 1.1.1.1:53 is not one of proxy.upstreams"),
             ("proxy:\n  dnssec: on", "proxy.dnssec: unknown value 'on'; expected one of off, validate"),
             ("proxy:\n  paranoid: yes", "proxy.paranoid: 'yes' is not a boolean; write true or false"),
-            ("proxy:\n  timeout_ms: 0", "proxy.timeout_ms: 0 is out of range; expected 1 or more"),
+            ("proxy:\n  timeout_ms: 0", "proxy.timeout_ms: 0 is out of range; expected 1..=60000"),
+            ("proxy:\n  timeout_ms: 18446744073709551615", "proxy.timeout_ms: 18446744073709551615 is out of range"),
             ("proxy:\n  rebinding:\n    allow: ['*.corp.example']", "drop the '*.'"),
             ("proxy:\n  rebinding:\n    allow: ['a..b']", "is not a valid domain name"),
             ("proxy:\n  spoof:\n    threshold: 0", "proxy.spoof.threshold: 0 is out of range"),
             ("proxy:\n  spoof:\n    window_s: 0", "proxy.spoof.window_s: 0 is out of range"),
+            ("proxy:\n  spoof:\n    tcp_cooldown_s: 86401", "proxy.spoof.tcp_cooldown_s: 86401 is out of range; expected 0..=86400"),
             ("log:\n  allow_sample: -0.1", "log.allow_sample: -0.1 is out of range"),
             ("log:\n  allow_sample: half", "log.allow_sample: 'half' is not a number"),
             ("metrics:\n  listen: ':9253'", "metrics.listen: ':9253' is not a socket address"),
