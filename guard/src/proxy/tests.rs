@@ -404,6 +404,36 @@ async fn spoofing_past_the_threshold_moves_the_upstream_to_tcp() {
     assert_eq!(up.udp_queries.load(Ordering::SeqCst), 1);
 }
 
+/// A cooldown shorter than the window: when it ends, the window starts
+/// over, so forgeries that go on are alerted and answered with TCP again
+/// instead of passing unanswered until the window rolls over.
+#[tokio::test]
+async fn an_attack_that_outlasts_the_cooldown_moves_the_upstream_to_tcp_again() {
+    let script: Script = Arc::new(|q: &Message| {
+        let mut v: Vec<Reply> = (1..=4)
+            .map(|i| {
+                let mut f = answer(q, &[]);
+                f.metadata.id = q.metadata.id.wrapping_add(i);
+                Reply::Real(f)
+            })
+            .collect();
+        v.push(Reply::Real(answer(q, &[a_record(q.queries[0].name(), [192, 0, 2, 1])])));
+        v
+    });
+    let up = FakeUpstream::start(script, answers_with([192, 0, 2, 2])).await;
+    let mut s = settings(vec![up.addr]);
+    s.spoof = SpoofConfig { threshold: 3, window_s: 60, tcp_cooldown_s: 1 };
+    let p = proxy(s).await;
+    assert_eq!(ips(&p.ask("one.example.").await), ["192.0.2.1"]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The cooldown is over: UDP again, the forgeries again.
+    assert_eq!(ips(&p.ask("two.example.").await), ["192.0.2.1"]);
+    let v = p.verdicts();
+    assert_eq!(v.iter().filter(|v| *v == "poisoning-attempt").count(), 2, "{v:?}");
+    assert_eq!(ips(&p.ask("three.example.").await), ["192.0.2.2"], "back on TCP");
+    assert_eq!(up.tcp_queries.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn truncated_answers_are_retried_over_tcp() {
     let tc: Script = Arc::new(|q: &Message| {

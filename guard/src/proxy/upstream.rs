@@ -407,7 +407,14 @@ impl Upstreams {
         let mut w = u.spoof.lock().unwrap_or_else(|p| p.into_inner());
         match w.tcp_until {
             Some(t) if Instant::now() >= t => {
+                // A new window starts with UDP again: an attack that goes
+                // on after a cooldown shorter than the window is counted,
+                // alerted and answered with TCP afresh.
                 w.tcp_until = None;
+                w.start = Instant::now();
+                w.counts.clear();
+                w.total = 0;
+                w.alerted = false;
                 self.tel.metrics.upstream_tcp_forced.get_or_create(&u.labels()).set(0);
                 false
             }
