@@ -286,7 +286,7 @@ impl DynBlocks {
 /// (`co.uk`, `github.io`; the Public Suffix List, via the psl crate).
 /// Otherwise a flood of random names under `co.uk` would block every
 /// domain in it: an attacker could aim the defence at everyone else.
-fn is_public_suffix(zone: &str) -> bool {
+pub(crate) fn is_public_suffix(zone: &str) -> bool {
     zone.split('.').count() < 2 || psl::suffix_str(zone).is_some_and(|s| s.len() == zone.len())
 }
 

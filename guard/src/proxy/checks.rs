@@ -17,7 +17,10 @@ use hickory_proto::{
 };
 use ipnet::IpNet;
 
-use crate::lists::{matcher::RuleMatch, RuleSet};
+use crate::{
+    dynblock::is_public_suffix,
+    lists::{matcher::RuleMatch, RuleSet},
+};
 
 /// What a response must match: the query as it went on the wire.
 #[derive(Debug, Clone)]
@@ -192,7 +195,8 @@ pub fn answer_chain(qname: &Name, msg: &Message) -> Vec<Name> {
 ///   unrelated A record smuggled into an answer is the Kaminsky payload);
 /// - authority records must be in scope (`scope_authority`);
 /// - additional records must be at or below the owner of a kept SOA, NS
-///   or DS, or below the parent of a chain name.
+///   or DS, or below the parent of a chain name unless that parent is a
+///   public suffix (for `bank.com`, `com` would admit any `.com` name).
 ///
 /// Returns how many records were removed.
 pub fn scrub_bailiwick(qname: &Name, msg: &mut Message) -> usize {
@@ -206,7 +210,9 @@ pub fn scrub_bailiwick(qname: &Name, msg: &mut Message) -> usize {
         .filter(|r| !matches!(r.record_type(), RecordType::NSEC | RecordType::NSEC3 | RecordType::RRSIG))
         .map(|r| r.name.clone())
         .collect();
-    zones.extend(chain.iter().filter(|c| c.num_labels() > 1).map(Name::base_name));
+    zones.extend(
+        chain.iter().filter(|c| c.num_labels() > 1).map(Name::base_name).filter(|p| !is_public_suffix(&dotted(p))),
+    );
     msg.additionals.retain(|r| zones.iter().any(|z| z.num_labels() > 0 && z.zone_of(&r.name)));
     before - (msg.answers.len() + msg.authorities.len() + msg.additionals.len())
 }
@@ -281,14 +287,15 @@ pub struct RebindHit {
 }
 
 /// Cloud instance-metadata endpoints: the classic SSRF-through-DNS-rebind
-/// target (AWS/GCP/Azure IMDS, ECS task metadata, Alibaba, AWS IMDS over
-/// IPv6, Azure WireServer). Never handed out, whatever the allow list says.
+/// target (AWS/GCP/Azure IMDS, ECS task metadata, Alibaba, AWS and GCP
+/// IMDS over IPv6, Azure WireServer). Never handed out, whatever the allow list says.
 const METADATA: &[&str] = &[
     "169.254.169.254/32",
     "169.254.170.2/32",
     "100.100.100.200/32",
     "168.63.129.16/32",
     "fd00:ec2::254/128",
+    "fd20:ce::254/128",
 ];
 
 /// Private, loopback, link-local, CGNAT and unspecified space (RFC 1918,
@@ -633,6 +640,27 @@ mod tests {
         assert_eq!(owners(&m.additionals), ["ns.sub.bank.test. A"]);
     }
 
+    /// For a name one label under a public suffix, its parent opens
+    /// nothing: the zone's own NS in the authority section does.
+    #[test]
+    fn a_public_suffix_parent_admits_no_additional_records() {
+        let q = name("bank.test.");
+        let mut m = response(1, Query::query(q.clone(), RecordType::A));
+        m.add_answer(a("bank.test.", "192.0.2.1"));
+        m.add_authority(Record::from_rdata(name("bank.test."), 60, RData::NS(NS(name("ns1.bank.test.")))));
+        m.add_additional(a("ns1.bank.test.", "192.0.2.53"));
+        m.add_additional(a("www.victim.test.", "192.0.2.66"));
+        scrub_bailiwick(&q, &mut m);
+        assert_eq!(owners(&m.additionals), ["ns1.bank.test. A"]);
+        // Deeper names keep their parent's zone: www.bank.test admits mail.bank.test.
+        let q = name("www.bank.test.");
+        let mut m = response(1, Query::query(q.clone(), RecordType::A));
+        m.add_additional(a("mail.bank.test.", "192.0.2.25"));
+        m.add_additional(a("www.victim.test.", "192.0.2.66"));
+        scrub_bailiwick(&q, &mut m);
+        assert_eq!(owners(&m.additionals), ["mail.bank.test. A"]);
+    }
+
     #[test]
     fn the_upstreams_own_unparseable_answer_is_unreadable_not_a_spoof() {
         let q = Query::query(name("wWw.ExAmple.com."), RecordType::A);
@@ -687,6 +715,7 @@ mod tests {
         assert_eq!(hit("169.254.169.254"), Some(("169.254.169.254/32".into(), true)));
         assert_eq!(hit("::ffff:169.254.169.254"), Some(("169.254.169.254/32".into(), true)));
         assert_eq!(hit("fd00:ec2::254"), Some(("fd00:ec2::254/128".into(), true)));
+        assert_eq!(hit("fd20:ce::254"), Some(("fd20:ce::254/128".into(), true)));
         assert_eq!(hit("8.8.8.8"), None);
         assert_eq!(hit("::ffff:8.8.8.8"), None);
         assert_eq!(hit("2001:db8::1"), None);
