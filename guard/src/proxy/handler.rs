@@ -9,7 +9,7 @@ use std::{
 };
 
 use hickory_proto::{
-    op::{Message, MessageType, OpCode, Query, ResponseCode},
+    op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
     rr::{RData, RecordType},
 };
 use tracing::debug;
@@ -18,7 +18,7 @@ use super::{
     checks::{answer_chain, check_blocklist, check_rebinding, dotted, scope_authority, scrub_bailiwick},
     dnssec::{cap_authenticated_ttls, Security, Validator},
     response::{
-        encode_udp, formerr_raw, forward_reply, header_reply, local_reply, ClientQuery, Ede, EDE_BLOCKED,
+        encode_udp, formerr_raw, forward_reply, EDNS_PAYLOAD, header_reply, local_reply, ClientQuery, Ede, EDE_BLOCKED,
         EDE_DNSSEC_BOGUS, EDE_NO_REACHABLE_AUTHORITY, EDE_OTHER,
     },
     upstream::{ExchangeError, QueryCtx, Upstreams, Via},
@@ -78,6 +78,18 @@ pub fn parse_request(raw: &[u8]) -> Parsed {
     if matches!(req.queries[0].query_type(), RecordType::AXFR | RecordType::IXFR) {
         return reply(ResponseCode::Refused, "zone-transfer");
     }
+    // RFC 6891 §6.1.3: an EDNS version we do not implement gets BADVERS,
+    // carried in our own OPT (version 0), as CoreDNS and the XDP layer answer.
+    if req.edns.as_ref().is_some_and(|e| e.version() > 0) {
+        let mut m = header_reply(&req, ResponseCode::BADVERS);
+        let mut e = Edns::new();
+        e.set_max_payload(EDNS_PAYLOAD);
+        m.set_edns(e);
+        return match m.to_vec() {
+            Ok(b) => Parsed::Reply(b, "edns-version"),
+            Err(_) => Parsed::Ignore,
+        };
+    }
     match ClientQuery::from_request(&req) {
         Some(c) => Parsed::Query(c),
         None => reply(ResponseCode::FormErr, "qdcount"),
@@ -135,6 +147,7 @@ impl Handler {
                 let action = match why {
                     "opcode" => "notimp",
                     "zone-transfer" => "refused",
+                    "edns-version" => "badvers",
                     _ => "formerr",
                 };
                 let mut v = Verdict::new("proxy", "malformed", action, why);
@@ -447,6 +460,28 @@ mod tests {
         let mut r = query_bytes(&["a.example."], OpCode::Query);
         r[2] |= 0x80;
         assert!(matches!(parse_request(&r), Parsed::Ignore));
+    }
+
+    #[test]
+    fn an_edns_version_above_0_gets_badvers_in_an_opt_of_version_0() {
+        let mut m = Message::new(77, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(Name::from_str("a.example.").unwrap(), RecordType::A));
+        let mut e = Edns::new();
+        e.set_version(1);
+        m.set_edns(e);
+        let Parsed::Reply(b, why) = parse_request(&m.to_vec().unwrap()) else { panic!() };
+        assert_eq!(why, "edns-version");
+        // Header RCODE 0, OPT extended RCODE 1: 16, BADVERS.
+        assert_eq!(b[3] & 0x0F, 0);
+        let reply = Message::from_vec(&b).unwrap();
+        // 16 is BADVERS for OPT (hickory names it BADSIG, TSIG's 16).
+        assert_eq!(u16::from(reply.metadata.response_code), 16);
+        assert_eq!(reply.edns.as_ref().map(Edns::version), Some(0));
+        assert_eq!(reply.metadata.id, 77);
+        // Version 0 is forwarded as usual.
+        let mut m = m.clone();
+        m.set_edns(Edns::new());
+        assert!(matches!(parse_request(&m.to_vec().unwrap()), Parsed::Query(_)));
     }
 
     #[test]
