@@ -370,9 +370,9 @@ async fn forgeries_are_counted_and_the_real_answer_still_wins() {
     assert_eq!(v.last().map(String::as_str), Some("allow"));
 }
 
-#[tokio::test]
-async fn spoofing_past_the_threshold_moves_the_upstream_to_tcp() {
-    let script: Script = Arc::new(|q: &Message| {
+/// Over UDP: four answers with wrong txids, then the real one (192.0.2.1).
+fn four_forgeries_then_the_answer() -> Script {
+    Arc::new(|q: &Message| {
         let mut v: Vec<Reply> = (1..=4)
             .map(|i| {
                 let mut f = answer(q, &[]);
@@ -382,8 +382,12 @@ async fn spoofing_past_the_threshold_moves_the_upstream_to_tcp() {
             .collect();
         v.push(Reply::Real(answer(q, &[a_record(q.queries[0].name(), [192, 0, 2, 1])])));
         v
-    });
-    let up = FakeUpstream::start(script, answers_with([192, 0, 2, 2])).await;
+    })
+}
+
+#[tokio::test]
+async fn spoofing_past_the_threshold_moves_the_upstream_to_tcp() {
+    let up = FakeUpstream::start(four_forgeries_then_the_answer(), answers_with([192, 0, 2, 2])).await;
     let mut s = settings(vec![up.addr]);
     s.spoof = SpoofConfig { threshold: 3, window_s: 60, tcp_cooldown_s: 300 };
     let p = proxy(s).await;
@@ -409,18 +413,7 @@ async fn spoofing_past_the_threshold_moves_the_upstream_to_tcp() {
 /// instead of passing unanswered until the window rolls over.
 #[tokio::test]
 async fn an_attack_that_outlasts_the_cooldown_moves_the_upstream_to_tcp_again() {
-    let script: Script = Arc::new(|q: &Message| {
-        let mut v: Vec<Reply> = (1..=4)
-            .map(|i| {
-                let mut f = answer(q, &[]);
-                f.metadata.id = q.metadata.id.wrapping_add(i);
-                Reply::Real(f)
-            })
-            .collect();
-        v.push(Reply::Real(answer(q, &[a_record(q.queries[0].name(), [192, 0, 2, 1])])));
-        v
-    });
-    let up = FakeUpstream::start(script, answers_with([192, 0, 2, 2])).await;
+    let up = FakeUpstream::start(four_forgeries_then_the_answer(), answers_with([192, 0, 2, 2])).await;
     let mut s = settings(vec![up.addr]);
     s.spoof = SpoofConfig { threshold: 3, window_s: 60, tcp_cooldown_s: 1 };
     let p = proxy(s).await;
