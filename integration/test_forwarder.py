@@ -192,6 +192,32 @@ def test_forged_nxdomain_with_another_zones_unsigned_soa_is_bogus(lab, hierarchy
 
 
 @pytest.mark.needs_guard
+def test_a_chain_walk_that_outlasts_the_query_budget_is_servfail_not_bogus(lab, hierarchy, start_proxy):
+    """A slow upstream (a relay in the fault pod holding every exchange 0.3 s) and a cold
+    chain: validating www.signed.lab takes the answer and then a DS or DNSKEY fetch per level,
+    each within one attempt's timeout but together past proxy.query_timeout_ms (1 s). The whole
+    query ends at the budget with SERVFAIL and EDE 22, not the EDE 6 that would call
+    signed.lab's data bogus; the upstream is not marked down for a fetch the budget cut."""
+    port = 5301
+    relay = lab.spawn("fault", [sys.executable, str(HERE / "hierarchy.py"), "serve", "--mode", "relay",
+                                "--listen", H.GARBAGE, "--port", str(port), "--delay", "0.3"], "slow-relay")
+    upstream = f"{H.GARBAGE}:{port}"
+    try:
+        _wait_for(lambda: lab.dig("c1", "signed.lab", H.GARBAGE, "-p", str(port), qtype="SOA").status == "NOERROR",
+                  10, 0.2)  # the relay is starting
+        guard = start_proxy(hierarchy.proxy_config(upstreams=[upstream], timeout_ms=1000, query_timeout_ms=1000))
+        r = hierarchy.dig("c1", "www.signed.lab")
+        assert r.status == "SERVFAIL", f"the chain walk was not cut at the budget:\n{r.raw}"
+        assert 22 in r.ede_codes and EDE_BOGUS not in r.ede_codes, r.raw
+        assert "query_timeout_ms (1000 ms)" in r.raw, r.raw
+        v = proxy_verdict(guard, qname="www.signed.lab")
+        assert (v["verdict"], v["reason"]) == ("servfail", "query-timeout"), v
+        assert guard.metric(f'dns_guard_upstream_healthy{{upstream="{upstream}"}}') == 1, guard.scrape()
+    finally:
+        _stop_pid(relay)
+
+
+@pytest.mark.needs_guard
 def test_unsigned_zone_is_insecure(hierarchy, start_proxy):
     guard = start_proxy(hierarchy.proxy_config())
     r = hierarchy.dig("c1", "www.unsigned.lab")

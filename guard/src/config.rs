@@ -84,7 +84,10 @@ pub struct ProxyConfig {
     pub spoof: SpoofConfig,
     pub random_subdomain: RandomSubdomainConfig,
     pub paranoid: bool,
+    /// One upstream attempt.
     pub timeout_ms: u64,
+    /// One client query, whole: every attempt and every DNSSEC sub-query.
+    pub query_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -284,6 +287,7 @@ impl Default for ProxyConfig {
             random_subdomain: RandomSubdomainConfig::default(),
             paranoid: false,
             timeout_ms: 2000,
+            query_timeout_ms: 5000,
         }
     }
 }
@@ -526,7 +530,8 @@ proxy:
     action: refused     # refused | drop | nxdomain | log (log = dry run)
     exempt: [cluster.local, in-addr.arpa, ip6.arpa]   # never blocked, nor their subdomains
   paranoid: false
-  timeout_ms: 2000
+  timeout_ms: 2000      # one upstream attempt; up to 3 upstreams are tried
+  query_timeout_ms: 5000   # one client query, all attempts and DNSSEC sub-queries
 
 metrics:
   listen: 0.0.0.0:9253
@@ -1204,6 +1209,7 @@ impl<'a> Ctx<'a> {
                 "random_subdomain",
                 "paranoid",
                 "timeout_ms",
+                "query_timeout_ms",
             ],
         );
         let d = ProxyConfig::default();
@@ -1314,6 +1320,20 @@ impl<'a> Ctx<'a> {
                 .map(|(items, _, _)| items.into_iter().map(|(n, _)| n).collect())
                 .unwrap_or_else(|| dr.exempt.clone()),
         };
+        // A minute at most: CoreDNS's forward gives up on us after 5 s.
+        let timeout_ms = self.value(&f, "timeout_ms", d.timeout_ms, |n| uint(n, 1, 60_000));
+        // Unset, it never cuts one attempt short.
+        let query_timeout_ms =
+            self.value(&f, "query_timeout_ms", d.query_timeout_ms.max(timeout_ms), |n| uint(n, 1, 60_000));
+        if let Some(node) = f.get("query_timeout_ms").filter(|_| query_timeout_ms < timeout_ms) {
+            self.err(
+                node.line(),
+                format!(
+                    "{}: {query_timeout_ms} is below proxy.timeout_ms ({timeout_ms}); one attempt could never use its whole timeout",
+                    f.key("query_timeout_ms")
+                ),
+            );
+        }
         ProxyConfig {
             listen: self.value(&f, "listen", d.listen, socket_addr),
             upstreams,
@@ -1325,8 +1345,8 @@ impl<'a> Ctx<'a> {
             spoof,
             random_subdomain,
             paranoid: self.value(&f, "paranoid", d.paranoid, boolean),
-            // A minute at most: CoreDNS's forward gives up on us after 5 s.
-            timeout_ms: self.value(&f, "timeout_ms", d.timeout_ms, |n| uint(n, 1, 60_000)),
+            timeout_ms,
+            query_timeout_ms,
         }
     }
 }
@@ -1490,6 +1510,7 @@ mod tests {
         );
         assert!(!c.proxy.paranoid);
         assert_eq!(c.proxy.timeout_ms, 2000);
+        assert_eq!(c.proxy.query_timeout_ms, 5000);
         assert_eq!(c.metrics.listen, "0.0.0.0:9253".parse().unwrap());
         assert_eq!(c.log.allow_sample, 0.0);
         assert_eq!(c.kubernetes.enrich, EnrichMode::Auto);
@@ -1557,6 +1578,7 @@ proxy:
   spoof: {threshold: 3, window_s: 10, tcp_cooldown_s: 0}
   paranoid: true
   timeout_ms: 500
+  query_timeout_ms: 1500
 metrics: {listen: "127.0.0.1:9000"}
 log: {allow_sample: 0.25}
 kubernetes: {enrich: off}
@@ -1599,6 +1621,10 @@ kubernetes: {enrich: off}
         assert_eq!(ups[2].to_string(), "tls://[2620:fe::fe]:853@dns.quad9.net");
         assert_eq!(c.proxy.no_0x20, vec!["[2620:fe::9]:53".parse::<SocketAddr>().unwrap()]);
         assert!(c.proxy.paranoid);
+        assert_eq!((c.proxy.timeout_ms, c.proxy.query_timeout_ms), (500, 1500));
+        // Unset, the query budget never cuts one attempt short.
+        let slow = p("proxy:\n  timeout_ms: 8000\n").unwrap();
+        assert_eq!(slow.proxy.query_timeout_ms, 8000);
         assert_eq!(c.log.allow_sample, 0.25);
         assert_eq!(c.kubernetes.enrich, EnrichMode::Off);
         assert_eq!(p("kubernetes:\n  enrich: on\n").unwrap().kubernetes.enrich, EnrichMode::On);
@@ -1671,7 +1697,7 @@ kubernetes:
             "{e}"
         );
         let e = one_err("proxy:\n  zzz: 1\n");
-        assert!(e.ends_with("proxy.zzz: unknown key; expected one of listen, upstreams, no_0x20, dnssec, trust_anchor, tls_ca, rebinding, spoof, random_subdomain, paranoid, timeout_ms"), "{e}");
+        assert!(e.ends_with("proxy.zzz: unknown key; expected one of listen, upstreams, no_0x20, dnssec, trust_anchor, tls_ca, rebinding, spoof, random_subdomain, paranoid, timeout_ms, query_timeout_ms"), "{e}");
     }
 
     #[test]
@@ -1735,6 +1761,11 @@ kubernetes:
             ("proxy:\n  paranoid: yes", "proxy.paranoid: 'yes' is not a boolean; write true or false"),
             ("proxy:\n  timeout_ms: 0", "proxy.timeout_ms: 0 is out of range; expected 1..=60000"),
             ("proxy:\n  timeout_ms: 18446744073709551615", "proxy.timeout_ms: 18446744073709551615 is out of range"),
+            ("proxy:\n  query_timeout_ms: 0", "proxy.query_timeout_ms: 0 is out of range; expected 1..=60000"),
+            (
+                "proxy:\n  timeout_ms: 3000\n  query_timeout_ms: 2000",
+                "proxy.query_timeout_ms: 2000 is below proxy.timeout_ms (3000)",
+            ),
             ("proxy:\n  rebinding:\n    allow: ['*.corp.example']", "drop the '*.'"),
             ("proxy:\n  rebinding:\n    allow: ['a..b']", "is not a valid domain name"),
             ("proxy:\n  spoof:\n    threshold: 0", "proxy.spoof.threshold: 0 is out of range"),

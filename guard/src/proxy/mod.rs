@@ -82,7 +82,10 @@ pub struct ProxySettings {
     pub rebinding: RebindingConfig,
     pub spoof: SpoofConfig,
     pub paranoid: bool,
+    /// One upstream attempt.
     pub timeout: Duration,
+    /// One client query, whole.
+    pub query_timeout: Duration,
     pub allow_sample: f64,
     /// `xdp.action: log`: the blocklist check only logs (a dry run).
     pub block_dry_run: bool,
@@ -113,6 +116,7 @@ impl ProxySettings {
             spoof: p.spoof.clone(),
             paranoid: p.paranoid,
             timeout: Duration::from_millis(p.timeout_ms),
+            query_timeout: Duration::from_millis(p.query_timeout_ms),
             allow_sample: cfg.log.allow_sample,
             block_dry_run: cfg.xdp.action == XdpAction::Log,
         })
@@ -195,6 +199,7 @@ pub async fn start(
         dnssec: settings.dnssec,
         dynblocks: dynblocks.clone(),
         block_dry_run: settings.block_dry_run,
+        query_timeout: settings.query_timeout,
     });
     let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT));
     let tasks = vec![

@@ -162,6 +162,7 @@ fn settings(upstreams: Vec<SocketAddr>) -> ProxySettings {
         spoof: SpoofConfig { threshold: 10, window_s: 60, tcp_cooldown_s: 300 },
         paranoid: false,
         timeout: Duration::from_millis(1000),
+        query_timeout: Duration::from_secs(30),
         allow_sample: 1.0,
         block_dry_run: false,
     }
@@ -474,6 +475,39 @@ async fn a_dead_upstream_fails_over_and_all_dead_is_servfail() {
     assert_eq!(ede_of(&m)[0].0, 22);
     assert_eq!(p.verdicts(), ["servfail"]);
     drop(dead);
+}
+
+#[tokio::test]
+async fn the_query_budget_ends_every_attempt_and_blames_no_upstream() {
+    // Two blackholed upstreams, each worth a 2 s attempt; the query has 300 ms.
+    let dead: Vec<UdpSocket> = vec![
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+    ];
+    let mut s = settings(dead.iter().map(|d| d.local_addr().unwrap()).collect());
+    s.timeout = Duration::from_millis(2000);
+    s.query_timeout = Duration::from_millis(300);
+    let p = proxy(s).await;
+    let asked = std::time::Instant::now();
+    let m = p.ask("slow.example.").await;
+    let took = asked.elapsed();
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    // Not a speed goal: one attempt's own timeout would be 2 s.
+    assert!(took < Duration::from_millis(1500), "answered after {took:?}");
+    let (code, text) = ede_of(&m)[0].clone();
+    assert_eq!(code, 22);
+    assert!(text.contains("proxy.query_timeout_ms (300 ms)"), "{text}");
+    let v = &p.log.lines()[0];
+    assert_eq!((v["verdict"].as_str(), v["reason"].as_str()), (Some("servfail"), Some("query-timeout")));
+    // The first upstream was cut short, not found dead; the second never asked.
+    let text = p.metrics.encode();
+    for d in &dead {
+        let addr = d.local_addr().unwrap();
+        assert!(text.contains(&format!(r#"dns_guard_upstream_healthy{{upstream="{addr}"}} 1"#)), "{text}");
+    }
+    let mut buf = [0u8; 1500];
+    assert!(dead[0].try_recv_from(&mut buf).is_ok(), "the first upstream was asked");
+    assert!(dead[1].try_recv_from(&mut buf).is_err(), "the second upstream was asked after the budget ran out");
 }
 
 #[tokio::test]

@@ -48,6 +48,13 @@ pub const HOLD_ON: Duration = Duration::from_millis(50);
 /// How often an upstream marked down is probed.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 
+tokio::task_local! {
+    /// When the client query being answered runs out of time
+    /// (`proxy.query_timeout_ms`). Every exchange made for it, the
+    /// validator's sub-queries too, ends by then; none starts after.
+    pub static QUERY_DEADLINE: Instant;
+}
+
 /// Why one exchange with one upstream failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
@@ -242,10 +249,15 @@ impl Upstreams {
     pub async fn forward(&self, query: &Query, cd: bool, dnssec_ok: bool, ctx: &QueryCtx) -> Result<Answer, ForwardError> {
         let mut last = None;
         let mut tried = 0;
+        let budget = QUERY_DEADLINE.try_with(|d| *d).ok();
         for u in self.order().into_iter().take(MAX_ATTEMPTS) {
-            tried += 1;
             let started = Instant::now();
-            let deadline = started + self.timeout;
+            if budget.is_some_and(|b| started >= b) {
+                break;
+            }
+            tried += 1;
+            let own = started + self.timeout;
+            let deadline = budget.map_or(own, |b| b.min(own));
             match self.exchange(&u, query, cd, dnssec_ok, deadline, ctx).await {
                 Ok(mut a) => {
                     a.latency = started.elapsed();
@@ -255,7 +267,10 @@ impl Upstreams {
                 }
                 Err(e) => {
                     debug!(upstream = %u.label, error = %e, "upstream exchange failed");
-                    if !e.is_local() {
+                    // A timeout the query's budget cut short says nothing
+                    // about the upstream.
+                    let cut_short = deadline < own && matches!(e, ExchangeError::Timeout);
+                    if !e.is_local() && !cut_short {
                         self.set_health(&u, false, Some(&e));
                     }
                     last = Some((u.label.clone(), e));
