@@ -222,6 +222,19 @@ fn record_lists(metrics: &Metrics, (block, allow): (usize, usize), took: Duratio
     metrics.list_load_seconds.observe(took.as_secs_f64());
 }
 
+/// Hands the heap a list load freed back to the kernel. glibc keeps freed
+/// memory for reuse, so without this a sidecar with 1M names sat at 330 MiB
+/// RSS after a few reloads instead of 187. The event reader lets the old rule
+/// set go within half a second of the swap (`stream_events`); trim after that.
+fn trim_heap_soon() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    tokio::spawn(async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // SAFETY: malloc_trim takes no pointers; it only releases free pages.
+        let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+    });
+}
+
 fn record_reload(metrics: &Metrics, ok: bool) {
     metrics.list_reloads.get_or_create(&ResultLabels { result: if ok { "ok" } else { "error" } }).inc();
 }
@@ -317,6 +330,7 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
         (Some(g), Some(s)) => eprintln!("dns-guard ready: XDP {} on {}", g.attach, s.interface),
         _ => eprintln!("dns-guard ready"),
     }
+    trim_heap_soon();
 
     // Registered once, before the loop, so a SIGTERM that lands while a
     // reload is running is not missed.
@@ -359,7 +373,10 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
                         };
                         record_reload(&metrics, installed.is_ok());
                         match installed {
-                            Ok(()) => eprintln!("dns-guard lists reloaded (generation {generation})"),
+                            Ok(()) => {
+                                eprintln!("dns-guard lists reloaded (generation {generation})");
+                                trim_heap_soon();
+                            }
                             Err(f) => error!("reload failed, keeping the previous table: {}", f.message),
                         }
                     }
