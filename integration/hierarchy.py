@@ -619,9 +619,19 @@ def forged_nxdomain(query: bytes, victim: str) -> bytes | None:
     return query[:2] + struct.pack("!5H", flags, 1, 0, 1, 1) + query[12:end] + soa + opt
 
 
-def _serve_relay(listen: str, to: str, delay: float, port: int = 53, forge_nxdomain: str | None = None) -> None:
+def qtype_of(query: bytes) -> int | None:
+    """The QTYPE of a query's first question, or None when it is cut short."""
+    i = 12
+    while i < len(query) and query[i]:
+        i += 1 + query[i]
+    return struct.unpack("!H", query[i + 1:i + 3])[0] if len(query) >= i + 3 else None
+
+
+def _serve_relay(listen: str, to: str, delay: float, port: int = 53, forge_nxdomain: str | None = None,
+                 swallow: int | None = None) -> None:
     """UDP and TCP relay that holds every exchange ``delay`` seconds: a distant upstream.
-    With ``forge_nxdomain``, a hostile one: that name's A queries get forged_nxdomain()."""
+    With ``forge_nxdomain``, a hostile one: that name's A queries get forged_nxdomain().
+    With ``swallow`` (a QTYPE), queries of that type are read and never answered."""
     slots = threading.BoundedSemaphore(256)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind((listen, port))
@@ -632,6 +642,8 @@ def _serve_relay(listen: str, to: str, delay: float, port: int = 53, forge_nxdom
 
     def udp_one(data: bytes, client) -> None:
         try:
+            if swallow is not None and qtype_of(data) == swallow:
+                return
             time.sleep(delay)
             forged = forged_nxdomain(data, forge_nxdomain) if forge_nxdomain else None
             if forged:
@@ -663,6 +675,8 @@ def _serve_relay(listen: str, to: str, delay: float, port: int = 53, forge_nxdom
                 for _ in range(100):  # bounded: a client may pipeline several queries
                     n = struct.unpack("!H", recv_exact(conn, 2))[0]
                     msg = recv_exact(conn, n)
+                    if swallow is not None and qtype_of(msg) == swallow:
+                        continue
                     time.sleep(delay)
                     forged = forged_nxdomain(msg, forge_nxdomain) if forge_nxdomain else None
                     if forged:
@@ -722,10 +736,11 @@ def main(argv: list[str]) -> int:
     s.add_argument("--delay", type=float, default=RELAY_DELAY)
     s.add_argument("--port", type=int, default=53)
     s.add_argument("--forge-nxdomain", metavar="NAME", help="relay mode: answer NAME's A queries with forged_nxdomain()")
+    s.add_argument("--swallow", metavar="QTYPE", type=int, help="relay mode: never answer queries of this numeric type")
     args = ap.parse_args(argv[1:])
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     if args.mode == "relay":
-        _serve_relay(args.listen, args.to, args.delay, args.port, args.forge_nxdomain)
+        _serve_relay(args.listen, args.to, args.delay, args.port, args.forge_nxdomain, args.swallow)
     else:
         _serve_garbage(args.listen)
     return 0

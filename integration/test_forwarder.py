@@ -211,8 +211,34 @@ def test_a_chain_walk_that_outlasts_the_query_budget_is_servfail_not_bogus(lab, 
         assert 22 in r.ede_codes and EDE_BOGUS not in r.ede_codes, r.raw
         assert "query_timeout_ms (1000 ms)" in r.raw, r.raw
         v = proxy_verdict(guard, qname="www.signed.lab")
-        assert (v["verdict"], v["reason"]) == ("servfail", "query-timeout"), v
+        assert (v["verdict"], v["reason"], v["dnssec"]) == ("servfail", "query-timeout", "indeterminate"), v
         assert guard.metric(f'dns_guard_upstream_healthy{{upstream="{upstream}"}}') == 1, guard.scrape()
+    finally:
+        _stop_pid(relay)
+
+
+@pytest.mark.needs_guard
+def test_a_chain_the_upstream_will_not_serve_is_indeterminate_not_bogus(lab, hierarchy, start_proxy):
+    """An upstream that answers everything but DNSKEY queries (a relay in the fault pod that
+    swallows them). RFC 4035 §4.3 calls an answer whose DNSSEC records cannot be obtained
+    indeterminate: SERVFAIL with EDE 22, reason validation-unreachable, never the `bogus`
+    verdict and EDE 6 that mean signed.lab's data failed its signatures."""
+    port = 5302
+    relay = lab.spawn("fault", [sys.executable, str(HERE / "hierarchy.py"), "serve", "--mode", "relay",
+                                "--listen", H.GARBAGE, "--port", str(port), "--delay", "0", "--swallow", "48"],
+                      "swallow-dnskey")
+    try:
+        def direct(qtype):
+            return lab.dig("c1", "signed.lab", H.GARBAGE, "-p", str(port), "+dnssec", "+timeout=1", qtype=qtype)
+        _wait_for(lambda: direct("SOA").status == "NOERROR", 10, 0.2)  # the relay is starting
+        assert direct("DNSKEY").status is None, "the relay answered a DNSKEY query"
+        guard = start_proxy(hierarchy.proxy_config(upstreams=[f"{H.GARBAGE}:{port}"], timeout_ms=500))
+        r = hierarchy.dig("c1", "www.signed.lab")
+        assert r.status == "SERVFAIL", r.raw
+        assert 22 in r.ede_codes and EDE_BOGUS not in r.ede_codes, r.raw
+        v = proxy_verdict(guard, qname="www.signed.lab")
+        assert (v["verdict"], v["reason"], v["dnssec"]) == ("servfail", "validation-unreachable", "indeterminate"), v
+        assert not guard.find_verdicts(verdict="bogus"), guard.verdicts()[-4:]
     finally:
         _stop_pid(relay)
 

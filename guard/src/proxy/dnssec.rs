@@ -219,6 +219,9 @@ tokio::task_local! {
     /// first `send` made while it is set (the validator's top-level query)
     /// gets it instead of a second upstream round trip.
     static SEED: Cell<Option<Message>>;
+    /// Set when a DS, DNSKEY or other sub-query of this validation got no
+    /// answer from any upstream.
+    static SUB_FAILED: Cell<bool>;
 }
 
 type SubKey = (Name, RecordType);
@@ -287,7 +290,10 @@ impl Exchange {
             qtype: Some(qtype_name(u16::from(query.query_type()))),
         };
         // CD: an upstream that validates must hand us the data to judge.
-        let a = self.upstreams.forward(&query, true, true, &ctx).await.map_err(|e| NetError::from(e.to_string()))?;
+        let a = self.upstreams.forward(&query, true, true, &ctx).await.map_err(|e| {
+            let _ = SUB_FAILED.try_with(|f| f.set(true));
+            NetError::from(e.to_string())
+        })?;
         if a.differing {
             return Err(NetError::from("differing answers to a validation query (Hold-On)"));
         }
@@ -331,6 +337,10 @@ pub enum Security {
     Secure,
     Insecure,
     Bogus(Bogus),
+    /// "Not able to obtain the necessary DNSSEC RRs" (RFC 4035 §4.3): a
+    /// sub-query the chain walk needed got no answer, so nothing was
+    /// proven, bogus least of all. The detail says what failed.
+    Indeterminate(String),
 }
 
 impl Security {
@@ -340,6 +350,7 @@ impl Security {
             Security::Secure => "secure",
             Security::Insecure => "insecure",
             Security::Bogus(_) => "bogus",
+            Security::Indeterminate(_) => "indeterminate",
         }
     }
 }
@@ -428,7 +439,17 @@ impl Validator {
         };
         let request = DnsRequest::from_query(query.clone(), DnsRequestOptions::default());
         let stream = SEED.sync_scope(Cell::new(Some(msg.clone())), || handle.send(request));
-        classify(query, stream.first_answer().await)
+        let (security, sub_failed) = SUB_FAILED
+            .scope(Cell::new(false), async {
+                let security = classify(query, stream.first_answer().await);
+                (security, SUB_FAILED.with(Cell::get))
+            })
+            .await;
+        match security {
+            // hickory reports a chain it could not fetch as a failed proof.
+            Security::Bogus(b) if sub_failed => Security::Indeterminate(b.detail),
+            s => s,
+        }
     }
 }
 

@@ -323,17 +323,22 @@ impl Handler {
         if let Some(s) = &security {
             let _ = dnssec.set(s.label());
         }
-        // A chain walk the budget cut off proved nothing: SERVFAIL as for
-        // any timeout, not EDE 6, which would call the zone's data bogus.
-        // The line keeps the validator's `dnssec: bogus`.
-        if matches!(security, Some(Security::Bogus(_))) && out_of_time(deadline) {
-            let ede = Ede::new(EDE_NO_REACHABLE_AUTHORITY, self.timeout_text());
+        // A chain walk that could not fetch what it needed (or ran out of
+        // the query's time) proved nothing: SERVFAIL as for any upstream
+        // failure, not EDE 6, which would call the zone's data bogus.
+        if let Some(Security::Indeterminate(detail)) = &security {
+            let (reason, text) = if out_of_time(deadline) {
+                ("query-timeout", self.timeout_text())
+            } else {
+                ("validation-unreachable", format!("DNSSEC records unreachable: {detail}"))
+            };
+            debug!(qname = %qname, upstream = %up, %detail, "DNSSEC indeterminate");
             if let Some(zone) = failure_zone(&qname, None) {
                 self.dynblocks.note_failure(&zone, zone_allowlisted);
             }
             return Outcome {
-                reply: local_reply(cq, ResponseCode::ServFail, Some(&ede)),
-                verdict: with_up(line("servfail", "servfail", "query-timeout")),
+                reply: local_reply(cq, ResponseCode::ServFail, Some(&Ede::new(EDE_NO_REACHABLE_AUTHORITY, text))),
+                verdict: with_up(line("servfail", "servfail", reason)),
                 label: "servfail",
                 upstream: up,
             };
