@@ -136,6 +136,11 @@ impl Handler {
         self.tel.emit(v, "dry-run", &out.upstream);
     }
 
+    /// The EDE text of a query that ran out of its budget.
+    fn timeout_text(&self) -> String {
+        format!("no answer within proxy.query_timeout_ms ({} ms)", self.query_timeout.as_millis())
+    }
+
     fn rules(&self) -> Option<Arc<RuleSet>> {
         let ix = self.index.read().unwrap_or_else(|p| p.into_inner());
         ix.as_ref().map(|i| Arc::clone(&i.rules))
@@ -427,12 +432,6 @@ impl Handler {
 
 fn out_of_time(deadline: tokio::time::Instant) -> bool {
     tokio::time::Instant::now() >= deadline
-}
-
-impl Handler {
-    fn timeout_text(&self) -> String {
-        format!("no answer within proxy.query_timeout_ms ({} ms)", self.query_timeout.as_millis())
-    }
 }
 
 /// RCODE mnemonics as dig prints them.
