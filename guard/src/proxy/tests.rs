@@ -511,6 +511,23 @@ async fn the_query_budget_ends_every_attempt_and_blames_no_upstream() {
 }
 
 #[tokio::test]
+async fn a_dead_upstream_is_still_marked_down_when_the_budget_equals_its_timeout() {
+    // query_timeout_ms = timeout_ms, as when the budget is left unset with a
+    // timeout of 5 s or more: the budget ends a hair before the attempt.
+    let dead = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    let up = FakeUpstream::start(answers_with([192, 0, 2, 9]), answers_with([192, 0, 2, 9])).await;
+    let mut s = settings(vec![dead_addr, up.addr]);
+    s.timeout = Duration::from_millis(300);
+    s.query_timeout = Duration::from_millis(300);
+    let p = proxy(s).await;
+    assert_eq!(p.ask("a.example.").await.metadata.response_code, ResponseCode::ServFail);
+    let text = p.metrics.encode();
+    assert!(text.contains(&format!(r#"dns_guard_upstream_healthy{{upstream="{dead_addr}"}} 0"#)), "{text}");
+    assert_eq!(ips(&p.ask("b.example.").await), ["192.0.2.9"], "no failover to the working upstream");
+}
+
+#[tokio::test]
 async fn rebinding_answers_are_emptied_with_ede_15() {
     let up = FakeUpstream::start(answers_with([10, 0, 0, 1]), answers_with([10, 0, 0, 1])).await;
     let p = proxy(settings(vec![up.addr])).await;
@@ -943,6 +960,28 @@ mod dot {
         assert_eq!(p.ask("lost.example.").await.metadata.response_code, ResponseCode::ServFail);
         assert_eq!(ips(&p.ask("next.example.").await), ["192.0.2.53"]);
         assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_reply_the_query_budget_cut_short_neither_drops_the_connection_nor_the_upstream() {
+        let pki = pki("dot.test");
+        // The first connection reads every query and answers none.
+        let up = FakeDot::start(&pki, None, 1).await;
+        let dot = tls_upstream(up.addr, "dot.test");
+        let (mut s, _dir) = tls_settings(vec![dot.clone()], Some(&pki.ca_pem));
+        s.timeout = Duration::from_millis(2000);
+        s.query_timeout = Duration::from_millis(300);
+        let p = proxy(s).await;
+        for i in 0..2 {
+            let m = p.ask(&format!("cut{i}.example.")).await;
+            assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "query {i}");
+            assert_eq!(p.log.lines()[i]["reason"], "query-timeout");
+        }
+        // Both went to the one connection: a budget that ran out says nothing
+        // of the connection, and dropping it would fail every query on it.
+        assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+        let text = p.metrics.encode();
+        assert!(text.contains(&format!(r#"dns_guard_upstream_healthy{{upstream="{dot}"}} 1"#)), "{text}");
     }
 
     #[tokio::test]

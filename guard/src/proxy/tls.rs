@@ -168,23 +168,26 @@ impl DotClient {
 
     /// Sends `msg` and returns the raw reply with its txid. The txid may be
     /// changed first, when it is already pending on this connection.
-    pub async fn exchange(&self, msg: &mut Message, deadline: Instant) -> Result<Vec<u8>, DotError> {
+    /// `cut_short`: the client query's budget, not this upstream's timeout,
+    /// ends the exchange, so running out of time is no sign of a bad server
+    /// or connection: no connect backoff, and the connection stays.
+    pub async fn exchange(&self, msg: &mut Message, deadline: Instant, cut_short: bool) -> Result<Vec<u8>, DotError> {
         pad(msg);
-        let (conn, fresh) = self.connection(deadline).await?;
-        match self.send(&conn, msg, deadline).await {
+        let (conn, fresh) = self.connection(deadline, cut_short).await?;
+        match self.send(&conn, msg, deadline, cut_short).await {
             // RFC 7766 §6.2.1: the server may close an idle connection at
             // any time; a reused one that closed under us is retried once
             // on a fresh connection.
             Err(DotError::Closed | DotError::Io(_)) if !fresh => {
                 debug!(upstream = %self.label, "TLS connection closed by the server; reconnecting");
-                let (conn, _) = self.connection(deadline).await?;
-                self.send(&conn, msg, deadline).await
+                let (conn, _) = self.connection(deadline, cut_short).await?;
+                self.send(&conn, msg, deadline, cut_short).await
             }
             r => r,
         }
     }
 
-    async fn send(&self, conn: &Arc<Conn>, msg: &mut Message, deadline: Instant) -> Result<Vec<u8>, DotError> {
+    async fn send(&self, conn: &Arc<Conn>, msg: &mut Message, deadline: Instant, cut_short: bool) -> Result<Vec<u8>, DotError> {
         let rx = {
             let mut pending = conn.pending.lock().unwrap_or_else(|p| p.into_inner());
             // The reader marks the connection dead before it empties this
@@ -246,7 +249,7 @@ impl DotClient {
             Ok(Err(_)) => Err(DotError::Closed),
             Err(_) => {
                 forget();
-                if conn.reads.load(Ordering::Relaxed) == reads_before {
+                if !cut_short && conn.reads.load(Ordering::Relaxed) == reads_before {
                     debug!(upstream = %self.label, "no reply on the TLS connection within the timeout; dropping it");
                     conn.kill();
                 }
@@ -256,7 +259,7 @@ impl DotClient {
     }
 
     /// The live connection, or a new one; `true` when it is new.
-    async fn connection(&self, deadline: Instant) -> Result<(Arc<Conn>, bool), DotError> {
+    async fn connection(&self, deadline: Instant, cut_short: bool) -> Result<(Arc<Conn>, bool), DotError> {
         let mut slot = timeout_at(deadline, self.conn.lock()).await.map_err(|_| DotError::Timeout)?;
         if let Some(c) = slot.as_ref().filter(|c| c.alive.load(Ordering::Relaxed)) {
             return Ok((c.clone(), false));
@@ -269,6 +272,7 @@ impl DotClient {
         }
         let result = match timeout_at(deadline, self.connect()).await {
             Ok(r) => r,
+            Err(_) if cut_short => return Err(DotError::Timeout),
             Err(_) => Err(DotError::Connect(format!("no TCP connection and TLS handshake with {} within the timeout", self.addr))),
         };
         let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());

@@ -258,7 +258,10 @@ impl Upstreams {
             tried += 1;
             let own = started + self.timeout;
             let deadline = budget.map_or(own, |b| b.min(own));
-            match self.exchange(&u, query, cd, dnssec_ok, deadline, ctx).await {
+            // A timeout says little about an upstream that the query's budget
+            // left under half its own timeout.
+            let cut_short = deadline.duration_since(started) < self.timeout / 2;
+            match self.exchange(&u, query, cd, dnssec_ok, deadline, cut_short, ctx).await {
                 Ok(mut a) => {
                     a.latency = started.elapsed();
                     self.tel.metrics.upstream_latency.get_or_create(&u.labels()).observe(a.latency.as_secs_f64());
@@ -267,10 +270,7 @@ impl Upstreams {
                 }
                 Err(e) => {
                     debug!(upstream = %u.label, error = %e, "upstream exchange failed");
-                    // A timeout the query's budget cut short says nothing
-                    // about the upstream.
-                    let cut_short = deadline < own && matches!(e, ExchangeError::Timeout);
-                    if !e.is_local() && !cut_short {
+                    if !e.is_local() && !(cut_short && matches!(e, ExchangeError::Timeout)) {
                         self.set_health(&u, false, Some(&e));
                     }
                     last = Some((u.label.clone(), e));
@@ -290,6 +290,7 @@ impl Upstreams {
         cd: bool,
         dnssec_ok: bool,
         deadline: Instant,
+        cut_short: bool,
         ctx: &QueryCtx,
     ) -> Result<Answer, ExchangeError> {
         let (mut msg, sent) = build_query(query, cd, dnssec_ok, u.mixed_case);
@@ -297,7 +298,7 @@ impl Upstreams {
             // Spoof counting and the TCP switch have nothing to do here:
             // an answer on an authenticated connection is the server's.
             // Checks 2-4 still run: a confused server is a failed upstream.
-            let raw = dot.exchange(&mut msg, deadline).await?;
+            let raw = dot.exchange(&mut msg, deadline, cut_short).await?;
             let expected = Expected { match_case: false, ..expect(u.addr, msg.metadata.id, &msg.queries[0]) };
             let reply = verify_response(&expected, u.addr, &raw).map_err(|r| rejected(r, ExchangeError::TlsRejected))?;
             return Ok(Answer { msg: reply, sent, upstream: u.label.clone(), latency: Duration::ZERO, via: Via::Tls, differing: false });
@@ -446,7 +447,7 @@ impl Upstreams {
             tokio::time::sleep(PROBE_EVERY).await;
             for u in self.list.iter().filter(|u| !u.is_healthy()) {
                 let deadline = Instant::now() + self.timeout;
-                let ok = self.exchange(u, &root, false, false, deadline, &QueryCtx::default()).await.is_ok();
+                let ok = self.exchange(u, &root, false, false, deadline, false, &QueryCtx::default()).await.is_ok();
                 if ok {
                     self.set_health(u, true, None);
                 }
