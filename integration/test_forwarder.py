@@ -193,11 +193,13 @@ def test_forged_nxdomain_with_another_zones_unsigned_soa_is_bogus(lab, hierarchy
 
 @pytest.mark.needs_guard
 def test_a_chain_walk_that_outlasts_the_query_budget_is_servfail_not_bogus(lab, hierarchy, start_proxy):
-    """A slow upstream (a relay in the fault pod holding every exchange 0.3 s) and a cold
-    chain: validating www.signed.lab takes the answer and then a DS or DNSKEY fetch per level,
-    each within one attempt's timeout but together past proxy.query_timeout_ms (1 s). The whole
-    query ends at the budget with SERVFAIL and EDE 22, not the EDE 6 that would call
-    signed.lab's data bogus; the upstream is not marked down for a fetch the budget cut."""
+    """A slow upstream (a relay in the fault pod holding every exchange 0.3 s) and a proxy with
+    a cold chain: validating www.signed.lab takes the answer and then a DS or DNSKEY fetch per
+    level, each within one attempt's timeout (1 s) but together past proxy.query_timeout_ms
+    (1.2 s). The whole query ends at the budget with SERVFAIL and EDE 22, not the EDE 6 that
+    would call signed.lab's data bogus; the upstream is not marked down for the fetch the budget
+    cut to under half its timeout. Unbound behind the relay is warmed, so only the relay's
+    delays count."""
     port = 5301
     relay = lab.spawn("fault", [sys.executable, str(HERE / "hierarchy.py"), "serve", "--mode", "relay",
                                 "--listen", H.GARBAGE, "--port", str(port), "--delay", "0.3"], "slow-relay")
@@ -205,11 +207,13 @@ def test_a_chain_walk_that_outlasts_the_query_budget_is_servfail_not_bogus(lab, 
     try:
         _wait_for(lambda: lab.dig("c1", "signed.lab", H.GARBAGE, "-p", str(port), qtype="SOA").status == "NOERROR",
                   10, 0.2)  # the relay is starting
-        guard = start_proxy(hierarchy.proxy_config(upstreams=[upstream], timeout_ms=1000, query_timeout_ms=1000))
+        hierarchy.warm([("www.signed.lab", "A"), ("signed.lab", "DNSKEY"), ("signed.lab", "DS"),
+                        ("lab", "DNSKEY"), ("lab", "DS"), (".", "DNSKEY")])
+        guard = start_proxy(hierarchy.proxy_config(upstreams=[upstream], timeout_ms=1000, query_timeout_ms=1200))
         r = hierarchy.dig("c1", "www.signed.lab")
         assert r.status == "SERVFAIL", f"the chain walk was not cut at the budget:\n{r.raw}"
         assert 22 in r.ede_codes and EDE_BOGUS not in r.ede_codes, r.raw
-        assert "query_timeout_ms (1000 ms)" in r.raw, r.raw
+        assert "query_timeout_ms (1200 ms)" in r.raw, r.raw
         v = proxy_verdict(guard, qname="www.signed.lab")
         assert (v["verdict"], v["reason"], v["dnssec"]) == ("servfail", "query-timeout", "indeterminate"), v
         assert guard.metric(f'dns_guard_upstream_healthy{{upstream="{upstream}"}}') == 1, guard.scrape()
@@ -219,25 +223,32 @@ def test_a_chain_walk_that_outlasts_the_query_budget_is_servfail_not_bogus(lab, 
 
 @pytest.mark.needs_guard
 def test_a_chain_the_upstream_will_not_serve_is_indeterminate_not_bogus(lab, hierarchy, start_proxy):
-    """An upstream that answers everything but DNSKEY queries (a relay in the fault pod that
-    swallows them). RFC 4035 §4.3 calls an answer whose DNSSEC records cannot be obtained
-    indeterminate: SERVFAIL with EDE 22, reason validation-unreachable, never the `bogus`
-    verdict and EDE 6 that mean signed.lab's data failed its signatures."""
+    """An upstream that answers everything but DS queries (a relay in the fault pod that
+    swallows them): the validator gets signed.lab's DNSKEYs but cannot tie them to lab's DS.
+    RFC 4035 §4.3 calls an answer whose DNSSEC records cannot be obtained indeterminate:
+    SERVFAIL with EDE 22, reason validation-unreachable, never the `bogus` verdict and EDE 6
+    that mean signed.lab's data failed its signatures."""
     port = 5302
     relay = lab.spawn("fault", [sys.executable, str(HERE / "hierarchy.py"), "serve", "--mode", "relay",
-                                "--listen", H.GARBAGE, "--port", str(port), "--delay", "0", "--swallow", "48"],
-                      "swallow-dnskey")
+                                "--listen", H.GARBAGE, "--port", str(port), "--delay", "0", "--swallow", "43"],
+                      "swallow-ds")
     try:
         def direct(qtype):
             return lab.dig("c1", "signed.lab", H.GARBAGE, "-p", str(port), "+dnssec", "+timeout=1", qtype=qtype)
         _wait_for(lambda: direct("SOA").status == "NOERROR", 10, 0.2)  # the relay is starting
-        assert direct("DNSKEY").status is None, "the relay answered a DNSKEY query"
+        assert direct("DS").status is None, "the relay answered a DS query"
         guard = start_proxy(hierarchy.proxy_config(upstreams=[f"{H.GARBAGE}:{port}"], timeout_ms=500))
-        r = hierarchy.dig("c1", "www.signed.lab")
-        assert r.status == "SERVFAIL", r.raw
-        assert 22 in r.ede_codes and EDE_BOGUS not in r.ede_codes, r.raw
-        v = proxy_verdict(guard, qname="www.signed.lab")
-        assert (v["verdict"], v["reason"], v["dnssec"]) == ("servfail", "validation-unreachable", "indeterminate"), v
+        # Twice: a failed chain walk must not be remembered as a bogus proof (hickory keeps
+        # those up to 300 s by default), or the second lookup would come back EDE 6.
+        for attempt in (1, 2):
+            r = hierarchy.dig("c1", "www.signed.lab")
+            assert r.status == "SERVFAIL", r.raw
+            assert 22 in r.ede_codes and EDE_BOGUS not in r.ede_codes, f"lookup {attempt}:\n{r.raw}"
+        _wait_for(lambda: len(guard.find_verdicts(layer="proxy", qname="www.signed.lab")) >= 2, 3, 0.1)
+        lines = guard.find_verdicts(layer="proxy", qname="www.signed.lab")
+        assert len(lines) == 2, lines
+        for v in lines:
+            assert (v["verdict"], v["reason"], v["dnssec"]) == ("servfail", "validation-unreachable", "indeterminate"), v
         assert not guard.find_verdicts(verdict="bogus"), guard.verdicts()[-4:]
     finally:
         _stop_pid(relay)

@@ -5,7 +5,7 @@
 //! client query, and are cached (TTL-bounded) so a query is not a chain walk.
 
 use std::{
-    cell::Cell,
+    cell::{Cell, RefCell},
     collections::HashMap,
     io,
     path::{Path, PathBuf},
@@ -219,9 +219,9 @@ tokio::task_local! {
     /// first `send` made while it is set (the validator's top-level query)
     /// gets it instead of a second upstream round trip.
     static SEED: Cell<Option<Message>>;
-    /// Set when a DS, DNSKEY or other sub-query of this validation got no
-    /// answer from any upstream.
-    static SUB_FAILED: Cell<bool>;
+    /// The names of this validation's DS, DNSKEY or other sub-queries that
+    /// got no answer from any upstream.
+    static SUB_FAILED: RefCell<Vec<Name>>;
 }
 
 type SubKey = (Name, RecordType);
@@ -291,7 +291,7 @@ impl Exchange {
         };
         // CD: an upstream that validates must hand us the data to judge.
         let a = self.upstreams.forward(&query, true, true, &ctx).await.map_err(|e| {
-            let _ = SUB_FAILED.try_with(|f| f.set(true));
+            let _ = SUB_FAILED.try_with(|f| f.borrow_mut().push(query.name().to_lowercase()));
             NetError::from(e.to_string())
         })?;
         if a.differing {
@@ -377,7 +377,12 @@ impl Validator {
         self.handle
             .get_or_try_init(|| async {
                 let anchors = self.trust_anchors().await?;
-                Ok(DnssecDnsHandle::with_trust_anchor(self.exchange.clone(), Arc::new(anchors)))
+                // No failed proof is kept: hickory cannot tell one the network
+                // caused (an outage, a query out of time) from a forgery, and
+                // would serve the first as bogus for up to 300 s, to every
+                // name of the zone. CoreDNS's cache holds the SERVFAIL (5 s).
+                Ok(DnssecDnsHandle::with_trust_anchor(self.exchange.clone(), Arc::new(anchors))
+                    .negative_validation_ttl(Duration::ZERO..=Duration::ZERO))
             })
             .await
     }
@@ -439,17 +444,24 @@ impl Validator {
         };
         let request = DnsRequest::from_query(query.clone(), DnsRequestOptions::default());
         let stream = SEED.sync_scope(Cell::new(Some(msg.clone())), || handle.send(request));
-        let (security, sub_failed) = SUB_FAILED
-            .scope(Cell::new(false), async {
+        let (security, failed) = SUB_FAILED
+            .scope(RefCell::default(), async {
                 let security = classify(query, stream.first_answer().await);
-                (security, SUB_FAILED.with(Cell::get))
+                (security, SUB_FAILED.with(|f| f.take()))
             })
             .await;
-        match security {
-            // hickory reports a chain it could not fetch as a failed proof.
-            Security::Bogus(b) if sub_failed => Security::Indeterminate(b.detail),
-            s => s,
-        }
+        unreachable_chain(security, query.name(), &failed)
+    }
+}
+
+/// hickory reports a chain it could not fetch as a failed proof. Only the
+/// query name's own chain (a sub-query for a zone at or above it) makes that
+/// indeterminate: a forged answer that drags in a record of some other zone,
+/// one whose servers its owner keeps unreachable, stays bogus.
+fn unreachable_chain(security: Security, qname: &Name, failed: &[Name]) -> Security {
+    match security {
+        Security::Bogus(b) if failed.iter().any(|zone| zone.zone_of(qname)) => Security::Indeterminate(b.detail),
+        s => s,
     }
 }
 
@@ -601,6 +613,28 @@ mod tests {
 
     fn parse(text: &str) -> Result<AnchorSet, AnchorError> {
         AnchorSet::parse(text, Path::new("root.key"))
+    }
+
+    #[test]
+    fn only_the_query_names_own_chain_makes_a_failure_indeterminate() {
+        let n = |s: &str| Name::from_ascii(s).unwrap();
+        let bad = || bogus("bad-signature", "www.signed.lab. A failed validation");
+        let qname = n("WWW.Signed.Lab.");
+        // The chain of www.signed.lab: the root, lab, signed.lab (any case).
+        for zone in [".", "lab.", "signed.lab.", "SIGNED.LAB."] {
+            assert_eq!(
+                unreachable_chain(bad(), &qname, &[n(zone)]),
+                Security::Indeterminate("www.signed.lab. A failed validation".into()),
+                "{zone}"
+            );
+        }
+        // Another zone's keys (a record the answer dragged in), or nothing failed.
+        assert_eq!(unreachable_chain(bad(), &qname, &[n("attacker.example.")]), bad());
+        assert_eq!(unreachable_chain(bad(), &qname, &[n("other.signed.lab.")]), bad());
+        assert_eq!(unreachable_chain(bad(), &qname, &[]), bad());
+        // Secure and insecure answers stay what they are.
+        assert_eq!(unreachable_chain(Security::Secure, &qname, &[n(".")]), Security::Secure);
+        assert_eq!(unreachable_chain(Security::Insecure, &qname, &[n(".")]), Security::Insecure);
     }
 
     #[test]

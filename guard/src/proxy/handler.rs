@@ -338,8 +338,11 @@ impl Handler {
                 ("validation-unreachable", format!("DNSSEC records unreachable: {detail}"))
             };
             debug!(qname = %qname, upstream = %up, %detail, "DNSSEC indeterminate");
-            if let Some(zone) = failure_zone(&qname, None) {
-                self.dynblocks.note_failure(&zone, zone_allowlisted);
+            // A lookup that failed here; an NXDOMAIN was counted above.
+            if rcode == ResponseCode::NoError {
+                if let Some(zone) = failure_zone(&qname, None) {
+                    self.dynblocks.note_failure(&zone, zone_allowlisted);
+                }
             }
             return Outcome {
                 reply: local_reply(cq, ResponseCode::ServFail, Some(&Ede::new(EDE_NO_REACHABLE_AUTHORITY, text))),
