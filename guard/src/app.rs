@@ -225,14 +225,24 @@ fn record_lists(metrics: &Metrics, (block, allow): (usize, usize), took: Duratio
 /// Hands the heap a list load freed back to the kernel. glibc keeps freed
 /// memory for reuse, so without this a sidecar with 1M names went from 183 MiB
 /// RSS loaded to 331 MiB after a few reloads. The event reader lets the old rule
-/// set go within half a second of the swap (`stream_events`); trim after that.
-fn trim_heap_soon() {
+/// set go within half a second of the swap (`stream_events`): trim after that,
+/// and again once every proxy query that still holds it has ended (`late`:
+/// `proxy.query_timeout_ms`, when the proxy runs).
+fn trim_heap_soon(late: Option<Duration>) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    tokio::spawn(async {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::spawn(async move {
+        let early = Duration::from_secs(2);
         // SAFETY: malloc_trim takes no pointers; it only releases free pages.
-        let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+        let trim = || tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) });
+        tokio::time::sleep(early).await;
+        let _ = trim().await;
+        if let Some(late) = late.map(|l| l + Duration::from_secs(1)).filter(|l| *l > early) {
+            tokio::time::sleep(late - early).await;
+            let _ = trim().await;
+        }
     });
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = late;
 }
 
 fn record_reload(metrics: &Metrics, ok: bool) {
@@ -330,7 +340,8 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
         (Some(g), Some(s)) => eprintln!("dns-guard ready: XDP {} on {}", g.attach, s.interface),
         _ => eprintln!("dns-guard ready"),
     }
-    trim_heap_soon();
+    let trim_late = cfg.proxy_enabled.then(|| Duration::from_millis(cfg.proxy.query_timeout_ms));
+    trim_heap_soon(trim_late);
 
     // Registered once, before the loop, so a SIGTERM that lands while a
     // reload is running is not missed.
@@ -373,10 +384,7 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
                         };
                         record_reload(&metrics, installed.is_ok());
                         match installed {
-                            Ok(()) => {
-                                eprintln!("dns-guard lists reloaded (generation {generation})");
-                                trim_heap_soon();
-                            }
+                            Ok(()) => eprintln!("dns-guard lists reloaded (generation {generation})"),
                             Err(f) => error!("reload failed, keeping the previous table: {}", f.message),
                         }
                     }
@@ -387,6 +395,8 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
                         }
                     }
                 }
+                // Whatever the outcome, a whole list was parsed and let go.
+                trim_heap_soon(trim_late);
             }
             _ = &mut terminated => {
                 if guard.is_some() {
