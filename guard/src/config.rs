@@ -1321,11 +1321,14 @@ impl<'a> Ctx<'a> {
                 .unwrap_or_else(|| dr.exempt.clone()),
         };
         // A minute at most: CoreDNS's forward gives up on us after 5 s.
+        let issues_before = self.issues.len();
         let timeout_ms = self.value(&f, "timeout_ms", d.timeout_ms, |n| uint(n, 1, 60_000));
-        // Unset, it never cuts one attempt short.
+        let timeout_ok = self.issues.len() == issues_before;
+        // Unset, it leaves the first attempt its whole timeout.
         let query_timeout_ms =
             self.value(&f, "query_timeout_ms", d.query_timeout_ms.max(timeout_ms), |n| uint(n, 1, 60_000));
-        if let Some(node) = f.get("query_timeout_ms").filter(|_| query_timeout_ms < timeout_ms) {
+        // Compared only with a timeout_ms the user wrote and we could read.
+        if let Some(node) = f.get("query_timeout_ms").filter(|_| timeout_ok && query_timeout_ms < timeout_ms) {
             self.err(
                 node.line(),
                 format!(
@@ -1622,9 +1625,12 @@ kubernetes: {enrich: off}
         assert_eq!(c.proxy.no_0x20, vec!["[2620:fe::9]:53".parse::<SocketAddr>().unwrap()]);
         assert!(c.proxy.paranoid);
         assert_eq!((c.proxy.timeout_ms, c.proxy.query_timeout_ms), (500, 1500));
-        // Unset, the query budget never cuts one attempt short.
+        // Unset, the query budget leaves the first attempt its whole timeout.
         let slow = p("proxy:\n  timeout_ms: 8000\n").unwrap();
         assert_eq!(slow.proxy.query_timeout_ms, 8000);
+        // A bad timeout_ms is reported once, not again through the budget.
+        let e = one_err("proxy:\n  timeout_ms: 0\n  query_timeout_ms: 1000\n");
+        assert!(e.contains("proxy.timeout_ms: 0 is out of range"), "{e}");
         assert_eq!(c.log.allow_sample, 0.25);
         assert_eq!(c.kubernetes.enrich, EnrichMode::Off);
         assert_eq!(p("kubernetes:\n  enrich: on\n").unwrap().kubernetes.enrich, EnrichMode::On);
