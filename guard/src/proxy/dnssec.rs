@@ -359,15 +359,30 @@ fn bogus(reason: &'static str, detail: impl Into<String>) -> Security {
     Security::Bogus(Bogus { reason, detail: detail.into() })
 }
 
+/// How long a zone whose chain could not be fetched is remembered: as long
+/// as hickory may serve a proof that failed with it from its validation
+/// cache (BOGUS_CACHE_TTL in hickory-net 0.26.3), which no sub-query marks.
+const UNREACHABLE_MEMORY: Duration = Duration::from_secs(300);
+/// Zones remembered at most; past it the memory starts over.
+const UNREACHABLE_ENTRIES: usize = 1024;
+
 pub struct Validator {
     exchange: Exchange,
     anchors: AnchorSet,
     handle: OnceCell<DnssecDnsHandle<Exchange>>,
+    /// Zones at or above a query name whose chain a recent validation could
+    /// not fetch, and until when they count as unreachable.
+    unreachable: Mutex<HashMap<Name, Instant>>,
 }
 
 impl Validator {
     pub fn new(upstreams: Arc<Upstreams>, anchors: AnchorSet) -> Self {
-        Validator { exchange: Exchange { upstreams, cache: Arc::default() }, anchors, handle: OnceCell::new() }
+        Validator {
+            exchange: Exchange { upstreams, cache: Arc::default() },
+            anchors,
+            handle: OnceCell::new(),
+            unreachable: Mutex::default(),
+        }
     }
 
     /// The chain walker, built on first use: a DS anchor needs the
@@ -377,12 +392,7 @@ impl Validator {
         self.handle
             .get_or_try_init(|| async {
                 let anchors = self.trust_anchors().await?;
-                // No failed proof is kept: hickory cannot tell one the network
-                // caused (an outage, a query out of time) from a forgery, and
-                // would serve the first as bogus for up to 300 s, to every
-                // name of the zone. CoreDNS's cache holds the SERVFAIL (5 s).
-                Ok(DnssecDnsHandle::with_trust_anchor(self.exchange.clone(), Arc::new(anchors))
-                    .negative_validation_ttl(Duration::ZERO..=Duration::ZERO))
+                Ok(DnssecDnsHandle::with_trust_anchor(self.exchange.clone(), Arc::new(anchors)))
             })
             .await
     }
@@ -450,14 +460,30 @@ impl Validator {
                 (security, SUB_FAILED.with(|f| f.take()))
             })
             .await;
-        unreachable_chain(security, query.name(), &failed)
+        let qname = query.name().to_lowercase();
+        let now = Instant::now();
+        let mut recent = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+        recent.retain(|_, until| *until > now);
+        if recent.len() >= UNREACHABLE_ENTRIES {
+            recent.clear();
+        }
+        for zone in failed.into_iter().filter(|z| z.zone_of(&qname)) {
+            recent.insert(zone, now + UNREACHABLE_MEMORY);
+        }
+        if matches!(security, Security::Secure | Security::Insecure) {
+            // The chain answers again.
+            recent.retain(|zone, _| !zone.zone_of(&qname));
+        }
+        let own: Vec<Name> = recent.keys().filter(|z| z.zone_of(&qname)).cloned().collect();
+        unreachable_chain(security, &qname, &own)
     }
 }
 
-/// hickory reports a chain it could not fetch as a failed proof. Only the
-/// query name's own chain (a sub-query for a zone at or above it) makes that
-/// indeterminate: a forged answer that drags in a record of some other zone,
-/// one whose servers its owner keeps unreachable, stays bogus.
+/// hickory reports a chain it could not fetch as a failed proof, and keeps
+/// that proof in its cache like any other (up to 300 s). Only the query
+/// name's own chain (a zone at or above it that failed now or recently)
+/// makes that indeterminate: a forged answer that drags in a record of some
+/// other zone, one whose servers its owner keeps unreachable, stays bogus.
 fn unreachable_chain(security: Security, qname: &Name, failed: &[Name]) -> Security {
     match security {
         Security::Bogus(b) if failed.iter().any(|zone| zone.zone_of(qname)) => Security::Indeterminate(b.detail),
