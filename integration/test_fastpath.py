@@ -371,8 +371,9 @@ def test_reloads_give_the_freed_list_memory_back(lab, start_guard):
     """Each reload parses a new list beside the old one; once the old one is let go, its heap
     goes back to the kernel. Without that, glibc kept it: RSS grew by a list's worth over the
     first reloads (1M names: 188 MiB loaded, 331 MiB after reloads). The peak during a reload
-    (VmHWM) is not judged: two lists side by side is the design."""
-    n = 300_000
+    (VmHWM) is not judged: two lists side by side is the design. RSS is read once both trims
+    have run (2 s, and proxy.query_timeout_ms + 1 s = 6 s, after a load)."""
+    n, settle = 300_000, 7.5
 
     def rss_kib() -> int:
         status = Path(f"/proc/{guard.proc.pid}/status").read_text()
@@ -380,16 +381,17 @@ def test_reloads_give_the_freed_list_memory_back(lab, start_guard):
 
     guard = start_guard({}, {"block.txt": "".join(f"gen1-{i}.bulk.test\n" for i in range(n))})
     assert Path(f"/proc/{guard.proc.pid}/comm").read_text().strip() == "dns-guard"
-    time.sleep(3)  # the first load's own garbage is trimmed 2 s after ready
+    time.sleep(settle)
     loaded = rss_kib()
-    for gen in (2, 3, 4):
+    for gen in range(2, 7):
         guard.update_list("block.txt", "".join(f"gen{gen}-{i}.bulk.test\n" for i in range(n)))
         guard.wait_stderr(f"lists reloaded (generation {gen})", 30)
-    assert lab.dig("c1", f"gen4-{n - 1}.bulk.test").status == "NXDOMAIN"
-    limit = loaded * 1.15
-    settled = lab_wait(lambda: rss_kib() <= limit, 10)
-    assert settled, f"VmRSS {rss_kib() / 1024:.0f} MiB after 3 reloads, {loaded / 1024:.0f} MiB after the first load"
-    print(f"VmRSS: {loaded / 1024:.0f} MiB loaded, {rss_kib() / 1024:.0f} MiB after 3 reloads of {n} names")
+    assert lab.dig("c1", f"gen6-{n - 1}.bulk.test").status == "NXDOMAIN"
+    time.sleep(settle)
+    after = rss_kib()
+    print(f"VmRSS: {loaded / 1024:.0f} MiB loaded, {after / 1024:.0f} MiB after 5 reloads of {n} names")
+    # Measured: 1.02-1.18x with the trim (the allocator's fragmentation varies), 2.3x without.
+    assert after <= loaded * 1.5, f"VmRSS {after / 1024:.0f} MiB after 5 reloads, {loaded / 1024:.0f} MiB loaded"
 
 
 # --------------------------------------------------------------------------- restart / detach
