@@ -598,20 +598,28 @@ def _name_wire(name: str) -> bytes:
     return b"".join(bytes([len(label)]) + label.encode() for label in name.rstrip(".").split(".")) + b"\0"
 
 
-def forged_nxdomain(query: bytes, victim: str) -> bytes | None:
-    """For an A query for ``victim``: an NXDOMAIN whose only authority record is an unsigned SOA
-    of unsigned.lab, a real zone that is provably insecure, so a validator that judges the
-    answer by its authority records alone calls it insecure. The question is echoed byte for
-    byte (0x20 case included), as an on-path forger or a hostile upstream would. None otherwise."""
+def _question(query: bytes) -> tuple[str, int, int] | None:
+    """A query's first question: its name (case as sent, no trailing dot), its QTYPE, and
+    where the question ends. None when the question is cut short."""
     labels, i = [], 12
     while i < len(query) and query[i]:
         labels.append(query[i + 1:i + 1 + query[i]].decode(errors="replace"))
         i += 1 + query[i]
     end = i + 5  # the root label, QTYPE, QCLASS
-    if len(query) < end or ".".join(labels).lower() != victim.rstrip(".").lower():
+    if len(query) < end:
         return None
-    if struct.unpack("!H", query[i + 1:i + 3])[0] != 1:
+    return ".".join(labels), struct.unpack("!H", query[i + 1:i + 3])[0], end
+
+
+def forged_nxdomain(query: bytes, victim: str) -> bytes | None:
+    """For an A query for ``victim``: an NXDOMAIN whose only authority record is an unsigned SOA
+    of unsigned.lab, a real zone that is provably insecure, so a validator that judges the
+    answer by its authority records alone calls it insecure. The question is echoed byte for
+    byte (0x20 case included), as an on-path forger or a hostile upstream would. None otherwise."""
+    q = _question(query)
+    if q is None or q[0].lower() != victim.rstrip(".").lower() or q[1] != 1:
         return None
+    end = q[2]
     rdata = _name_wire("ns.unsigned.lab") + _name_wire("hostmaster.unsigned.lab") + struct.pack("!5I", 1, 3600, 600, 86400, 300)
     soa = _name_wire("unsigned.lab") + struct.pack("!HHIH", 6, 1, 300, len(rdata)) + rdata
     opt = b"\0" + struct.pack("!HHIH", 41, 1232, 0x8000, 0)  # EDNS0 with DO
@@ -621,10 +629,8 @@ def forged_nxdomain(query: bytes, victim: str) -> bytes | None:
 
 def qtype_of(query: bytes) -> int | None:
     """The QTYPE of a query's first question, or None when it is cut short."""
-    i = 12
-    while i < len(query) and query[i]:
-        i += 1 + query[i]
-    return struct.unpack("!H", query[i + 1:i + 3])[0] if len(query) >= i + 3 else None
+    q = _question(query)
+    return q[1] if q else None
 
 
 def _serve_relay(listen: str, to: str, delay: float, port: int = 53, forge_nxdomain: str | None = None,

@@ -370,7 +370,7 @@ def test_a_reload_frees_the_old_table_and_the_new_one_stays_within_12_bytes_a_na
 def test_reloads_give_the_freed_list_memory_back(lab, start_guard):
     """Each reload parses a new list beside the old one; once the old one is let go, its heap
     goes back to the kernel. Without that, glibc kept it: RSS grew by a list's worth over the
-    first reloads (1M names: 188 MiB loaded, 331 MiB after reloads). The peak during a reload
+    first reloads (1M names: 183 MiB loaded, 331 MiB after reloads). The peak during a reload
     (VmHWM) is not judged: two lists side by side is the design. RSS is read once both trims
     have run (2 s, and proxy.query_timeout_ms + 1 s = 6 s, after a load)."""
     n, settle = 300_000, 7.5
