@@ -7,10 +7,11 @@
 pub mod matcher;
 mod name;
 mod rpz;
+mod rule_map;
 pub mod table;
 mod text;
 
-use std::collections::{hash_map::Entry, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasherDefault;
 use std::io;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use guard_ebpf::abi::guard_rule_flags;
 
 pub use name::{normalize, to_wire, NameError};
+pub use rule_map::RuleMap;
 
 /// Block the name itself.
 pub const BLOCK_SELF: u8 = guard_rule_flags::GUARD_RULE_BLOCK_SELF as u8;
@@ -38,9 +40,8 @@ pub const FORCE_NXDOMAIN_SUB: u8 = guard_rule_flags::GUARD_RULE_FORCE_NXDOMAIN_S
 /// RPZ `*.x CNAME rpz-drop.`: drop queries for the name's subdomains.
 pub const FORCE_DROP_SUB: u8 = guard_rule_flags::GUARD_RULE_FORCE_DROP_SUB as u8;
 
-/// Hash map keyed by normalized names. FxHash: the keys come from files the
-/// operator chose, not from the network, so HashDoS resistance buys nothing
-/// and SipHash would be a third of the load time on big lists.
+/// Hash map keyed by normalized names, for the few side tables; the rules
+/// themselves are in a `RuleMap`. FxHash for the reason given there.
 pub type NameMap<V> = HashMap<String, V, BuildHasherDefault<rustc_hash::FxHasher>>;
 
 /// Which config key a list file came from.
@@ -100,7 +101,7 @@ pub struct ListStats {
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
     /// Normalized dotted name (lower case, punycode, no trailing dot).
-    pub rules: NameMap<RuleInfo>,
+    pub rules: RuleMap,
     /// A later rule that added a block kind (the name itself, or its
     /// subdomains) the first rule on that name did not have, with the bits
     /// it gave: `x` in one list and `*.x` in another log as themselves.
@@ -122,7 +123,7 @@ impl RuleSet {
     }
 
     fn count(&self, mask: u8) -> usize {
-        self.rules.values().filter(|r| r.flags & mask != 0).count()
+        self.rules.iter().filter(|(_, flags)| flags & mask != 0).count()
     }
 }
 
@@ -163,6 +164,7 @@ pub fn load(blocklists: &[PathBuf], allowlists: &[PathBuf]) -> Result<RuleSet, V
         }
     }
     if errors.is_empty() {
+        set.rules.shrink_to_fit();
         Ok(set)
     } else {
         Err(errors)
@@ -174,14 +176,18 @@ pub fn load(blocklists: &[PathBuf], allowlists: &[PathBuf]) -> Result<RuleSet, V
 /// `CNAME` records) because its lines would otherwise look like hosts lines.
 pub fn parse_str(text: &str, path: &Path, kind: ListKind, into: &mut RuleSet) -> ListStats {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    // Most lines yield one rule; reserving up front avoids rehashing a
-    // million-entry map several times over.
+    // Most lines yield one rule, and no name is longer than its line:
+    // reserving up front avoids rehashing a million-entry map several
+    // times over.
     let lines = count_lines(text) + 1;
-    into.rules.reserve(lines);
+    into.rules.reserve(lines, text.len());
 
+    let list: Arc<Path> = Arc::from(path);
+    let list_id = into.rules.add_list(Arc::clone(&list));
     let mut sink = Sink {
         set: into,
-        list: Arc::from(path),
+        list,
+        list_id,
         kind,
         rules: 0,
         skipped: 0,
@@ -207,6 +213,8 @@ fn count_lines(text: &str) -> usize {
 struct Sink<'a> {
     set: &'a mut RuleSet,
     list: Arc<Path>,
+    /// `list`'s id in `set.rules`.
+    list_id: u32,
     kind: ListKind,
     rules: usize,
     skipped: usize,
@@ -229,20 +237,17 @@ impl Sink<'_> {
                 allow
             }
         };
-        self.rules += 1;
-        let origin = || Origin { list: self.list.clone(), line };
-        match self.set.rules.entry(name) {
-            Entry::Occupied(mut e) => {
-                let r = e.get_mut();
-                r.flags |= flags;
+        match self.set.rules.add(&name, flags, self.list_id, line) {
+            Ok(None) => self.rules += 1,
+            Ok(Some(first_flags)) => {
+                self.rules += 1;
                 let kinds = BLOCK_SELF | BLOCK_SUB;
-                if flags & kinds & !r.origin_flags != 0 {
-                    self.set.later_origins.entry(e.key().clone()).or_insert_with(|| (flags, origin()));
+                if flags & kinds & !first_flags != 0 {
+                    let origin = Origin { list: self.list.clone(), line };
+                    self.set.later_origins.entry(name).or_insert((flags, origin));
                 }
             }
-            Entry::Vacant(e) => {
-                e.insert(RuleInfo { flags, origin: origin(), origin_flags: flags });
-            }
+            Err(rule_map::Full) => self.skip(line, "the lists hold 4 GiB of names, the most dns-guard keeps"),
         }
     }
 
@@ -286,7 +291,7 @@ mod tests {
     pub(super) fn flags(set: &RuleSet, name: &str) -> u8 {
         set.rules
             .get(name)
-            .unwrap_or_else(|| panic!("no rule for {name}: {:?}", set.rules.keys()))
+            .unwrap_or_else(|| panic!("no rule for {name}: {:?}", set.rules))
             .flags
     }
 
@@ -344,7 +349,7 @@ mod tests {
             ListKind::Allow,
             &mut set,
         );
-        let r = &set.rules["ads.example"];
+        let r = set.rules.get("ads.example").unwrap();
         assert_eq!(r.flags, BLOCK_SELF | BLOCK_SUB | ALLOW_SELF);
         assert_eq!(&*r.origin.list, Path::new("a.txt"));
         assert_eq!(r.origin.line, 1);

@@ -335,7 +335,7 @@ outside.example. CNAME .
         assert_eq!(flags(&set, "abs.org"), BLOCK_SELF | FORCE_NXDOMAIN);
         // An absolute owner outside the origin is not ours to interpret.
         assert!(!set.rules.contains_key("upper.org"));
-        assert_eq!(set.rules["bad.com"].origin.line, 8);
+        assert_eq!(set.rules.get("bad.com").unwrap().origin.line, 8);
         assert_eq!(set.rules.len(), 6);
         assert_eq!(
             diags(&set),
@@ -370,7 +370,7 @@ outside.example. CNAME .
             BLOCK_SELF | FORCE_NXDOMAIN
         );
         assert_eq!(flags(&set, "evil.test"), BLOCK_SELF | FORCE_DROP);
-        assert_eq!(set.rules["evil.test"].origin.line, 4);
+        assert_eq!(set.rules.get("evil.test").unwrap().origin.line, 4);
         assert_eq!(stats.rules, 2);
     }
 

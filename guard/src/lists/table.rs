@@ -11,7 +11,7 @@ use super::RuleSet;
 /// A rule set without single-label names (no `com`, no `*.zip`) says so in
 /// the header, and the kernel skips the top-level label's lookup.
 pub fn compile(rules: &RuleSet, seed: u64, generation: u64) -> Result<Table, TableError> {
-    let entries: Vec<Entry> = rules.rules.iter().map(|(name, info)| Entry::for_name(name, seed, info.flags)).collect();
+    let entries: Vec<Entry> = rules.rules.iter().map(|(name, flags)| Entry::for_name(name, seed, flags)).collect();
     let mut table = table::build(&entries, seed, generation, table::DEFAULT_LOAD)?;
     if rules.rules.keys().all(|name| name.contains('.')) {
         table.header.flags |= GUARD_TABLE_NO_TLD_NAMES;

@@ -228,8 +228,8 @@ ff02::1 ip6-allnodes
         ] {
             assert_eq!(flags(&set, name), BLOCK_SELF, "{name}");
         }
-        assert_eq!(set.rules["ads.example"].origin.line, 9);
-        assert_eq!(set.rules["metrics.example"].origin.line, 10);
+        assert_eq!(set.rules.get("ads.example").unwrap().origin.line, 9);
+        assert_eq!(set.rules.get("metrics.example").unwrap().origin.line, 10);
         assert_eq!((stats.rules, stats.skipped), (5, 0));
     }
 
@@ -267,7 +267,7 @@ ff02::1 ip6-allnodes
         assert_eq!(flags(&set, "spaced.example"), BLOCK_SELF);
         assert_eq!(flags(&set, "com"), BLOCK_SELF);
         assert_eq!(flags(&set, "x.example"), BLOCK_SELF);
-        assert_eq!(set.rules["ads.example.com"].origin.line, 5);
+        assert_eq!(set.rules.get("ads.example.com").unwrap().origin.line, 5);
         assert_eq!(stats.rules, 4);
     }
 
