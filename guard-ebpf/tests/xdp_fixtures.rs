@@ -679,6 +679,32 @@ const REFUSED: u16 = 5;
 
 // ---- fixtures ----------------------------------------------------------
 
+/// The verifier gives up at 1M processed instructions
+/// (BPF_COMPLEXITY_LIMIT_INSNS), and then the program does not load at all.
+/// The count depends on the kernel build as much as on the program: the same
+/// object took 170,993 on one 6.18.44 build and 604,396 on another
+/// (docs/benchmarks.md). Fail well before the limit, so that growth shows up
+/// here rather than as a sidecar that cannot start.
+#[test]
+fn the_program_verifies_well_under_the_kernels_limit() {
+    const BUDGET: u32 = 800_000;
+    let Some(g) = Guard::load("the_program_verifies_well_under_the_kernels_limit") else {
+        return;
+    };
+    let prog: &Xdp = g.ebpf.program("dns_guard").unwrap().try_into().unwrap();
+    let processed = prog
+        .info()
+        .expect("program info")
+        .verified_instruction_count()
+        .expect("the kernel reports verified instructions (5.16 and later)");
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("dns_guard: {processed} instructions processed by the verifier (budget {BUDGET}, limit 1000000)\n")
+            .as_bytes(),
+    );
+    assert!(processed <= BUDGET, "the verifier processed {processed} instructions; the budget is {BUDGET} of the kernel's 1M");
+}
+
 #[test]
 fn clean_names_pass_untouched() {
     let Some(mut g) = Guard::load("clean_names_pass_untouched") else {
