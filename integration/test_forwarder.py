@@ -255,6 +255,37 @@ def test_a_chain_the_upstream_will_not_serve_is_indeterminate_not_bogus(lab, hie
 
 
 @pytest.mark.needs_guard
+def test_a_ds_trust_anchor_whose_keys_cannot_be_fetched_is_indeterminate(lab, hierarchy, start_proxy):
+    """With a DS trust anchor the validator first fetches the root's DNSKEYs, the keys the DS
+    covers. An upstream that swallows DNSKEY queries leaves it nothing to check, which proves
+    nothing (RFC 4035 §4.3): SERVFAIL with EDE 22, reason validation-unreachable, and the next
+    query tries again. Not `bogus` with EDE 6 (reason no-trust-anchor), which says the root's
+    keys failed the anchor; the build before this test answered so."""
+    port = 5303
+    relay = lab.spawn("fault", [sys.executable, str(HERE / "hierarchy.py"), "serve", "--mode", "relay",
+                                "--listen", H.GARBAGE, "--port", str(port), "--delay", "0", "--swallow", "48"],
+                      "swallow-dnskey")
+    try:
+        def direct(qtype):
+            return lab.dig("c1", "signed.lab", H.GARBAGE, "-p", str(port), "+dnssec", "+timeout=1", qtype=qtype)
+        _wait_for(lambda: direct("SOA").status == "NOERROR", 10, 0.2)  # the relay is starting
+        assert direct("DNSKEY").status is None, "the relay answered a DNSKEY query"
+        guard = start_proxy(hierarchy.proxy_config(upstreams=[f"{H.GARBAGE}:{port}"], anchor="ds", timeout_ms=500))
+        for attempt in (1, 2):
+            r = hierarchy.dig("c1", "www.signed.lab")
+            assert r.status == "SERVFAIL", r.raw
+            assert 22 in r.ede_codes and EDE_BOGUS not in r.ede_codes, f"lookup {attempt}:\n{r.raw}"
+        _wait_for(lambda: len(guard.find_verdicts(layer="proxy", qname="www.signed.lab")) >= 2, 3, 0.1)
+        lines = guard.find_verdicts(layer="proxy", qname="www.signed.lab")
+        assert len(lines) == 2, lines
+        for v in lines:
+            assert (v["verdict"], v["reason"], v["dnssec"]) == ("servfail", "validation-unreachable", "indeterminate"), v
+        assert not guard.find_verdicts(verdict="bogus"), guard.verdicts()[-4:]
+    finally:
+        _stop_pid(relay)
+
+
+@pytest.mark.needs_guard
 def test_unsigned_zone_is_insecure(hierarchy, start_proxy):
     guard = start_proxy(hierarchy.proxy_config())
     r = hierarchy.dig("c1", "www.unsigned.lab")

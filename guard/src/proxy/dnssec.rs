@@ -366,6 +366,17 @@ const UNREACHABLE_MEMORY: Duration = Duration::from_secs(300);
 /// Zones remembered at most; past it the memory starts over.
 const UNREACHABLE_ENTRIES: usize = 1024;
 
+/// Why the configured trust anchors could not be put to use.
+#[derive(Debug)]
+enum AnchorFetchError {
+    /// The DNSKEYs a DS anchor covers could not be fetched (no answer, or
+    /// the upstream's SERVFAIL): nothing is proven either way, RFC 4035
+    /// §4.3's indeterminate, and the next query tries again.
+    Unreachable(String),
+    /// They were fetched and none matches: the anchor proves them wrong.
+    Unusable(String),
+}
+
 pub struct Validator {
     exchange: Exchange,
     anchors: AnchorSet,
@@ -388,7 +399,7 @@ impl Validator {
     /// The chain walker, built on first use: a DS anchor needs the
     /// upstream to fetch the key it covers. A failure is retried by the
     /// next query.
-    async fn handle(&self) -> Result<&DnssecDnsHandle<Exchange>, String> {
+    async fn handle(&self) -> Result<&DnssecDnsHandle<Exchange>, AnchorFetchError> {
         self.handle
             .get_or_try_init(|| async {
                 let anchors = self.trust_anchors().await?;
@@ -397,7 +408,7 @@ impl Validator {
             .await
     }
 
-    async fn trust_anchors(&self) -> Result<TrustAnchors, String> {
+    async fn trust_anchors(&self) -> Result<TrustAnchors, AnchorFetchError> {
         if self.anchors.source.is_none() {
             return Ok(TrustAnchors::default());
         }
@@ -416,12 +427,12 @@ impl Validator {
                     }
                 }
                 // With DNSKEY anchors as well, those still work.
-                Err(e) if count > 0 => warn!(%owner, error = %e, "DS trust anchor not usable; using the DNSKEY anchors"),
+                Err(e) if count > 0 => warn!(%owner, error = ?e, "DS trust anchor not usable; using the DNSKEY anchors"),
                 Err(e) => return Err(e),
             }
         }
         if count == 0 {
-            return Err("no DNSKEY matches the DS trust anchor".into());
+            return Err(AnchorFetchError::Unusable("no DNSKEY matches the DS trust anchor".into()));
         }
         Ok(ta)
     }
@@ -429,18 +440,24 @@ impl Validator {
     /// RFC 4035 §5.1: the zone's DNSKEY set, keeping only keys whose
     /// digest matches a configured DS. The set's own signature is then
     /// checked by the validator against the key kept here.
-    async fn keys_for_ds(&self, owner: &Name) -> Result<Vec<DNSKEY>, String> {
+    async fn keys_for_ds(&self, owner: &Name) -> Result<Vec<DNSKEY>, AnchorFetchError> {
         let mut fqdn = owner.clone();
         fqdn.set_fqdn(true);
+        let unreachable = |e: &dyn std::fmt::Display| {
+            AnchorFetchError::Unreachable(format!("cannot fetch the DNSKEYs of {owner} for the DS trust anchor: {e}"))
+        };
         let resp = self
             .exchange
             .clone()
             .sub_query(Query::query(fqdn.clone(), RecordType::DNSKEY))
             .await
-            .map_err(|e| format!("cannot fetch the DNSKEYs of {owner} for the DS trust anchor: {e}"))?;
+            .map_err(|e| unreachable(&e))?;
+        if resp.metadata.response_code == ResponseCode::ServFail {
+            return Err(unreachable(&"the upstream answered SERVFAIL"));
+        }
         let keys = covered_keys(&fqdn, &resp.answers, &self.anchors.ds);
         if keys.is_empty() {
-            return Err(format!("no DNSKEY of {owner} matches the DS trust anchor"));
+            return Err(AnchorFetchError::Unusable(format!("no DNSKEY of {owner} matches the DS trust anchor")));
         }
         debug!(%owner, keys = keys.len(), "DS trust anchor resolved to DNSKEYs");
         Ok(keys)
@@ -450,7 +467,8 @@ impl Validator {
     pub async fn validate(&self, query: &Query, msg: &Message) -> Security {
         let handle = match self.handle().await {
             Ok(h) => h,
-            Err(e) => return bogus("no-trust-anchor", e),
+            Err(AnchorFetchError::Unreachable(e)) => return Security::Indeterminate(e),
+            Err(AnchorFetchError::Unusable(e)) => return bogus("no-trust-anchor", e),
         };
         let request = DnsRequest::from_query(query.clone(), DnsRequestOptions::default());
         let stream = SEED.sync_scope(Cell::new(Some(msg.clone())), || handle.send(request));
