@@ -627,6 +627,16 @@ def forged_nxdomain(query: bytes, victim: str) -> bytes | None:
     return query[:2] + struct.pack("!5H", flags, 1, 0, 1, 1) + query[12:end] + soa + opt
 
 
+def error_answer(query: bytes, rcode: int) -> bytes | None:
+    """The query's own id and question with QR, RA and ``rcode`` set, and no records: an
+    upstream that will not serve it. None when the question is cut short."""
+    q = _question(query)
+    if q is None:
+        return None
+    flags = 0x8000 | (query[2] & 0x01) << 8 | 0x0080 | rcode  # QR, RD as asked, RA
+    return query[:2] + struct.pack("!5H", flags, 1, 0, 0, 0) + query[12:q[2]]
+
+
 def qtype_of(query: bytes) -> int | None:
     """The QTYPE of a query's first question, or None when it is cut short."""
     q = _question(query)
@@ -634,10 +644,15 @@ def qtype_of(query: bytes) -> int | None:
 
 
 def _serve_relay(listen: str, to: str, delay: float, port: int = 53, forge_nxdomain: str | None = None,
-                 swallow: int | None = None) -> None:
+                 swallow: int | None = None, servfail: int | None = None) -> None:
     """UDP and TCP relay that holds every exchange ``delay`` seconds: a distant upstream.
     With ``forge_nxdomain``, a hostile one: that name's A queries get forged_nxdomain().
-    With ``swallow`` (a QTYPE), queries of that type are read and never answered."""
+    With ``swallow`` (a QTYPE), queries of that type are read and never answered; with
+    ``servfail`` (a QTYPE), they are answered SERVFAIL at once."""
+
+    def servfailed(msg: bytes) -> bytes | None:
+        return error_answer(msg, 2) if servfail is not None and qtype_of(msg) == servfail else None
+
     slots = threading.BoundedSemaphore(256)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind((listen, port))
@@ -649,6 +664,9 @@ def _serve_relay(listen: str, to: str, delay: float, port: int = 53, forge_nxdom
     def udp_one(data: bytes, client) -> None:
         try:
             if swallow is not None and qtype_of(data) == swallow:
+                return
+            if answer := servfailed(data):
+                udp.sendto(answer, client)
                 return
             time.sleep(delay)
             forged = forged_nxdomain(data, forge_nxdomain) if forge_nxdomain else None
@@ -682,6 +700,9 @@ def _serve_relay(listen: str, to: str, delay: float, port: int = 53, forge_nxdom
                     n = struct.unpack("!H", recv_exact(conn, 2))[0]
                     msg = recv_exact(conn, n)
                     if swallow is not None and qtype_of(msg) == swallow:
+                        continue
+                    if answer := servfailed(msg):
+                        conn.sendall(struct.pack("!H", len(answer)) + answer)
                         continue
                     time.sleep(delay)
                     forged = forged_nxdomain(msg, forge_nxdomain) if forge_nxdomain else None
@@ -743,10 +764,11 @@ def main(argv: list[str]) -> int:
     s.add_argument("--port", type=int, default=53)
     s.add_argument("--forge-nxdomain", metavar="NAME", help="relay mode: answer NAME's A queries with forged_nxdomain()")
     s.add_argument("--swallow", metavar="QTYPE", type=int, help="relay mode: never answer queries of this numeric type")
+    s.add_argument("--servfail", metavar="QTYPE", type=int, help="relay mode: answer queries of this numeric type SERVFAIL")
     args = ap.parse_args(argv[1:])
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     if args.mode == "relay":
-        _serve_relay(args.listen, args.to, args.delay, args.port, args.forge_nxdomain, args.swallow)
+        _serve_relay(args.listen, args.to, args.delay, args.port, args.forge_nxdomain, args.swallow, args.servfail)
     else:
         _serve_garbage(args.listen)
     return 0

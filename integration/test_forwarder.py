@@ -255,21 +255,23 @@ def test_a_chain_the_upstream_will_not_serve_is_indeterminate_not_bogus(lab, hie
 
 
 @pytest.mark.needs_guard
-def test_a_ds_trust_anchor_whose_keys_cannot_be_fetched_is_indeterminate(lab, hierarchy, start_proxy):
+@pytest.mark.parametrize("fault,port,direct_status", [("swallow", 5303, None), ("servfail", 5304, "SERVFAIL")])
+def test_a_ds_trust_anchor_whose_keys_cannot_be_fetched_is_indeterminate(lab, hierarchy, start_proxy,
+                                                                         fault, port, direct_status):
     """With a DS trust anchor the validator first fetches the root's DNSKEYs, the keys the DS
-    covers. An upstream that swallows DNSKEY queries leaves it nothing to check, which proves
-    nothing (RFC 4035 §4.3): SERVFAIL with EDE 22, reason validation-unreachable, and the next
-    query tries again. Not `bogus` with EDE 6 (reason no-trust-anchor), which says the root's
-    keys failed the anchor; the build before this test answered so."""
-    port = 5303
+    covers. An upstream that swallows DNSKEY queries, or answers them SERVFAIL, leaves it
+    nothing to check, which proves nothing (RFC 4035 §4.3): SERVFAIL with EDE 22, reason
+    validation-unreachable, and the next query tries again. Not `bogus` with EDE 6 (reason
+    no-trust-anchor), which says the root's keys failed the anchor; the build before this test
+    answered so."""
     relay = lab.spawn("fault", [sys.executable, str(HERE / "hierarchy.py"), "serve", "--mode", "relay",
-                                "--listen", H.GARBAGE, "--port", str(port), "--delay", "0", "--swallow", "48"],
-                      "swallow-dnskey")
+                                "--listen", H.GARBAGE, "--port", str(port), "--delay", "0", f"--{fault}", "48"],
+                      f"{fault}-dnskey")
     try:
         def direct(qtype):
             return lab.dig("c1", "signed.lab", H.GARBAGE, "-p", str(port), "+dnssec", "+timeout=1", qtype=qtype)
         _wait_for(lambda: direct("SOA").status == "NOERROR", 10, 0.2)  # the relay is starting
-        assert direct("DNSKEY").status is None, "the relay answered a DNSKEY query"
+        assert direct("DNSKEY").status == direct_status, f"the relay's DNSKEY answer is not {fault}"
         guard = start_proxy(hierarchy.proxy_config(upstreams=[f"{H.GARBAGE}:{port}"], anchor="ds", timeout_ms=500))
         for attempt in (1, 2):
             r = hierarchy.dig("c1", "www.signed.lab")

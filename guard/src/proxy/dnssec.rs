@@ -370,10 +370,11 @@ const UNREACHABLE_ENTRIES: usize = 1024;
 #[derive(Debug)]
 enum AnchorFetchError {
     /// The DNSKEYs a DS anchor covers could not be fetched (no answer, or
-    /// the upstream's SERVFAIL): nothing is proven either way, RFC 4035
+    /// SERVFAIL, REFUSED or NOTIMP): nothing is proven either way, RFC 4035
     /// §4.3's indeterminate, and the next query tries again.
     Unreachable(String),
-    /// They were fetched and none matches: the anchor proves them wrong.
+    /// They were fetched and none matches, or the answer itself was bad
+    /// (differing answers, unparseable, another rcode).
     Unusable(String),
 }
 
@@ -446,14 +447,32 @@ impl Validator {
         let unreachable = |e: &dyn std::fmt::Display| {
             AnchorFetchError::Unreachable(format!("cannot fetch the DNSKEYs of {owner} for the DS trust anchor: {e}"))
         };
-        let resp = self
-            .exchange
-            .clone()
-            .sub_query(Query::query(fqdn.clone(), RecordType::DNSKEY))
-            .await
-            .map_err(|e| unreachable(&e))?;
-        if resp.metadata.response_code == ResponseCode::ServFail {
-            return Err(unreachable(&"the upstream answered SERVFAIL"));
+        // Only an exchange that got no answer is an outage; differing
+        // answers (Hold-On) or one that does not parse are not.
+        let (resp, no_answer) = SUB_FAILED
+            .scope(RefCell::default(), async {
+                let resp = self.exchange.clone().sub_query(Query::query(fqdn.clone(), RecordType::DNSKEY)).await;
+                (resp, SUB_FAILED.with(|f| !f.borrow().is_empty()))
+            })
+            .await;
+        let resp = match resp {
+            Ok(resp) => resp,
+            Err(e) if no_answer => return Err(unreachable(&e)),
+            Err(e) => {
+                return Err(AnchorFetchError::Unusable(format!("the DNSKEYs of {owner} for the DS trust anchor: {e}")))
+            }
+        };
+        match resp.metadata.response_code {
+            ResponseCode::NoError => {}
+            // The upstream would not serve them: no statement about the keys.
+            rcode @ (ResponseCode::ServFail | ResponseCode::Refused | ResponseCode::NotImp) => {
+                return Err(unreachable(&format_args!("the upstream answered {rcode}")))
+            }
+            rcode => {
+                return Err(AnchorFetchError::Unusable(format!(
+                    "the upstream answered {rcode} for the DNSKEYs of {owner} (the DS trust anchor's)"
+                )))
+            }
         }
         let keys = covered_keys(&fqdn, &resp.answers, &self.anchors.ds);
         if keys.is_empty() {
