@@ -76,7 +76,9 @@ impl RuleMap {
         buffer.reserve(bytes);
     }
 
-    /// Gives back what `reserve` over-estimated; call once every list is in.
+    /// Gives back the name buffer's over-estimate (a whole line per name);
+    /// call once every list is in. The table keeps its size: shrinking it
+    /// would rehash every name.
     pub fn shrink_to_fit(&mut self) {
         self.names.shrink_to_fit();
     }
