@@ -394,7 +394,7 @@ def test_reloads_give_the_freed_list_memory_back(lab, start_guard):
     time.sleep(settle)
     after = rss_kib()
     print(f"VmRSS: {loaded / 1024:.0f} MiB loaded, {after / 1024:.0f} MiB after 5 reloads of {n} names")
-    # Measured: 1.00x (27 -> 27 MiB, four runs, generic and native). The map of small strings
+    # Measured: 1.00x (27 -> 27 MiB, seven runs, generic and native). The map of small strings
     # gave 1.02-1.68x, and 2.3x without the trim.
     assert after <= loaded * 1.25, f"VmRSS {after / 1024:.0f} MiB after 5 reloads, {loaded / 1024:.0f} MiB loaded"
 

@@ -221,35 +221,54 @@ def test_a_chain_walk_that_outlasts_the_query_budget_is_servfail_not_bogus(lab, 
         _stop_pid(relay)
 
 
+def _faulty_relay(lab, port: int, fault: str, qtype: int):
+    """A relay to the lab's resolver in the fault pod on GARBAGE:port, with one fault
+    (`swallow` or `servfail`) for queries of `qtype`. Returns its pid and a dig straight at it
+    for signed.lab, once it answers."""
+    relay = lab.spawn("fault", [sys.executable, str(HERE / "hierarchy.py"), "serve", "--mode", "relay",
+                                "--listen", H.GARBAGE, "--port", str(port), "--delay", "0", f"--{fault}", str(qtype)],
+                      f"{fault}-{qtype}")
+
+    def direct(qt):
+        return lab.dig("c1", "signed.lab", H.GARBAGE, "-p", str(port), "+dnssec", "+timeout=1", qtype=qt)
+    try:
+        _wait_for(lambda: direct("SOA").status == "NOERROR", 10, 0.2)  # the relay is starting
+    except BaseException:
+        _stop_pid(relay)
+        raise
+    return relay, direct
+
+
+def _two_lookups_are_indeterminate(hierarchy, guard, qname: str = "www.signed.lab") -> None:
+    """`qname`, asked twice, gets SERVFAIL with EDE 22 and never EDE 6 both times, and both
+    lines say servfail / validation-unreachable / indeterminate; nothing is logged bogus."""
+    for attempt in (1, 2):
+        r = hierarchy.dig("c1", qname)
+        assert r.status == "SERVFAIL", r.raw
+        assert 22 in r.ede_codes and EDE_BOGUS not in r.ede_codes, f"lookup {attempt}:\n{r.raw}"
+    _wait_for(lambda: len(guard.find_verdicts(layer="proxy", qname=qname)) >= 2, 3, 0.1)
+    lines = guard.find_verdicts(layer="proxy", qname=qname)
+    assert len(lines) == 2, lines
+    for v in lines:
+        assert (v["verdict"], v["reason"], v["dnssec"]) == ("servfail", "validation-unreachable", "indeterminate"), v
+    assert not guard.find_verdicts(verdict="bogus"), guard.verdicts()[-4:]
+
+
 @pytest.mark.needs_guard
 def test_a_chain_the_upstream_will_not_serve_is_indeterminate_not_bogus(lab, hierarchy, start_proxy):
     """An upstream that answers everything but DS queries (a relay in the fault pod that
     swallows them): the validator gets signed.lab's DNSKEYs but cannot tie them to lab's DS.
     RFC 4035 §4.3 calls an answer whose DNSSEC records cannot be obtained indeterminate:
     SERVFAIL with EDE 22, reason validation-unreachable, never the `bogus` verdict and EDE 6
-    that mean signed.lab's data failed its signatures."""
+    that mean signed.lab's data failed its signatures. Asked twice: a failed chain walk must
+    not be remembered as a bogus proof (hickory keeps those up to 300 s by default), or the
+    second lookup would come back EDE 6."""
     port = 5302
-    relay = lab.spawn("fault", [sys.executable, str(HERE / "hierarchy.py"), "serve", "--mode", "relay",
-                                "--listen", H.GARBAGE, "--port", str(port), "--delay", "0", "--swallow", "43"],
-                      "swallow-ds")
+    relay, direct = _faulty_relay(lab, port, "swallow", 43)
     try:
-        def direct(qtype):
-            return lab.dig("c1", "signed.lab", H.GARBAGE, "-p", str(port), "+dnssec", "+timeout=1", qtype=qtype)
-        _wait_for(lambda: direct("SOA").status == "NOERROR", 10, 0.2)  # the relay is starting
         assert direct("DS").status is None, "the relay answered a DS query"
         guard = start_proxy(hierarchy.proxy_config(upstreams=[f"{H.GARBAGE}:{port}"], timeout_ms=500))
-        # Twice: a failed chain walk must not be remembered as a bogus proof (hickory keeps
-        # those up to 300 s by default), or the second lookup would come back EDE 6.
-        for attempt in (1, 2):
-            r = hierarchy.dig("c1", "www.signed.lab")
-            assert r.status == "SERVFAIL", r.raw
-            assert 22 in r.ede_codes and EDE_BOGUS not in r.ede_codes, f"lookup {attempt}:\n{r.raw}"
-        _wait_for(lambda: len(guard.find_verdicts(layer="proxy", qname="www.signed.lab")) >= 2, 3, 0.1)
-        lines = guard.find_verdicts(layer="proxy", qname="www.signed.lab")
-        assert len(lines) == 2, lines
-        for v in lines:
-            assert (v["verdict"], v["reason"], v["dnssec"]) == ("servfail", "validation-unreachable", "indeterminate"), v
-        assert not guard.find_verdicts(verdict="bogus"), guard.verdicts()[-4:]
+        _two_lookups_are_indeterminate(hierarchy, guard)
     finally:
         _stop_pid(relay)
 
@@ -264,25 +283,11 @@ def test_a_ds_trust_anchor_whose_keys_cannot_be_fetched_is_indeterminate(lab, hi
     validation-unreachable, and the next query tries again. Not `bogus` with EDE 6 (reason
     no-trust-anchor), which says the root's keys failed the anchor; the build before this test
     answered so."""
-    relay = lab.spawn("fault", [sys.executable, str(HERE / "hierarchy.py"), "serve", "--mode", "relay",
-                                "--listen", H.GARBAGE, "--port", str(port), "--delay", "0", f"--{fault}", "48"],
-                      f"{fault}-dnskey")
+    relay, direct = _faulty_relay(lab, port, fault, 48)
     try:
-        def direct(qtype):
-            return lab.dig("c1", "signed.lab", H.GARBAGE, "-p", str(port), "+dnssec", "+timeout=1", qtype=qtype)
-        _wait_for(lambda: direct("SOA").status == "NOERROR", 10, 0.2)  # the relay is starting
         assert direct("DNSKEY").status == direct_status, f"the relay's DNSKEY answer is not {fault}"
         guard = start_proxy(hierarchy.proxy_config(upstreams=[f"{H.GARBAGE}:{port}"], anchor="ds", timeout_ms=500))
-        for attempt in (1, 2):
-            r = hierarchy.dig("c1", "www.signed.lab")
-            assert r.status == "SERVFAIL", r.raw
-            assert 22 in r.ede_codes and EDE_BOGUS not in r.ede_codes, f"lookup {attempt}:\n{r.raw}"
-        _wait_for(lambda: len(guard.find_verdicts(layer="proxy", qname="www.signed.lab")) >= 2, 3, 0.1)
-        lines = guard.find_verdicts(layer="proxy", qname="www.signed.lab")
-        assert len(lines) == 2, lines
-        for v in lines:
-            assert (v["verdict"], v["reason"], v["dnssec"]) == ("servfail", "validation-unreachable", "indeterminate"), v
-        assert not guard.find_verdicts(verdict="bogus"), guard.verdicts()[-4:]
+        _two_lookups_are_indeterminate(hierarchy, guard)
     finally:
         _stop_pid(relay)
 
