@@ -372,9 +372,9 @@ def test_reloads_give_the_freed_list_memory_back(lab, start_guard):
     goes back to the kernel. Two things keep it so: the rule map holds a list in three large
     allocations (lists/rule_map.rs), which free whole, and the heap is trimmed after a load.
     Before the trim RSS grew by a list's worth over the first reloads (1M names: 183 MiB
-    loaded, 331 MiB after reloads); with the trim but a map of a million small strings, glibc
-    could not give back pages the new list's strings shared with the old one's (up to 1.68x
-    here, in CI). The peak during a reload (VmHWM) is not judged: two lists side by side is
+    loaded, 331 MiB after reloads); with the trim but a map holding one small string per name,
+    glibc could not give back pages the new list's strings shared with the old one's (up to
+    1.68x here, in CI). The peak during a reload (VmHWM) is not judged: two lists side by side is
     the design. RSS is read once both trims have run (2 s, and proxy.query_timeout_ms + 1 s =
     6 s, after a load)."""
     n, settle = 300_000, 7.5
