@@ -139,6 +139,27 @@ def test_wildcard_answer_is_secure(hierarchy, start_proxy, zone):
 
 
 @pytest.mark.needs_guard
+@pytest.mark.parametrize("zone", ["signed.lab", "signednsec.lab"], ids=["nsec3", "nsec"])
+def test_new_wildcard_names_reuse_verified_signatures(lab, hierarchy, start_proxy, zone):
+    """Every new name under a signed wildcard comes with the same wildcard signature and one of
+    the zone's few NSEC3 (or NSEC) records. The validator's shortcut (positive_proof.rs) proves
+    such answers with the zone's proven keys and the signatures it has verified before, so the
+    crypto runs about once per distinct record, not twice per name; every answer stays secure."""
+    start_proxy(hierarchy.proxy_config())
+    names = [f"n{i}.wild.{zone}" for i in range(20)]
+    for name in names:
+        r = hierarchy.dig("c1", name)
+        assert r.status == "NOERROR" and r.addresses == [H.A[f"x.wild.{zone}"]] and r.ad, r.raw
+    shortcut = metric_sum(lab, 'dns_guard_dnssec_validations_total{path="shortcut"}')
+    crypto = metric_sum(lab, 'dns_guard_dnssec_signature_checks_total{source="crypto"}')
+    memo = metric_sum(lab, 'dns_guard_dnssec_signature_checks_total{source="memo"}')
+    print(f"{zone}: {len(names)} names, shortcut {shortcut:.0f}, signature checks crypto {crypto:.0f} memo {memo:.0f}")
+    assert shortcut == len(names), f"{shortcut} of {len(names)} answers took the shortcut"
+    # The zone has under ten denial records; the wildcard's signature is one more.
+    assert crypto <= 10 and memo >= len(names), f"crypto {crypto}, memo {memo} for {len(names)} names"
+
+
+@pytest.mark.needs_guard
 def test_secure_nxdomain(hierarchy, start_proxy):
     start_proxy(hierarchy.proxy_config())
     r = hierarchy.dig("c1", "nx.signed.lab")

@@ -42,6 +42,16 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabels {
+    pub path: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
 /// Handles to every metric family. Cloning is cheap (all Arcs inside).
 #[derive(Clone)]
 pub struct Metrics {
@@ -73,6 +83,13 @@ pub struct Metrics {
     pub dynblocks_started: Counter,
     /// Zones whose subdomains are blocked right now.
     pub dynblocks_active: Gauge,
+    /// Validated answers by path: `shortcut` (a signed positive answer
+    /// proven with a zone's proven keys and remembered signatures) or
+    /// `full` (hickory's validation).
+    pub dnssec_validations: Family<PathLabels, Counter>,
+    /// The shortcut's signature checks by source: `memo` (verified before)
+    /// or `crypto`.
+    pub dnssec_signature_checks: Family<SourceLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -128,6 +145,18 @@ impl Metrics {
         );
         let dynblocks_active = Gauge::default();
         registry.register("random_subdomain_blocked_zones", "Zones whose subdomains are blocked now", dynblocks_active.clone());
+        let dnssec_validations = Family::<PathLabels, Counter>::default();
+        registry.register(
+            "dnssec_validations",
+            "Validated answers by path (shortcut: proven with remembered keys and signatures; full)",
+            dnssec_validations.clone(),
+        );
+        let dnssec_signature_checks = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "dnssec_signature_checks",
+            "Signature checks of the validation shortcut by source (memo, crypto)",
+            dnssec_signature_checks.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             verdicts,
@@ -143,6 +172,8 @@ impl Metrics {
             k8s_watch_errors,
             dynblocks_started,
             dynblocks_active,
+            dnssec_validations,
+            dnssec_signature_checks,
         }
     }
 

@@ -34,9 +34,15 @@ use tracing::{debug, warn};
 
 use super::{
     checks::dotted,
+    positive_proof::{self, Decline, SignatureMemo},
     upstream::{QueryCtx, Upstreams},
 };
-use crate::verdict::qtype_name;
+use prometheus_client::metrics::{counter::Counter, family::Family};
+
+use crate::{
+    metrics::{Metrics, PathLabels},
+    verdict::qtype_name,
+};
 
 /// Longest a validator sub-answer (DS, DNSKEY, NS) is reused, whatever its
 /// TTL: a key rollover or a new DS is picked up within this.
@@ -365,6 +371,11 @@ fn bogus(reason: &'static str, detail: impl Into<String>) -> Security {
 const UNREACHABLE_MEMORY: Duration = Duration::from_secs(300);
 /// Zones remembered at most; past it the memory starts over.
 const UNREACHABLE_ENTRIES: usize = 1024;
+/// Zones whose proven keys the shortcut keeps at most; past it, over.
+const ZONE_KEY_ENTRIES: usize = 1024;
+/// How long a zone without proven keys (insecure, or its keys could not be
+/// fetched) skips the shortcut before it asks again.
+const NO_KEYS_RETRY: Duration = Duration::from_secs(30);
 
 /// Why the configured trust anchors could not be put to use.
 #[derive(Debug)]
@@ -378,6 +389,9 @@ enum AnchorFetchError {
     Unusable(String),
 }
 
+/// A zone's DNSKEYs proven from the trust anchor, and until when to use them.
+type ProvenKeys = (Instant, Arc<[DNSKEY]>);
+
 pub struct Validator {
     exchange: Exchange,
     anchors: AnchorSet,
@@ -385,15 +399,24 @@ pub struct Validator {
     /// Zones at or above a query name whose chain a recent validation could
     /// not fetch, and until when they count as unreachable.
     unreachable: Mutex<HashMap<Name, Instant>>,
+    /// The shortcut for signed positive answers (`positive_proof`): the
+    /// proven DNSKEYs of the zones it has met, and the signatures verified.
+    zone_keys: Mutex<HashMap<Name, ProvenKeys>>,
+    signatures: SignatureMemo,
+    /// `dnssec_validations` by path.
+    validations: Family<PathLabels, Counter>,
 }
 
 impl Validator {
-    pub fn new(upstreams: Arc<Upstreams>, anchors: AnchorSet) -> Self {
+    pub fn new(upstreams: Arc<Upstreams>, anchors: AnchorSet, metrics: &Metrics) -> Self {
         Validator {
             exchange: Exchange { upstreams, cache: Arc::default() },
             anchors,
             handle: OnceCell::new(),
             unreachable: Mutex::default(),
+            zone_keys: Mutex::default(),
+            signatures: SignatureMemo::counted(metrics),
+            validations: metrics.dnssec_validations.clone(),
         }
     }
 
@@ -489,11 +512,22 @@ impl Validator {
             Err(AnchorFetchError::Unreachable(e)) => return Security::Indeterminate(e),
             Err(AnchorFetchError::Unusable(e)) => return bogus("no-trust-anchor", e),
         };
-        let request = DnsRequest::from_query(query.clone(), DnsRequestOptions::default());
-        let stream = SEED.sync_scope(Cell::new(Some(msg.clone())), || handle.send(request));
         let (security, failed) = SUB_FAILED
             .scope(RefCell::default(), async {
-                let security = classify(query, stream.first_answer().await);
+                let path = |path| self.validations.get_or_create(&PathLabels { path }).inc();
+                let security = match self.positive_proof(handle, query, msg).await {
+                    Ok(()) => {
+                        path("shortcut");
+                        Security::Secure
+                    }
+                    Err(why) => {
+                        debug!(qname = %query.name(), why, "full validation");
+                        path("full");
+                        let request = DnsRequest::from_query(query.clone(), DnsRequestOptions::default());
+                        let stream = SEED.sync_scope(Cell::new(Some(msg.clone())), || handle.send(request));
+                        classify(query, stream.first_answer().await)
+                    }
+                };
                 (security, SUB_FAILED.with(|f| f.take()))
             })
             .await;
@@ -514,6 +548,62 @@ impl Validator {
         let own: Vec<Name> = recent.keys().filter(|z| z.zone_of(&qname)).cloned().collect();
         unreachable_chain(security, &qname, &own)
     }
+}
+
+impl Validator {
+    /// The shortcut: a signed positive answer proven with its zone's proven
+    /// keys and the signature memo. Anything it declines is validated in
+    /// full by hickory.
+    async fn positive_proof(&self, handle: &DnssecDnsHandle<Exchange>, query: &Query, msg: &Message) -> Result<(), Decline> {
+        let zone = positive_proof::signer(query, msg)?;
+        let keys = self.zone_keys(handle, &zone).await;
+        if keys.is_empty() {
+            return Err("no proven keys for the signer");
+        }
+        positive_proof::prove(query, msg, &zone, &keys, &self.signatures, unix_now())
+    }
+
+    /// `zone`'s DNSKEYs that hickory proves from the trust anchor, reused
+    /// for their authenticated TTL (at most `SUB_CACHE_MAX_TTL`). An insecure
+    /// zone, or one whose keys cannot be fetched, has none for a while: its
+    /// answers take the full path, which says why.
+    async fn zone_keys(&self, handle: &DnssecDnsHandle<Exchange>, zone: &Name) -> Arc<[DNSKEY]> {
+        let now = Instant::now();
+        if let Some((until, keys)) = self.zone_keys.lock().unwrap_or_else(|p| p.into_inner()).get(zone) {
+            if *until > now {
+                return keys.clone();
+            }
+        }
+        let request = DnsRequest::from_query(Query::query(zone.clone(), RecordType::DNSKEY), DnsRequestOptions::default());
+        let (keys, ttl): (Arc<[DNSKEY]>, Duration) = match handle.send(request).first_answer().await {
+            Ok(resp) => {
+                let mut secure: Vec<Record> = resp.answers.iter().filter(|r| r.proof == Proof::Secure).cloned().collect();
+                cap_authenticated_ttls(&mut secure, unix_now());
+                let keys: Vec<&Record> = secure.iter().filter(|r| r.name == *zone && r.record_type() == RecordType::DNSKEY).collect();
+                let ttl = keys.iter().map(|r| r.ttl).min().map_or(NO_KEYS_RETRY, |t| Duration::from_secs(t.into()));
+                let keys = keys.iter().filter_map(|r| match &r.data {
+                    RData::DNSSEC(DNSSECRData::DNSKEY(k)) => Some(k.clone()),
+                    _ => None,
+                });
+                (keys.collect(), ttl.min(SUB_CACHE_MAX_TTL))
+            }
+            Err(_) => (Arc::from([]), NO_KEYS_RETRY),
+        };
+        let mut map = self.zone_keys.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= ZONE_KEY_ENTRIES {
+            map.retain(|_, (until, _)| *until > now);
+            if map.len() >= ZONE_KEY_ENTRIES {
+                map.clear();
+            }
+        }
+        map.insert(zone.clone(), (now + ttl, keys.clone()));
+        keys
+    }
+}
+
+/// Seconds since the epoch, as RRSIG validity windows count them.
+fn unix_now() -> u32 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as u32)
 }
 
 /// hickory reports a chain it could not fetch as a failed proof, and keeps
@@ -652,7 +742,7 @@ fn nsec_wildcard_proven(query: &Query, m: &Message) -> bool {
 
 /// `name` lies strictly between `owner` and `next` in canonical order
 /// (RFC 4034 §6.1); the zone's last NSEC wraps around to the apex.
-fn covers(owner: &Name, next: &Name, name: &Name) -> bool {
+pub(super) fn covers(owner: &Name, next: &Name, name: &Name) -> bool {
     if owner < next {
         owner < name && name < next
     } else {
@@ -661,7 +751,7 @@ fn covers(owner: &Name, next: &Name, name: &Name) -> bool {
 }
 
 /// Labels `a` and `b` share, counted from the root.
-fn common_labels(a: &Name, b: &Name) -> u8 {
+pub(super) fn common_labels(a: &Name, b: &Name) -> u8 {
     let n = a.iter().rev().zip(b.iter().rev()).take_while(|(x, y)| x.eq_ignore_ascii_case(y)).count();
     n as u8
 }

@@ -11,6 +11,7 @@ pub mod checks;
 pub mod dnssec;
 pub mod fuzzing;
 pub mod handler;
+pub mod positive_proof;
 pub mod response;
 pub mod tls;
 pub mod upstream;
@@ -189,7 +190,7 @@ pub async fn start(
         tel.clone(),
     ));
     let validator = (settings.dnssec == DnssecMode::Validate)
-        .then(|| Arc::new(Validator::new(upstreams.clone(), settings.anchors.clone())));
+        .then(|| Arc::new(Validator::new(upstreams.clone(), settings.anchors.clone(), &tel.metrics)));
     let handler = Arc::new(Handler {
         upstreams: upstreams.clone(),
         validator,

@@ -1,0 +1,375 @@
+//! Answers signed here with real P-256 keys: the shortcut must accept the
+//! shapes it is for, remember their signatures, and decline every forgery
+//! or shape it does not prove (hickory's full validation then judges).
+
+use std::{net::Ipv4Addr, str::FromStr, time::Duration};
+
+use hickory_proto::{
+    dnssec::{
+        crypto::EcdsaSigningKey,
+        rdata::{SigInput, NSEC, NSEC3},
+        Algorithm, DnssecSigner, SigningKey,
+    },
+    op::Message,
+    rr::rdata::{A, NS},
+};
+
+use super::*;
+
+const NOW: u32 = 1_800_000_000;
+const TTL: u32 = 300;
+
+fn n(s: &str) -> Name {
+    Name::from_str(s).unwrap()
+}
+
+/// A zone with one P-256 key (flags 257).
+struct Zone {
+    name: Name,
+    signer: DnssecSigner,
+}
+
+impl Zone {
+    fn new(name: &str) -> Self {
+        Self::with_flags(name, 257)
+    }
+
+    fn with_flags(name: &str, flags: u16) -> Self {
+        let pkcs8 = EcdsaSigningKey::generate_pkcs8(Algorithm::ECDSAP256SHA256).unwrap();
+        let key = EcdsaSigningKey::from_pkcs8(&pkcs8, Algorithm::ECDSAP256SHA256).unwrap();
+        let dnskey = DNSKEY::with_flags(flags, key.to_public_key().unwrap());
+        let signer = DnssecSigner::new(dnskey, Box::new(key), n(name), Duration::from_secs(86400));
+        Zone { name: n(name), signer }
+    }
+
+    fn keys(&self) -> Vec<DNSKEY> {
+        vec![self.signer.dnskey().clone()]
+    }
+
+    /// An RRSIG over `rrset` (one owner and type), valid around `NOW`;
+    /// `labels` below the owner's count signs it as a wildcard expansion.
+    fn sign_with(&self, rrset: &[Record], labels: u8, inception: u32, expiration: u32) -> Record {
+        let first = &rrset[0];
+        let input = SigInput {
+            type_covered: first.record_type(),
+            algorithm: Algorithm::ECDSAP256SHA256,
+            num_labels: labels,
+            original_ttl: TTL,
+            sig_expiration: SerialNumber::new(expiration),
+            sig_inception: SerialNumber::new(inception),
+            key_tag: self.signer.calculate_key_tag().unwrap(),
+            signer_name: self.name.clone(),
+        };
+        let tbs = TBS::from_input(&first.name, DNSClass::IN, &input, rrset.iter()).unwrap();
+        let sig = self.signer.sign(&tbs).unwrap();
+        Record::from_rdata(first.name.clone(), TTL, RData::DNSSEC(DNSSECRData::RRSIG(RRSIG::from_sig(input, sig))))
+    }
+
+    fn sign(&self, rrset: &[Record]) -> Record {
+        self.sign_with(rrset, rrset[0].name.num_labels(), NOW - 3600, NOW + 3600)
+    }
+
+    fn nsec3_hash(&self, name: &Name) -> Vec<u8> {
+        Nsec3HashAlgorithm::SHA1.hash(b"\xab", name, 1).unwrap().as_ref().to_vec()
+    }
+
+    /// The NSEC3 chain of `names` (salt ab, one iteration), signed.
+    fn nsec3_chain(&self, names: &[&str]) -> Vec<(Vec<u8>, Vec<Record>)> {
+        let mut hashes: Vec<Vec<u8>> = names.iter().map(|s| self.nsec3_hash(&n(s))).collect();
+        hashes.sort();
+        (0..hashes.len())
+            .map(|i| {
+                let next = hashes[(i + 1) % hashes.len()].clone();
+                let owner = Name::from_str(&BASE32_DNSSEC.encode(&hashes[i])).unwrap().append_domain(&self.name).unwrap();
+                let nsec3 = NSEC3::new(Nsec3HashAlgorithm::SHA1, false, 1, vec![0xab], next, [RecordType::A, RecordType::RRSIG]);
+                let rec = Record::from_rdata(owner, TTL, RData::DNSSEC(DNSSECRData::NSEC3(nsec3)));
+                let sig = self.sign(std::slice::from_ref(&rec));
+                (hashes[i].clone(), vec![rec, sig])
+            })
+            .collect()
+    }
+
+    /// The signed NSEC3 that covers `name`'s hash.
+    fn covering_nsec3(&self, chain: &[(Vec<u8>, Vec<Record>)], name: &str) -> Vec<Record> {
+        let h = self.nsec3_hash(&n(name));
+        let i = chain.iter().rposition(|(owner, _)| *owner < h).unwrap_or(chain.len() - 1);
+        chain[i].1.clone()
+    }
+}
+
+fn a(name: &str, last: u8) -> Record {
+    Record::from_rdata(n(name), TTL, RData::A(A(Ipv4Addr::new(198, 19, 1, last))))
+}
+
+fn answer(qname: &str, answers: Vec<Record>, authorities: Vec<Record>) -> (Query, Message) {
+    let query = Query::query(n(qname), RecordType::A);
+    let mut msg = Message::query();
+    msg.add_query(query.clone());
+    msg.answers = answers;
+    msg.authorities = authorities;
+    (query, msg)
+}
+
+/// `*.wild.signed.lab A 198.19.1.2` serving `qname`, with the NSEC3 that
+/// covers its next closer name. `wild_sig` is the zone's one signature over
+/// the wildcard (`wildcard_sig`); a server hands it out under each name.
+fn wildcard_answer(z: &Zone, chain: &[(Vec<u8>, Vec<Record>)], wild_sig: &Record, qname: &str) -> (Query, Message) {
+    let mut sig = wild_sig.clone();
+    sig.name = n(qname);
+    answer(qname, vec![a(qname, 2), sig], z.covering_nsec3(chain, qname))
+}
+
+fn wildcard_sig(z: &Zone) -> Record {
+    let rr = a("*.wild.signed.lab.", 2);
+    z.sign(std::slice::from_ref(&rr))
+}
+
+const CHAIN: [&str; 4] = ["signed.lab.", "wild.signed.lab.", "*.wild.signed.lab.", "www.signed.lab."];
+
+fn check(z: &Zone, query: &Query, msg: &Message, memo: &SignatureMemo) -> Result<(), Decline> {
+    let zone = signer(query, msg)?;
+    assert_eq!(zone, z.name);
+    prove(query, msg, &zone, &z.keys(), memo, NOW)
+}
+
+#[test]
+fn a_signed_answer_is_secure() {
+    let z = Zone::new("signed.lab.");
+    let rr = a("www.signed.lab.", 1);
+    let sig = z.sign(std::slice::from_ref(&rr));
+    let (query, msg) = answer("www.signed.lab.", vec![rr, sig], vec![]);
+    let memo = SignatureMemo::default();
+    assert_eq!(check(&z, &query, &msg, &memo), Ok(()));
+    assert_eq!(memo.checked(), 1);
+}
+
+#[test]
+fn wildcard_names_after_the_first_cost_no_signature_check() {
+    let z = Zone::new("signed.lab.");
+    let chain = z.nsec3_chain(&CHAIN);
+    let memo = SignatureMemo::default();
+    let wild_sig = wildcard_sig(&z);
+    let names: Vec<String> = (0..50).map(|i| format!("g{i}.wild.signed.lab.")).collect();
+    for name in &names {
+        let (query, msg) = wildcard_answer(&z, &chain, &wild_sig, name);
+        assert_eq!(check(&z, &query, &msg, &memo), Ok(()), "{name}");
+    }
+    // One answer signature (the same for every name) and at most one per
+    // NSEC3 record of the chain, not two per name.
+    assert!(memo.checked() <= 1 + CHAIN.len() as u64, "checked {}", memo.checked());
+}
+
+#[test]
+fn a_remembered_signature_still_needs_its_validity_window() {
+    let z = Zone::new("signed.lab.");
+    let rr = a("www.signed.lab.", 1);
+    let sig = z.sign_with(std::slice::from_ref(&rr), 3, NOW - 3600, NOW + 60);
+    let (query, msg) = answer("www.signed.lab.", vec![rr, sig], vec![]);
+    let memo = SignatureMemo::default();
+    assert_eq!(check(&z, &query, &msg, &memo), Ok(()));
+    let zone = z.name.clone();
+    let later = prove(&query, &msg, &zone, &z.keys(), &memo, NOW + 61);
+    assert_eq!(later, Err("no signature over an RRset verifies with the zone's keys"));
+    let early = prove(&query, &msg, &zone, &z.keys(), &memo, NOW - 3601);
+    assert!(early.is_err());
+}
+
+#[test]
+fn forged_data_is_declined_and_not_remembered() {
+    let z = Zone::new("signed.lab.");
+    let rr = a("www.signed.lab.", 1);
+    let sig = z.sign(std::slice::from_ref(&rr));
+    // The signature of .1 over a forged .66.
+    let (query, msg) = answer("www.signed.lab.", vec![a("www.signed.lab.", 66), sig.clone()], vec![]);
+    let memo = SignatureMemo::default();
+    assert!(check(&z, &query, &msg, &memo).is_err());
+    assert!(check(&z, &query, &msg, &memo).is_err(), "a failure must not be remembered as a success");
+    assert_eq!(memo.checked(), 2);
+    // Another zone's key does not verify it either.
+    let other = Zone::new("signed.lab.");
+    let (query, msg) = answer("www.signed.lab.", vec![rr, sig], vec![]);
+    assert!(prove(&query, &msg, &z.name, &other.keys(), &memo, NOW).is_err());
+}
+
+#[test]
+fn keys_that_may_not_sign_are_not_used() {
+    for flags in [256 | 0x0080 /* revoked */, 0 /* not a zone key */] {
+        let z = Zone::with_flags("signed.lab.", flags);
+        let rr = a("www.signed.lab.", 1);
+        let sig = z.sign(std::slice::from_ref(&rr));
+        let (query, msg) = answer("www.signed.lab.", vec![rr, sig], vec![]);
+        assert!(check(&z, &query, &msg, &SignatureMemo::default()).is_err(), "flags {flags}");
+    }
+}
+
+#[test]
+fn a_wildcard_expansion_needs_its_nsec3_proof() {
+    let z = Zone::new("signed.lab.");
+    let chain = z.nsec3_chain(&CHAIN);
+    let memo = SignatureMemo::default();
+    let (query, mut msg) = wildcard_answer(&z, &chain, &wildcard_sig(&z), "x.wild.signed.lab.");
+    let proof = std::mem::take(&mut msg.authorities);
+    assert_eq!(check(&z, &query, &msg, &memo), Err("a wildcard expansion without NSEC or NSEC3"));
+
+    // An NSEC3 of the zone that covers some other hash.
+    let other = chain.iter().find(|(_, recs)| recs[..1] != proof[..1]).unwrap();
+    msg.authorities = other.1.clone();
+    assert_eq!(check(&z, &query, &msg, &memo), Err("no NSEC3 covers the next closer name"));
+
+    // The right NSEC3 with its next hash altered: its signature fails.
+    let mut forged = proof.clone();
+    if let RData::DNSSEC(DNSSECRData::NSEC3(n3)) = &forged[0].data {
+        let next = vec![0xff; 20];
+        forged[0].data = RData::DNSSEC(DNSSECRData::NSEC3(NSEC3::new(
+            Nsec3HashAlgorithm::SHA1, false, n3.iterations(), n3.salt().to_vec(), next, [RecordType::A],
+        )));
+    }
+    msg.authorities = forged;
+    assert!(check(&z, &query, &msg, &memo).is_err());
+
+    msg.authorities = proof;
+    assert_eq!(check(&z, &query, &msg, &memo), Ok(()));
+}
+
+#[test]
+fn the_wildcard_proof_must_be_for_the_next_closer_name() {
+    // x.y.wild.signed.lab from *.wild.signed.lab: the proof covers
+    // y.wild.signed.lab; one that covers only x.y.wild.signed.lab is not it.
+    let z = Zone::new("signed.lab.");
+    let chain = z.nsec3_chain(&CHAIN);
+    let right = z.covering_nsec3(&chain, "y.wild.signed.lab.");
+    // A first label whose hash another NSEC3 covers than the next closer's.
+    let qname = (0..)
+        .map(|i| format!("x{i}.y.wild.signed.lab."))
+        .find(|q| z.covering_nsec3(&chain, q)[0] != right[0])
+        .unwrap();
+    let wrong = z.covering_nsec3(&chain, &qname);
+    let rr = a(&qname, 2);
+    let sig = z.sign_with(std::slice::from_ref(&rr), 3, NOW - 3600, NOW + 3600);
+    let memo = SignatureMemo::default();
+    let (query, msg) = answer(&qname, vec![rr.clone(), sig.clone()], right);
+    assert_eq!(check(&z, &query, &msg, &memo), Ok(()));
+    let (query, msg) = answer(&qname, vec![rr, sig], wrong);
+    assert_eq!(check(&z, &query, &msg, &memo), Err("no NSEC3 covers the next closer name"));
+}
+
+#[test]
+fn nsec3_proofs_over_the_iteration_limit_are_left_to_hickory() {
+    let z = Zone::new("signed.lab.");
+    let qname = "x.wild.signed.lab.";
+    let h = Nsec3HashAlgorithm::SHA1.hash(&[], &n("x.wild.signed.lab."), 101).unwrap().as_ref().to_vec();
+    let mut below = h.clone();
+    *below.last_mut().unwrap() ^= 1;
+    let (lo, hi) = if below < h { (below, vec![0xff; 20]) } else { (vec![0; 20], below) };
+    let owner = Name::from_str(&BASE32_DNSSEC.encode(&lo)).unwrap().append_domain(&z.name).unwrap();
+    let nsec3 = Record::from_rdata(owner, TTL, RData::DNSSEC(DNSSECRData::NSEC3(NSEC3::new(
+        Nsec3HashAlgorithm::SHA1, false, 101, vec![], hi, [RecordType::A],
+    ))));
+    let nsig = z.sign(std::slice::from_ref(&nsec3));
+    let rr = a(qname, 2);
+    let sig = z.sign_with(std::slice::from_ref(&rr), 3, NOW - 3600, NOW + 3600);
+    let (query, msg) = answer(qname, vec![rr, sig], vec![nsec3, nsig]);
+    assert_eq!(check(&z, &query, &msg, &SignatureMemo::default()), Err("NSEC3 iterations over the limit"));
+}
+
+#[test]
+fn an_nsec_zone_wildcard_is_proven_by_a_covering_nsec() {
+    let z = Zone::new("signed.lab.");
+    let nsec = |owner: &str, next: &str| {
+        let rec = Record::from_rdata(n(owner), TTL, RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(n(next), [RecordType::A]))));
+        let sig = z.sign(std::slice::from_ref(&rec));
+        vec![rec, sig]
+    };
+    let qname = "x.wild.signed.lab.";
+    let rr = a(qname, 2);
+    let sig = z.sign_with(std::slice::from_ref(&rr), 3, NOW - 3600, NOW + 3600);
+    let memo = SignatureMemo::default();
+    // *.wild < x.wild < www: covers, and the closest encloser is wild.
+    let (query, msg) = answer(qname, vec![rr.clone(), sig.clone()], nsec("*.wild.signed.lab.", "www.signed.lab."));
+    assert_eq!(check(&z, &query, &msg, &memo), Ok(()));
+    // Covers the name, but says nothing of wild.signed.lab: not this wildcard.
+    let (query, msg) = answer(qname, vec![rr.clone(), sig.clone()], nsec("w.signed.lab.", "www.signed.lab."));
+    assert_eq!(check(&z, &query, &msg, &memo), Err("no NSEC covers the expanded name"));
+    // Both kinds at once: hickory calls that bogus.
+    let chain = z.nsec3_chain(&CHAIN);
+    let mut both = nsec("*.wild.signed.lab.", "www.signed.lab.");
+    both.extend(z.covering_nsec3(&chain, qname));
+    let (query, msg) = answer(qname, vec![rr, sig], both);
+    assert_eq!(check(&z, &query, &msg, &memo), Err("both NSEC and NSEC3"));
+}
+
+#[test]
+fn every_authority_rrset_must_verify() {
+    let z = Zone::new("signed.lab.");
+    let rr = a("www.signed.lab.", 1);
+    let sig = z.sign(std::slice::from_ref(&rr));
+    let ns = Record::from_rdata(n("signed.lab."), TTL, RData::NS(NS(n("ns.signed.lab."))));
+    let memo = SignatureMemo::default();
+    let (query, msg) = answer("www.signed.lab.", vec![rr.clone(), sig.clone()], vec![ns.clone()]);
+    assert_eq!(check(&z, &query, &msg, &memo), Err("no signature over an RRset verifies with the zone's keys"));
+    let nsig = z.sign(std::slice::from_ref(&ns));
+    let (query, msg) = answer("www.signed.lab.", vec![rr.clone(), sig.clone()], vec![ns, nsig]);
+    assert_eq!(check(&z, &query, &msg, &memo), Ok(()));
+    // A record of the parent's, even signed by the parent, is not this zone's.
+    let parent = Zone::new("lab.");
+    let pns = Record::from_rdata(n("lab."), TTL, RData::NS(NS(n("ns.lab."))));
+    let psig = parent.sign(std::slice::from_ref(&pns));
+    let (query, msg) = answer("www.signed.lab.", vec![rr, sig], vec![pns, psig]);
+    assert_eq!(check(&z, &query, &msg, &memo), Err("an authority record outside the signer's zone"));
+}
+
+#[test]
+fn shapes_other_than_a_direct_positive_answer_are_declined() {
+    let z = Zone::new("signed.lab.");
+    let rr = a("www.signed.lab.", 1);
+    let sig = z.sign(std::slice::from_ref(&rr));
+
+    let (query, mut msg) = answer("www.signed.lab.", vec![rr.clone(), sig.clone()], vec![]);
+    msg.metadata.response_code = ResponseCode::NXDomain;
+    assert_eq!(signer(&query, &msg), Err("not NOERROR"));
+
+    let (query, msg) = answer("www.signed.lab.", vec![rr.clone()], vec![]);
+    assert_eq!(signer(&query, &msg), Err("no signed answer"));
+
+    // A CNAME chain, and an answer for another name.
+    let (query, msg) = answer("alias.signed.lab.", vec![rr.clone(), sig.clone()], vec![]);
+    assert_eq!(signer(&query, &msg), Err("an answer record of another name (CNAME chain)"));
+
+    // Signed by a zone that is not above the name.
+    let other = Zone::new("other.lab.");
+    let osig = other.sign(std::slice::from_ref(&rr));
+    let (query, msg) = answer("www.signed.lab.", vec![rr.clone(), osig], vec![]);
+    assert_eq!(signer(&query, &msg), Err("signer is not an ancestor of the query name"));
+
+    let mut q = Query::query(n("signed.lab."), RecordType::DNSKEY);
+    q.set_query_class(DNSClass::IN);
+    assert_eq!(signer(&q, &msg), Err("a DNSSEC or meta query type"));
+
+    // A signature that claims fewer labels than its own zone has.
+    let low = z.sign_with(std::slice::from_ref(&rr), 1, NOW - 3600, NOW + 3600);
+    let (query, msg) = answer("www.signed.lab.", vec![rr.clone(), low], vec![]);
+    assert!(check(&z, &query, &msg, &SignatureMemo::default()).is_err());
+
+    // A record of another class anywhere.
+    let (query, mut msg) = answer("www.signed.lab.", vec![rr, sig], vec![]);
+    let mut ch = a("www.signed.lab.", 9);
+    ch.dns_class = DNSClass::CH;
+    msg.additionals.push(ch);
+    assert_eq!(check(&z, &query, &msg, &SignatureMemo::default()), Err("a record of another class"));
+}
+
+#[test]
+fn the_memo_stays_bounded() {
+    let z = Zone::new("signed.lab.");
+    let memo = SignatureMemo::default();
+    let key = &z.keys()[0];
+    for i in 0..(MEMO_ENTRIES + 10) as u32 {
+        // Distinct signed data; a real signature is not needed to fill it.
+        memo.lock().insert(Digest::new(&i.to_be_bytes(), DigestType::SHA256).unwrap().as_ref().try_into().unwrap());
+    }
+    let rr = a("www.signed.lab.", 1);
+    let sig = z.sign(std::slice::from_ref(&rr));
+    let (query, msg) = answer("www.signed.lab.", vec![rr, sig], vec![]);
+    assert_eq!(prove(&query, &msg, &z.name, std::slice::from_ref(key), &memo, NOW), Ok(()));
+    assert!(memo.lock().len() <= MEMO_ENTRIES, "{}", memo.lock().len());
+}
