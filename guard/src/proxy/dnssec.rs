@@ -378,14 +378,16 @@ const ZONE_KEY_ENTRIES: usize = 1024;
 const NO_KEYS_RETRY: Duration = Duration::from_secs(30);
 
 /// Why the configured trust anchors could not be put to use.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum AnchorFetchError {
     /// The DNSKEYs a DS anchor covers could not be fetched (no answer, or
     /// SERVFAIL, REFUSED or NOTIMP): nothing is proven either way, RFC 4035
     /// §4.3's indeterminate, and the next query tries again.
+    #[error("{0}")]
     Unreachable(String),
     /// They were fetched and none matches, or the answer itself was bad
     /// (differing answers, unparseable, another rcode).
+    #[error("{0}")]
     Unusable(String),
 }
 
@@ -451,7 +453,7 @@ impl Validator {
                     }
                 }
                 // With DNSKEY anchors as well, those still work.
-                Err(e) if count > 0 => warn!(%owner, error = ?e, "DS trust anchor not usable; using the DNSKEY anchors"),
+                Err(e) if count > 0 => warn!(%owner, error = %e, "DS trust anchor not usable; using the DNSKEY anchors"),
                 Err(e) => return Err(e),
             }
         }
