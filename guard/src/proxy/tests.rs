@@ -451,9 +451,16 @@ async fn a_dead_upstream_fails_over_and_all_dead_is_servfail() {
     let mut s = settings(vec![dead_addr, up.addr]);
     s.timeout = Duration::from_millis(200);
     let p = proxy(s).await;
+    let dead_health = |p: &Proxy| {
+        let text = p.metrics.encode();
+        let healthy = format!(r#"dns_guard_upstream_healthy{{upstream="{dead_addr}"}} 1"#);
+        text.contains(&healthy)
+    };
     assert_eq!(ips(&p.ask("a.example.").await), ["192.0.2.9"]);
-    let text = p.metrics.encode();
-    assert!(text.contains(&format!(r#"dns_guard_upstream_healthy{{upstream="{dead_addr}"}} 0"#)), "{text}");
+    // One lost exchange is not an outage (CoreDNS's max_fails is 2 too).
+    assert!(dead_health(&p), "one failure marked the upstream down");
+    assert_eq!(ips(&p.ask("a2.example.").await), ["192.0.2.9"]);
+    assert!(!dead_health(&p), "two failures in a row left the upstream up");
     // Now the healthy one is asked first: the dead one never sees
     // b.example (health probes, for ".", may reach it meanwhile).
     assert_eq!(ips(&p.ask("b.example.").await), ["192.0.2.9"]);
@@ -464,7 +471,9 @@ async fn a_dead_upstream_fails_over_and_all_dead_is_servfail() {
             asked.push(m.queries[0].name().to_lowercase().to_ascii());
         }
     }
-    assert!(asked.iter().any(|n| n == "a.example."), "the dead upstream was tried first for a.example: {asked:?}");
+    for name in ["a.example.", "a2.example."] {
+        assert!(asked.iter().any(|n| n == name), "the dead upstream was not tried first for {name}: {asked:?}");
+    }
     assert!(!asked.iter().any(|n| n == "b.example."), "{asked:?}");
 
     let mut s = settings(vec![dead_addr]);
@@ -521,7 +530,9 @@ async fn a_dead_upstream_is_still_marked_down_when_the_budget_equals_its_timeout
     s.timeout = Duration::from_millis(300);
     s.query_timeout = Duration::from_millis(300);
     let p = proxy(s).await;
-    assert_eq!(p.ask("a.example.").await.metadata.response_code, ResponseCode::ServFail);
+    for name in ["a.example.", "a2.example."] {
+        assert_eq!(p.ask(name).await.metadata.response_code, ResponseCode::ServFail);
+    }
     let text = p.metrics.encode();
     assert!(text.contains(&format!(r#"dns_guard_upstream_healthy{{upstream="{dead_addr}"}} 0"#)), "{text}");
     assert_eq!(ips(&p.ask("b.example.").await), ["192.0.2.9"], "no failover to the working upstream");
@@ -993,7 +1004,9 @@ mod dot {
         let (mut s, _dir) = tls_settings(vec![wrong.clone(), Upstream::Plain(plain.addr)], Some(&pki.ca_pem));
         s.timeout = Duration::from_millis(500);
         let p = proxy(s).await;
-        assert_eq!(ips(&p.ask("a.example.").await), ["192.0.2.9"]);
+        for name in ["a.example.", "a2.example."] {
+            assert_eq!(ips(&p.ask(name).await), ["192.0.2.9"]);
+        }
         let text = p.metrics.encode();
         assert!(text.contains(&format!(r#"dns_guard_upstream_healthy{{upstream="{wrong}"}} 0"#)), "{text}");
         assert!(dot.queries.lock().unwrap().is_empty(), "a query went to a server whose certificate failed");

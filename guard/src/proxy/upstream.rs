@@ -9,7 +9,7 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -47,6 +47,10 @@ const MAX_ATTEMPTS: usize = 3;
 pub const HOLD_ON: Duration = Duration::from_millis(50);
 /// How often an upstream marked down is probed.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// Failed exchanges in a row that mark an upstream down, as CoreDNS's
+/// `forward` counts `max_fails` (default 2): one lost datagram does not
+/// move all traffic to the next upstream for a probe interval.
+const MAX_FAILS: u32 = 2;
 
 tokio::task_local! {
     /// When the client query being answered runs out of time
@@ -153,6 +157,8 @@ pub struct UpstreamState {
     /// Set for a DNS over TLS upstream: its connection.
     dot: Option<DotClient>,
     healthy: AtomicBool,
+    /// Failed exchanges since the last answer.
+    failures: AtomicU32,
     spoof: Mutex<SpoofWindow>,
 }
 
@@ -204,6 +210,7 @@ impl Upstreams {
                     mixed_case,
                     dot,
                     healthy: AtomicBool::new(true),
+                    failures: AtomicU32::new(0),
                     spoof: Mutex::new(SpoofWindow {
                         start: Instant::now(),
                         counts: BTreeMap::new(),
@@ -229,6 +236,19 @@ impl Upstreams {
         let (mut up, down): (Vec<_>, Vec<_>) = self.list.iter().cloned().partition(|u| u.is_healthy());
         up.extend(down);
         up
+    }
+
+    /// An exchange with `u` failed: the `MAX_FAILS`th in a row marks it down.
+    fn failed(&self, u: &UpstreamState, why: &ExchangeError) {
+        if u.failures.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_FAILS {
+            self.set_health(u, false, Some(why));
+        }
+    }
+
+    /// `u` answered: healthy, and its count of failures starts over.
+    fn answered(&self, u: &UpstreamState) {
+        u.failures.store(0, Ordering::Relaxed);
+        self.set_health(u, true, None);
     }
 
     /// `why`: the failure that marks it down, logged with the change.
@@ -265,13 +285,13 @@ impl Upstreams {
                 Ok(mut a) => {
                     a.latency = started.elapsed();
                     self.tel.metrics.upstream_latency.get_or_create(&u.labels()).observe(a.latency.as_secs_f64());
-                    self.set_health(&u, true, None);
+                    self.answered(&u);
                     return Ok(a);
                 }
                 Err(e) => {
                     debug!(upstream = %u.label, error = %e, "upstream exchange failed");
                     if !e.is_local() && !(cut_short && matches!(e, ExchangeError::Timeout)) {
-                        self.set_health(&u, false, Some(&e));
+                        self.failed(&u, &e);
                     }
                     last = Some((u.label.clone(), e));
                 }
@@ -449,7 +469,7 @@ impl Upstreams {
                 let deadline = Instant::now() + self.timeout;
                 let ok = self.exchange(u, &root, false, false, deadline, false, &QueryCtx::default()).await.is_ok();
                 if ok {
-                    self.set_health(u, true, None);
+                    self.answered(u);
                 }
             }
         }
