@@ -581,7 +581,10 @@ impl Validator {
             Ok(resp) => {
                 let mut secure: Vec<Record> = resp.answers.iter().filter(|r| r.proof == Proof::Secure).cloned().collect();
                 cap_authenticated_ttls(&mut secure, unix_now());
-                let keys: Vec<&Record> = secure.iter().filter(|r| r.name == *zone && r.record_type() == RecordType::DNSKEY).collect();
+                let mut keys: Vec<&Record> = secure.iter().filter(|r| r.name == *zone && r.record_type() == RecordType::DNSKEY).collect();
+                // A key set whose signature has run out (capped to 0) is
+                // not proven now, whatever hickory's cache says.
+                keys.retain(|r| r.ttl > 0);
                 let ttl = keys.iter().map(|r| r.ttl).min().map_or(NO_KEYS_RETRY, |t| Duration::from_secs(t.into()));
                 let keys = keys.iter().filter_map(|r| match &r.data {
                     RData::DNSSEC(DNSSECRData::DNSKEY(k)) => Some(k.clone()),

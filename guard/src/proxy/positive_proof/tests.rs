@@ -373,3 +373,65 @@ fn the_memo_stays_bounded() {
     assert_eq!(prove(&query, &msg, &z.name, std::slice::from_ref(key), &memo, NOW), Ok(()));
     assert!(memo.lock().len() <= MEMO_ENTRIES, "{}", memo.lock().len());
 }
+
+#[test]
+fn an_opt_out_nsec3_does_not_prove_an_expansion() {
+    // Opt-out spans may hide unsigned delegations (RFC 5155 §6): a wildcard's
+    // data replayed under one must not come out secure here.
+    let z = Zone::new("signed.lab.");
+    let qname = "x.wild.signed.lab.";
+    let h = z.nsec3_hash(&n(qname));
+    let (lo, hi) = (vec![0u8; 20], vec![0xffu8; 20]);
+    assert!(hash_covers(&lo, &hi, &h));
+    let owner = Name::from_str(&BASE32_DNSSEC.encode(&lo)).unwrap().append_domain(&z.name).unwrap();
+    let nsec3 = |opt_out| {
+        let rec = Record::from_rdata(owner.clone(), TTL, RData::DNSSEC(DNSSECRData::NSEC3(NSEC3::new(
+            Nsec3HashAlgorithm::SHA1, opt_out, 1, vec![0xab], hi.clone(), [RecordType::A],
+        ))));
+        let sig = z.sign(std::slice::from_ref(&rec));
+        vec![rec, sig]
+    };
+    let wild = wildcard_sig(&z);
+    let memo = SignatureMemo::default();
+    let (query, mut msg) = wildcard_answer(&z, &z.nsec3_chain(&CHAIN), &wild, qname);
+    msg.authorities = nsec3(true);
+    assert_eq!(check(&z, &query, &msg, &memo), Err("the covering NSEC3 is opt-out"));
+    msg.authorities = nsec3(false);
+    assert_eq!(check(&z, &query, &msg, &memo), Ok(()));
+}
+
+#[test]
+fn a_denial_beside_a_direct_answer_is_left_to_hickory() {
+    let z = Zone::new("signed.lab.");
+    let chain = z.nsec3_chain(&CHAIN);
+    let rr = a("www.signed.lab.", 1);
+    let sig = z.sign(std::slice::from_ref(&rr));
+    let (query, msg) = answer("www.signed.lab.", vec![rr, sig], chain[0].1.clone());
+    assert_eq!(check(&z, &query, &msg, &SignatureMemo::default()), Err("denial records beside a direct answer"));
+}
+
+#[test]
+fn an_answer_full_of_bad_signatures_buys_a_bounded_number_of_checks() {
+    // KeyTrap-style: every RRset is genuinely signed, but each good signature
+    // comes after three that match the key's tag and fail. Unbounded, that
+    // is 32 checks; the crypto runs at most MAX_CHECKS_PER_ANSWER.
+    let z = Zone::new("signed.lab.");
+    let signed_late = |rr: &Record| -> Vec<Record> {
+        let mut out = vec![rr.clone()];
+        for i in 1..MAX_SIGS_PER_RRSET as u8 {
+            let mut other = rr.clone();
+            other.data = RData::A(A(Ipv4Addr::new(203, 0, 113, i)));
+            let mut sig = z.sign(std::slice::from_ref(&other));
+            sig.name = rr.name.clone();
+            out.push(sig);
+        }
+        out.push(z.sign(std::slice::from_ref(rr)));
+        out
+    };
+    let answers = signed_late(&a("www.signed.lab.", 1));
+    let authorities = (0..MAX_RRSETS - 1).flat_map(|i| signed_late(&a(&format!("h{i}.signed.lab."), 1))).collect();
+    let (query, msg) = answer("www.signed.lab.", answers, authorities);
+    let memo = SignatureMemo::default();
+    assert!(check(&z, &query, &msg, &memo).is_err());
+    assert_eq!(memo.checked(), u64::from(MAX_CHECKS_PER_ANSWER));
+}
