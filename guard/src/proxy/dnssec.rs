@@ -527,7 +527,8 @@ impl Validator {
                         path("full");
                         let request = DnsRequest::from_query(query.clone(), DnsRequestOptions::default());
                         let stream = SEED.sync_scope(Cell::new(Some(msg.clone())), || handle.send(request));
-                        classify(query, stream.first_answer().await)
+                        let full = classify(query, stream.first_answer().await);
+                        self.second_opinion(handle, query, msg, why, full).await
                     }
                 };
                 (security, SUB_FAILED.with(|f| f.take()))
@@ -563,6 +564,32 @@ impl Validator {
             return Err("no proven keys for the signer");
         }
         positive_proof::prove(query, msg, &zone, &keys, &self.signatures, unix_now())
+    }
+
+    /// hickory's verdict, unless it calls secure an answer whose every
+    /// signature the shortcut checked with the zone's proven keys and found
+    /// wanting. hickory 0.26.3 keeps its proofs under a 64-bit `DefaultHasher`
+    /// (fixed SipHash keys) of the query and the RRset with its RRSIGs, junk
+    /// ones included, so whoever feeds the validator both answers (an on-path
+    /// attacker, a hostile upstream) can search offline for a forged RRset
+    /// whose key collides with a genuine one's and be served that proof. The
+    /// keys are fetched afresh first, so a key rollover is not taken for a
+    /// forgery.
+    async fn second_opinion(
+        &self,
+        handle: &DnssecDnsHandle<Exchange>,
+        query: &Query,
+        msg: &Message,
+        why: Decline,
+        full: Security,
+    ) -> Security {
+        if full != Security::Secure || why != positive_proof::ANSWER_UNVERIFIED {
+            return full;
+        }
+        if let Ok(zone) = positive_proof::signer(query, msg) {
+            self.zone_keys.lock().unwrap_or_else(|p| p.into_inner()).remove(&zone);
+        }
+        overrule(query, full, self.positive_proof(handle, query, msg).await)
     }
 
     /// `zone`'s DNSKEYs that hickory proves from the trust anchor, reused
@@ -603,6 +630,20 @@ impl Validator {
         }
         map.insert(zone.clone(), (now + ttl, keys.clone()));
         keys
+    }
+}
+
+/// hickory's `full` verdict on an answer the shortcut found unverified,
+/// given the shortcut's second look with fresh keys: still unverified means
+/// hickory's secure came from somewhere else than these signatures.
+fn overrule(query: &Query, full: Security, again: Result<(), Decline>) -> Security {
+    match again {
+        Err(why) if why == positive_proof::ANSWER_UNVERIFIED => {
+            warn!(qname = %query.name(), "hickory called secure an answer whose signatures do not verify; bogus");
+            bogus("bad-signature", format!("{} {}: no signature verifies with the zone's keys", query.name(), query.query_type()))
+        }
+        Ok(()) => Security::Secure,
+        Err(_) => full,
     }
 }
 
@@ -771,6 +812,17 @@ mod tests {
 
     fn parse(text: &str) -> Result<AnchorSet, AnchorError> {
         AnchorSet::parse(text, Path::new("root.key"))
+    }
+
+    #[test]
+    fn a_secure_verdict_on_unverified_signatures_is_overruled() {
+        let q = Query::query(Name::from_ascii("www.signed.lab.").unwrap(), RecordType::A);
+        let unverified = Err(positive_proof::ANSWER_UNVERIFIED);
+        assert!(matches!(overrule(&q, Security::Secure, unverified), Security::Bogus(Bogus { reason: "bad-signature", .. })));
+        // Fresh keys prove it: hickory was right.
+        assert_eq!(overrule(&q, Security::Secure, Ok(())), Security::Secure);
+        // A decline that is no verdict on the data leaves hickory's.
+        assert_eq!(overrule(&q, Security::Secure, Err("an RRset's signatures were not all checked (limits)")), Security::Secure);
     }
 
     #[test]

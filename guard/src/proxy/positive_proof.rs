@@ -58,6 +58,13 @@ const MAX_NSEC3_ITERATIONS: u16 = 100;
 /// Why the shortcut left an answer to the full validation.
 pub type Decline = &'static str;
 
+/// The decline that is a verdict: an RRset's every signature was checked,
+/// within every limit, with the zone's proven keys, and none verifies.
+pub const UNVERIFIED: Decline = "no signature over an RRset verifies with the zone's keys";
+/// `UNVERIFIED` for the answer RRset itself: its data is not what the zone
+/// signed. hickory must then not call it secure (see `Validator::validate`).
+pub const ANSWER_UNVERIFIED: Decline = "the answer's signatures do not verify with the zone's keys";
+
 /// Signatures already verified, by SHA-256 of (algorithm, key, signature,
 /// signed data). Only successes are kept: a failure is hickory's to judge.
 #[derive(Default)]
@@ -168,7 +175,9 @@ pub fn prove(query: &Query, msg: &Message, zone: &Name, keys: &[DNSKEY], memo: &
     if labels.any(|l| l != expanded_from) {
         return Err("answer signatures disagree on the label count");
     }
-    prover.rrset(qname, query.query_type(), &msg.answers)?;
+    prover
+        .rrset(qname, query.query_type(), &msg.answers)
+        .map_err(|why| if why == UNVERIFIED { ANSWER_UNVERIFIED } else { why })?;
 
     // Every authority RRset, as hickory requires for a secure summary.
     let mut rrsets: Vec<(&Name, RecordType)> = Vec::new();
@@ -219,13 +228,16 @@ impl Prover<'_> {
     /// `section`, with that section's signatures only (as hickory does).
     /// Returns the Labels field of the signature that verified.
     fn rrset(&self, owner: &Name, rtype: RecordType, section: &[Record]) -> Result<u8, Decline> {
-        let sigs = section
+        let sigs: Vec<&RRSIG> = section
             .iter()
             .filter(|r| r.name == *owner)
             .filter_map(rrsig)
             .filter(|s| s.input().type_covered == rtype)
-            .take(MAX_SIGS_PER_RRSET);
-        for sig in sigs {
+            .collect();
+        // Whether every signature met every key it names: only then is a
+        // failure a statement about the data (see `UNVERIFIED`).
+        let mut exhaustive = sigs.len() <= MAX_SIGS_PER_RRSET;
+        for sig in sigs.into_iter().take(MAX_SIGS_PER_RRSET) {
             let input = sig.input();
             if input.signer_name != *self.zone
                 || input.num_labels > owner.num_labels()
@@ -234,20 +246,28 @@ impl Prover<'_> {
             {
                 continue;
             }
-            let Ok(tbs) = TBS::from_input(owner, self.class, input, section.iter()) else { continue };
-            let keys = self
+            let Ok(tbs) = TBS::from_input(owner, self.class, input, section.iter()) else {
+                exhaustive = false;
+                continue;
+            };
+            let keys: Vec<&DNSKEY> = self
                 .keys
                 .iter()
                 .filter(|k| k.algorithm() == input.algorithm && k.zone_key() && !k.revoke())
                 .filter(|k| k.calculate_key_tag().is_ok_and(|t| t == input.key_tag))
-                .take(MAX_KEYS_PER_TAG);
-            for key in keys {
+                .collect();
+            exhaustive &= keys.len() <= MAX_KEYS_PER_TAG;
+            for key in keys.into_iter().take(MAX_KEYS_PER_TAG) {
                 if self.memo.verify(key, &tbs, sig.sig(), &self.budget) {
                     return Ok(input.num_labels);
                 }
             }
         }
-        Err("no signature over an RRset verifies with the zone's keys")
+        if exhaustive && self.budget.get() > 0 {
+            Err(UNVERIFIED)
+        } else {
+            Err("an RRset's signatures were not all checked (limits)")
+        }
     }
 
     /// The answer was expanded from the wildcard `*.<closest encloser>`,

@@ -169,7 +169,7 @@ fn a_remembered_signature_still_needs_its_validity_window() {
     assert_eq!(check(&z, &query, &msg, &memo), Ok(()));
     let zone = z.name.clone();
     let later = prove(&query, &msg, &zone, &z.keys(), &memo, NOW + 61);
-    assert_eq!(later, Err("no signature over an RRset verifies with the zone's keys"));
+    assert_eq!(later, Err(ANSWER_UNVERIFIED));
     let early = prove(&query, &msg, &zone, &z.keys(), &memo, NOW - 3601);
     assert!(early.is_err());
 }
@@ -182,8 +182,8 @@ fn forged_data_is_declined_and_not_remembered() {
     // The signature of .1 over a forged .66.
     let (query, msg) = answer("www.signed.lab.", vec![a("www.signed.lab.", 66), sig.clone()], vec![]);
     let memo = SignatureMemo::default();
-    assert!(check(&z, &query, &msg, &memo).is_err());
-    assert!(check(&z, &query, &msg, &memo).is_err(), "a failure must not be remembered as a success");
+    assert_eq!(check(&z, &query, &msg, &memo), Err(ANSWER_UNVERIFIED));
+    assert_eq!(check(&z, &query, &msg, &memo), Err(ANSWER_UNVERIFIED), "a failure must not be remembered as a success");
     assert_eq!(memo.checked(), 2);
     // Another zone's key does not verify it either.
     let other = Zone::new("signed.lab.");
@@ -432,6 +432,30 @@ fn an_answer_full_of_bad_signatures_buys_a_bounded_number_of_checks() {
     let authorities = (0..MAX_RRSETS - 1).flat_map(|i| signed_late(&a(&format!("h{i}.signed.lab."), 1))).collect();
     let (query, msg) = answer("www.signed.lab.", answers, authorities);
     let memo = SignatureMemo::default();
-    assert!(check(&z, &query, &msg, &memo).is_err());
+    // Not a verdict on the data: the limits cut the checks short.
+    assert_eq!(check(&z, &query, &msg, &memo), Err("an RRset's signatures were not all checked (limits)"));
     assert_eq!(memo.checked(), u64::from(MAX_CHECKS_PER_ANSWER));
+}
+
+#[test]
+fn only_a_check_of_every_signature_is_a_verdict_on_the_answer() {
+    // Five signatures, the good one last: the shortcut looks at four, so
+    // its failure says nothing about the data and must not veto hickory.
+    let z = Zone::new("signed.lab.");
+    let rr = a("www.signed.lab.", 1);
+    let mut answers = vec![rr.clone()];
+    for i in 1..=MAX_SIGS_PER_RRSET as u8 {
+        let mut other = rr.clone();
+        other.data = RData::A(A(Ipv4Addr::new(203, 0, 113, i)));
+        let mut sig = z.sign(std::slice::from_ref(&other));
+        sig.name = rr.name.clone();
+        answers.push(sig);
+    }
+    answers.push(z.sign(std::slice::from_ref(&rr)));
+    let (query, msg) = answer("www.signed.lab.", answers.clone(), vec![]);
+    assert_eq!(check(&z, &query, &msg, &SignatureMemo::default()), Err("an RRset's signatures were not all checked (limits)"));
+    // Four bad ones and no good one: every signature was checked.
+    answers.pop();
+    let (query, msg) = answer("www.signed.lab.", answers, vec![]);
+    assert_eq!(check(&z, &query, &msg, &SignatureMemo::default()), Err(ANSWER_UNVERIFIED));
 }
