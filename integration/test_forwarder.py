@@ -160,6 +160,20 @@ def test_new_wildcard_names_reuse_verified_signatures(lab, hierarchy, start_prox
 
 
 @pytest.mark.needs_guard
+@pytest.mark.parametrize("qtype", ["DNSKEY", "DS"])
+def test_answers_hickory_judges_pass_the_second_opinion(lab, hierarchy, start_proxy, qtype):
+    """The shortcut leaves DNSKEY and DS answers to hickory; when hickory calls one secure, the
+    second opinion checks its signatures with the signer's proven keys (the zone's own KSK for
+    DNSKEY, lab.'s keys for DS). Real signed data must come through it secure, not bogus."""
+    guard = start_proxy(hierarchy.proxy_config())
+    r = hierarchy.dig("c1", "signed.lab", qtype=qtype)
+    assert r.status == "NOERROR" and r.answers and r.ad, r.raw
+    v = proxy_verdict(guard, qname="signed.lab", qtype=qtype)
+    assert v["dnssec"] == "secure" and v["verdict"] == "allow", v
+    assert metric_sum(lab, 'dns_guard_dnssec_validations_total{path="full"}') >= 1
+
+
+@pytest.mark.needs_guard
 def test_secure_nxdomain(hierarchy, start_proxy):
     start_proxy(hierarchy.proxy_config())
     r = hierarchy.dig("c1", "nx.signed.lab")

@@ -3,6 +3,9 @@
 //! `Exchange`, our own upstream path, so the validator's DS and DNSKEY
 //! sub-queries pass checks 1-4, 0x20 and the spoof accounting like any
 //! client query, and are cached (TTL-bounded) so a query is not a chain walk.
+//! In front of hickory, `positive_proof` proves the commonest secure answer
+//! with remembered signatures; behind it, `Validator::second_opinion`
+//! checks the signatures of an answer hickory calls secure.
 
 use std::{
     cell::{Cell, RefCell},
@@ -404,6 +407,9 @@ pub struct Validator {
     /// The shortcut for signed positive answers (`positive_proof`): the
     /// proven DNSKEYs of the zones it has met, and the signatures verified.
     zone_keys: Mutex<HashMap<Name, ProvenKeys>>,
+    /// Zones found without proven keys, until when (apart, so that a flood
+    /// of made-up signer names cannot push proven keys out).
+    no_keys: Mutex<HashMap<Name, Instant>>,
     signatures: SignatureMemo,
     /// `dnssec_validations` by path.
     validations: Family<PathLabels, Counter>,
@@ -417,6 +423,7 @@ impl Validator {
             handle: OnceCell::new(),
             unreachable: Mutex::default(),
             zone_keys: Mutex::default(),
+            no_keys: Mutex::default(),
             signatures: SignatureMemo::counted(metrics),
             validations: metrics.dnssec_validations.clone(),
         }
@@ -528,7 +535,7 @@ impl Validator {
                         let request = DnsRequest::from_query(query.clone(), DnsRequestOptions::default());
                         let stream = SEED.sync_scope(Cell::new(Some(msg.clone())), || handle.send(request));
                         let full = classify(query, stream.first_answer().await);
-                        self.second_opinion(handle, query, msg, why, full).await
+                        self.second_opinion(handle, query, msg, full).await
                     }
                 };
                 (security, SUB_FAILED.with(|f| f.take()))
@@ -566,34 +573,52 @@ impl Validator {
         positive_proof::prove(query, msg, &zone, &keys, &self.signatures, unix_now())
     }
 
-    /// hickory's verdict, unless it calls secure an answer whose every
-    /// signature the shortcut checked with the zone's proven keys and found
-    /// wanting. hickory 0.26.3 keeps its proofs under a 64-bit `DefaultHasher`
+    /// hickory's verdict, except that a "secure" for an answer that holds
+    /// the query's own RRset needs that RRset to verify with the proven keys
+    /// of a signer above the name (`positive_proof::answer_verifies`).
+    ///
+    /// hickory 0.26.3 keeps its proofs under a 64-bit `DefaultHasher`
     /// (fixed SipHash keys) of the query and the RRset with its RRSIGs, junk
     /// ones included, so whoever feeds the validator both answers (an on-path
     /// attacker, a hostile upstream) can search offline for a forged RRset
     /// whose key collides with a genuine one's and be served that proof. The
-    /// keys are fetched afresh first, so a key rollover is not taken for a
-    /// forgery.
-    async fn second_opinion(
-        &self,
-        handle: &DnssecDnsHandle<Exchange>,
-        query: &Query,
-        msg: &Message,
-        why: Decline,
-        full: Security,
-    ) -> Security {
-        if full != Security::Secure || why != positive_proof::ANSWER_UNVERIFIED {
+    /// junk that search needs makes the shortcut decline, so this check
+    /// looks past the shape. Our copy of the keys may be older than
+    /// hickory's (a rollover): it is dropped and taken again before a no.
+    async fn second_opinion(&self, handle: &DnssecDnsHandle<Exchange>, query: &Query, msg: &Message, full: Security) -> Security {
+        if full != Security::Secure {
             return full;
         }
-        if let Ok(zone) = positive_proof::signer(query, msg) {
-            self.zone_keys.lock().unwrap_or_else(|p| p.into_inner()).remove(&zone);
+        let Some(signers) = positive_proof::answer_signers(query, msg) else { return full };
+        let unverified = |detail: &str| {
+            warn!(qname = %query.name(), detail, "hickory called secure an answer whose signatures do not verify; bogus");
+            bogus("bad-signature", format!("{} {}: {detail}", query.name(), query.query_type()))
+        };
+        if signers.len() > positive_proof::MAX_SIGNERS {
+            return unverified("signatures by too many signers");
         }
-        overrule(query, full, self.positive_proof(handle, query, msg).await)
+        for fresh in [false, true] {
+            for zone in &signers {
+                if fresh {
+                    self.forget_keys(zone);
+                }
+                let keys = self.zone_keys(handle, zone).await;
+                if positive_proof::answer_verifies(query, msg, zone, &keys, &self.signatures, unix_now()) {
+                    return Security::Secure;
+                }
+            }
+        }
+        unverified("no signature verifies with the zone's proven keys")
+    }
+
+    fn forget_keys(&self, zone: &Name) {
+        self.zone_keys.lock().unwrap_or_else(|p| p.into_inner()).remove(zone);
+        self.no_keys.lock().unwrap_or_else(|p| p.into_inner()).remove(zone);
     }
 
     /// `zone`'s DNSKEYs that hickory proves from the trust anchor, reused
-    /// for their authenticated TTL (at most `SUB_CACHE_MAX_TTL`). An insecure
+    /// for their authenticated TTL, at most `SUB_CACHE_MAX_TTL` here (the
+    /// DNSKEY answer under them may itself be that old). An insecure
     /// zone, or one whose keys cannot be fetched, has none for a while: its
     /// answers take the full path, which says why.
     async fn zone_keys(&self, handle: &DnssecDnsHandle<Exchange>, zone: &Name) -> Arc<[DNSKEY]> {
@@ -603,48 +628,45 @@ impl Validator {
                 return keys.clone();
             }
         }
+        if self.no_keys.lock().unwrap_or_else(|p| p.into_inner()).get(zone).is_some_and(|until| *until > now) {
+            return Arc::from([]);
+        }
         let request = DnsRequest::from_query(Query::query(zone.clone(), RecordType::DNSKEY), DnsRequestOptions::default());
-        let (keys, ttl): (Arc<[DNSKEY]>, Duration) = match handle.send(request).first_answer().await {
-            Ok(resp) => {
-                let mut secure: Vec<Record> = resp.answers.iter().filter(|r| r.proof == Proof::Secure).cloned().collect();
-                cap_authenticated_ttls(&mut secure, unix_now());
-                let mut keys: Vec<&Record> = secure.iter().filter(|r| r.name == *zone && r.record_type() == RecordType::DNSKEY).collect();
-                // A key set whose signature has run out (capped to 0) is
-                // not proven now, whatever hickory's cache says.
-                keys.retain(|r| r.ttl > 0);
-                let ttl = keys.iter().map(|r| r.ttl).min().map_or(NO_KEYS_RETRY, |t| Duration::from_secs(t.into()));
-                let keys = keys.iter().filter_map(|r| match &r.data {
-                    RData::DNSSEC(DNSSECRData::DNSKEY(k)) => Some(k.clone()),
-                    _ => None,
-                });
-                (keys.collect(), ttl.min(SUB_CACHE_MAX_TTL))
-            }
-            Err(_) => (Arc::from([]), NO_KEYS_RETRY),
-        };
-        let mut map = self.zone_keys.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= ZONE_KEY_ENTRIES {
-            map.retain(|_, (until, _)| *until > now);
-            if map.len() >= ZONE_KEY_ENTRIES {
-                map.clear();
+        let mut keys: Vec<DNSKEY> = Vec::new();
+        let mut ttl = SUB_CACHE_MAX_TTL;
+        if let Ok(resp) = handle.send(request).first_answer().await {
+            let mut secure: Vec<Record> = resp.answers.iter().filter(|r| r.proof == Proof::Secure).cloned().collect();
+            cap_authenticated_ttls(&mut secure, unix_now());
+            // A key set whose signature has run out (capped to 0) is not
+            // proven now, whatever hickory's cache says.
+            for r in secure.iter().filter(|r| r.name == *zone && r.ttl > 0) {
+                if let RData::DNSSEC(DNSSECRData::DNSKEY(k)) = &r.data {
+                    keys.push(k.clone());
+                    ttl = ttl.min(Duration::from_secs(r.ttl.into()));
+                }
             }
         }
-        map.insert(zone.clone(), (now + ttl, keys.clone()));
+        if keys.is_empty() {
+            remember(&self.no_keys, zone, now + NO_KEYS_RETRY, |until| *until > now);
+            return Arc::from([]);
+        }
+        let keys: Arc<[DNSKEY]> = keys.into();
+        remember(&self.zone_keys, zone, (now + ttl, keys.clone()), |(until, _)| *until > now);
         keys
     }
 }
 
-/// hickory's `full` verdict on an answer the shortcut found unverified,
-/// given the shortcut's second look with fresh keys: still unverified means
-/// hickory's secure came from somewhere else than these signatures.
-fn overrule(query: &Query, full: Security, again: Result<(), Decline>) -> Security {
-    match again {
-        Err(why) if why == positive_proof::ANSWER_UNVERIFIED => {
-            warn!(qname = %query.name(), "hickory called secure an answer whose signatures do not verify; bogus");
-            bogus("bad-signature", format!("{} {}: no signature verifies with the zone's keys", query.name(), query.query_type()))
+/// Inserts into a bounded map: past `ZONE_KEY_ENTRIES`, the entries `live`
+/// rejects go first, then all of them.
+fn remember<V>(map: &Mutex<HashMap<Name, V>>, zone: &Name, value: V, live: impl Fn(&V) -> bool) {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= ZONE_KEY_ENTRIES {
+        map.retain(|_, v| live(v));
+        if map.len() >= ZONE_KEY_ENTRIES {
+            map.clear();
         }
-        Ok(()) => Security::Secure,
-        Err(_) => full,
     }
+    map.insert(zone.clone(), value);
 }
 
 /// Seconds since the epoch, as RRSIG validity windows count them.
@@ -812,17 +834,6 @@ mod tests {
 
     fn parse(text: &str) -> Result<AnchorSet, AnchorError> {
         AnchorSet::parse(text, Path::new("root.key"))
-    }
-
-    #[test]
-    fn a_secure_verdict_on_unverified_signatures_is_overruled() {
-        let q = Query::query(Name::from_ascii("www.signed.lab.").unwrap(), RecordType::A);
-        let unverified = Err(positive_proof::ANSWER_UNVERIFIED);
-        assert!(matches!(overrule(&q, Security::Secure, unverified), Security::Bogus(Bogus { reason: "bad-signature", .. })));
-        // Fresh keys prove it: hickory was right.
-        assert_eq!(overrule(&q, Security::Secure, Ok(())), Security::Secure);
-        // A decline that is no verdict on the data leaves hickory's.
-        assert_eq!(overrule(&q, Security::Secure, Err("an RRset's signatures were not all checked (limits)")), Security::Secure);
     }
 
     #[test]

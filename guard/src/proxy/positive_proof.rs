@@ -58,12 +58,15 @@ const MAX_NSEC3_ITERATIONS: u16 = 100;
 /// Why the shortcut left an answer to the full validation.
 pub type Decline = &'static str;
 
-/// The decline that is a verdict: an RRset's every signature was checked,
-/// within every limit, with the zone's proven keys, and none verifies.
+/// An RRset none of whose signatures by the zone verifies: every one was
+/// looked at within the limits, and each was out of its validity window,
+/// had impossible labels, or failed with every key of its tag.
 pub const UNVERIFIED: Decline = "no signature over an RRset verifies with the zone's keys";
-/// `UNVERIFIED` for the answer RRset itself: its data is not what the zone
-/// signed. hickory must then not call it secure (see `Validator::validate`).
+/// `UNVERIFIED` for the answer RRset itself.
 pub const ANSWER_UNVERIFIED: Decline = "the answer's signatures do not verify with the zone's keys";
+/// Signers of one answer RRset the second opinion looks at: a genuine
+/// answer has one, two while a zone changes its signer.
+pub const MAX_SIGNERS: usize = 2;
 
 /// Signatures already verified, by SHA-256 of (algorithm, key, signature,
 /// signed data). Only successes are kept: a failure is hickory's to judge.
@@ -90,9 +93,8 @@ impl SignatureMemo {
         let alg = [u8::from(key.algorithm())];
         // Lengths first: no two inputs share a byte string.
         let parts: [&[u8]; 6] = [&alg, &klen, public, &slen, sig, tbs.as_ref()];
-        let Ok(digest) = Digest::from_iter(parts, DigestType::SHA256) else { return false };
-        let Ok(id) = <[u8; 32]>::try_from(digest.as_ref()) else { return false };
-        if self.lock().contains(&id) {
+        let id = Digest::from_iter(parts, DigestType::SHA256).ok().and_then(|d| <[u8; 32]>::try_from(d.as_ref()).ok());
+        if id.is_some_and(|id| self.lock().contains(&id)) {
             self.hits.inc();
             return true;
         }
@@ -101,8 +103,10 @@ impl SignatureMemo {
         }
         budget.set(budget.get() - 1);
         self.checked.inc();
+        // Any error (a key that does not parse, an unsupported algorithm)
+        // fails hickory's check of this key the same way.
         let ok = key.verify(tbs.as_ref(), sig).is_ok();
-        if ok {
+        if let (true, Some(id)) = (ok, id) {
             let mut seen = self.lock();
             if seen.len() >= MEMO_ENTRIES {
                 seen.clear();
@@ -213,6 +217,41 @@ pub fn prove(query: &Query, msg: &Message, zone: &Name, keys: &[DNSKEY], memo: &
     Ok(())
 }
 
+/// The second opinion on hickory's "secure" (`Validator::second_opinion`):
+/// the signers above the query name of the query's own RRset in `msg`'s
+/// answer section, or `None` when the answer holds no such RRset.
+pub fn answer_signers(query: &Query, msg: &Message) -> Option<Vec<Name>> {
+    let (qname, qtype) = (query.name(), query.query_type());
+    let direct = |r: &Record| r.name == *qname && r.record_type() == qtype;
+    if qtype == RecordType::RRSIG || !msg.answers.iter().any(direct) {
+        return None;
+    }
+    let mut signers: Vec<Name> = Vec::new();
+    for sig in msg.answers.iter().filter(|r| r.name == *qname).filter_map(rrsig) {
+        let signer = &sig.input().signer_name;
+        if sig.input().type_covered == qtype && signer.zone_of(qname) && !signers.contains(signer) {
+            signers.push(signer.clone());
+        }
+    }
+    Some(signers)
+}
+
+/// Whether the query's own RRset in `msg` verifies with `zone`'s proven
+/// keys, whatever else the message holds. Limits that cut the checks short
+/// count as not verified: this answer is already one whose shape the
+/// shortcut declined and that hickory called secure.
+pub fn answer_verifies(query: &Query, msg: &Message, zone: &Name, keys: &[DNSKEY], memo: &SignatureMemo, now: u32) -> bool {
+    let prover = Prover {
+        zone,
+        keys,
+        memo,
+        now: SerialNumber::new(now),
+        class: query.query_class(),
+        budget: Cell::new(MAX_CHECKS_PER_ANSWER),
+    };
+    prover.rrset(query.name(), query.query_type(), &msg.answers).is_ok()
+}
+
 struct Prover<'a> {
     zone: &'a Name,
     keys: &'a [DNSKEY],
@@ -228,19 +267,20 @@ impl Prover<'_> {
     /// `section`, with that section's signatures only (as hickory does).
     /// Returns the Labels field of the signature that verified.
     fn rrset(&self, owner: &Name, rtype: RecordType, section: &[Record]) -> Result<u8, Decline> {
+        // Signatures by other signers are not this zone's to judge, and do
+        // not count against its limits.
         let sigs: Vec<&RRSIG> = section
             .iter()
             .filter(|r| r.name == *owner)
             .filter_map(rrsig)
-            .filter(|s| s.input().type_covered == rtype)
+            .filter(|s| s.input().type_covered == rtype && s.input().signer_name == *self.zone)
             .collect();
         // Whether every signature met every key it names: only then is a
         // failure a statement about the data (see `UNVERIFIED`).
         let mut exhaustive = sigs.len() <= MAX_SIGS_PER_RRSET;
         for sig in sigs.into_iter().take(MAX_SIGS_PER_RRSET) {
             let input = sig.input();
-            if input.signer_name != *self.zone
-                || input.num_labels > owner.num_labels()
+            if input.num_labels > owner.num_labels()
                 || input.num_labels < self.zone.num_labels()
                 || !(input.sig_inception <= self.now && self.now <= input.sig_expiration)
             {

@@ -47,9 +47,11 @@ const MAX_ATTEMPTS: usize = 3;
 pub const HOLD_ON: Duration = Duration::from_millis(50);
 /// How often an upstream marked down is probed.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
-/// Failed exchanges in a row that mark an upstream down, as CoreDNS's
-/// `forward` counts `max_fails` (default 2): one lost datagram does not
-/// move all traffic to the next upstream for a probe interval.
+/// Failed exchanges in a row, over all queries, that mark an upstream
+/// down, as CoreDNS's `forward` counts `max_fails` (default 2): one lost
+/// datagram does not move all traffic to the next upstream for a probe
+/// interval. A DNS over TLS upstream in its redial backoff fails each
+/// attempt at once, and each counts.
 const MAX_FAILS: u32 = 2;
 
 tokio::task_local! {
@@ -240,7 +242,7 @@ impl Upstreams {
 
     /// An exchange with `u` failed: the `MAX_FAILS`th in a row marks it down.
     fn failed(&self, u: &UpstreamState, why: &ExchangeError) {
-        if u.failures.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_FAILS {
+        if u.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1) >= MAX_FAILS {
             self.set_health(u, false, Some(why));
         }
     }
