@@ -637,12 +637,12 @@ impl Validator {
         if let Ok(resp) = handle.send(request).first_answer().await {
             let mut secure: Vec<Record> = resp.answers.iter().filter(|r| r.proof == Proof::Secure).cloned().collect();
             cap_authenticated_ttls(&mut secure, unix_now());
-            // A key set whose signature has run out (capped to 0) is not
-            // proven now, whatever hickory's cache says.
-            for r in secure.iter().filter(|r| r.name == *zone && r.ttl > 0) {
+            // Kept no longer than their signature or TTL allows, but at
+            // least a second: a zone may publish its keys with TTL 0.
+            for r in secure.iter().filter(|r| r.name == *zone) {
                 if let RData::DNSSEC(DNSSECRData::DNSKEY(k)) = &r.data {
                     keys.push(k.clone());
-                    ttl = ttl.min(Duration::from_secs(r.ttl.into()));
+                    ttl = ttl.min(Duration::from_secs(r.ttl.max(1).into()));
                 }
             }
         }
