@@ -391,11 +391,15 @@ def test_reloads_give_the_freed_list_memory_back(lab, start_guard):
         guard.update_list("block.txt", "".join(f"gen{gen}-{i}.bulk.test\n" for i in range(n)))
         guard.wait_stderr(f"lists reloaded (generation {gen})", 30)
     assert lab.dig("c1", f"gen6-{n - 1}.bulk.test").status == "NXDOMAIN"
+    # Both trims of the last reload have run by `settle`; on a loaded box give them longer.
+    deadline = time.monotonic() + settle + 10
     time.sleep(settle)
-    after = rss_kib()
+    while (after := rss_kib()) > loaded * 1.25 and time.monotonic() < deadline:
+        time.sleep(0.5)
     print(f"VmRSS: {loaded / 1024:.0f} MiB loaded, {after / 1024:.0f} MiB after 5 reloads of {n} names")
-    # Measured: 1.00x (27 -> 27 MiB, seven runs, generic and native). The map of small strings
-    # gave 1.02-1.68x, and 2.3x without the trim.
+    # Measured: 1.00x (27 -> 27 MiB, seven runs, generic and native), once 1.41x in CI before
+    # the fixed mmap threshold (main.rs). The map of small strings gave 1.02-1.68x, and 2.3x
+    # without the trim.
     assert after <= loaded * 1.25, f"VmRSS {after / 1024:.0f} MiB after 5 reloads, {loaded / 1024:.0f} MiB loaded"
 
 

@@ -32,6 +32,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    fixed_mmap_threshold();
     // Diagnostics on stderr; stdout carries only the verdict log.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -58,5 +59,20 @@ fn main() -> ExitCode {
             eprintln!("dns-guard: {}", failure.message);
             ExitCode::from(failure.code as u8)
         }
+    }
+}
+
+/// A list's rule map and table are a few large buffers. glibc serves large
+/// allocations with mmap, returned to the kernel the moment they are freed,
+/// until a freed one raises its dynamic threshold (up to 32 MiB): after
+/// that the next list lands in the heap, where only `malloc_trim` and a
+/// lucky layout give it back. One CI run read 38 MiB after five reloads of
+/// 300k names against 27 loaded. A fixed threshold (setting it turns the
+/// dynamic one off, mallopt(3)) keeps every buffer of 256 KiB and up on mmap.
+fn fixed_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a malloc tunable; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
