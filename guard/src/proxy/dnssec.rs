@@ -530,7 +530,7 @@ impl Validator {
                         Security::Secure
                     }
                     Err(why) => {
-                        debug!(qname = %query.name(), why, "full validation");
+                        debug!(qname = %query.name(), %why, "full validation");
                         path("full");
                         let request = DnsRequest::from_query(query.clone(), DnsRequestOptions::default());
                         let stream = SEED.sync_scope(Cell::new(Some(msg.clone())), || handle.send(request));
@@ -568,7 +568,7 @@ impl Validator {
         let zone = positive_proof::signer(query, msg)?;
         let keys = self.zone_keys(handle, &zone).await;
         if keys.is_empty() {
-            return Err("no proven keys for the signer");
+            return Err(Decline::NoProvenKeys);
         }
         positive_proof::prove(query, msg, &zone, &keys, &self.signatures, unix_now())
     }

@@ -55,15 +55,66 @@ const MAX_CHECKS_PER_ANSWER: u32 = 8;
 /// calls a proof insecure, so such answers are left to it.
 const MAX_NSEC3_ITERATIONS: u16 = 100;
 
-/// Why the shortcut left an answer to the full validation.
-pub type Decline = &'static str;
+/// Why the shortcut left an answer to the full validation (logged at
+/// debug; hickory's verdict is the one that counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Decline {
+    #[error("not NOERROR")]
+    NotNoError,
+    #[error("a DNSSEC or meta query type")]
+    MetaQueryType,
+    #[error("an answer record of another name (CNAME chain)")]
+    AnswerOfAnotherName,
+    #[error("an answer record of another type")]
+    AnswerOfAnotherType,
+    #[error("a signature over another type")]
+    SignatureOverAnotherType,
+    #[error("answer signatures by different signers")]
+    DifferentSigners,
+    #[error("no signed answer")]
+    NoSignedAnswer,
+    #[error("signer is not an ancestor of the query name")]
+    SignerNotAncestor,
+    #[error("no proven keys for the signer")]
+    NoProvenKeys,
+    #[error("a record of another class")]
+    AnotherClass,
+    #[error("answer signatures disagree on the label count")]
+    LabelCountsDisagree,
+    #[error("too many authority RRsets")]
+    TooManyAuthorityRrsets,
+    #[error("an authority record outside the signer's zone")]
+    AuthorityOutsideZone,
+    #[error("an expanded authority RRset")]
+    ExpandedAuthority,
+    #[error("denial records beside a direct answer")]
+    DenialBesideDirectAnswer,
+    /// An RRset none of whose signatures by the zone verifies within the
+    /// limits: each was out of its validity window, had impossible labels,
+    /// failed with the keys of its tag, or lay past a limit.
+    #[error("no signature over an RRset verifies with the zone's keys")]
+    Unverified,
+    /// `Unverified` for the answer RRset itself.
+    #[error("the answer's signatures do not verify with the zone's keys")]
+    AnswerUnverified,
+    #[error("NSEC3 records with different parameters")]
+    Nsec3ParametersDiffer,
+    #[error("NSEC3 iterations over the limit")]
+    Nsec3IterationsOverLimit,
+    #[error("the NSEC3 hash cannot be computed")]
+    Nsec3Hash,
+    #[error("the covering NSEC3 is opt-out")]
+    OptOutCover,
+    #[error("no NSEC3 covers the next closer name")]
+    NoNsec3Cover,
+    #[error("no NSEC covers the expanded name")]
+    NoNsecCover,
+    #[error("both NSEC and NSEC3")]
+    BothNsecAndNsec3,
+    #[error("a wildcard expansion without NSEC or NSEC3")]
+    ExpansionWithoutDenial,
+}
 
-/// An RRset none of whose signatures by the zone verifies within the limits:
-/// each was out of its validity window, had impossible labels, failed with
-/// the keys of its tag, or lay past a limit.
-pub const UNVERIFIED: Decline = "no signature over an RRset verifies with the zone's keys";
-/// `UNVERIFIED` for the answer RRset itself.
-pub const ANSWER_UNVERIFIED: Decline = "the answer's signatures do not verify with the zone's keys";
 /// Signers of one answer RRset the second opinion looks at: a genuine
 /// answer has one, two while a zone changes its signer.
 pub const MAX_SIGNERS: usize = 2;
@@ -130,34 +181,34 @@ impl SignatureMemo {
 /// every shape but a positive answer of the query's own name and type.
 pub fn signer(query: &Query, msg: &Message) -> Result<Name, Decline> {
     if msg.metadata.response_code != ResponseCode::NoError {
-        return Err("not NOERROR");
+        return Err(Decline::NotNoError);
     }
     let (qname, qtype) = (query.name(), query.query_type());
     if qtype.is_dnssec() || matches!(qtype, RecordType::ANY | RecordType::AXFR | RecordType::IXFR | RecordType::OPT) {
-        return Err("a DNSSEC or meta query type");
+        return Err(Decline::MetaQueryType);
     }
     let mut signer: Option<&Name> = None;
     let mut data = false;
     for r in &msg.answers {
         if r.name != *qname {
-            return Err("an answer record of another name (CNAME chain)");
+            return Err(Decline::AnswerOfAnotherName);
         }
         match rrsig(r) {
             Some(sig) if sig.input().type_covered == qtype => {
                 let s = &sig.input().signer_name;
                 if signer.is_some_and(|prev| prev != s) {
-                    return Err("answer signatures by different signers");
+                    return Err(Decline::DifferentSigners);
                 }
                 signer = Some(s);
             }
-            Some(_) => return Err("a signature over another type"),
+            Some(_) => return Err(Decline::SignatureOverAnotherType),
             None if r.record_type() == qtype => data = true,
-            None => return Err("an answer record of another type"),
+            None => return Err(Decline::AnswerOfAnotherType),
         }
     }
-    let signer = signer.filter(|_| data).ok_or("no signed answer")?;
+    let signer = signer.filter(|_| data).ok_or(Decline::NoSignedAnswer)?;
     if !signer.zone_of(qname) {
-        return Err("signer is not an ancestor of the query name");
+        return Err(Decline::SignerNotAncestor);
     }
     Ok(signer.clone())
 }
@@ -167,7 +218,7 @@ pub fn signer(query: &Query, msg: &Message) -> Result<Name, Decline> {
 pub fn prove(query: &Query, msg: &Message, zone: &Name, keys: &[DNSKEY], memo: &SignatureMemo, now: u32) -> Result<(), Decline> {
     let class = query.query_class();
     if msg.answers.iter().chain(&msg.authorities).chain(&msg.additionals).any(|r| r.dns_class != class) {
-        return Err("a record of another class");
+        return Err(Decline::AnotherClass);
     }
     let prover = Prover { zone, keys, memo, now: SerialNumber::new(now), class, budget: Cell::new(MAX_CHECKS_PER_ANSWER) };
 
@@ -175,13 +226,13 @@ pub fn prove(query: &Query, msg: &Message, zone: &Name, keys: &[DNSKEY], memo: &
     // whether it is an expansion does not depend on which one verifies.
     let qname = query.name();
     let mut labels = msg.answers.iter().filter_map(rrsig).map(|s| s.input().num_labels);
-    let expanded_from = labels.next().ok_or("no signed answer")?;
+    let expanded_from = labels.next().ok_or(Decline::NoSignedAnswer)?;
     if labels.any(|l| l != expanded_from) {
-        return Err("answer signatures disagree on the label count");
+        return Err(Decline::LabelCountsDisagree);
     }
     prover
         .rrset(qname, query.query_type(), &msg.answers)
-        .map_err(|why| if why == UNVERIFIED { ANSWER_UNVERIFIED } else { why })?;
+        .map_err(|why| if why == Decline::Unverified { Decline::AnswerUnverified } else { why })?;
 
     // Every authority RRset, as hickory requires for a secure summary.
     let mut rrsets: Vec<(&Name, RecordType)> = Vec::new();
@@ -191,7 +242,7 @@ pub fn prove(query: &Query, msg: &Message, zone: &Name, keys: &[DNSKEY], memo: &
         }
     }
     if rrsets.len() >= MAX_RRSETS {
-        return Err("too many authority RRsets");
+        return Err(Decline::TooManyAuthorityRrsets);
     }
     for (owner, rtype) in rrsets {
         let in_zone = match rtype {
@@ -199,11 +250,11 @@ pub fn prove(query: &Query, msg: &Message, zone: &Name, keys: &[DNSKEY], memo: &
             _ => zone.zone_of(owner),
         };
         if !in_zone {
-            return Err("an authority record outside the signer's zone");
+            return Err(Decline::AuthorityOutsideZone);
         }
         // RFC 4035 §5.3.4 / RFC 5155 §8.8: no wildcard for proof records.
         if prover.rrset(owner, rtype, &msg.authorities)? != owner.num_labels() {
-            return Err("an expanded authority RRset");
+            return Err(Decline::ExpandedAuthority);
         }
     }
 
@@ -212,7 +263,7 @@ pub fn prove(query: &Query, msg: &Message, zone: &Name, keys: &[DNSKEY], memo: &
     } else if msg.authorities.iter().any(|r| matches!(r.record_type(), RecordType::NSEC | RecordType::NSEC3)) {
         // A denial beside a direct answer makes no sense; hickory calls it
         // bogus, and so it stays hickory's to judge.
-        return Err("denial records beside a direct answer");
+        return Err(Decline::DenialBesideDirectAnswer);
     }
     Ok(())
 }
@@ -296,7 +347,7 @@ impl Prover<'_> {
                 }
             }
         }
-        Err(UNVERIFIED)
+        Err(Decline::Unverified)
     }
 
     /// The answer was expanded from the wildcard `*.<closest encloser>`,
@@ -322,32 +373,32 @@ impl Prover<'_> {
             (Some(&(_, first)), true) => {
                 let (salt, iterations) = (first.salt(), first.iterations());
                 if nsec3s.iter().any(|(_, n)| n.salt() != salt || n.iterations() != iterations || n.hash_algorithm() != first.hash_algorithm()) {
-                    return Err("NSEC3 records with different parameters");
+                    return Err(Decline::Nsec3ParametersDiffer);
                 }
                 if iterations > MAX_NSEC3_ITERATIONS {
-                    return Err("NSEC3 iterations over the limit");
+                    return Err(Decline::Nsec3IterationsOverLimit);
                 }
                 let next_closer = qname.trim_to(labels as usize + 1);
-                let hashed = Nsec3HashAlgorithm::SHA1.hash(salt, &next_closer, iterations).map_err(|_| "NSEC3 hash")?;
+                let hashed = Nsec3HashAlgorithm::SHA1.hash(salt, &next_closer, iterations).map_err(|_| Decline::Nsec3Hash)?;
                 let covering = nsec3s.iter().find(|(owner, n)| {
                     owner_hash(owner).is_some_and(|h| hash_covers(&h, n.next_hashed_owner_name(), hashed.as_ref()))
                 });
                 match covering {
                     // Opt-out (RFC 5155 §6): an unsigned delegation may hide
                     // in that span, and the answer belong to it. Not proven.
-                    Some((_, n)) if n.opt_out() => Err("the covering NSEC3 is opt-out"),
+                    Some((_, n)) if n.opt_out() => Err(Decline::OptOutCover),
                     Some(_) => Ok(()),
-                    None => Err("no NSEC3 covers the next closer name"),
+                    None => Err(Decline::NoNsec3Cover),
                 }
             }
             (None, false) => {
                 let covered = nsecs.iter().any(|(owner, next)| {
                     covers(owner, next, qname) && common_labels(qname, owner).max(common_labels(qname, next)) == labels
                 });
-                covered.then_some(()).ok_or("no NSEC covers the expanded name")
+                covered.then_some(()).ok_or(Decline::NoNsecCover)
             }
-            (Some(_), false) => Err("both NSEC and NSEC3"),
-            (None, true) => Err("a wildcard expansion without NSEC or NSEC3"),
+            (Some(_), false) => Err(Decline::BothNsecAndNsec3),
+            (None, true) => Err(Decline::ExpansionWithoutDenial),
         }
     }
 }

@@ -169,9 +169,9 @@ fn a_remembered_signature_still_needs_its_validity_window() {
     assert_eq!(check(&z, &query, &msg, &memo), Ok(()));
     let zone = z.name.clone();
     let later = prove(&query, &msg, &zone, &z.keys(), &memo, NOW + 61);
-    assert_eq!(later, Err(ANSWER_UNVERIFIED));
+    assert_eq!(later, Err(Decline::AnswerUnverified));
     let early = prove(&query, &msg, &zone, &z.keys(), &memo, NOW - 3601);
-    assert_eq!(early, Err(ANSWER_UNVERIFIED));
+    assert_eq!(early, Err(Decline::AnswerUnverified));
 }
 
 #[test]
@@ -182,13 +182,13 @@ fn forged_data_is_declined_and_not_remembered() {
     // The signature of .1 over a forged .66.
     let (query, msg) = answer("www.signed.lab.", vec![a("www.signed.lab.", 66), sig.clone()], vec![]);
     let memo = SignatureMemo::default();
-    assert_eq!(check(&z, &query, &msg, &memo), Err(ANSWER_UNVERIFIED));
-    assert_eq!(check(&z, &query, &msg, &memo), Err(ANSWER_UNVERIFIED), "a failure must not be remembered as a success");
+    assert_eq!(check(&z, &query, &msg, &memo), Err(Decline::AnswerUnverified));
+    assert_eq!(check(&z, &query, &msg, &memo), Err(Decline::AnswerUnverified), "a failure must not be remembered as a success");
     assert_eq!(memo.checked(), 2);
     // Another zone's key does not verify it either.
     let other = Zone::new("signed.lab.");
     let (query, msg) = answer("www.signed.lab.", vec![rr, sig], vec![]);
-    assert_eq!(prove(&query, &msg, &z.name, &other.keys(), &memo, NOW), Err(ANSWER_UNVERIFIED));
+    assert_eq!(prove(&query, &msg, &z.name, &other.keys(), &memo, NOW), Err(Decline::AnswerUnverified));
 }
 
 #[test]
@@ -198,7 +198,7 @@ fn keys_that_may_not_sign_are_not_used() {
         let rr = a("www.signed.lab.", 1);
         let sig = z.sign(std::slice::from_ref(&rr));
         let (query, msg) = answer("www.signed.lab.", vec![rr, sig], vec![]);
-        assert_eq!(check(&z, &query, &msg, &SignatureMemo::default()), Err(ANSWER_UNVERIFIED), "flags {flags}");
+        assert_eq!(check(&z, &query, &msg, &SignatureMemo::default()), Err(Decline::AnswerUnverified), "flags {flags}");
     }
 }
 
@@ -209,12 +209,12 @@ fn a_wildcard_expansion_needs_its_nsec3_proof() {
     let memo = SignatureMemo::default();
     let (query, mut msg) = wildcard_answer(&z, &chain, &wildcard_sig(&z), "x.wild.signed.lab.");
     let proof = std::mem::take(&mut msg.authorities);
-    assert_eq!(check(&z, &query, &msg, &memo), Err("a wildcard expansion without NSEC or NSEC3"));
+    assert_eq!(check(&z, &query, &msg, &memo), Err(Decline::ExpansionWithoutDenial));
 
     // An NSEC3 of the zone that covers some other hash.
     let other = chain.iter().find(|(_, recs)| recs[..1] != proof[..1]).unwrap();
     msg.authorities = other.1.clone();
-    assert_eq!(check(&z, &query, &msg, &memo), Err("no NSEC3 covers the next closer name"));
+    assert_eq!(check(&z, &query, &msg, &memo), Err(Decline::NoNsec3Cover));
 
     // The right NSEC3 with its next hash altered: its signature fails.
     let mut forged = proof.clone();
@@ -225,7 +225,7 @@ fn a_wildcard_expansion_needs_its_nsec3_proof() {
         )));
     }
     msg.authorities = forged;
-    assert_eq!(check(&z, &query, &msg, &memo), Err(UNVERIFIED));
+    assert_eq!(check(&z, &query, &msg, &memo), Err(Decline::Unverified));
 
     msg.authorities = proof;
     assert_eq!(check(&z, &query, &msg, &memo), Ok(()));
@@ -250,7 +250,7 @@ fn the_wildcard_proof_must_be_for_the_next_closer_name() {
     let (query, msg) = answer(&qname, vec![rr.clone(), sig.clone()], right);
     assert_eq!(check(&z, &query, &msg, &memo), Ok(()));
     let (query, msg) = answer(&qname, vec![rr, sig], wrong);
-    assert_eq!(check(&z, &query, &msg, &memo), Err("no NSEC3 covers the next closer name"));
+    assert_eq!(check(&z, &query, &msg, &memo), Err(Decline::NoNsec3Cover));
 }
 
 #[test]
@@ -269,7 +269,7 @@ fn nsec3_proofs_over_the_iteration_limit_are_left_to_hickory() {
     let rr = a(qname, 2);
     let sig = z.sign_with(std::slice::from_ref(&rr), 3, NOW - 3600, NOW + 3600);
     let (query, msg) = answer(qname, vec![rr, sig], vec![nsec3, nsig]);
-    assert_eq!(check(&z, &query, &msg, &SignatureMemo::default()), Err("NSEC3 iterations over the limit"));
+    assert_eq!(check(&z, &query, &msg, &SignatureMemo::default()), Err(Decline::Nsec3IterationsOverLimit));
 }
 
 #[test]
@@ -289,13 +289,13 @@ fn an_nsec_zone_wildcard_is_proven_by_a_covering_nsec() {
     assert_eq!(check(&z, &query, &msg, &memo), Ok(()));
     // Covers the name, but says nothing of wild.signed.lab: not this wildcard.
     let (query, msg) = answer(qname, vec![rr.clone(), sig.clone()], nsec("w.signed.lab.", "www.signed.lab."));
-    assert_eq!(check(&z, &query, &msg, &memo), Err("no NSEC covers the expanded name"));
+    assert_eq!(check(&z, &query, &msg, &memo), Err(Decline::NoNsecCover));
     // Both kinds at once: hickory calls that bogus.
     let chain = z.nsec3_chain(&CHAIN);
     let mut both = nsec("*.wild.signed.lab.", "www.signed.lab.");
     both.extend(z.covering_nsec3(&chain, qname));
     let (query, msg) = answer(qname, vec![rr, sig], both);
-    assert_eq!(check(&z, &query, &msg, &memo), Err("both NSEC and NSEC3"));
+    assert_eq!(check(&z, &query, &msg, &memo), Err(Decline::BothNsecAndNsec3));
 }
 
 #[test]
@@ -306,7 +306,7 @@ fn every_authority_rrset_must_verify() {
     let ns = Record::from_rdata(n("signed.lab."), TTL, RData::NS(NS(n("ns.signed.lab."))));
     let memo = SignatureMemo::default();
     let (query, msg) = answer("www.signed.lab.", vec![rr.clone(), sig.clone()], vec![ns.clone()]);
-    assert_eq!(check(&z, &query, &msg, &memo), Err("no signature over an RRset verifies with the zone's keys"));
+    assert_eq!(check(&z, &query, &msg, &memo), Err(Decline::Unverified));
     let nsig = z.sign(std::slice::from_ref(&ns));
     let (query, msg) = answer("www.signed.lab.", vec![rr.clone(), sig.clone()], vec![ns, nsig]);
     assert_eq!(check(&z, &query, &msg, &memo), Ok(()));
@@ -315,7 +315,7 @@ fn every_authority_rrset_must_verify() {
     let pns = Record::from_rdata(n("lab."), TTL, RData::NS(NS(n("ns.lab."))));
     let psig = parent.sign(std::slice::from_ref(&pns));
     let (query, msg) = answer("www.signed.lab.", vec![rr, sig], vec![pns, psig]);
-    assert_eq!(check(&z, &query, &msg, &memo), Err("an authority record outside the signer's zone"));
+    assert_eq!(check(&z, &query, &msg, &memo), Err(Decline::AuthorityOutsideZone));
 }
 
 #[test]
@@ -326,36 +326,36 @@ fn shapes_other_than_a_direct_positive_answer_are_declined() {
 
     let (query, mut msg) = answer("www.signed.lab.", vec![rr.clone(), sig.clone()], vec![]);
     msg.metadata.response_code = ResponseCode::NXDomain;
-    assert_eq!(signer(&query, &msg), Err("not NOERROR"));
+    assert_eq!(signer(&query, &msg), Err(Decline::NotNoError));
 
     let (query, msg) = answer("www.signed.lab.", vec![rr.clone()], vec![]);
-    assert_eq!(signer(&query, &msg), Err("no signed answer"));
+    assert_eq!(signer(&query, &msg), Err(Decline::NoSignedAnswer));
 
     // An answer record of another name (as in a CNAME chain).
     let (query, msg) = answer("alias.signed.lab.", vec![rr.clone(), sig.clone()], vec![]);
-    assert_eq!(signer(&query, &msg), Err("an answer record of another name (CNAME chain)"));
+    assert_eq!(signer(&query, &msg), Err(Decline::AnswerOfAnotherName));
 
     // Signed by a zone that is not above the name.
     let other = Zone::new("other.lab.");
     let osig = other.sign(std::slice::from_ref(&rr));
     let (query, msg) = answer("www.signed.lab.", vec![rr.clone(), osig], vec![]);
-    assert_eq!(signer(&query, &msg), Err("signer is not an ancestor of the query name"));
+    assert_eq!(signer(&query, &msg), Err(Decline::SignerNotAncestor));
 
     let mut q = Query::query(n("signed.lab."), RecordType::DNSKEY);
     q.set_query_class(DNSClass::IN);
-    assert_eq!(signer(&q, &msg), Err("a DNSSEC or meta query type"));
+    assert_eq!(signer(&q, &msg), Err(Decline::MetaQueryType));
 
     // A signature that claims fewer labels than its own zone has.
     let low = z.sign_with(std::slice::from_ref(&rr), 1, NOW - 3600, NOW + 3600);
     let (query, msg) = answer("www.signed.lab.", vec![rr.clone(), low], vec![]);
-    assert_eq!(check(&z, &query, &msg, &SignatureMemo::default()), Err(ANSWER_UNVERIFIED));
+    assert_eq!(check(&z, &query, &msg, &SignatureMemo::default()), Err(Decline::AnswerUnverified));
 
     // A record of another class anywhere.
     let (query, mut msg) = answer("www.signed.lab.", vec![rr, sig], vec![]);
     let mut ch = a("www.signed.lab.", 9);
     ch.dns_class = DNSClass::CH;
     msg.additionals.push(ch);
-    assert_eq!(check(&z, &query, &msg, &SignatureMemo::default()), Err("a record of another class"));
+    assert_eq!(check(&z, &query, &msg, &SignatureMemo::default()), Err(Decline::AnotherClass));
 }
 
 #[test]
@@ -395,7 +395,7 @@ fn an_opt_out_nsec3_does_not_prove_an_expansion() {
     let memo = SignatureMemo::default();
     let (query, mut msg) = wildcard_answer(&z, &z.nsec3_chain(&CHAIN), &wild, qname);
     msg.authorities = nsec3(true);
-    assert_eq!(check(&z, &query, &msg, &memo), Err("the covering NSEC3 is opt-out"));
+    assert_eq!(check(&z, &query, &msg, &memo), Err(Decline::OptOutCover));
     msg.authorities = nsec3(false);
     assert_eq!(check(&z, &query, &msg, &memo), Ok(()));
 }
@@ -407,7 +407,7 @@ fn a_denial_beside_a_direct_answer_is_left_to_hickory() {
     let rr = a("www.signed.lab.", 1);
     let sig = z.sign(std::slice::from_ref(&rr));
     let (query, msg) = answer("www.signed.lab.", vec![rr, sig], chain[0].1.clone());
-    assert_eq!(check(&z, &query, &msg, &SignatureMemo::default()), Err("denial records beside a direct answer"));
+    assert_eq!(check(&z, &query, &msg, &SignatureMemo::default()), Err(Decline::DenialBesideDirectAnswer));
 }
 
 /// `n` signatures by `z` under `rr`'s name and type that match its key's
@@ -440,7 +440,7 @@ fn an_answer_full_of_bad_signatures_buys_a_bounded_number_of_checks() {
     let authorities = (0..MAX_RRSETS - 1).flat_map(|i| signed_late(a(&format!("h{i}.signed.lab."), 1))).collect();
     let (query, msg) = answer("www.signed.lab.", answers, authorities);
     let memo = SignatureMemo::default();
-    assert_eq!(check(&z, &query, &msg, &memo), Err(UNVERIFIED));
+    assert_eq!(check(&z, &query, &msg, &memo), Err(Decline::Unverified));
     assert_eq!(memo.checked(), u64::from(MAX_CHECKS_PER_ANSWER));
 }
 
@@ -455,7 +455,7 @@ fn signatures_past_the_limit_are_not_looked_at() {
     answers.push(rr);
     let (query, msg) = answer("www.signed.lab.", answers, vec![]);
     let memo = SignatureMemo::default();
-    assert_eq!(check(&z, &query, &msg, &memo), Err(ANSWER_UNVERIFIED));
+    assert_eq!(check(&z, &query, &msg, &memo), Err(Decline::AnswerUnverified));
     assert_eq!(memo.checked(), MAX_SIGS_PER_RRSET as u64);
 }
 
@@ -472,7 +472,7 @@ fn the_second_opinion_looks_past_junk_that_makes_the_shortcut_decline() {
     let memo = SignatureMemo::default();
 
     let (query, msg) = answer("www.signed.lab.", vec![rr.clone(), junk.clone(), good.clone()], vec![]);
-    assert_eq!(signer(&query, &msg), Err("answer signatures by different signers"));
+    assert_eq!(signer(&query, &msg), Err(Decline::DifferentSigners));
     assert_eq!(answer_signers(&query, &msg), Some(vec![other.name.clone(), z.name.clone()]));
     assert!(answer_verifies(&query, &msg, &z.name, &z.keys(), &memo, NOW), "the genuine data");
 
