@@ -829,6 +829,8 @@ mod tests {
     use super::*;
     use hickory_proto::dnssec::rdata::{SigInput, NSEC, RRSIG};
 
+    use crate::proxy::positive_proof::tests::{a, answer, Zone};
+
     const KEY: &str = "AwEAAaz/tAm8yTn4Mfeh5eyI96WSVexTBAvkMgJzkKTOiW1vkIbzxeF3+/4RgWOq7HrxRixHlFlExOLAJr5emLvN7SWXgnLh4+B5xQlNVz8Og8kvArMtNROxVQuCaSnIDdD5LKyWbRd2n9WGe2R8PzgCmr3EgVLrjyBxWezF0jLHwVN8efS3rCj/EWgvIWgb9tarpVUDK/b58Da+sqqls3eNbuv7pr+eoZG+SrDK6nWeL3c6H5Apxz7LjVc1uTIdsIXxuOLYA4/ilBmSVIzuDWfdRUfhHdY6+cn8HFRm+2hM8AnXGXws9555KrUB5qihylGa8subX2Nn6UwNR1AkUTV74bU=";
     const DS_20326: &str = "E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D";
 
@@ -1036,5 +1038,98 @@ mod tests {
         assert_eq!(cache_ttl(&m), Some(Duration::from_secs(30)));
         m.metadata.response_code = ResponseCode::ServFail;
         assert_eq!(cache_ttl(&m), None);
+    }
+
+    /// A validator whose one upstream, on loopback, serves the root's
+    /// DNSKEY set signed by `root` (also the trust anchor) and answers
+    /// anything else SERVFAIL. It counts the DNSKEY queries it gets.
+    async fn validator_for(root: &Zone) -> (Validator, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let now = unix_now();
+        let keys: Vec<Record> =
+            root.keys().into_iter().map(|k| Record::from_rdata(Name::root(), 300, RData::DNSSEC(DNSSECRData::DNSKEY(k)))).collect();
+        let mut signed = keys.clone();
+        signed.push(root.sign_with(&keys, 0, now - 3600, now + 3600));
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counted = asked.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+                let Ok(q) = Message::from_vec(&buf[..len]) else { continue };
+                let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+                r.add_queries(q.queries.clone());
+                if q.queries.first().is_some_and(|q| q.query_type() == RecordType::DNSKEY && q.name().is_root()) {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    r.add_answers(signed.clone());
+                } else {
+                    r.metadata.response_code = ResponseCode::ServFail;
+                }
+                let _ = socket.send_to(&r.to_vec().unwrap(), from).await;
+            }
+        });
+        let metrics = Metrics::new();
+        let tel = Arc::new(super::super::Telemetry {
+            log: Arc::new(crate::verdict::VerdictLog::to_writer(Box::new(io::sink()))),
+            metrics: metrics.clone(),
+            allow_sample: 0.0,
+        });
+        let spoof = crate::config::SpoofConfig { threshold: 10, window_s: 60, tcp_cooldown_s: 300 };
+        let upstreams = Upstreams::new(&[crate::config::Upstream::Plain(addr)], &[addr], None, spoof, Duration::from_secs(2), false, tel);
+        let anchors = AnchorSet {
+            source: Some(PathBuf::from("root.key")),
+            dnskeys: root.keys().into_iter().map(|k| (Name::root(), k)).collect(),
+            ds: vec![],
+        };
+        (Validator::new(Arc::new(upstreams), anchors, &metrics), asked)
+    }
+
+    #[tokio::test]
+    async fn the_second_opinion_overrules_a_secure_whose_signature_does_not_verify() {
+        let root = Zone::new(".");
+        let (validator, asked) = validator_for(&root).await;
+        let handle = validator.handle().await.expect("a DNSKEY anchor needs no fetch");
+        let now = unix_now();
+        let signed = |rr: &Record| root.sign_with(std::slice::from_ref(rr), 2, now - 3600, now + 3600);
+        let genuine = a("www.example.", 1);
+        let sig = signed(&genuine);
+        let opinion = |msg: Message, full: Security| {
+            let query = msg.queries[0].clone();
+            let validator = &validator;
+            async move { validator.second_opinion(handle, &query, &msg, full).await }
+        };
+
+        // What hickory's collision-prone cache could call secure: the
+        // genuine signature over other data. Bogus, whatever hickory says.
+        let (_, forged) = answer("www.example.", vec![a("www.example.", 66), sig.clone()], vec![]);
+        match opinion(forged.clone(), Security::Secure).await {
+            Security::Bogus(b) => assert_eq!(b.reason, "bad-signature", "{b:?}"),
+            other => panic!("a forged RRset passed as {other:?}"),
+        }
+        // The genuine data under the same signature is secure.
+        let (_, real) = answer("www.example.", vec![genuine.clone(), sig.clone()], vec![]);
+        assert_eq!(opinion(real.clone(), Security::Secure).await, Security::Secure);
+        // Only a "secure" is looked at again: other verdicts stand as given.
+        assert_eq!(opinion(forged.clone(), Security::Insecure).await, Security::Insecure);
+        let indeterminate = Security::Indeterminate("no answer".into());
+        assert_eq!(opinion(forged, indeterminate.clone()).await, indeterminate);
+        // Signatures by more than MAX_SIGNERS ancestors: bogus before any check.
+        let junk: Vec<Record> = ["example.", "www.example."]
+            .into_iter()
+            .map(|signer| Zone::new(signer).sign_with(std::slice::from_ref(&genuine), 2, now - 3600, now + 3600))
+            .collect();
+        let (_, crowded) = answer("www.example.", [vec![genuine.clone(), sig.clone()], junk].concat(), vec![]);
+        assert!(matches!(opinion(crowded, Security::Secure).await, Security::Bogus(_)));
+
+        // A stale copy of the keys (a rollover since they were taken) is
+        // dropped and taken again before a no.
+        let stale: Arc<[DNSKEY]> = Zone::new(".").keys().into();
+        validator.zone_keys.lock().unwrap().insert(Name::root(), (Instant::now() + SUB_CACHE_MAX_TTL, stale));
+        assert_eq!(opinion(real, Security::Secure).await, Security::Secure);
+        let kept = validator.zone_keys.lock().unwrap().get(&Name::root()).map(|(_, k)| k.to_vec());
+        assert_eq!(kept, Some(root.keys()), "the proven keys replace the stale ones");
+        // The root's keys came from the upstream once: later looks reuse them.
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -426,5 +426,6 @@ fn hash_covers(owner: &[u8], next: &[u8], hash: &[u8]) -> bool {
     }
 }
 
+/// Also the signing helpers of `dnssec`'s tests.
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

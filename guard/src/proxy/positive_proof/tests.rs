@@ -19,18 +19,18 @@ use super::*;
 const NOW: u32 = 1_800_000_000;
 const TTL: u32 = 300;
 
-fn n(s: &str) -> Name {
+pub(in crate::proxy) fn n(s: &str) -> Name {
     Name::from_str(s).unwrap()
 }
 
 /// A zone with one P-256 key (flags 257).
-struct Zone {
-    name: Name,
+pub(in crate::proxy) struct Zone {
+    pub name: Name,
     signer: DnssecSigner,
 }
 
 impl Zone {
-    fn new(name: &str) -> Self {
+    pub fn new(name: &str) -> Self {
         Self::with_flags(name, 257)
     }
 
@@ -42,13 +42,13 @@ impl Zone {
         Zone { name: n(name), signer }
     }
 
-    fn keys(&self) -> Vec<DNSKEY> {
+    pub fn keys(&self) -> Vec<DNSKEY> {
         vec![self.signer.dnskey().clone()]
     }
 
     /// An RRSIG over `rrset` (one owner and type), valid around `NOW`;
     /// `labels` below the owner's count signs it as a wildcard expansion.
-    fn sign_with(&self, rrset: &[Record], labels: u8, inception: u32, expiration: u32) -> Record {
+    pub fn sign_with(&self, rrset: &[Record], labels: u8, inception: u32, expiration: u32) -> Record {
         let first = &rrset[0];
         let input = SigInput {
             type_covered: first.record_type(),
@@ -97,11 +97,11 @@ impl Zone {
     }
 }
 
-fn a(name: &str, last: u8) -> Record {
+pub(in crate::proxy) fn a(name: &str, last: u8) -> Record {
     Record::from_rdata(n(name), TTL, RData::A(A(Ipv4Addr::new(198, 19, 1, last))))
 }
 
-fn answer(qname: &str, answers: Vec<Record>, authorities: Vec<Record>) -> (Query, Message) {
+pub(in crate::proxy) fn answer(qname: &str, answers: Vec<Record>, authorities: Vec<Record>) -> (Query, Message) {
     let query = Query::query(n(qname), RecordType::A);
     let mut msg = Message::query();
     msg.add_query(query.clone());
