@@ -292,7 +292,8 @@ impl Upstreams {
                 }
                 Err(e) => {
                     debug!(upstream = %u.label, error = %e, "upstream exchange failed");
-                    if !e.is_local() && !(cut_short && matches!(e, ExchangeError::Timeout)) {
+                    let budget_timeout = cut_short && matches!(e, ExchangeError::Timeout);
+                    if !(e.is_local() || budget_timeout) {
                         self.failed(&u, &e);
                     }
                     last = Some((u.label.clone(), e));
@@ -305,6 +306,7 @@ impl Upstreams {
 
     /// One upstream: UDP (or TCP while forced), then TCP if truncated;
     /// or its TLS connection.
+    #[allow(clippy::too_many_arguments, reason = "the query's flags and its deadline, passed on as they are")]
     async fn exchange(
         &self,
         u: &UpstreamState,
