@@ -5,13 +5,15 @@
 //! client query, and are cached (TTL-bounded) so a query is not a chain walk.
 //! In front of hickory, `positive_proof` proves the commonest secure answer
 //! with remembered signatures; behind it, `Validator::second_opinion`
-//! checks the signatures of an answer hickory calls secure.
+//! checks the signatures of an answer hickory calls secure. Both use zone
+//! keys proven here (`Validator::prove_keys`), not by hickory.
 
 use std::{
     cell::{Cell, RefCell},
     collections::HashMap,
     io,
     path::{Path, PathBuf},
+    future::Future,
     pin::Pin,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -30,7 +32,7 @@ use hickory_proto::{
         Algorithm, DigestType, DnssecSummary, Proof, PublicKeyBuf, TrustAnchors,
     },
     op::{DnsRequest, DnsRequestOptions, DnsResponse, Message, Query, ResponseCode},
-    rr::{Name, RData, Record, RecordType},
+    rr::{LowerName, Name, RData, Record, RecordType},
 };
 use tokio::sync::OnceCell;
 use tracing::{debug, warn};
@@ -379,6 +381,9 @@ const ZONE_KEY_ENTRIES: usize = 1024;
 /// How long a zone without proven keys (insecure, or its keys could not be
 /// fetched) skips the shortcut before it asks again.
 const NO_KEYS_RETRY: Duration = Duration::from_secs(30);
+/// Zones a chain of trust is walked up, at most, from a signer to its
+/// anchor: more is not proven.
+const MAX_CHAIN_DEPTH: usize = 16;
 
 /// Why the configured trust anchors could not be put to use.
 #[derive(Debug, thiserror::Error)]
@@ -397,10 +402,17 @@ enum AnchorFetchError {
 /// A zone's DNSKEYs proven from the trust anchor, and until when to use them.
 type ProvenKeys = (Instant, Arc<[DNSKEY]>);
 
+/// The chain walker and the trust anchors it was built with (the DS
+/// anchors resolved to their keys).
+struct Chain {
+    handle: DnssecDnsHandle<Exchange>,
+    anchors: Arc<TrustAnchors>,
+}
+
 pub struct Validator {
     exchange: Exchange,
     anchors: AnchorSet,
-    handle: OnceCell<DnssecDnsHandle<Exchange>>,
+    chain: OnceCell<Chain>,
     /// Zones at or above a query name whose chain a recent validation could
     /// not fetch, and until when they count as unreachable.
     unreachable: Mutex<HashMap<Name, Instant>>,
@@ -420,7 +432,7 @@ impl Validator {
         Validator {
             exchange: Exchange { upstreams, cache: Arc::default() },
             anchors,
-            handle: OnceCell::new(),
+            chain: OnceCell::new(),
             unreachable: Mutex::default(),
             zone_keys: Mutex::default(),
             no_keys: Mutex::default(),
@@ -432,11 +444,11 @@ impl Validator {
     /// The chain walker, built on first use: a DS anchor needs the
     /// upstream to fetch the key it covers. A failure is retried by the
     /// next query.
-    async fn handle(&self) -> Result<&DnssecDnsHandle<Exchange>, AnchorFetchError> {
-        self.handle
+    async fn chain(&self) -> Result<&Chain, AnchorFetchError> {
+        self.chain
             .get_or_try_init(|| async {
-                let anchors = self.trust_anchors().await?;
-                Ok(DnssecDnsHandle::with_trust_anchor(self.exchange.clone(), Arc::new(anchors)))
+                let anchors = Arc::new(self.trust_anchors().await?);
+                Ok(Chain { handle: DnssecDnsHandle::with_trust_anchor(self.exchange.clone(), anchors.clone()), anchors })
             })
             .await
     }
@@ -516,15 +528,15 @@ impl Validator {
 
     /// Classifies `msg`, the upstream's answer to `query` (as sent).
     pub async fn validate(&self, query: &Query, msg: &Message) -> Security {
-        let handle = match self.handle().await {
-            Ok(h) => h,
+        let chain = match self.chain().await {
+            Ok(c) => c,
             Err(AnchorFetchError::Unreachable(e)) => return Security::Indeterminate(e),
             Err(AnchorFetchError::Unusable(e)) => return bogus("no-trust-anchor", e),
         };
         let (security, failed) = SUB_FAILED
             .scope(RefCell::default(), async {
                 let path = |path| self.validations.get_or_create(&PathLabels { path }).inc();
-                let security = match self.positive_proof(handle, query, msg).await {
+                let security = match self.positive_proof(chain, query, msg).await {
                     Ok(()) => {
                         path("shortcut");
                         Security::Secure
@@ -533,9 +545,9 @@ impl Validator {
                         debug!(qname = %query.name(), %why, "full validation");
                         path("full");
                         let request = DnsRequest::from_query(query.clone(), DnsRequestOptions::default());
-                        let stream = SEED.sync_scope(Cell::new(Some(msg.clone())), || handle.send(request));
+                        let stream = SEED.sync_scope(Cell::new(Some(msg.clone())), || chain.handle.send(request));
                         let full = classify(query, stream.first_answer().await);
-                        self.second_opinion(handle, query, msg, full).await
+                        self.second_opinion(chain, query, msg, full).await
                     }
                 };
                 (security, SUB_FAILED.with(|f| f.take()))
@@ -564,9 +576,9 @@ impl Validator {
     /// The shortcut: a signed positive answer proven with its zone's proven
     /// keys and the signature memo. Anything it declines is validated in
     /// full by hickory.
-    async fn positive_proof(&self, handle: &DnssecDnsHandle<Exchange>, query: &Query, msg: &Message) -> Result<(), Decline> {
+    async fn positive_proof(&self, chain: &Chain, query: &Query, msg: &Message) -> Result<(), Decline> {
         let zone = positive_proof::signer(query, msg)?;
-        let keys = self.zone_keys(handle, &zone).await;
+        let keys = self.zone_keys(&chain.anchors, &zone).await;
         if keys.is_empty() {
             return Err(Decline::NoProvenKeys);
         }
@@ -585,7 +597,7 @@ impl Validator {
     /// junk that search needs makes the shortcut decline, so this check
     /// looks past the shape. Our copy of the keys may be older than
     /// hickory's (a rollover): it is dropped and taken again before a no.
-    async fn second_opinion(&self, handle: &DnssecDnsHandle<Exchange>, query: &Query, msg: &Message, full: Security) -> Security {
+    async fn second_opinion(&self, chain: &Chain, query: &Query, msg: &Message, full: Security) -> Security {
         if full != Security::Secure {
             return full;
         }
@@ -602,7 +614,7 @@ impl Validator {
                 if fresh {
                     self.forget_keys(zone);
                 }
-                let keys = self.zone_keys(handle, zone).await;
+                let keys = self.zone_keys(&chain.anchors, zone).await;
                 if positive_proof::answer_verifies(query, msg, zone, &keys, &self.signatures, unix_now()) {
                     return Security::Secure;
                 }
@@ -611,49 +623,142 @@ impl Validator {
         unverified("no signature verifies with the zone's proven keys")
     }
 
+    /// Drops `zone`'s keys, and the failures remembered for it and the
+    /// zones above it: a chain walk that failed on a lost datagram must
+    /// not make a genuine answer bogus for `NO_KEYS_RETRY`.
     fn forget_keys(&self, zone: &Name) {
         self.zone_keys.lock().unwrap_or_else(|p| p.into_inner()).remove(zone);
-        self.no_keys.lock().unwrap_or_else(|p| p.into_inner()).remove(zone);
+        self.no_keys.lock().unwrap_or_else(|p| p.into_inner()).retain(|failed, _| !failed.zone_of(zone));
     }
 
-    /// `zone`'s DNSKEYs that hickory proves from the trust anchor, reused
-    /// for their authenticated TTL, at most `SUB_CACHE_MAX_TTL` here (the
-    /// DNSKEY answer under them may itself be that old). An insecure
-    /// zone, or one whose keys cannot be fetched, has none for a while: its
-    /// answers take the full path, which says why.
-    async fn zone_keys(&self, handle: &DnssecDnsHandle<Exchange>, zone: &Name) -> Arc<[DNSKEY]> {
-        let now = Instant::now();
-        if let Some((until, keys)) = self.zone_keys.lock().unwrap_or_else(|p| p.into_inner()).get(zone) {
-            if *until > now {
-                return keys.clone();
-            }
-        }
-        if self.no_keys.lock().unwrap_or_else(|p| p.into_inner()).get(zone).is_some_and(|until| *until > now) {
-            return Arc::from([]);
-        }
-        let request = DnsRequest::from_query(Query::query(zone.clone(), RecordType::DNSKEY), DnsRequestOptions::default());
-        let mut keys: Vec<DNSKEY> = Vec::new();
-        let mut ttl = SUB_CACHE_MAX_TTL;
-        if let Ok(resp) = handle.send(request).first_answer().await {
-            let mut secure: Vec<Record> = resp.answers.iter().filter(|r| r.proof == Proof::Secure).cloned().collect();
-            cap_authenticated_ttls(&mut secure, unix_now());
-            // Kept no longer than their signature or TTL allows, but at
-            // least a second: a zone may publish its keys with TTL 0.
-            for r in secure.iter().filter(|r| r.name == *zone) {
-                if let RData::DNSSEC(DNSSECRData::DNSKEY(k)) = &r.data {
-                    keys.push(k.clone());
-                    ttl = ttl.min(Duration::from_secs(r.ttl.max(1).into()));
-                }
-            }
-        }
-        if keys.is_empty() {
-            remember(&self.no_keys, zone, now + NO_KEYS_RETRY, |until| *until > now);
-            return Arc::from([]);
-        }
-        let keys: Arc<[DNSKEY]> = keys.into();
-        remember(&self.zone_keys, zone, (now + ttl, keys.clone()), |(until, _)| *until > now);
-        keys
+    /// `zone`'s DNSKEYs, proven from the trust anchor by `prove_keys` and
+    /// reused until they lapse; none for a while when they cannot be (an
+    /// insecure zone, a failed fetch, a broken chain). Its answers then
+    /// take the full path, which says why.
+    async fn zone_keys(&self, anchors: &TrustAnchors, zone: &Name) -> Arc<[DNSKEY]> {
+        self.proven_keys(anchors, zone, 0).await.map_or_else(|| Arc::from([]), |(_, keys)| keys)
     }
+
+    /// `zone_keys` with the key's lifetime; `depth`: zones walked so far.
+    fn proven_keys<'a>(
+        &'a self,
+        anchors: &'a TrustAnchors,
+        zone: &'a Name,
+        depth: usize,
+    ) -> Pin<Box<dyn Future<Output = Option<ProvenKeys>> + Send + 'a>> {
+        Box::pin(async move {
+            let now = Instant::now();
+            let cached = self.zone_keys.lock().unwrap_or_else(|p| p.into_inner()).get(zone).cloned();
+            if let Some(hit) = cached.filter(|(until, _)| *until > now) {
+                return Some(hit);
+            }
+            if self.no_keys.lock().unwrap_or_else(|p| p.into_inner()).get(zone).is_some_and(|until| *until > now) {
+                return None;
+            }
+            let proven = self.prove_keys(anchors, zone, depth).await;
+            match &proven {
+                Some(p) => remember(&self.zone_keys, zone, p.clone(), |(until, _)| *until > now),
+                None => remember(&self.no_keys, zone, now + NO_KEYS_RETRY, |until| *until > now),
+            }
+            proven
+        })
+    }
+
+    /// RFC 4035 §5.1-5.2, with our own signature checks: `zone`'s DNSKEY
+    /// set must be signed by a key that is a trust anchor, or that a DS set
+    /// of the zone's parent covers, that DS set being signed with the
+    /// parent's keys proven the same way. hickory proves these sets too,
+    /// but keeps those proofs in the same collision-prone cache as every
+    /// other (see `second_opinion`); keys proven here make the shortcut and
+    /// the second opinion independent of it.
+    ///
+    /// The keys are used no longer than the smallest authenticated TTL
+    /// along the chain (`cap_authenticated_ttls`), at most
+    /// `SUB_CACHE_MAX_TTL`, and at least a second: a zone may publish its
+    /// keys with TTL 0.
+    async fn prove_keys(&self, anchors: &TrustAnchors, zone: &Name, depth: usize) -> Option<ProvenKeys> {
+        let unix = unix_now();
+        let dnskeys = self.fetch_signed(zone, RecordType::DNSKEY, unix).await?;
+        let lower = LowerName::from(zone);
+        let anchored: Vec<DNSKEY> =
+            zone_dnskeys(zone, &dnskeys).filter(|k| anchors.contains_with_name(k.public_key(), &lower)).cloned().collect();
+        let mut until = Instant::now() + SUB_CACHE_MAX_TTL;
+        let trusted = if !anchored.is_empty() {
+            anchored
+        } else {
+            if zone.is_root() || depth >= MAX_CHAIN_DEPTH {
+                return None;
+            }
+            let ds = self.fetch_signed(zone, RecordType::DS, unix).await?;
+            let parent = self.proven_parent(anchors, zone, &ds, unix, depth).await?;
+            until = until.min(parent).min(Instant::now() + min_ttl(zone, RecordType::DS, &ds));
+            let ds_set: Vec<(Name, DS)> = ds
+                .iter()
+                .filter(|r| r.name == *zone)
+                .filter_map(|r| match &r.data {
+                    RData::DNSSEC(DNSSECRData::DS(d)) => Some((zone.clone(), d.clone())),
+                    _ => None,
+                })
+                .collect();
+            covered_keys(zone, &dnskeys, &ds_set)
+        };
+        if !positive_proof::chain_rrset_verifies(zone, RecordType::DNSKEY, &dnskeys, zone, &trusted, &self.signatures, unix) {
+            warn!(%zone, "the zone's DNSKEY set is not signed by a key its trust anchor or DS covers");
+            return None;
+        }
+        let keys: Arc<[DNSKEY]> = zone_dnskeys(zone, &dnskeys).cloned().collect();
+        until = until.min(Instant::now() + min_ttl(zone, RecordType::DNSKEY, &dnskeys));
+        Some((until, keys))
+    }
+
+    /// The zone above `zone` whose proven keys verify its DS set `ds`, and
+    /// until when those keys hold. The signer of a DS set is the parent
+    /// (RFC 4035 §5.2); at most `MAX_SIGNERS` claimed signers are tried.
+    async fn proven_parent(&self, anchors: &TrustAnchors, zone: &Name, ds: &[Record], unix: u32, depth: usize) -> Option<Instant> {
+        let mut signers: Vec<&Name> = Vec::new();
+        for sig in ds.iter().filter(|r| r.name == *zone).filter_map(positive_proof::rrsig) {
+            let signer = &sig.input().signer_name;
+            if sig.input().type_covered == RecordType::DS && signer.zone_of(zone) && signer != zone && !signers.contains(&signer) {
+                signers.push(signer);
+            }
+        }
+        for parent in signers.into_iter().take(positive_proof::MAX_SIGNERS) {
+            let Some((until, keys)) = self.proven_keys(anchors, parent, depth + 1).await else { continue };
+            if positive_proof::chain_rrset_verifies(zone, RecordType::DS, ds, parent, &keys, &self.signatures, unix) {
+                return Some(until);
+            }
+        }
+        debug!(%zone, "no DS set for the zone verifies with its parent's proven keys");
+        None
+    }
+
+    /// The answer records of a NOERROR answer to (`name`, `rtype`) from
+    /// the upstreams (through the sub-answer cache), their TTLs capped as
+    /// their signatures allow.
+    async fn fetch_signed(&self, name: &Name, rtype: RecordType, unix: u32) -> Option<Vec<Record>> {
+        let resp = self.exchange.clone().sub_query(Query::query(name.clone(), rtype)).await.ok()?;
+        if resp.metadata.response_code != ResponseCode::NoError {
+            return None;
+        }
+        let mut answers = resp.answers.clone();
+        cap_authenticated_ttls(&mut answers, unix);
+        Some(answers)
+    }
+}
+
+/// The DNSKEY records of `zone` among `records`.
+fn zone_dnskeys<'a>(zone: &'a Name, records: &'a [Record]) -> impl Iterator<Item = &'a DNSKEY> + 'a {
+    records.iter().filter(move |r| r.name == *zone).filter_map(|r| match &r.data {
+        RData::DNSSEC(DNSSECRData::DNSKEY(k)) => Some(k),
+        _ => None,
+    })
+}
+
+/// The smallest TTL of the RRset (`owner`, `rtype`) in `records`, within
+/// 1 s and `SUB_CACHE_MAX_TTL`.
+fn min_ttl(owner: &Name, rtype: RecordType, records: &[Record]) -> Duration {
+    let ttl = records.iter().filter(|r| r.name == *owner && r.record_type() == rtype).map(|r| r.ttl).min().unwrap_or(0);
+    Duration::from_secs(ttl.max(1).into()).min(SUB_CACHE_MAX_TTL)
 }
 
 /// Inserts into a bounded map: past `ZONE_KEY_ENTRIES`, the entries `live`
@@ -1040,16 +1145,39 @@ mod tests {
         assert_eq!(cache_ttl(&m), None);
     }
 
-    /// A validator whose one upstream, on loopback, serves the root's
-    /// DNSKEY set signed by `root` (also the trust anchor) and answers
-    /// anything else SERVFAIL. It counts the DNSKEY queries it gets.
-    async fn validator_for(root: &Zone) -> (Validator, Arc<std::sync::atomic::AtomicUsize>) {
-        use std::sync::atomic::{AtomicUsize, Ordering};
+    /// Signed RRsets an upstream serves, by name and type.
+    type Served = HashMap<(Name, RecordType), Vec<Record>>;
+
+    /// `rrset` and `signer`'s signature over it, valid now.
+    fn signed(signer: &Zone, rrset: Vec<Record>) -> Vec<Record> {
         let now = unix_now();
-        let keys: Vec<Record> =
-            root.keys().into_iter().map(|k| Record::from_rdata(Name::root(), 300, RData::DNSSEC(DNSSECRData::DNSKEY(k)))).collect();
-        let mut signed = keys.clone();
-        signed.push(root.sign_with(&keys, 0, now - 3600, now + 3600));
+        let sig = signer.sign_with(&rrset, rrset[0].name.num_labels(), now - 3600, now + 3600);
+        [rrset, vec![sig]].concat()
+    }
+
+    fn dnskey_set(zone: &Zone) -> Vec<Record> {
+        let record = |k| Record::from_rdata(zone.name.clone(), 300, RData::DNSSEC(DNSSECRData::DNSKEY(k)));
+        zone.keys().into_iter().map(record).collect()
+    }
+
+    /// The DS record of `child`'s key, as its parent publishes it.
+    fn ds_of(child: &Zone) -> Record {
+        let key = &child.keys()[0];
+        let digest = key.to_digest(&child.name, DigestType::SHA256).unwrap();
+        let ds = DS::new(key.calculate_key_tag().unwrap(), hickory_proto::dnssec::PublicKey::algorithm(key.public_key()), DigestType::SHA256, digest.as_ref().to_vec());
+        Record::from_rdata(child.name.clone(), 300, RData::DNSSEC(DNSSECRData::DS(ds)))
+    }
+
+    /// The root's DNSKEY set, signed by `root` (also the trust anchor).
+    fn served_root(root: &Zone) -> Served {
+        HashMap::from([((Name::root(), RecordType::DNSKEY), signed(root, dnskey_set(root)))])
+    }
+
+    /// A validator whose one upstream, on loopback, answers from `served`
+    /// and SERVFAIL to anything else, with `root`'s key as the trust
+    /// anchor. It counts the queries it gets.
+    async fn validator_for(root: &Zone, served: Served) -> (Validator, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let asked = Arc::new(AtomicUsize::new(0));
@@ -1058,13 +1186,14 @@ mod tests {
             let mut buf = vec![0u8; 4096];
             while let Ok((len, from)) = socket.recv_from(&mut buf).await {
                 let Ok(q) = Message::from_vec(&buf[..len]) else { continue };
+                counted.fetch_add(1, Ordering::SeqCst);
                 let mut r = Message::response(q.metadata.id, q.metadata.op_code);
                 r.add_queries(q.queries.clone());
-                if q.queries.first().is_some_and(|q| q.query_type() == RecordType::DNSKEY && q.name().is_root()) {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    r.add_answers(signed.clone());
-                } else {
-                    r.metadata.response_code = ResponseCode::ServFail;
+                match q.queries.first().and_then(|q| served.get(&(q.name().to_lowercase(), q.query_type()))) {
+                    Some(records) => {
+                        r.add_answers(records.clone());
+                    }
+                    None => r.metadata.response_code = ResponseCode::ServFail,
                 }
                 let _ = socket.send_to(&r.to_vec().unwrap(), from).await;
             }
@@ -1085,51 +1214,101 @@ mod tests {
         (Validator::new(Arc::new(upstreams), anchors, &metrics), asked)
     }
 
+    /// The second opinion on `msg`, given hickory's verdict `full`.
+    async fn opinion(validator: &Validator, msg: &Message, full: Security) -> Security {
+        let chain = validator.chain().await.expect("a DNSKEY anchor needs no fetch");
+        validator.second_opinion(chain, &msg.queries[0], msg, full).await
+    }
+
     #[tokio::test]
     async fn the_second_opinion_overrules_a_secure_whose_signature_does_not_verify() {
         let root = Zone::new(".");
-        let (validator, asked) = validator_for(&root).await;
-        let handle = validator.handle().await.expect("a DNSKEY anchor needs no fetch");
-        let now = unix_now();
-        let signed = |rr: &Record| root.sign_with(std::slice::from_ref(rr), 2, now - 3600, now + 3600);
+        let (validator, asked) = validator_for(&root, served_root(&root)).await;
         let genuine = a("www.example.", 1);
-        let sig = signed(&genuine);
-        let opinion = |msg: Message, full: Security| {
-            let query = msg.queries[0].clone();
-            let validator = &validator;
-            async move { validator.second_opinion(handle, &query, &msg, full).await }
-        };
+        let real = signed(&root, vec![genuine.clone()]);
+        let sig = real[1].clone();
 
         // What hickory's collision-prone cache could call secure: the
         // genuine signature over other data. Bogus, whatever hickory says.
         let (_, forged) = answer("www.example.", vec![a("www.example.", 66), sig.clone()], vec![]);
-        match opinion(forged.clone(), Security::Secure).await {
+        match opinion(&validator, &forged, Security::Secure).await {
             Security::Bogus(b) => assert_eq!(b.reason, "bad-signature", "{b:?}"),
             other => panic!("a forged RRset passed as {other:?}"),
         }
         // The genuine data under the same signature is secure.
-        let (_, real) = answer("www.example.", vec![genuine.clone(), sig.clone()], vec![]);
-        assert_eq!(opinion(real.clone(), Security::Secure).await, Security::Secure);
+        let (_, real) = answer("www.example.", real, vec![]);
+        assert_eq!(opinion(&validator, &real, Security::Secure).await, Security::Secure);
         // Only a "secure" is looked at again: other verdicts stand as given.
-        assert_eq!(opinion(forged.clone(), Security::Insecure).await, Security::Insecure);
+        assert_eq!(opinion(&validator, &forged, Security::Insecure).await, Security::Insecure);
         let indeterminate = Security::Indeterminate("no answer".into());
-        assert_eq!(opinion(forged, indeterminate.clone()).await, indeterminate);
+        assert_eq!(opinion(&validator, &forged, indeterminate.clone()).await, indeterminate);
         // Signatures by more than MAX_SIGNERS ancestors: bogus before any check.
-        let junk: Vec<Record> = ["example.", "www.example."]
-            .into_iter()
-            .map(|signer| Zone::new(signer).sign_with(std::slice::from_ref(&genuine), 2, now - 3600, now + 3600))
-            .collect();
-        let (_, crowded) = answer("www.example.", [vec![genuine.clone(), sig.clone()], junk].concat(), vec![]);
-        assert!(matches!(opinion(crowded, Security::Secure).await, Security::Bogus(_)));
+        let junk: Vec<Record> =
+            ["example.", "www.example."].into_iter().map(|signer| signed(&Zone::new(signer), vec![genuine.clone()])[1].clone()).collect();
+        let (_, crowded) = answer("www.example.", [vec![genuine.clone(), sig], junk].concat(), vec![]);
+        assert!(matches!(opinion(&validator, &crowded, Security::Secure).await, Security::Bogus(_)));
 
         // A stale copy of the keys (a rollover since they were taken) is
         // dropped and taken again before a no.
         let stale: Arc<[DNSKEY]> = Zone::new(".").keys().into();
         validator.zone_keys.lock().unwrap().insert(Name::root(), (Instant::now() + SUB_CACHE_MAX_TTL, stale));
-        assert_eq!(opinion(real, Security::Secure).await, Security::Secure);
+        assert_eq!(opinion(&validator, &real, Security::Secure).await, Security::Secure);
         let kept = validator.zone_keys.lock().unwrap().get(&Name::root()).map(|(_, k)| k.to_vec());
         assert_eq!(kept, Some(root.keys()), "the proven keys replace the stale ones");
         // The root's keys came from the upstream once: later looks reuse them.
         assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// A root (the anchor) delegating example. with a DS; `keys`: the
+    /// DNSKEY set example. serves, signed by `signer`.
+    fn served_example(root: &Zone, example: &Zone, keys: &Zone, signer: &Zone) -> Served {
+        let mut served = served_root(root);
+        served.insert((n("example."), RecordType::DS), signed(root, vec![ds_of(example)]));
+        let mut set = dnskey_set(keys);
+        set.iter_mut().for_each(|r| r.name = n("example."));
+        served.insert((n("example."), RecordType::DNSKEY), signed(signer, set));
+        served
+    }
+
+    #[tokio::test]
+    async fn zone_keys_are_proven_here_from_the_anchor_through_the_parents_ds() {
+        let (root, example) = (Zone::new("."), Zone::new("example."));
+        let answer_of = |signer: &Zone| answer("www.example.", signed(signer, vec![a("www.example.", 1)]), vec![]).1;
+
+        // The genuine chain: root anchor, the root's DS for example., its keys.
+        let (validator, _) = validator_for(&root, served_example(&root, &example, &example, &example)).await;
+        let chain = validator.chain().await.unwrap();
+        assert_eq!(validator.zone_keys(&chain.anchors, &n("example.")).await.to_vec(), example.keys());
+        assert_eq!(opinion(&validator, &answer_of(&example), Security::Secure).await, Security::Secure);
+
+        // Keys the parent's DS does not cover, however well they sign their
+        // own set, prove nothing: what a collision in hickory's cache of
+        // DNSKEY proofs would hand the shortcut and the second opinion.
+        let evil = Zone::new("example.");
+        let (validator, _) = validator_for(&root, served_example(&root, &example, &evil, &evil)).await;
+        let chain = validator.chain().await.unwrap();
+        assert!(validator.zone_keys(&chain.anchors, &n("example.")).await.is_empty());
+        assert!(matches!(opinion(&validator, &answer_of(&evil), Security::Secure).await, Security::Bogus(_)));
+
+        // A DS set not signed by the root's proven keys covers nothing.
+        let other_root = Zone::new(".");
+        let mut served = served_example(&root, &evil, &evil, &evil);
+        served.insert((n("example."), RecordType::DS), signed(&other_root, vec![ds_of(&evil)]));
+        let (validator, _) = validator_for(&root, served).await;
+        let chain = validator.chain().await.unwrap();
+        assert!(validator.zone_keys(&chain.anchors, &n("example.")).await.is_empty());
+
+        // A parent whose walk failed a moment ago (a lost datagram) is
+        // walked again before the second opinion says no.
+        let (validator, _) = validator_for(&root, served_example(&root, &example, &example, &example)).await;
+        validator.no_keys.lock().unwrap().insert(Name::root(), Instant::now() + NO_KEYS_RETRY);
+        assert_eq!(opinion(&validator, &answer_of(&example), Security::Secure).await, Security::Secure);
+
+        // An insecure delegation (no DS) has no keys to prove an answer with.
+        let mut served = served_example(&root, &example, &example, &example);
+        served.remove(&(n("example."), RecordType::DS));
+        let (validator, _) = validator_for(&root, served).await;
+        let chain = validator.chain().await.unwrap();
+        assert!(validator.zone_keys(&chain.anchors, &n("example.")).await.is_empty());
     }
 }

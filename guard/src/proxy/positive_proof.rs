@@ -303,6 +303,30 @@ pub fn answer_verifies(query: &Query, msg: &Message, zone: &Name, keys: &[DNSKEY
     prover.rrset(query.name(), query.query_type(), &msg.answers).is_ok()
 }
 
+/// For the chain of trust (RFC 4035 §5.1-5.2, `Validator::zone_keys`):
+/// whether the RRset (`owner`, `rtype`) among `section`, a DS or DNSKEY
+/// set, has a signature by `zone` that verifies with `keys` and was not
+/// expanded from a wildcard.
+pub fn chain_rrset_verifies(
+    owner: &Name,
+    rtype: RecordType,
+    section: &[Record],
+    zone: &Name,
+    keys: &[DNSKEY],
+    memo: &SignatureMemo,
+    now: u32,
+) -> bool {
+    let prover = Prover {
+        zone,
+        keys,
+        memo,
+        now: SerialNumber::new(now),
+        class: DNSClass::IN,
+        budget: Cell::new(MAX_CHECKS_PER_ANSWER),
+    };
+    prover.rrset(owner, rtype, section).is_ok_and(|labels| labels == owner.num_labels())
+}
+
 struct Prover<'a> {
     zone: &'a Name,
     keys: &'a [DNSKEY],
@@ -403,7 +427,7 @@ impl Prover<'_> {
     }
 }
 
-fn rrsig(r: &Record) -> Option<&RRSIG> {
+pub(super) fn rrsig(r: &Record) -> Option<&RRSIG> {
     match &r.data {
         RData::DNSSEC(DNSSECRData::RRSIG(sig)) => Some(sig),
         _ => None,
