@@ -15,7 +15,10 @@ use std::{
     path::{Path, PathBuf},
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -29,10 +32,10 @@ use hickory_net::{
 use hickory_proto::{
     dnssec::{
         rdata::{DNSSECRData, DNSKEY, DS},
-        Algorithm, DigestType, DnssecSummary, Proof, PublicKeyBuf, TrustAnchors,
+        Algorithm, DigestType, DnssecSummary, Proof, PublicKey, PublicKeyBuf, TrustAnchors,
     },
     op::{DnsRequest, DnsRequestOptions, DnsResponse, Message, Query, ResponseCode},
-    rr::{LowerName, Name, RData, Record, RecordType},
+    rr::{DNSClass, LowerName, Name, RData, Record, RecordType},
 };
 use tokio::sync::OnceCell;
 use tracing::{debug, warn};
@@ -249,6 +252,11 @@ impl SubCache {
         map.get(key).filter(|(exp, _)| Instant::now() < *exp).map(|(_, r)| r.clone())
     }
 
+    /// Until when the cached answer for `key` may be used.
+    fn expiry(&self, key: &SubKey) -> Option<Instant> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).get(key).map(|(exp, _)| *exp)
+    }
+
     fn put(&self, key: SubKey, resp: &DnsResponse) {
         let Some(ttl) = cache_ttl(resp) else { return };
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
@@ -381,9 +389,14 @@ const ZONE_KEY_ENTRIES: usize = 1024;
 /// How long a zone without proven keys (insecure, or its keys could not be
 /// fetched) skips the shortcut before it asks again.
 const NO_KEYS_RETRY: Duration = Duration::from_secs(30);
-/// Zones a chain of trust is walked up, at most, from a signer to its
-/// anchor: more is not proven.
-const MAX_CHAIN_DEPTH: usize = 16;
+/// Zones one walk up the chain of trust may prove (`Walk`): a signer's
+/// zone and its unproven ancestors. Real chains are three or four deep.
+const MAX_WALK_ZONES: usize = 8;
+/// DNSKEYs a zone may publish for the shortcut to use them; a bigger set
+/// is left to hickory (real zones publish fewer than ten).
+const MAX_ZONE_KEYS: usize = 32;
+/// DS records of one zone looked at (real zones publish one to four).
+const MAX_DS: usize = 8;
 
 /// Why the configured trust anchors could not be put to use.
 #[derive(Debug, thiserror::Error)]
@@ -636,31 +649,41 @@ impl Validator {
     /// insecure zone, a failed fetch, a broken chain). Its answers then
     /// take the full path, which says why.
     async fn zone_keys(&self, anchors: &TrustAnchors, zone: &Name) -> Arc<[DNSKEY]> {
-        self.proven_keys(anchors, zone, 0).await.map_or_else(|| Arc::from([]), |(_, keys)| keys)
+        let walk = Walk { zones_left: AtomicUsize::new(MAX_WALK_ZONES) };
+        match self.proven_keys(anchors, zone, &walk).await {
+            Walked::Proven((_, keys)) => keys,
+            Walked::Failed | Walked::OutOfBudget => Arc::from([]),
+        }
     }
 
-    /// `zone_keys` with the key's lifetime; `depth`: zones walked so far.
+    /// `zone_keys` with the keys' lifetime, within `walk`'s budget.
     fn proven_keys<'a>(
         &'a self,
         anchors: &'a TrustAnchors,
         zone: &'a Name,
-        depth: usize,
-    ) -> Pin<Box<dyn Future<Output = Option<ProvenKeys>> + Send + 'a>> {
+        walk: &'a Walk,
+    ) -> Pin<Box<dyn Future<Output = Walked> + Send + 'a>> {
         Box::pin(async move {
             let now = Instant::now();
             let cached = self.zone_keys.lock().unwrap_or_else(|p| p.into_inner()).get(zone).cloned();
             if let Some(hit) = cached.filter(|(until, _)| *until > now) {
-                return Some(hit);
+                return Walked::Proven(hit);
             }
             if self.no_keys.lock().unwrap_or_else(|p| p.into_inner()).get(zone).is_some_and(|until| *until > now) {
-                return None;
+                return Walked::Failed;
             }
-            let proven = self.prove_keys(anchors, zone, depth).await;
-            match &proven {
-                Some(p) => remember(&self.zone_keys, zone, p.clone(), |(until, _)| *until > now),
-                None => remember(&self.no_keys, zone, now + NO_KEYS_RETRY, |until| *until > now),
+            if walk.zones_left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_err() {
+                return Walked::OutOfBudget;
             }
-            proven
+            let walked = self.prove_keys(anchors, zone, walk).await;
+            match &walked {
+                Walked::Proven(p) => remember(&self.zone_keys, zone, p.clone(), |(until, _)| *until > now),
+                Walked::Failed => remember(&self.no_keys, zone, now + NO_KEYS_RETRY, |until| *until > now),
+                // Says nothing about this zone: a deep name's walk must not
+                // park the keys of the zones it passes through.
+                Walked::OutOfBudget => {}
+            }
+            walked
         })
     }
 
@@ -673,25 +696,39 @@ impl Validator {
     /// the second opinion independent of it.
     ///
     /// The keys are used no longer than the smallest authenticated TTL
-    /// along the chain (`cap_authenticated_ttls`), at most
-    /// `SUB_CACHE_MAX_TTL`, and at least a second: a zone may publish its
-    /// keys with TTL 0.
-    async fn prove_keys(&self, anchors: &TrustAnchors, zone: &Name, depth: usize) -> Option<ProvenKeys> {
+    /// along the chain (`cap_authenticated_ttls`) and the age of the
+    /// sub-answers they came from, at most `SUB_CACHE_MAX_TTL`, and at
+    /// least a second: a zone may publish its keys with TTL 0.
+    async fn prove_keys(&self, anchors: &TrustAnchors, zone: &Name, walk: &Walk) -> Walked {
         let unix = unix_now();
-        let dnskeys = self.fetch_signed(zone, RecordType::DNSKEY, unix).await?;
+        let Some((dnskeys, mut until)) = self.fetch_signed(zone, RecordType::DNSKEY, unix).await else {
+            return Walked::Failed;
+        };
+        let set: Vec<&DNSKEY> = zone_dnskeys(zone, &dnskeys).collect();
+        if set.is_empty() || set.len() > MAX_ZONE_KEYS {
+            return Walked::Failed;
+        }
         let lower = LowerName::from(zone);
         let anchored: Vec<DNSKEY> =
-            zone_dnskeys(zone, &dnskeys).filter(|k| anchors.contains_with_name(k.public_key(), &lower)).cloned().collect();
-        let mut until = Instant::now() + SUB_CACHE_MAX_TTL;
-        let trusted = if !anchored.is_empty() {
-            anchored
-        } else {
-            if zone.is_root() || depth >= MAX_CHAIN_DEPTH {
-                return None;
+            set.iter().filter(|k| anchors.contains_with_name(k.public_key(), &lower)).map(|k| (*k).clone()).collect();
+        let verifies = |trusted: &[DNSKEY]| {
+            positive_proof::chain_rrset_verifies(zone, RecordType::DNSKEY, &dnskeys, zone, trusted, &self.signatures, unix)
+        };
+        // A set made only of configured anchors is trusted as configured
+        // (as hickory does); otherwise an anchored key must sign it. A zone
+        // below the root whose anchors no longer sign its set (a rollover)
+        // may still be proven through its parent.
+        let by_anchor = !anchored.is_empty() && (anchored.len() == set.len() || verifies(&anchored));
+        if !by_anchor {
+            if zone.is_root() {
+                warn!(%zone, "the root's DNSKEY set is not signed by a trust anchor");
+                return Walked::Failed;
             }
-            let ds = self.fetch_signed(zone, RecordType::DS, unix).await?;
-            let parent = self.proven_parent(anchors, zone, &ds, unix, depth).await?;
-            until = until.min(parent).min(Instant::now() + min_ttl(zone, RecordType::DS, &ds));
+            let Some((ds, ds_until)) = self.fetch_signed(zone, RecordType::DS, unix).await else { return Walked::Failed };
+            let parent_until = match self.proven_parent(anchors, zone, &ds, unix, walk).await {
+                Walked::Proven((until, _)) => until,
+                other => return other,
+            };
             let ds_set: Vec<(Name, DS)> = ds
                 .iter()
                 .filter(|r| r.name == *zone)
@@ -700,21 +737,20 @@ impl Validator {
                     _ => None,
                 })
                 .collect();
-            covered_keys(zone, &dnskeys, &ds_set)
-        };
-        if !positive_proof::chain_rrset_verifies(zone, RecordType::DNSKEY, &dnskeys, zone, &trusted, &self.signatures, unix) {
-            warn!(%zone, "the zone's DNSKEY set is not signed by a key its trust anchor or DS covers");
-            return None;
+            if !verifies(&covered_keys(zone, &dnskeys, &ds_set)) {
+                warn!(%zone, "the zone's DNSKEY set is not signed by a key its DS covers");
+                return Walked::Failed;
+            }
+            until = until.min(ds_until).min(parent_until);
         }
-        let keys: Arc<[DNSKEY]> = zone_dnskeys(zone, &dnskeys).cloned().collect();
-        until = until.min(Instant::now() + min_ttl(zone, RecordType::DNSKEY, &dnskeys));
-        Some((until, keys))
+        let keys: Arc<[DNSKEY]> = set.into_iter().cloned().collect();
+        Walked::Proven((until, keys))
     }
 
-    /// The zone above `zone` whose proven keys verify its DS set `ds`, and
-    /// until when those keys hold. The signer of a DS set is the parent
-    /// (RFC 4035 §5.2); at most `MAX_SIGNERS` claimed signers are tried.
-    async fn proven_parent(&self, anchors: &TrustAnchors, zone: &Name, ds: &[Record], unix: u32, depth: usize) -> Option<Instant> {
+    /// The keys of the zone above `zone` that verify its DS set `ds`, and
+    /// until when they hold. The signer of a DS set is the parent (RFC 4035
+    /// §5.2); at most `MAX_SIGNERS` claimed signers are tried.
+    async fn proven_parent(&self, anchors: &TrustAnchors, zone: &Name, ds: &[Record], unix: u32, walk: &Walk) -> Walked {
         let mut signers: Vec<&Name> = Vec::new();
         for sig in ds.iter().filter(|r| r.name == *zone).filter_map(positive_proof::rrsig) {
             let signer = &sig.input().signer_name;
@@ -722,28 +758,60 @@ impl Validator {
                 signers.push(signer);
             }
         }
+        let mut outcome = Walked::Failed;
         for parent in signers.into_iter().take(positive_proof::MAX_SIGNERS) {
-            let Some((until, keys)) = self.proven_keys(anchors, parent, depth + 1).await else { continue };
-            if positive_proof::chain_rrset_verifies(zone, RecordType::DS, ds, parent, &keys, &self.signatures, unix) {
-                return Some(until);
+            match self.proven_keys(anchors, parent, walk).await {
+                Walked::Proven(p)
+                    if positive_proof::chain_rrset_verifies(zone, RecordType::DS, ds, parent, &p.1, &self.signatures, unix) =>
+                {
+                    return Walked::Proven(p);
+                }
+                Walked::OutOfBudget => outcome = Walked::OutOfBudget,
+                _ => {}
             }
         }
         debug!(%zone, "no DS set for the zone verifies with its parent's proven keys");
-        None
+        outcome
     }
 
-    /// The answer records of a NOERROR answer to (`name`, `rtype`) from
-    /// the upstreams (through the sub-answer cache), their TTLs capped as
-    /// their signatures allow.
-    async fn fetch_signed(&self, name: &Name, rtype: RecordType, unix: u32) -> Option<Vec<Record>> {
-        let resp = self.exchange.clone().sub_query(Query::query(name.clone(), rtype)).await.ok()?;
+    /// The IN-class answer records of a NOERROR answer to (`name`, `rtype`)
+    /// from the upstreams (through the sub-answer cache), their TTLs capped
+    /// as their signatures allow, and until when the RRset may be used.
+    /// Records of other classes are dropped: a signature over class IN
+    /// covers none of them, so they must not ride along with a verified set.
+    async fn fetch_signed(&self, name: &Name, rtype: RecordType, unix: u32) -> Option<(Vec<Record>, Instant)> {
+        let query = Query::query(name.clone(), rtype);
+        let key = (query.name().to_lowercase(), rtype);
+        let resp = self.exchange.clone().sub_query(query).await.ok()?;
         if resp.metadata.response_code != ResponseCode::NoError {
             return None;
         }
-        let mut answers = resp.answers.clone();
+        let mut answers: Vec<Record> = resp.answers.iter().filter(|r| r.dns_class == DNSClass::IN).cloned().collect();
         cap_authenticated_ttls(&mut answers, unix);
-        Some(answers)
+        let ttl = answers.iter().filter(|r| r.name == *name && r.record_type() == rtype).map(|r| r.ttl).min()?;
+        let now = Instant::now();
+        let lifetime = Duration::from_secs(ttl.max(1).into()).min(SUB_CACHE_MAX_TTL);
+        // A sub-answer from the cache has aged since it was fetched.
+        let fetched_for = self.exchange.cache.expiry(&key).map_or(lifetime, |exp| exp.saturating_duration_since(now));
+        Some((answers, now + lifetime.min(fetched_for).max(Duration::from_secs(1))))
     }
+}
+
+/// What a walk up the chain of trust found for a zone.
+enum Walked {
+    Proven(ProvenKeys),
+    /// The zone's keys cannot be proven now (remembered `NO_KEYS_RETRY`).
+    Failed,
+    /// The walk's budget ran out first: nothing is learnt about the zone.
+    OutOfBudget,
+}
+
+/// One walk's budget, shared by all its branches: zones whose keys it may
+/// still prove (each costs at most two sub-queries and two
+/// `chain_rrset_verifies`). The zones it proves are kept, so a deeper
+/// chain is finished by the queries that follow.
+struct Walk {
+    zones_left: AtomicUsize,
 }
 
 /// The DNSKEY records of `zone` among `records`.
@@ -752,13 +820,6 @@ fn zone_dnskeys<'a>(zone: &'a Name, records: &'a [Record]) -> impl Iterator<Item
         RData::DNSSEC(DNSSECRData::DNSKEY(k)) => Some(k),
         _ => None,
     })
-}
-
-/// The smallest TTL of the RRset (`owner`, `rtype`) in `records`, within
-/// 1 s and `SUB_CACHE_MAX_TTL`.
-fn min_ttl(owner: &Name, rtype: RecordType, records: &[Record]) -> Duration {
-    let ttl = records.iter().filter(|r| r.name == *owner && r.record_type() == rtype).map(|r| r.ttl).min().unwrap_or(0);
-    Duration::from_secs(ttl.max(1).into()).min(SUB_CACHE_MAX_TTL)
 }
 
 /// Inserts into a bounded map: past `ZONE_KEY_ENTRIES`, the entries `live`
@@ -824,22 +885,33 @@ pub fn cap_authenticated_ttls(records: &mut [Record], now: u32) -> usize {
     lowered
 }
 
-/// Keys in `answers` owned by `owner` that some DS in `ds` covers.
+/// Keys in `answers` owned by `owner` that some DS in `ds` covers. Only
+/// keys of the DS's algorithm and key tag are digested, at most
+/// `MAX_KEYS_PER_TAG` per DS and for the first `MAX_DS` DS records, so a
+/// hostile set cannot buy a digest for every pair (as hickory limits it).
 fn covered_keys(owner: &Name, answers: &[Record], ds: &[(Name, DS)]) -> Vec<DNSKEY> {
-    answers
+    let keys: Vec<(u16, &DNSKEY)> = answers
         .iter()
         .filter(|r| r.name == *owner)
         .filter_map(|r| match &r.data {
             RData::DNSSEC(DNSSECRData::DNSKEY(k)) => Some(k),
             _ => None,
         })
-        .filter(|k| {
-            ds.iter()
-                .filter(|(n, _)| n == owner || (n.is_root() && owner.is_root()))
-                .any(|(_, d)| d.covers(owner, k).unwrap_or(false))
-        })
-        .cloned()
-        .collect()
+        .filter_map(|k| k.calculate_key_tag().ok().map(|tag| (tag, k)))
+        .collect();
+    let mut covered: Vec<DNSKEY> = Vec::new();
+    for (_, d) in ds.iter().filter(|(n, _)| n == owner || (n.is_root() && owner.is_root())).take(MAX_DS) {
+        let candidates = keys
+            .iter()
+            .filter(|(tag, k)| *tag == d.key_tag() && PublicKey::algorithm(k.public_key()) == d.algorithm())
+            .take(positive_proof::MAX_KEYS_PER_TAG);
+        for (_, k) in candidates {
+            if d.covers(owner, k).unwrap_or(false) && !covered.contains(k) {
+                covered.push((*k).clone());
+            }
+        }
+    }
+    covered
 }
 
 /// Reads the verdict off hickory's result: the records' proofs, or the
@@ -933,6 +1005,8 @@ pub(super) fn common_labels(a: &Name, b: &Name) -> u8 {
 mod tests {
     use super::*;
     use hickory_proto::dnssec::rdata::{SigInput, NSEC, RRSIG};
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use crate::proxy::positive_proof::tests::{a, answer, Zone};
 
@@ -1164,7 +1238,7 @@ mod tests {
     fn ds_of(child: &Zone) -> Record {
         let key = &child.keys()[0];
         let digest = key.to_digest(&child.name, DigestType::SHA256).unwrap();
-        let ds = DS::new(key.calculate_key_tag().unwrap(), hickory_proto::dnssec::PublicKey::algorithm(key.public_key()), DigestType::SHA256, digest.as_ref().to_vec());
+        let ds = DS::new(key.calculate_key_tag().unwrap(), PublicKey::algorithm(key.public_key()), DigestType::SHA256, digest.as_ref().to_vec());
         Record::from_rdata(child.name.clone(), 300, RData::DNSSEC(DNSSECRData::DS(ds)))
     }
 
@@ -1176,8 +1250,13 @@ mod tests {
     /// A validator whose one upstream, on loopback, answers from `served`
     /// and SERVFAIL to anything else, with `root`'s key as the trust
     /// anchor. It counts the queries it gets.
-    async fn validator_for(root: &Zone, served: Served) -> (Validator, Arc<std::sync::atomic::AtomicUsize>) {
-        use std::sync::atomic::{AtomicUsize, Ordering};
+    async fn validator_for(root: &Zone, served: Served) -> (Validator, Arc<AtomicUsize>) {
+        let anchors = root.keys().into_iter().map(|k| (Name::root(), k)).collect();
+        validator_with(anchors, served).await
+    }
+
+    /// `validator_for` with these DNSKEY trust anchors.
+    async fn validator_with(dnskeys: Vec<(Name, DNSKEY)>, served: Served) -> (Validator, Arc<AtomicUsize>) {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let asked = Arc::new(AtomicUsize::new(0));
@@ -1206,11 +1285,7 @@ mod tests {
         });
         let spoof = crate::config::SpoofConfig { threshold: 10, window_s: 60, tcp_cooldown_s: 300 };
         let upstreams = Upstreams::new(&[crate::config::Upstream::Plain(addr)], &[addr], None, spoof, Duration::from_secs(2), false, tel);
-        let anchors = AnchorSet {
-            source: Some(PathBuf::from("root.key")),
-            dnskeys: root.keys().into_iter().map(|k| (Name::root(), k)).collect(),
-            ds: vec![],
-        };
+        let anchors = AnchorSet { source: Some(PathBuf::from("root.key")), dnskeys, ds: vec![] };
         (Validator::new(Arc::new(upstreams), anchors, &metrics), asked)
     }
 
@@ -1256,7 +1331,7 @@ mod tests {
         let kept = validator.zone_keys.lock().unwrap().get(&Name::root()).map(|(_, k)| k.to_vec());
         assert_eq!(kept, Some(root.keys()), "the proven keys replace the stale ones");
         // The root's keys came from the upstream once: later looks reuse them.
-        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
     }
 
     /// A root (the anchor) delegating example. with a DS; `keys`: the
@@ -1310,5 +1385,102 @@ mod tests {
         let (validator, _) = validator_for(&root, served).await;
         let chain = validator.chain().await.unwrap();
         assert!(validator.zone_keys(&chain.anchors, &n("example.")).await.is_empty());
+    }
+
+    /// example.'s DNSKEY set of `keys` (renamed to example.), signed by
+    /// `signer`, with `junk` RRSIGs by other keys ahead of the signature.
+    fn example_keys(keys: &[&Zone], signer: &Zone, junk: usize) -> Vec<Record> {
+        let mut set: Vec<Record> = keys.iter().flat_map(|z| dnskey_set(z)).collect();
+        set.iter_mut().for_each(|r| r.name = n("example."));
+        let mut records = signed(signer, set.clone());
+        let sig = records.pop().unwrap();
+        for _ in 0..junk {
+            records.push(signed(&Zone::new("example."), set.clone()).pop().unwrap());
+        }
+        records.push(sig);
+        records
+    }
+
+    #[tokio::test]
+    async fn records_of_another_class_ride_along_with_no_verified_set() {
+        // The genuine signed sets, with a CH key (and a CH DS for it) added:
+        // no IN signature covers them, so they must not become keys.
+        let (root, example, evil) = (Zone::new("."), Zone::new("example."), Zone::new("example."));
+        let mut served = served_example(&root, &example, &example, &example);
+        let ch = |mut r: Record| {
+            r.dns_class = DNSClass::CH;
+            r
+        };
+        let mut root_keys = served[&(Name::root(), RecordType::DNSKEY)].clone();
+        root_keys.push(ch(dnskey_set(&Zone::new("."))[0].clone()));
+        served.insert((Name::root(), RecordType::DNSKEY), root_keys);
+        let mut ds = served[&(n("example."), RecordType::DS)].clone();
+        ds.push(ch(ds_of(&evil)));
+        served.insert((n("example."), RecordType::DS), ds);
+        let mut keys = served[&(n("example."), RecordType::DNSKEY)].clone();
+        keys.push(ch(dnskey_set(&evil)[0].clone()));
+        served.insert((n("example."), RecordType::DNSKEY), keys);
+
+        let (validator, _) = validator_for(&root, served).await;
+        let chain = validator.chain().await.unwrap();
+        assert_eq!(validator.zone_keys(&chain.anchors, &Name::root()).await.to_vec(), root.keys());
+        assert_eq!(validator.zone_keys(&chain.anchors, &n("example.")).await.to_vec(), example.keys());
+    }
+
+    #[tokio::test]
+    async fn a_zone_signing_key_set_signed_by_its_ds_covered_key_signs_answers() {
+        // A KSK (the DS covers it) signs the key set, and a ZSK the data; the
+        // set also carries signatures by other keys of the zone (an
+        // algorithm rollover) ahead of the KSK's.
+        let (root, ksk, zsk) = (Zone::new("."), Zone::new("example."), Zone::with_flags("example.", 256));
+        let mut served = served_root(&root);
+        served.insert((n("example."), RecordType::DS), signed(&root, vec![ds_of(&ksk)]));
+        served.insert((n("example."), RecordType::DNSKEY), example_keys(&[&ksk, &zsk], &ksk, 6));
+        let (validator, _) = validator_for(&root, served).await;
+        let chain = validator.chain().await.unwrap();
+        assert_eq!(validator.zone_keys(&chain.anchors, &n("example.")).await.to_vec(), [ksk.keys(), zsk.keys()].concat());
+        let (_, by_zsk) = answer("www.example.", signed(&zsk, vec![a("www.example.", 1)]), vec![]);
+        assert_eq!(opinion(&validator, &by_zsk, Security::Secure).await, Security::Secure);
+    }
+
+    #[tokio::test]
+    async fn a_zone_whose_anchor_no_longer_signs_is_proven_through_its_parent() {
+        // A private anchor for example. whose key is still published but no
+        // longer signs the set (a rollover): hickory takes the DS path, and
+        // so must we. A set made only of anchored keys is trusted as is.
+        let (root, old, new) = (Zone::new("."), Zone::new("example."), Zone::new("example."));
+        let mut served = served_root(&root);
+        served.insert((n("example."), RecordType::DS), signed(&root, vec![ds_of(&new)]));
+        served.insert((n("example."), RecordType::DNSKEY), example_keys(&[&old, &new], &new, 0));
+        let anchors = vec![(Name::root(), root.keys()[0].clone()), (n("example."), old.keys()[0].clone())];
+        let (validator, _) = validator_with(anchors, served.clone()).await;
+        let chain = validator.chain().await.unwrap();
+        assert_eq!(validator.zone_keys(&chain.anchors, &n("example.")).await.to_vec(), [old.keys(), new.keys()].concat());
+
+        // Without the DS, an unanchored key beside the anchored one proves
+        // nothing: the anchor must sign.
+        served.remove(&(n("example."), RecordType::DS));
+        let anchors = || vec![(Name::root(), root.keys()[0].clone()), (n("example."), old.keys()[0].clone())];
+        let (validator, _) = validator_with(anchors(), served.clone()).await;
+        let chain = validator.chain().await.unwrap();
+        assert!(validator.zone_keys(&chain.anchors, &n("example.")).await.is_empty());
+
+        served.insert((n("example."), RecordType::DNSKEY), example_keys(&[&old], &new, 0));
+        let (validator, _) = validator_with(anchors(), served).await;
+        let chain = validator.chain().await.unwrap();
+        assert_eq!(validator.zone_keys(&chain.anchors, &n("example.")).await.to_vec(), old.keys());
+    }
+
+    #[tokio::test]
+    async fn a_walk_out_of_budget_learns_nothing_about_the_zones_it_passes() {
+        let (root, example) = (Zone::new("."), Zone::new("example."));
+        let (validator, _) = validator_for(&root, served_example(&root, &example, &example, &example)).await;
+        let chain = validator.chain().await.unwrap();
+        // Room for example. but not for the root above it.
+        let walk = Walk { zones_left: AtomicUsize::new(1) };
+        assert!(matches!(validator.proven_keys(&chain.anchors, &n("example."), &walk).await, Walked::OutOfBudget));
+        assert!(validator.no_keys.lock().unwrap().is_empty(), "a budget cut is no failure of the zone");
+        // The next query's walk proves it.
+        assert_eq!(validator.zone_keys(&chain.anchors, &n("example.")).await.to_vec(), example.keys());
     }
 }

@@ -28,7 +28,7 @@ use hickory_proto::{
     dnssec::{
         crypto::Digest,
         rdata::{DNSSECRData, DNSKEY, NSEC3, RRSIG},
-        DigestType, Nsec3HashAlgorithm, PublicKey, Verifier, TBS,
+        Algorithm, DigestType, Nsec3HashAlgorithm, PublicKey, Verifier, TBS,
     },
     op::{Message, Query, ResponseCode},
     rr::{DNSClass, Name, RData, Record, RecordType, SerialNumber},
@@ -49,7 +49,7 @@ const MAX_RRSETS: usize = 8;
 /// answer (KeyTrap, CVE-2023-50387: an answer must not buy unbounded crypto
 /// work; the full validation that follows a decline has its own limits).
 const MAX_SIGS_PER_RRSET: usize = 4;
-const MAX_KEYS_PER_TAG: usize = 2;
+pub const MAX_KEYS_PER_TAG: usize = 2;
 const MAX_CHECKS_PER_ANSWER: u32 = 8;
 /// hickory's soft NSEC3 iteration limit (RFC 9276 §3.2): above it hickory
 /// calls a proof insecure, so such answers are left to it.
@@ -220,7 +220,7 @@ pub fn prove(query: &Query, msg: &Message, zone: &Name, keys: &[DNSKEY], memo: &
     if msg.answers.iter().chain(&msg.authorities).chain(&msg.additionals).any(|r| r.dns_class != class) {
         return Err(Decline::AnotherClass);
     }
-    let prover = Prover { zone, keys, memo, now: SerialNumber::new(now), class, budget: Cell::new(MAX_CHECKS_PER_ANSWER) };
+    let prover = Prover::new(zone, keys, memo, now, class);
 
     // The answer RRset: every signature must claim the same label count, so
     // whether it is an expansion does not depend on which one verifies.
@@ -292,14 +292,7 @@ pub fn answer_signers(query: &Query, msg: &Message) -> Option<Vec<Name>> {
 /// count as not verified: this answer is already one whose shape the
 /// shortcut declined and that hickory called secure.
 pub fn answer_verifies(query: &Query, msg: &Message, zone: &Name, keys: &[DNSKEY], memo: &SignatureMemo, now: u32) -> bool {
-    let prover = Prover {
-        zone,
-        keys,
-        memo,
-        now: SerialNumber::new(now),
-        class: query.query_class(),
-        budget: Cell::new(MAX_CHECKS_PER_ANSWER),
-    };
+    let prover = Prover::new(zone, keys, memo, now, query.query_class());
     prover.rrset(query.name(), query.query_type(), &msg.answers).is_ok()
 }
 
@@ -316,20 +309,15 @@ pub fn chain_rrset_verifies(
     memo: &SignatureMemo,
     now: u32,
 ) -> bool {
-    let prover = Prover {
-        zone,
-        keys,
-        memo,
-        now: SerialNumber::new(now),
-        class: DNSClass::IN,
-        budget: Cell::new(MAX_CHECKS_PER_ANSWER),
-    };
+    let prover = Prover::new(zone, keys, memo, now, DNSClass::IN);
     prover.rrset(owner, rtype, section).is_ok_and(|labels| labels == owner.num_labels())
 }
 
 struct Prover<'a> {
     zone: &'a Name,
-    keys: &'a [DNSKEY],
+    /// The zone's keys that may sign (zone key bit set, not revoked), by
+    /// algorithm and key tag.
+    keys: Vec<(Algorithm, u16, &'a DNSKEY)>,
     memo: &'a SignatureMemo,
     now: SerialNumber,
     class: DNSClass,
@@ -337,18 +325,37 @@ struct Prover<'a> {
     budget: Cell<u32>,
 }
 
+impl<'a> Prover<'a> {
+    fn new(zone: &'a Name, keys: &'a [DNSKEY], memo: &'a SignatureMemo, now: u32, class: DNSClass) -> Self {
+        let keys = keys
+            .iter()
+            .filter(|k| k.zone_key() && !k.revoke())
+            .filter_map(|k| k.calculate_key_tag().ok().map(|tag| (k.algorithm(), tag, k)))
+            .collect();
+        Prover { zone, keys, memo, now: SerialNumber::new(now), class, budget: Cell::new(MAX_CHECKS_PER_ANSWER) }
+    }
+
+    /// Our keys that could have made `sig`.
+    fn keys_for<'s>(&'s self, sig: &'s RRSIG) -> impl Iterator<Item = &'a DNSKEY> + 's {
+        let input = sig.input();
+        self.keys.iter().filter(move |(alg, tag, _)| *alg == input.algorithm && *tag == input.key_tag).map(|(_, _, k)| *k)
+    }
+}
+
 impl Prover<'_> {
     /// RFC 4035 §5.3.1-5.3.3 for the RRset (`owner`, `rtype`) among
     /// `section`, with that section's signatures only (as hickory does).
     /// Returns the Labels field of the signature that verified.
     fn rrset(&self, owner: &Name, rtype: RecordType, section: &[Record]) -> Result<u8, Decline> {
-        // Signatures by other signers are not this zone's to judge, and do
-        // not count against its limits.
+        // Signatures by other signers, or by none of our keys, are not this
+        // zone's to judge here, and do not count against its limits (a
+        // DNSKEY set during an algorithm rollover carries many).
         let sigs = section
             .iter()
             .filter(|r| r.name == *owner)
             .filter_map(rrsig)
             .filter(|s| s.input().type_covered == rtype && s.input().signer_name == *self.zone)
+            .filter(|s| self.keys_for(s).next().is_some())
             .take(MAX_SIGS_PER_RRSET);
         for sig in sigs {
             let input = sig.input();
@@ -359,13 +366,7 @@ impl Prover<'_> {
                 continue;
             }
             let Ok(tbs) = TBS::from_input(owner, self.class, input, section.iter()) else { continue };
-            let keys = self
-                .keys
-                .iter()
-                .filter(|k| k.algorithm() == input.algorithm && k.zone_key() && !k.revoke())
-                .filter(|k| k.calculate_key_tag().is_ok_and(|t| t == input.key_tag))
-                .take(MAX_KEYS_PER_TAG);
-            for key in keys {
+            for key in self.keys_for(sig).take(MAX_KEYS_PER_TAG) {
                 if self.memo.verify(key, &tbs, sig.sig(), &self.budget) {
                     return Ok(input.num_labels);
                 }

@@ -34,7 +34,7 @@ impl Zone {
         Self::with_flags(name, 257)
     }
 
-    fn with_flags(name: &str, flags: u16) -> Self {
+    pub fn with_flags(name: &str, flags: u16) -> Self {
         let pkcs8 = EcdsaSigningKey::generate_pkcs8(Algorithm::ECDSAP256SHA256).unwrap();
         let key = EcdsaSigningKey::from_pkcs8(&pkcs8, Algorithm::ECDSAP256SHA256).unwrap();
         let dnskey = DNSKEY::with_flags(flags, key.to_public_key().unwrap());
