@@ -37,7 +37,7 @@ use hickory_proto::{
     op::{DnsRequest, DnsRequestOptions, DnsResponse, Message, Query, ResponseCode},
     rr::{DNSClass, LowerName, Name, RData, Record, RecordType},
 };
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex as AsyncMutex;
 use tracing::{debug, warn};
 
 use super::{
@@ -389,6 +389,15 @@ const ZONE_KEY_ENTRIES: usize = 1024;
 /// How long a zone without proven keys (insecure, or its keys could not be
 /// fetched) skips the shortcut before it asks again.
 const NO_KEYS_RETRY: Duration = Duration::from_secs(30);
+/// How often a chain built without a DS anchor's keys tries to fetch them
+/// again.
+const PARTIAL_ANCHORS_RETRY: Duration = Duration::from_secs(60);
+
+/// `Chain::retry_at` for a chain built with every anchor (`complete`) or not.
+fn retry_at(complete: bool) -> Option<Instant> {
+    (!complete).then(|| Instant::now() + PARTIAL_ANCHORS_RETRY)
+}
+
 /// Zones one walk up the chain of trust may prove (`Walk`): a signer's
 /// zone and its unproven ancestors. Real chains are three or four deep.
 const MAX_WALK_ZONES: usize = 8;
@@ -420,12 +429,18 @@ type ProvenKeys = (Instant, Arc<[DNSKEY]>);
 struct Chain {
     handle: DnssecDnsHandle<Exchange>,
     anchors: Arc<TrustAnchors>,
+    /// When to try again the DS anchors whose keys could not be fetched
+    /// when this chain was built (the DNSKEY anchors serve meanwhile);
+    /// `None` once every anchor is in.
+    retry_at: Option<Instant>,
 }
 
 pub struct Validator {
     exchange: Exchange,
     anchors: AnchorSet,
-    chain: OnceCell<Chain>,
+    chain: std::sync::RwLock<Option<Arc<Chain>>>,
+    /// Held by the one task that builds the chain.
+    building: AsyncMutex<()>,
     /// Zones at or above a query name whose chain a recent validation could
     /// not fetch, and until when they count as unreachable.
     unreachable: Mutex<HashMap<Name, Instant>>,
@@ -445,7 +460,8 @@ impl Validator {
         Validator {
             exchange: Exchange { upstreams, cache: Arc::default() },
             anchors,
-            chain: OnceCell::new(),
+            chain: std::sync::RwLock::default(),
+            building: AsyncMutex::default(),
             unreachable: Mutex::default(),
             zone_keys: Mutex::default(),
             no_keys: Mutex::default(),
@@ -456,19 +472,47 @@ impl Validator {
 
     /// The chain walker, built on first use: a DS anchor needs the
     /// upstream to fetch the key it covers. A failure is retried by the
-    /// next query.
-    async fn chain(&self) -> Result<&Chain, AnchorFetchError> {
-        self.chain
-            .get_or_try_init(|| async {
-                let anchors = Arc::new(self.trust_anchors().await?);
-                Ok(Chain { handle: DnssecDnsHandle::with_trust_anchor(self.exchange.clone(), anchors.clone()), anchors })
-            })
-            .await
+    /// next query; a chain built without some DS anchor's keys, beside
+    /// DNSKEY anchors that work, is built again once they can be fetched
+    /// (tried every `PARTIAL_ANCHORS_RETRY` by one query, while the others
+    /// use the chain as it is).
+    async fn chain(&self) -> Result<Arc<Chain>, AnchorFetchError> {
+        let current = self.chain.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let _building = match &current {
+            Some(c) if c.retry_at.is_none_or(|at| Instant::now() < at) => return Ok(c.clone()),
+            Some(c) => match self.building.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return Ok(c.clone()),
+            },
+            None => {
+                let guard = self.building.lock().await;
+                if let Some(c) = self.chain.read().unwrap_or_else(|p| p.into_inner()).clone() {
+                    return Ok(c);
+                }
+                guard
+            }
+        };
+        let (anchors, complete) = self.trust_anchors().await?;
+        let chain = match current {
+            // Still partial: keep the walker and its caches, ask again later.
+            Some(c) if !complete => Chain { handle: c.handle.clone(), anchors: c.anchors.clone(), retry_at: retry_at(false) },
+            _ => {
+                let anchors = Arc::new(anchors);
+                let handle = DnssecDnsHandle::with_trust_anchor(self.exchange.clone(), anchors.clone());
+                Chain { handle, anchors, retry_at: retry_at(complete) }
+            }
+        };
+        let chain = Arc::new(chain);
+        *self.chain.write().unwrap_or_else(|p| p.into_inner()) = Some(chain.clone());
+        Ok(chain)
     }
 
-    async fn trust_anchors(&self) -> Result<TrustAnchors, AnchorFetchError> {
+    /// The configured anchors as keys, and whether all of them are in (a
+    /// DS anchor whose keys cannot be fetched is left out while DNSKEY
+    /// anchors remain).
+    async fn trust_anchors(&self) -> Result<(TrustAnchors, bool), AnchorFetchError> {
         if self.anchors.source.is_none() {
-            return Ok(TrustAnchors::default());
+            return Ok((TrustAnchors::default(), true));
         }
         let mut ta = TrustAnchors::empty();
         let mut count = 0;
@@ -477,6 +521,7 @@ impl Validator {
         }
         let mut owners: Vec<&Name> = self.anchors.ds.iter().map(|(n, _)| n).collect();
         owners.dedup();
+        let mut complete = true;
         for owner in owners {
             match self.keys_for_ds(owner).await {
                 Ok(keys) => {
@@ -485,14 +530,17 @@ impl Validator {
                     }
                 }
                 // With DNSKEY anchors as well, those still work.
-                Err(e) if count > 0 => warn!(%owner, error = %e, "DS trust anchor not usable; using the DNSKEY anchors"),
+                Err(e) if count > 0 => {
+                    complete = false;
+                    warn!(%owner, error = %e, "DS trust anchor not usable for now; using the DNSKEY anchors");
+                }
                 Err(e) => return Err(e),
             }
         }
         if count == 0 {
             return Err(AnchorFetchError::Unusable("no DNSKEY matches the DS trust anchor".into()));
         }
-        Ok(ta)
+        Ok((ta, complete))
     }
 
     /// RFC 4035 §5.1: the zone's DNSKEY set, keeping only keys whose
@@ -546,6 +594,7 @@ impl Validator {
             Err(AnchorFetchError::Unreachable(e)) => return Security::Indeterminate(e),
             Err(AnchorFetchError::Unusable(e)) => return bogus("no-trust-anchor", e),
         };
+        let chain = &*chain;
         let (security, failed) = SUB_FAILED
             .scope(RefCell::default(), async {
                 let path = |path| self.validations.get_or_create(&PathLabels { path }).inc();
@@ -1257,6 +1306,13 @@ mod tests {
 
     /// `validator_for` with these DNSKEY trust anchors.
     async fn validator_with(dnskeys: Vec<(Name, DNSKEY)>, served: Served) -> (Validator, Arc<AtomicUsize>) {
+        let anchors = AnchorSet { source: Some(PathBuf::from("root.key")), dnskeys, ds: vec![] };
+        validator_on(anchors, Arc::new(Mutex::new(served))).await
+    }
+
+    /// A validator with `anchors`, whose upstream answers from `served`,
+    /// which the test may change as it goes.
+    async fn validator_on(anchors: AnchorSet, served: Arc<Mutex<Served>>) -> (Validator, Arc<AtomicUsize>) {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let asked = Arc::new(AtomicUsize::new(0));
@@ -1268,9 +1324,10 @@ mod tests {
                 counted.fetch_add(1, Ordering::SeqCst);
                 let mut r = Message::response(q.metadata.id, q.metadata.op_code);
                 r.add_queries(q.queries.clone());
-                match q.queries.first().and_then(|q| served.get(&(q.name().to_lowercase(), q.query_type()))) {
+                let records = q.queries.first().and_then(|q| served.lock().unwrap().get(&(q.name().to_lowercase(), q.query_type())).cloned());
+                match records {
                     Some(records) => {
-                        r.add_answers(records.clone());
+                        r.add_answers(records);
                     }
                     None => r.metadata.response_code = ResponseCode::ServFail,
                 }
@@ -1285,14 +1342,13 @@ mod tests {
         });
         let spoof = crate::config::SpoofConfig { threshold: 10, window_s: 60, tcp_cooldown_s: 300 };
         let upstreams = Upstreams::new(&[crate::config::Upstream::Plain(addr)], &[addr], None, spoof, Duration::from_secs(2), false, tel);
-        let anchors = AnchorSet { source: Some(PathBuf::from("root.key")), dnskeys, ds: vec![] };
         (Validator::new(Arc::new(upstreams), anchors, &metrics), asked)
     }
 
     /// The second opinion on `msg`, given hickory's verdict `full`.
     async fn opinion(validator: &Validator, msg: &Message, full: Security) -> Security {
         let chain = validator.chain().await.expect("a DNSKEY anchor needs no fetch");
-        validator.second_opinion(chain, &msg.queries[0], msg, full).await
+        validator.second_opinion(&chain, &msg.queries[0], msg, full).await
     }
 
     #[tokio::test]
@@ -1482,5 +1538,40 @@ mod tests {
         assert!(validator.no_keys.lock().unwrap().is_empty(), "a budget cut is no failure of the zone");
         // The next query's walk proves it.
         assert_eq!(validator.zone_keys(&chain.anchors, &n("example.")).await.to_vec(), example.keys());
+    }
+
+    #[tokio::test]
+    async fn a_ds_anchor_whose_keys_could_not_be_fetched_is_tried_again() {
+        // The anchor file holds the old root key as a DNSKEY and the new one
+        // as a DS. The root's key set cannot be fetched at first: the chain
+        // starts with the DNSKEY anchor alone, and takes the DS anchor's key
+        // in once the set can be fetched.
+        let (old, new) = (Zone::new("."), Zone::new("."));
+        let served = Arc::new(Mutex::new(Served::new()));
+        let ds = match ds_of(&new).data {
+            RData::DNSSEC(DNSSECRData::DS(ds)) => ds,
+            _ => unreachable!(),
+        };
+        let anchors = AnchorSet {
+            source: Some(PathBuf::from("root.key")),
+            dnskeys: vec![(Name::root(), old.keys()[0].clone())],
+            ds: vec![(Name::root(), ds)],
+        };
+        let (validator, _) = validator_on(anchors, served.clone()).await;
+        let trusts = |chain: &Chain, zone: &Zone| chain.anchors.contains(zone.keys()[0].public_key());
+
+        let first = validator.chain().await.unwrap();
+        assert!(trusts(&first, &old) && !trusts(&first, &new));
+        assert!(first.retry_at.is_some());
+        // Before the retry time, the same chain.
+        assert!(Arc::ptr_eq(&first, &validator.chain().await.unwrap()));
+
+        let set = [dnskey_set(&old), dnskey_set(&new)].concat();
+        served.lock().unwrap().insert((Name::root(), RecordType::DNSKEY), signed(&new, set));
+        let due = Chain { handle: first.handle.clone(), anchors: first.anchors.clone(), retry_at: Some(Instant::now()) };
+        *validator.chain.write().unwrap() = Some(Arc::new(due));
+        let second = validator.chain().await.unwrap();
+        assert!(trusts(&second, &old) && trusts(&second, &new), "the DS anchor's key is in");
+        assert_eq!(second.retry_at, None, "nothing left to retry");
     }
 }
