@@ -247,18 +247,15 @@ struct SubCache {
 }
 
 impl SubCache {
-    fn get(&self, key: &SubKey) -> Option<DnsResponse> {
+    /// The answer kept for `key`, and until when.
+    fn get(&self, key: &SubKey) -> Option<(Instant, DnsResponse)> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(key).filter(|(exp, _)| Instant::now() < *exp).map(|(_, r)| r.clone())
+        map.get(key).filter(|(exp, _)| Instant::now() < *exp).cloned()
     }
 
-    /// Until when the cached answer for `key` may be used.
-    fn expiry(&self, key: &SubKey) -> Option<Instant> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).get(key).map(|(exp, _)| *exp)
-    }
-
-    fn put(&self, key: SubKey, resp: &DnsResponse) {
-        let Some(ttl) = cache_ttl(resp) else { return };
+    /// Keeps `resp` while its TTLs allow; returns until when.
+    fn put(&self, key: SubKey, resp: &DnsResponse) -> Option<Instant> {
+        let ttl = cache_ttl(resp)?;
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= SUB_CACHE_ENTRIES {
             let now = Instant::now();
@@ -267,7 +264,9 @@ impl SubCache {
                 map.clear();
             }
         }
-        map.insert(key, (Instant::now() + ttl, resp.clone()));
+        let until = Instant::now() + ttl;
+        map.insert(key, (until, resp.clone()));
+        Some(until)
     }
 }
 
@@ -299,9 +298,15 @@ pub struct Exchange {
 
 impl Exchange {
     async fn sub_query(self, query: Query) -> Result<DnsResponse, NetError> {
+        self.sub_query_until(query).await.map(|(resp, _)| resp)
+    }
+
+    /// `sub_query`, and until when its answer may be reused (`None`: it is
+    /// not kept, a failure or an empty answer).
+    async fn sub_query_until(self, query: Query) -> Result<(DnsResponse, Option<Instant>), NetError> {
         let key = (query.name().to_lowercase(), query.query_type());
-        if let Some(hit) = self.cache.get(&key) {
-            return Ok(hit);
+        if let Some((until, hit)) = self.cache.get(&key) {
+            return Ok((hit, Some(until)));
         }
         let ctx = QueryCtx {
             client: None,
@@ -317,8 +322,8 @@ impl Exchange {
             return Err(NetError::from("differing answers to a validation query (Hold-On)"));
         }
         let resp = DnsResponse::from_message(a.msg).map_err(|e| NetError::from(e.to_string()))?;
-        self.cache.put(key, &resp);
-        Ok(resp)
+        let until = self.cache.put(key, &resp);
+        Ok((resp, until))
     }
 }
 
@@ -398,14 +403,18 @@ fn retry_at(complete: bool) -> Option<Instant> {
     (!complete).then(|| Instant::now() + PARTIAL_ANCHORS_RETRY)
 }
 
-/// Zones one walk up the chain of trust may prove (`Walk`): a signer's
-/// zone and its unproven ancestors. Real chains are three or four deep.
-const MAX_WALK_ZONES: usize = 8;
-/// DNSKEYs a zone may publish for the shortcut to use them; a bigger set
-/// is left to hickory (real zones publish fewer than ten).
-const MAX_ZONE_KEYS: usize = 32;
+/// Zones one walk up the chain of trust may prove (`Walk`), over all its
+/// branches, and zones above the signer it may climb. Real chains are three
+/// to five deep and have one branch (a DS set has one signer).
+const MAX_WALK_ZONES: usize = 32;
+const MAX_WALK_DEPTH: usize = 16;
+/// DNSKEYs a zone may publish for its keys to be proven here (real zones
+/// publish fewer than ten). Past it, as past `MAX_DS` or the limits of
+/// `positive_proof`, the keys are not proven, and the second opinion calls
+/// hickory's "secure" for the zone bogus rather than trust its cache.
+const MAX_ZONE_KEYS: usize = 128;
 /// DS records of one zone looked at (real zones publish one to four).
-const MAX_DS: usize = 8;
+const MAX_DS: usize = 16;
 
 /// Why the configured trust anchors could not be put to use.
 #[derive(Debug, thiserror::Error)]
@@ -699,18 +708,20 @@ impl Validator {
     /// take the full path, which says why.
     async fn zone_keys(&self, anchors: &TrustAnchors, zone: &Name) -> Arc<[DNSKEY]> {
         let walk = Walk { zones_left: AtomicUsize::new(MAX_WALK_ZONES) };
-        match self.proven_keys(anchors, zone, &walk).await {
+        match self.proven_keys(anchors, zone, &walk, 0).await {
             Walked::Proven((_, keys)) => keys,
             Walked::Failed | Walked::OutOfBudget => Arc::from([]),
         }
     }
 
-    /// `zone_keys` with the keys' lifetime, within `walk`'s budget.
+    /// `zone_keys` with the keys' lifetime, within `walk`'s budget;
+    /// `depth`: zones climbed above the signer so far.
     fn proven_keys<'a>(
         &'a self,
         anchors: &'a TrustAnchors,
         zone: &'a Name,
         walk: &'a Walk,
+        depth: usize,
     ) -> Pin<Box<dyn Future<Output = Walked> + Send + 'a>> {
         Box::pin(async move {
             let now = Instant::now();
@@ -721,10 +732,12 @@ impl Validator {
             if self.no_keys.lock().unwrap_or_else(|p| p.into_inner()).get(zone).is_some_and(|until| *until > now) {
                 return Walked::Failed;
             }
-            if walk.zones_left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_err() {
+            if depth > MAX_WALK_DEPTH
+                || walk.zones_left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_err()
+            {
                 return Walked::OutOfBudget;
             }
-            let walked = self.prove_keys(anchors, zone, walk).await;
+            let walked = self.prove_keys(anchors, zone, walk, depth).await;
             match &walked {
                 Walked::Proven(p) => remember(&self.zone_keys, zone, p.clone(), |(until, _)| *until > now),
                 Walked::Failed => remember(&self.no_keys, zone, now + NO_KEYS_RETRY, |until| *until > now),
@@ -748,7 +761,7 @@ impl Validator {
     /// along the chain (`cap_authenticated_ttls`) and the age of the
     /// sub-answers they came from, at most `SUB_CACHE_MAX_TTL`, and at
     /// least a second: a zone may publish its keys with TTL 0.
-    async fn prove_keys(&self, anchors: &TrustAnchors, zone: &Name, walk: &Walk) -> Walked {
+    async fn prove_keys(&self, anchors: &TrustAnchors, zone: &Name, walk: &Walk, depth: usize) -> Walked {
         let unix = unix_now();
         let Some((dnskeys, mut until)) = self.fetch_signed(zone, RecordType::DNSKEY, unix).await else {
             return Walked::Failed;
@@ -774,7 +787,7 @@ impl Validator {
                 return Walked::Failed;
             }
             let Some((ds, ds_until)) = self.fetch_signed(zone, RecordType::DS, unix).await else { return Walked::Failed };
-            let parent_until = match self.proven_parent(anchors, zone, &ds, unix, walk).await {
+            let parent_until = match self.proven_parent(anchors, zone, &ds, unix, walk, depth).await {
                 Walked::Proven((until, _)) => until,
                 other => return other,
             };
@@ -799,7 +812,7 @@ impl Validator {
     /// The keys of the zone above `zone` that verify its DS set `ds`, and
     /// until when they hold. The signer of a DS set is the parent (RFC 4035
     /// §5.2); at most `MAX_SIGNERS` claimed signers are tried.
-    async fn proven_parent(&self, anchors: &TrustAnchors, zone: &Name, ds: &[Record], unix: u32, walk: &Walk) -> Walked {
+    async fn proven_parent(&self, anchors: &TrustAnchors, zone: &Name, ds: &[Record], unix: u32, walk: &Walk, depth: usize) -> Walked {
         let mut signers: Vec<&Name> = Vec::new();
         for sig in ds.iter().filter(|r| r.name == *zone).filter_map(positive_proof::rrsig) {
             let signer = &sig.input().signer_name;
@@ -809,7 +822,7 @@ impl Validator {
         }
         let mut outcome = Walked::Failed;
         for parent in signers.into_iter().take(positive_proof::MAX_SIGNERS) {
-            match self.proven_keys(anchors, parent, walk).await {
+            match self.proven_keys(anchors, parent, walk, depth + 1).await {
                 Walked::Proven(p)
                     if positive_proof::chain_rrset_verifies(zone, RecordType::DS, ds, parent, &p.1, &self.signatures, unix) =>
                 {
@@ -829,9 +842,7 @@ impl Validator {
     /// Records of other classes are dropped: a signature over class IN
     /// covers none of them, so they must not ride along with a verified set.
     async fn fetch_signed(&self, name: &Name, rtype: RecordType, unix: u32) -> Option<(Vec<Record>, Instant)> {
-        let query = Query::query(name.clone(), rtype);
-        let key = (query.name().to_lowercase(), rtype);
-        let resp = self.exchange.clone().sub_query(query).await.ok()?;
+        let (resp, kept_until) = self.exchange.clone().sub_query_until(Query::query(name.clone(), rtype)).await.ok()?;
         if resp.metadata.response_code != ResponseCode::NoError {
             return None;
         }
@@ -841,7 +852,7 @@ impl Validator {
         let now = Instant::now();
         let lifetime = Duration::from_secs(ttl.max(1).into()).min(SUB_CACHE_MAX_TTL);
         // A sub-answer from the cache has aged since it was fetched.
-        let fetched_for = self.exchange.cache.expiry(&key).map_or(lifetime, |exp| exp.saturating_duration_since(now));
+        let fetched_for = kept_until.map_or(lifetime, |exp| exp.saturating_duration_since(now));
         Some((answers, now + lifetime.min(fetched_for).max(Duration::from_secs(1))))
     }
 }
@@ -857,8 +868,7 @@ enum Walked {
 
 /// One walk's budget, shared by all its branches: zones whose keys it may
 /// still prove (each costs at most two sub-queries and two
-/// `chain_rrset_verifies`). The zones it proves are kept, so a deeper
-/// chain is finished by the queries that follow.
+/// `chain_rrset_verifies`).
 struct Walk {
     zones_left: AtomicUsize,
 }
@@ -1477,10 +1487,16 @@ mod tests {
         keys.push(ch(dnskey_set(&evil)[0].clone()));
         served.insert((n("example."), RecordType::DNSKEY), keys);
 
-        let (validator, _) = validator_for(&root, served).await;
+        let (validator, _) = validator_for(&root, served.clone()).await;
         let chain = validator.chain().await.unwrap();
         assert_eq!(validator.zone_keys(&chain.anchors, &Name::root()).await.to_vec(), root.keys());
         assert_eq!(validator.zone_keys(&chain.anchors, &n("example.")).await.to_vec(), example.keys());
+
+        // The evil key set alone, signed by itself: only the CH DS covers it.
+        served.insert((n("example."), RecordType::DNSKEY), example_keys(&[&evil], &evil, 0));
+        let (validator, _) = validator_for(&root, served).await;
+        let chain = validator.chain().await.unwrap();
+        assert!(validator.zone_keys(&chain.anchors, &n("example.")).await.is_empty());
     }
 
     #[tokio::test]
@@ -1534,7 +1550,7 @@ mod tests {
         let chain = validator.chain().await.unwrap();
         // Room for example. but not for the root above it.
         let walk = Walk { zones_left: AtomicUsize::new(1) };
-        assert!(matches!(validator.proven_keys(&chain.anchors, &n("example."), &walk).await, Walked::OutOfBudget));
+        assert!(matches!(validator.proven_keys(&chain.anchors, &n("example."), &walk, 0).await, Walked::OutOfBudget));
         assert!(validator.no_keys.lock().unwrap().is_empty(), "a budget cut is no failure of the zone");
         // The next query's walk proves it.
         assert_eq!(validator.zone_keys(&chain.anchors, &n("example.")).await.to_vec(), example.keys());
@@ -1573,5 +1589,43 @@ mod tests {
         let second = validator.chain().await.unwrap();
         assert!(trusts(&second, &old) && trusts(&second, &new), "the DS anchor's key is in");
         assert_eq!(second.retry_at, None, "nothing left to retry");
+    }
+
+    #[tokio::test]
+    async fn a_chain_deeper_than_usual_is_proven_in_one_walk() {
+        // z1. down to z12.z11. ... z1., each delegated with a DS from its
+        // parent: twelve zones, more than any real chain.
+        let root = Zone::new(".");
+        let mut served = served_root(&root);
+        let (mut parent, mut name) = (root, String::new());
+        for i in 1..=12 {
+            name = format!("z{i}.{name}");
+            let zone = Zone::new(&name);
+            served.insert((n(&name), RecordType::DS), signed(&parent, vec![ds_of(&zone)]));
+            served.insert((n(&name), RecordType::DNSKEY), signed(&zone, dnskey_set(&zone)));
+            parent = zone;
+        }
+        let anchor = served[&(Name::root(), RecordType::DNSKEY)][0].clone();
+        let RData::DNSSEC(DNSSECRData::DNSKEY(anchor)) = anchor.data else { unreachable!() };
+        let (validator, _) = validator_with(vec![(Name::root(), anchor)], served).await;
+        let chain = validator.chain().await.unwrap();
+        assert_eq!(validator.zone_keys(&chain.anchors, &n(&name)).await.to_vec(), parent.keys());
+    }
+
+    #[tokio::test]
+    async fn keys_last_no_longer_than_the_sub_answers_they_came_from() {
+        let (root, example) = (Zone::new("."), Zone::new("example."));
+        let (validator, _) = validator_for(&root, served_example(&root, &example, &example, &example)).await;
+        let chain = validator.chain().await.unwrap();
+        let zone = n("example.");
+        assert!(!validator.zone_keys(&chain.anchors, &zone).await.is_empty());
+        let until = |v: &Validator| v.zone_keys.lock().unwrap()[&zone].0;
+        assert!(until(&validator) > Instant::now() + Duration::from_secs(290), "TTL 300 from a fresh answer");
+        // The key set has sat in the sub-answer cache: it has 5 s left there.
+        let left = Instant::now() + Duration::from_secs(5);
+        validator.exchange.cache.map.lock().unwrap().get_mut(&(zone.clone(), RecordType::DNSKEY)).unwrap().0 = left;
+        validator.zone_keys.lock().unwrap().clear();
+        assert!(!validator.zone_keys(&chain.anchors, &zone).await.is_empty());
+        assert!(until(&validator) <= left, "the keys outlive the answer they came from");
     }
 }

@@ -27,7 +27,7 @@ use data_encoding::BASE32_DNSSEC;
 use hickory_proto::{
     dnssec::{
         crypto::Digest,
-        rdata::{DNSSECRData, DNSKEY, NSEC3, RRSIG},
+        rdata::{DNSSECRData, SigInput, DNSKEY, NSEC3, RRSIG},
         Algorithm, DigestType, Nsec3HashAlgorithm, PublicKey, Verifier, TBS,
     },
     op::{Message, Query, ResponseCode},
@@ -347,24 +347,25 @@ impl Prover<'_> {
     /// `section`, with that section's signatures only (as hickory does).
     /// Returns the Labels field of the signature that verified.
     fn rrset(&self, owner: &Name, rtype: RecordType, section: &[Record]) -> Result<u8, Decline> {
-        // Signatures by other signers, or by none of our keys, are not this
-        // zone's to judge here, and do not count against its limits (a
-        // DNSKEY set during an algorithm rollover carries many).
+        // Signatures by other signers, by none of our keys, out of their
+        // validity window or with impossible labels cannot verify, and do
+        // not count against the limits (a DNSKEY set during an algorithm
+        // rollover carries many, a re-signed set old ones beside new).
+        let usable = |input: &SigInput| {
+            input.num_labels <= owner.num_labels()
+                && input.num_labels >= self.zone.num_labels()
+                && input.sig_inception <= self.now
+                && self.now <= input.sig_expiration
+        };
         let sigs = section
             .iter()
             .filter(|r| r.name == *owner)
             .filter_map(rrsig)
             .filter(|s| s.input().type_covered == rtype && s.input().signer_name == *self.zone)
-            .filter(|s| self.keys_for(s).next().is_some())
+            .filter(|s| usable(s.input()) && self.keys_for(s).next().is_some())
             .take(MAX_SIGS_PER_RRSET);
         for sig in sigs {
             let input = sig.input();
-            if input.num_labels > owner.num_labels()
-                || input.num_labels < self.zone.num_labels()
-                || !(input.sig_inception <= self.now && self.now <= input.sig_expiration)
-            {
-                continue;
-            }
             let Ok(tbs) = TBS::from_input(owner, self.class, input, section.iter()) else { continue };
             for key in self.keys_for(sig).take(MAX_KEYS_PER_TAG) {
                 if self.memo.verify(key, &tbs, sig.sig(), &self.budget) {

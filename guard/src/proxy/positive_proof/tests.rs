@@ -460,6 +460,24 @@ fn signatures_past_the_limit_are_not_looked_at() {
 }
 
 #[test]
+fn signatures_that_cannot_verify_do_not_count_against_the_limit() {
+    // A re-signed RRset served with its expired signatures, and signatures
+    // by keys the zone does not hold, ahead of the good one: none of them
+    // can verify, so none is one of the four looked at.
+    let z = Zone::new("signed.lab.");
+    let rr = a("www.signed.lab.", 1);
+    let mut answers: Vec<Record> =
+        (1..=MAX_SIGS_PER_RRSET as u32).map(|i| z.sign_with(std::slice::from_ref(&rr), 3, NOW - 7200 - i, NOW - 3600)).collect();
+    answers.extend((0..MAX_SIGS_PER_RRSET).map(|_| Zone::new("signed.lab.").sign(std::slice::from_ref(&rr))));
+    answers.push(z.sign(std::slice::from_ref(&rr)));
+    answers.push(rr);
+    let (query, msg) = answer("www.signed.lab.", answers, vec![]);
+    let memo = SignatureMemo::default();
+    assert_eq!(check(&z, &query, &msg, &memo), Ok(()));
+    assert_eq!(memo.checked(), 1, "only the good signature was worth a check");
+}
+
+#[test]
 fn the_second_opinion_looks_past_junk_that_makes_the_shortcut_decline() {
     // A forger searching for a collision in hickory's cache key varies junk
     // RRSIGs; those make the shortcut decline on shape. The second opinion
