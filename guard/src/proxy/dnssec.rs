@@ -394,6 +394,9 @@ const ZONE_KEY_ENTRIES: usize = 1024;
 /// How long a zone without proven keys (insecure, or its keys could not be
 /// fetched) skips the shortcut before it asks again.
 const NO_KEYS_RETRY: Duration = Duration::from_secs(30);
+/// Zones whose keys the second opinion takes for one answer (a CNAME chain
+/// across zones has one per link); more is a no.
+const MAX_OPINION_ZONES: usize = 8;
 /// How often a chain built without a DS anchor's keys tries to fetch them
 /// again.
 const PARTIAL_ANCHORS_RETRY: Duration = Duration::from_secs(60);
@@ -656,9 +659,9 @@ impl Validator {
         positive_proof::prove(query, msg, &zone, &keys, &self.signatures, unix_now())
     }
 
-    /// hickory's verdict, except that a "secure" for an answer that holds
-    /// the query's own RRset needs that RRset to verify with the proven keys
-    /// of a signer above the name (`positive_proof::answer_verifies`).
+    /// hickory's verdict, except that a "secure" needs every RRset of the
+    /// answer and authority sections to verify with the proven keys of a
+    /// signer above its owner (`positive_proof::signed_rrsets`).
     ///
     /// hickory 0.26.3 keeps its proofs under a 64-bit `DefaultHasher`
     /// (fixed SipHash keys) of the query and the RRset with its RRSIGs, junk
@@ -672,23 +675,34 @@ impl Validator {
         if full != Security::Secure {
             return full;
         }
-        let Some(signers) = positive_proof::answer_signers(query, msg) else { return full };
         let unverified = |detail: &str| {
             warn!(qname = %query.name(), detail, "hickory called secure an answer whose signatures do not verify; bogus");
             bogus("bad-signature", format!("{} {}: {detail}", query.name(), query.query_type()))
         };
-        if signers.len() > positive_proof::MAX_SIGNERS {
-            return unverified("signatures by too many signers");
+        let rrsets = match positive_proof::signed_rrsets(msg) {
+            Ok(rrsets) => rrsets,
+            Err(why) => return unverified(why),
+        };
+        let mut signers: Vec<&Name> = Vec::new();
+        for zone in rrsets.iter().flat_map(|s| &s.signers) {
+            if !signers.contains(&zone) {
+                signers.push(zone);
+            }
+        }
+        if signers.len() > MAX_OPINION_ZONES {
+            return unverified("signatures by too many zones");
         }
         for fresh in [false, true] {
+            let mut keys: HashMap<Name, Arc<[DNSKEY]>> = HashMap::new();
             for zone in &signers {
                 if fresh {
                     self.forget_keys(zone);
                 }
-                let keys = self.zone_keys(&chain.anchors, zone).await;
-                if positive_proof::answer_verifies(query, msg, zone, &keys, &self.signatures, unix_now()) {
-                    return Security::Secure;
-                }
+                keys.insert((*zone).clone(), self.zone_keys(&chain.anchors, zone).await);
+            }
+            let keys_of = |zone: &Name| keys.get(zone).cloned();
+            if positive_proof::rrsets_verify(msg, &rrsets, &keys_of, &self.signatures, unix_now(), query.query_class()) {
+                return Security::Secure;
             }
         }
         unverified("no signature verifies with the zone's proven keys")

@@ -21,7 +21,11 @@
 //! proofs for a wildcard expansion (an opt-out NSEC3 is no proof here). A
 //! helper's review found no answer it accepts that hickory would not.
 
-use std::{cell::Cell, collections::HashSet, sync::Mutex};
+use std::{
+    cell::Cell,
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
 
 use data_encoding::BASE32_DNSSEC;
 use hickory_proto::{
@@ -115,9 +119,13 @@ pub enum Decline {
     ExpansionWithoutDenial,
 }
 
-/// Signers of one answer RRset the second opinion looks at: a genuine
-/// answer has one, two while a zone changes its signer.
+/// Signers of one RRset the second opinion looks at: a genuine answer has
+/// one, two while a zone changes its signer.
 pub const MAX_SIGNERS: usize = 2;
+/// RRsets of one answer the second opinion checks, and the signature
+/// checks it may buy for them (the memo's hits are free); more is a no.
+const MAX_OPINION_RRSETS: usize = 24;
+const MAX_OPINION_CHECKS: u32 = 32;
 
 /// Signatures already verified, by SHA-256 of (algorithm, key, signature,
 /// signed data). Only successes are kept: a failure is hickory's to judge.
@@ -220,7 +228,8 @@ pub fn prove(query: &Query, msg: &Message, zone: &Name, keys: &[DNSKEY], memo: &
     if msg.answers.iter().chain(&msg.authorities).chain(&msg.additionals).any(|r| r.dns_class != class) {
         return Err(Decline::AnotherClass);
     }
-    let prover = Prover::new(zone, keys, memo, now, class);
+    let budget = Cell::new(MAX_CHECKS_PER_ANSWER);
+    let prover = Prover::new(zone, keys, memo, now, class, &budget);
 
     // The answer RRset: every signature must claim the same label count, so
     // whether it is an expansion does not depend on which one verifies.
@@ -268,32 +277,75 @@ pub fn prove(query: &Query, msg: &Message, zone: &Name, keys: &[DNSKEY], memo: &
     Ok(())
 }
 
-/// The second opinion on hickory's "secure" (`Validator::second_opinion`):
-/// the signers above the query name of the query's own RRset in `msg`'s
-/// answer section, or `None` when the answer holds no such RRset.
-pub fn answer_signers(query: &Query, msg: &Message) -> Option<Vec<Name>> {
-    let (qname, qtype) = (query.name(), query.query_type());
-    let direct = |r: &Record| r.name == *qname && r.record_type() == qtype;
-    if qtype == RecordType::RRSIG || !msg.answers.iter().any(direct) {
-        return None;
-    }
-    let mut signers: Vec<Name> = Vec::new();
-    for sig in msg.answers.iter().filter(|r| r.name == *qname).filter_map(rrsig) {
-        let signer = &sig.input().signer_name;
-        if sig.input().type_covered == qtype && signer.zone_of(qname) && !signers.contains(signer) {
-            signers.push(signer.clone());
-        }
-    }
-    Some(signers)
+/// One RRset that a "secure" verdict vouches for, with the signers above
+/// its owner whose signatures over it the message carries.
+#[derive(Debug, PartialEq)]
+pub struct SignedRrset {
+    pub owner: Name,
+    pub rtype: RecordType,
+    pub in_authority: bool,
+    pub signers: Vec<Name>,
 }
 
-/// Whether the query's own RRset in `msg` verifies with `zone`'s proven
-/// keys, whatever else the message holds. Limits that cut the checks short
-/// count as not verified: this answer is already one whose shape the
-/// shortcut declined and that hickory called secure.
-pub fn answer_verifies(query: &Query, msg: &Message, zone: &Name, keys: &[DNSKEY], memo: &SignatureMemo, now: u32) -> bool {
-    let prover = Prover::new(zone, keys, memo, now, query.query_class());
-    prover.rrset(query.name(), query.query_type(), &msg.answers).is_ok()
+/// The second opinion on hickory's "secure" (`Validator::second_opinion`):
+/// every RRset of `msg`'s answer and authority sections, each with its
+/// signers. Err when no signature could make the answer pass: too many
+/// RRsets or signers, or an RRset no signer above its owner signs (save a
+/// CNAME synthesized from a DNAME of the answer, unsigned by design, RFC
+/// 6672 §5.3.1; its DNAME is checked).
+pub fn signed_rrsets(msg: &Message) -> Result<Vec<SignedRrset>, &'static str> {
+    let dnames: Vec<&Name> = msg.answers.iter().filter(|r| r.record_type() == RecordType::DNAME).map(|r| &r.name).collect();
+    let mut rrsets: Vec<SignedRrset> = Vec::new();
+    for (in_authority, section) in [(false, &msg.answers), (true, &msg.authorities)] {
+        for r in section.iter().filter(|r| r.record_type() != RecordType::RRSIG) {
+            let (owner, rtype) = (&r.name, r.record_type());
+            if rrsets.iter().any(|s| s.in_authority == in_authority && s.rtype == rtype && s.owner == *owner) {
+                continue;
+            }
+            let mut signers: Vec<Name> = Vec::new();
+            for sig in section.iter().filter(|r| r.name == *owner).filter_map(rrsig) {
+                let signer = &sig.input().signer_name;
+                if sig.input().type_covered == rtype && signer.zone_of(owner) && !signers.contains(signer) {
+                    signers.push(signer.clone());
+                }
+            }
+            if signers.len() > MAX_SIGNERS {
+                return Err("signatures by too many signers");
+            }
+            let synthesized = rtype == RecordType::CNAME && !in_authority && dnames.iter().any(|d| d.zone_of(owner) && *d != owner);
+            if signers.is_empty() && !synthesized {
+                return Err("an RRset no zone above it signs");
+            }
+            if rrsets.len() == MAX_OPINION_RRSETS {
+                return Err("too many RRsets");
+            }
+            rrsets.push(SignedRrset { owner: owner.clone(), rtype, in_authority, signers });
+        }
+    }
+    Ok(rrsets)
+}
+
+/// Whether every RRset of `rrsets` (from `signed_rrsets(msg)`) verifies
+/// with the proven keys of one of its signers (`keys`; none for a zone not
+/// there), within one crypto budget for the whole answer. Limits count as
+/// not verified: the answer is one hickory called secure, and its cache of
+/// proofs is what is being second-guessed.
+pub fn rrsets_verify(
+    msg: &Message,
+    rrsets: &[SignedRrset],
+    keys: &dyn Fn(&Name) -> Option<Arc<[DNSKEY]>>,
+    memo: &SignatureMemo,
+    now: u32,
+    class: DNSClass,
+) -> bool {
+    let budget = Cell::new(MAX_OPINION_CHECKS);
+    rrsets.iter().filter(|s| !s.signers.is_empty()).all(|s| {
+        let section = if s.in_authority { &msg.authorities } else { &msg.answers };
+        s.signers.iter().any(|zone| {
+            let Some(zone_keys) = keys(zone) else { return false };
+            Prover::new(zone, &zone_keys, memo, now, class, &budget).rrset(&s.owner, s.rtype, section).is_ok()
+        })
+    })
 }
 
 /// For the chain of trust (RFC 4035 §5.1-5.2, `Validator::zone_keys`):
@@ -309,7 +361,8 @@ pub fn chain_rrset_verifies(
     memo: &SignatureMemo,
     now: u32,
 ) -> bool {
-    let prover = Prover::new(zone, keys, memo, now, DNSClass::IN);
+    let budget = Cell::new(MAX_CHECKS_PER_ANSWER);
+    let prover = Prover::new(zone, keys, memo, now, DNSClass::IN, &budget);
     prover.rrset(owner, rtype, section).is_ok_and(|labels| labels == owner.num_labels())
 }
 
@@ -321,18 +374,18 @@ struct Prover<'a> {
     memo: &'a SignatureMemo,
     now: SerialNumber,
     class: DNSClass,
-    /// Signature checks left for the crypto (`MAX_CHECKS_PER_ANSWER`).
-    budget: Cell<u32>,
+    /// Signature checks left for the crypto, for the whole answer.
+    budget: &'a Cell<u32>,
 }
 
 impl<'a> Prover<'a> {
-    fn new(zone: &'a Name, keys: &'a [DNSKEY], memo: &'a SignatureMemo, now: u32, class: DNSClass) -> Self {
+    fn new(zone: &'a Name, keys: &'a [DNSKEY], memo: &'a SignatureMemo, now: u32, class: DNSClass, budget: &'a Cell<u32>) -> Self {
         let keys = keys
             .iter()
             .filter(|k| k.zone_key() && !k.revoke())
             .filter_map(|k| k.calculate_key_tag().ok().map(|tag| (k.algorithm(), tag, k)))
             .collect();
-        Prover { zone, keys, memo, now: SerialNumber::new(now), class, budget: Cell::new(MAX_CHECKS_PER_ANSWER) }
+        Prover { zone, keys, memo, now: SerialNumber::new(now), class, budget }
     }
 
     /// Our keys that could have made `sig`.
@@ -368,7 +421,7 @@ impl Prover<'_> {
             let input = sig.input();
             let Ok(tbs) = TBS::from_input(owner, self.class, input, section.iter()) else { continue };
             for key in self.keys_for(sig).take(MAX_KEYS_PER_TAG) {
-                if self.memo.verify(key, &tbs, sig.sig(), &self.budget) {
+                if self.memo.verify(key, &tbs, sig.sig(), self.budget) {
                     return Ok(input.num_labels);
                 }
             }

@@ -11,7 +11,7 @@ use hickory_proto::{
         Algorithm, DnssecSigner, SigningKey,
     },
     op::Message,
-    rr::rdata::{A, NS},
+    rr::rdata::{A, CNAME, NS, NULL},
 };
 
 use super::*;
@@ -481,33 +481,69 @@ fn signatures_that_cannot_verify_do_not_count_against_the_limit() {
 fn the_second_opinion_looks_past_junk_that_makes_the_shortcut_decline() {
     // A forger searching for a collision in hickory's cache key varies junk
     // RRSIGs; those make the shortcut decline on shape. The second opinion
-    // checks the RRset against its signers' proven keys all the same.
+    // checks every RRset against its signers' proven keys all the same.
     let z = Zone::new("signed.lab.");
     let other = Zone::new("lab.");
     let rr = a("www.signed.lab.", 1);
     let good = z.sign(std::slice::from_ref(&rr));
     let junk = other.sign(std::slice::from_ref(&rr)); // another signer: a shape decline
     let memo = SignatureMemo::default();
+    fn zone_keys<'z>(zones: Vec<&'z Zone>) -> impl Fn(&Name) -> Option<Arc<[DNSKEY]>> + 'z {
+        move |name: &Name| zones.iter().find(|z| z.name == *name).map(|z| Arc::from(z.keys()))
+    }
+    let verifies = |msg: &Message, keys: &dyn Fn(&Name) -> Option<Arc<[DNSKEY]>>| {
+        let rrsets = signed_rrsets(msg).unwrap();
+        rrsets_verify(msg, &rrsets, keys, &memo, NOW, DNSClass::IN)
+    };
 
     let (query, msg) = answer("www.signed.lab.", vec![rr.clone(), junk.clone(), good.clone()], vec![]);
     assert_eq!(signer(&query, &msg), Err(Decline::DifferentSigners));
-    assert_eq!(answer_signers(&query, &msg), Some(vec![other.name.clone(), z.name.clone()]));
-    assert!(answer_verifies(&query, &msg, &z.name, &z.keys(), &memo, NOW), "the genuine data");
+    let rrsets = signed_rrsets(&msg).unwrap();
+    assert_eq!(rrsets.len(), 1);
+    assert_eq!(rrsets[0].signers, [other.name.clone(), z.name.clone()]);
+    assert!(verifies(&msg, &zone_keys(vec![&z])), "the genuine data");
 
     // Forged data under the same junk and the genuine signature.
-    let (query, msg) = answer("www.signed.lab.", vec![a("www.signed.lab.", 66), junk, good.clone()], vec![]);
-    assert!(!answer_verifies(&query, &msg, &z.name, &z.keys(), &memo, NOW));
-    assert!(!answer_verifies(&query, &msg, &other.name, &z.keys(), &memo, NOW));
+    let (_, msg) = answer("www.signed.lab.", vec![a("www.signed.lab.", 66), junk, good.clone()], vec![]);
+    assert!(!verifies(&msg, &zone_keys(vec![&z, &other])));
 
     // Enough same-signer junk ahead of the good signature to hit the limits:
     // not verified (the shortcut itself would only decline).
     let mut answers = vec![rr.clone()];
     answers.extend(decoys(&z, &rr, MAX_SIGS_PER_RRSET));
-    answers.push(good);
-    let (query, msg) = answer("www.signed.lab.", answers, vec![]);
-    assert!(!answer_verifies(&query, &msg, &z.name, &z.keys(), &memo, NOW));
+    answers.push(good.clone());
+    let (_, msg) = answer("www.signed.lab.", answers, vec![]);
+    assert!(!verifies(&msg, &zone_keys(vec![&z])));
 
-    // No RRset of the query's own name and type: not the second opinion's.
-    let (query, msg) = answer("alias.signed.lab.", vec![rr], vec![]);
-    assert_eq!(answer_signers(&query, &msg), None);
+    // Every RRset counts, not only the query's own: a forged CNAME in front
+    // of a genuine target, a forged denial record beside a genuine SOA.
+    let cname = Record::from_rdata(n("alias.signed.lab."), TTL, RData::CNAME(CNAME(n("www.signed.lab."))));
+    let cname_sig = z.sign(std::slice::from_ref(&cname));
+    let (_, msg) = answer("alias.signed.lab.", vec![cname.clone(), cname_sig.clone(), rr.clone(), good.clone()], vec![]);
+    assert!(verifies(&msg, &zone_keys(vec![&z])), "a genuine CNAME chain");
+    let mut forged = cname.clone();
+    forged.data = RData::CNAME(CNAME(n("evil.signed.lab.")));
+    let (_, msg) = answer("alias.signed.lab.", vec![forged, cname_sig, rr.clone(), good], vec![]);
+    assert!(!verifies(&msg, &zone_keys(vec![&z])), "a forged CNAME under the genuine signature");
+    let chain = z.nsec3_chain(&CHAIN);
+    let mut nsec3 = z.covering_nsec3(&chain, "nx.signed.lab.");
+    let (_, msg) = answer("nx.signed.lab.", vec![], nsec3.clone());
+    assert!(verifies(&msg, &zone_keys(vec![&z])), "a genuine denial");
+    let RData::DNSSEC(DNSSECRData::NSEC3(n3)) = &nsec3[0].data else { unreachable!() };
+    let widened = NSEC3::new(Nsec3HashAlgorithm::SHA1, false, 1, vec![0xab], vec![0xff; 20], n3.type_bit_maps().collect::<Vec<_>>());
+    nsec3[0].data = RData::DNSSEC(DNSSECRData::NSEC3(widened));
+    let (_, msg) = answer("nx.signed.lab.", vec![], nsec3);
+    assert!(!verifies(&msg, &zone_keys(vec![&z])), "a widened NSEC3 under the genuine signature");
+
+    // An RRset nobody above it signs cannot pass; a CNAME synthesized from
+    // a DNAME of the answer is unsigned by design.
+    let (_, msg) = answer("www.signed.lab.", vec![rr.clone()], vec![]);
+    assert_eq!(signed_rrsets(&msg), Err("an RRset no zone above it signs"));
+    // hickory-proto 0.26 has no DNAME type: its RDATA is the target's wire form.
+    let target = NULL::with(b"\x06signed\x03lab\x00".to_vec());
+    let dname = Record::from_rdata(n("old.signed.lab."), TTL, RData::Unknown { code: RecordType::DNAME, rdata: target });
+    let synthesized = Record::from_rdata(n("www.old.signed.lab."), TTL, RData::CNAME(CNAME(n("www.signed.lab."))));
+    let dname_sig = z.sign(std::slice::from_ref(&dname));
+    let (_, msg) = answer("www.old.signed.lab.", vec![dname, dname_sig, synthesized, rr.clone(), z.sign(std::slice::from_ref(&rr))], vec![]);
+    assert!(verifies(&msg, &zone_keys(vec![&z])), "a DNAME answer");
 }
