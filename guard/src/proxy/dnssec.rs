@@ -42,7 +42,7 @@ use tracing::{debug, warn};
 
 use super::{
     checks::dotted,
-    positive_proof::{self, Decline, SignatureMemo},
+    positive_proof::{self, Decline, OpinionFailure, SignatureMemo},
     upstream::{QueryCtx, Upstreams},
 };
 use prometheus_client::metrics::{counter::Counter, family::Family};
@@ -692,20 +692,40 @@ impl Validator {
         if signers.len() > MAX_OPINION_ZONES {
             return unverified("signatures by too many zones");
         }
-        for fresh in [false, true] {
-            let mut keys: HashMap<Name, Arc<[DNSKEY]>> = HashMap::new();
-            for zone in &signers {
-                if fresh {
+        let mut keys: Vec<(Name, Arc<[DNSKEY]>)> = Vec::new();
+        for zone in signers {
+            keys.push((zone.clone(), self.zone_keys(&chain.anchors, zone).await));
+        }
+        let check = |keys: &[(Name, Arc<[DNSKEY]>)]| {
+            positive_proof::rrsets_verify(msg, &rrsets, keys, &self.signatures, unix_now(), query.query_class())
+        };
+        let mut outcome = check(&keys);
+        // A signature by a key we do not hold may be by one new since ours
+        // were proven (a rollover): those zones' keys are proven again,
+        // once. Nothing else a second look could change.
+        if let Err(OpinionFailure::Unverified { unknown_keys }) = &outcome {
+            if !unknown_keys.is_empty() {
+                for (zone, zone_keys) in keys.iter_mut().filter(|(z, _)| unknown_keys.contains(z)) {
                     self.forget_keys(zone);
+                    *zone_keys = self.zone_keys(&chain.anchors, zone).await;
                 }
-                keys.insert((*zone).clone(), self.zone_keys(&chain.anchors, zone).await);
-            }
-            let keys_of = |zone: &Name| keys.get(zone).cloned();
-            if positive_proof::rrsets_verify(msg, &rrsets, &keys_of, &self.signatures, unix_now(), query.query_class()) {
-                return Security::Secure;
+                outcome = check(&keys);
             }
         }
-        unverified("no signature verifies with the zone's proven keys")
+        match outcome {
+            Ok(()) => Security::Secure,
+            Err(OpinionFailure::Budget) => unverified("the answer's signatures cost more checks than allowed"),
+            Err(OpinionFailure::Unverified { .. }) => {
+                // Keys that could not be fetched prove nothing either way.
+                let failed_fetch = |zone: &Name| {
+                    SUB_FAILED.try_with(|f| f.borrow().iter().any(|z| z.zone_of(zone))).unwrap_or(false)
+                };
+                match keys.iter().find(|(zone, k)| k.is_empty() && failed_fetch(zone)) {
+                    Some((zone, _)) => Security::Indeterminate(format!("the DNSKEYs of {zone} could not be fetched")),
+                    None => unverified("no signature verifies with the zone's proven keys"),
+                }
+            }
+        }
     }
 
     /// Drops `zone`'s keys, and the failures remembered for it and the

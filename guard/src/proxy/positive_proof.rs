@@ -290,11 +290,10 @@ pub struct SignedRrset {
 /// The second opinion on hickory's "secure" (`Validator::second_opinion`):
 /// every RRset of `msg`'s answer and authority sections, each with its
 /// signers. Err when no signature could make the answer pass: too many
-/// RRsets or signers, or an RRset no signer above its owner signs (save a
-/// CNAME synthesized from a DNAME of the answer, unsigned by design, RFC
-/// 6672 §5.3.1; its DNAME is checked).
+/// RRsets or signers, or an RRset no signer above its owner signs. hickory
+/// never calls an unsigned RRset secure by itself (a CNAME synthesized from
+/// a DNAME included), so one here can only have come through its cache.
 pub fn signed_rrsets(msg: &Message) -> Result<Vec<SignedRrset>, &'static str> {
-    let dnames: Vec<&Name> = msg.answers.iter().filter(|r| r.record_type() == RecordType::DNAME).map(|r| &r.name).collect();
     let mut rrsets: Vec<SignedRrset> = Vec::new();
     for (in_authority, section) in [(false, &msg.answers), (true, &msg.authorities)] {
         for r in section.iter().filter(|r| r.record_type() != RecordType::RRSIG) {
@@ -312,8 +311,7 @@ pub fn signed_rrsets(msg: &Message) -> Result<Vec<SignedRrset>, &'static str> {
             if signers.len() > MAX_SIGNERS {
                 return Err("signatures by too many signers");
             }
-            let synthesized = rtype == RecordType::CNAME && !in_authority && dnames.iter().any(|d| d.zone_of(owner) && *d != owner);
-            if signers.is_empty() && !synthesized {
+            if signers.is_empty() {
                 return Err("an RRset no zone above it signs");
             }
             if rrsets.len() == MAX_OPINION_RRSETS {
@@ -325,27 +323,61 @@ pub fn signed_rrsets(msg: &Message) -> Result<Vec<SignedRrset>, &'static str> {
     Ok(rrsets)
 }
 
+/// Why an answer failed the second opinion.
+#[derive(Debug, PartialEq)]
+pub enum OpinionFailure {
+    /// The crypto budget ran out: asking again would only spend more.
+    Budget,
+    /// An RRset none of whose signers' signatures verifies. `unknown_keys`:
+    /// its signers that signed it with a key (algorithm and tag) not among
+    /// their proven keys, which may have changed since they were proven.
+    Unverified { unknown_keys: Vec<Name> },
+}
+
 /// Whether every RRset of `rrsets` (from `signed_rrsets(msg)`) verifies
 /// with the proven keys of one of its signers (`keys`; none for a zone not
-/// there), within one crypto budget for the whole answer. Limits count as
-/// not verified: the answer is one hickory called secure, and its cache of
+/// there), within one crypto budget for the whole answer. As hickory
+/// requires, only an answer RRset other than NSEC/NSEC3 may be a wildcard
+/// expansion, and an NSEC3 must belong to its signer's zone. Limits count
+/// as failures: the answer is one hickory called secure, and its cache of
 /// proofs is what is being second-guessed.
 pub fn rrsets_verify(
     msg: &Message,
     rrsets: &[SignedRrset],
-    keys: &dyn Fn(&Name) -> Option<Arc<[DNSKEY]>>,
+    keys: &[(Name, Arc<[DNSKEY]>)],
     memo: &SignatureMemo,
     now: u32,
     class: DNSClass,
-) -> bool {
+) -> Result<(), OpinionFailure> {
     let budget = Cell::new(MAX_OPINION_CHECKS);
-    rrsets.iter().filter(|s| !s.signers.is_empty()).all(|s| {
+    let provers: Vec<Prover<'_>> = keys.iter().map(|(zone, k)| Prover::new(zone, k, memo, now, class, &budget)).collect();
+    for s in rrsets {
         let section = if s.in_authority { &msg.authorities } else { &msg.answers };
-        s.signers.iter().any(|zone| {
-            let Some(zone_keys) = keys(zone) else { return false };
-            Prover::new(zone, &zone_keys, memo, now, class, &budget).rrset(&s.owner, s.rtype, section).is_ok()
-        })
-    })
+        let denial = matches!(s.rtype, RecordType::NSEC | RecordType::NSEC3);
+        let may_expand = !s.in_authority && !denial;
+        let signed_by = |prover: &Prover<'_>| {
+            (s.rtype != RecordType::NSEC3 || s.owner.base_name() == *prover.zone)
+                && prover.rrset(&s.owner, s.rtype, section).is_ok_and(|labels| may_expand || labels == s.owner.num_labels())
+        };
+        let provers_of = || provers.iter().filter(|p| s.signers.contains(p.zone));
+        if provers_of().any(signed_by) {
+            continue;
+        }
+        if budget.get() == 0 {
+            return Err(OpinionFailure::Budget);
+        }
+        let signed_with_unknown_key = |zone: &Name| {
+            let prover = provers.iter().find(|p| p.zone == zone);
+            section.iter().filter(|r| r.name == s.owner).filter_map(rrsig).any(|sig| {
+                sig.input().type_covered == s.rtype
+                    && sig.input().signer_name == *zone
+                    && prover.is_none_or(|p| p.keys_for(sig).next().is_none())
+            })
+        };
+        let unknown_keys = s.signers.iter().filter(|z| signed_with_unknown_key(z)).cloned().collect();
+        return Err(OpinionFailure::Unverified { unknown_keys });
+    }
+    Ok(())
 }
 
 /// For the chain of trust (RFC 4035 §5.1-5.2, `Validator::zone_keys`):

@@ -488,12 +488,12 @@ fn the_second_opinion_looks_past_junk_that_makes_the_shortcut_decline() {
     let good = z.sign(std::slice::from_ref(&rr));
     let junk = other.sign(std::slice::from_ref(&rr)); // another signer: a shape decline
     let memo = SignatureMemo::default();
-    fn zone_keys<'z>(zones: Vec<&'z Zone>) -> impl Fn(&Name) -> Option<Arc<[DNSKEY]>> + 'z {
-        move |name: &Name| zones.iter().find(|z| z.name == *name).map(|z| Arc::from(z.keys()))
+    fn zone_keys(zones: Vec<&Zone>) -> Vec<(Name, Arc<[DNSKEY]>)> {
+        zones.into_iter().map(|z| (z.name.clone(), Arc::from(z.keys()))).collect()
     }
-    let verifies = |msg: &Message, keys: &dyn Fn(&Name) -> Option<Arc<[DNSKEY]>>| {
+    let verifies = |msg: &Message, keys: &[(Name, Arc<[DNSKEY]>)]| {
         let rrsets = signed_rrsets(msg).unwrap();
-        rrsets_verify(msg, &rrsets, keys, &memo, NOW, DNSClass::IN)
+        rrsets_verify(msg, &rrsets, keys, &memo, NOW, DNSClass::IN).is_ok()
     };
 
     let (query, msg) = answer("www.signed.lab.", vec![rr.clone(), junk.clone(), good.clone()], vec![]);
@@ -535,15 +535,56 @@ fn the_second_opinion_looks_past_junk_that_makes_the_shortcut_decline() {
     let (_, msg) = answer("nx.signed.lab.", vec![], nsec3);
     assert!(!verifies(&msg, &zone_keys(vec![&z])), "a widened NSEC3 under the genuine signature");
 
-    // An RRset nobody above it signs cannot pass; a CNAME synthesized from
-    // a DNAME of the answer is unsigned by design.
+    // An RRset nobody above it signs cannot pass, a CNAME beside a DNAME
+    // included: hickory calls no unsigned RRset secure by itself.
     let (_, msg) = answer("www.signed.lab.", vec![rr.clone()], vec![]);
     assert_eq!(signed_rrsets(&msg), Err("an RRset no zone above it signs"));
     // hickory-proto 0.26 has no DNAME type: its RDATA is the target's wire form.
     let target = NULL::with(b"\x06signed\x03lab\x00".to_vec());
     let dname = Record::from_rdata(n("old.signed.lab."), TTL, RData::Unknown { code: RecordType::DNAME, rdata: target });
-    let synthesized = Record::from_rdata(n("www.old.signed.lab."), TTL, RData::CNAME(CNAME(n("www.signed.lab."))));
+    let synthesized = Record::from_rdata(n("www.old.signed.lab."), TTL, RData::CNAME(CNAME(n("evil.example."))));
     let dname_sig = z.sign(std::slice::from_ref(&dname));
-    let (_, msg) = answer("www.old.signed.lab.", vec![dname, dname_sig, synthesized, rr.clone(), z.sign(std::slice::from_ref(&rr))], vec![]);
-    assert!(verifies(&msg, &zone_keys(vec![&z])), "a DNAME answer");
+    let (_, msg) = answer("www.old.signed.lab.", vec![dname, dname_sig, synthesized], vec![]);
+    assert_eq!(signed_rrsets(&msg), Err("an RRset no zone above it signs"));
+}
+
+#[test]
+fn the_second_opinion_takes_no_expanded_denial_and_says_which_keys_to_fetch_again() {
+    let z = Zone::new("signed.lab.");
+    let memo = SignatureMemo::default();
+    let keys = vec![(z.name.clone(), Arc::<[DNSKEY]>::from(z.keys()))];
+    let check = |msg: &Message, keys: &[(Name, Arc<[DNSKEY]>)]| rrsets_verify(msg, &signed_rrsets(msg).unwrap(), keys, &memo, NOW, DNSClass::IN);
+
+    // The zone's genuine NSEC at *.signed.lab, replayed at victim.signed.lab:
+    // its signature rebuilds the wildcard owner and verifies, but a denial
+    // record is never an expansion (RFC 4035 §5.3.4).
+    let nsec = NSEC::new(n("z.signed.lab."), [RecordType::A, RecordType::RRSIG, RecordType::NSEC]);
+    let genuine = Record::from_rdata(n("*.signed.lab."), TTL, RData::DNSSEC(DNSSECRData::NSEC(nsec)));
+    let sig = z.sign(std::slice::from_ref(&genuine));
+    let (_, msg) = answer("victim.signed.lab.", vec![], vec![genuine.clone(), sig.clone()]);
+    assert_eq!(check(&msg, &keys), Ok(()));
+    let mut replayed = (genuine, sig);
+    replayed.0.name = n("victim.signed.lab.");
+    replayed.1.name = n("victim.signed.lab.");
+    let (_, msg) = answer("victim.signed.lab.", vec![], vec![replayed.0, replayed.1]);
+    assert_eq!(check(&msg, &keys), Err(OpinionFailure::Unverified { unknown_keys: vec![] }));
+
+    // Signed by a key we do not hold (a rollover?): worth fetching the
+    // zone's keys again. Signed by ours and forged: not.
+    let rr = a("www.signed.lab.", 1);
+    let (_, msg) = answer("www.signed.lab.", vec![rr.clone(), Zone::new("signed.lab.").sign(std::slice::from_ref(&rr))], vec![]);
+    assert_eq!(check(&msg, &keys), Err(OpinionFailure::Unverified { unknown_keys: vec![z.name.clone()] }));
+    let (_, msg) = answer("www.signed.lab.", vec![a("www.signed.lab.", 66), z.sign(std::slice::from_ref(&rr))], vec![]);
+    assert_eq!(check(&msg, &keys), Err(OpinionFailure::Unverified { unknown_keys: vec![] }));
+
+    // Genuine RRsets, each behind three junk signatures with the zone's own
+    // key tag: four checks apiece, until the answer's budget is spent.
+    let mut msg = Message::query();
+    for i in 0..=(MAX_OPINION_CHECKS as usize / MAX_SIGS_PER_RRSET) {
+        let rr = a(&format!("h{i}.signed.lab."), 1);
+        msg.answers.push(rr.clone());
+        msg.answers.extend(decoys(&z, &rr, MAX_SIGS_PER_RRSET - 1));
+        msg.answers.push(z.sign(std::slice::from_ref(&rr)));
+    }
+    assert_eq!(check(&msg, &keys), Err(OpinionFailure::Budget));
 }
