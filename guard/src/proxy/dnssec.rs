@@ -42,7 +42,7 @@ use tracing::{debug, warn};
 
 use super::{
     checks::dotted,
-    positive_proof::{self, Decline, OpinionFailure, SignatureMemo},
+    positive_proof::{self, CheckBudget, Decline, OpinionFailure, SignatureMemo},
     upstream::{QueryCtx, Upstreams},
 };
 use prometheus_client::metrics::{counter::Counter, family::Family};
@@ -679,7 +679,7 @@ impl Validator {
             warn!(qname = %query.name(), detail, "hickory called secure an answer whose signatures do not verify; bogus");
             bogus("bad-signature", format!("{} {}: {detail}", query.name(), query.query_type()))
         };
-        let rrsets = match positive_proof::signed_rrsets(msg) {
+        let rrsets = match positive_proof::signed_rrsets(msg, query.query_class()) {
             Ok(rrsets) => rrsets,
             Err(why) => return unverified(why),
         };
@@ -696,14 +696,17 @@ impl Validator {
         for zone in signers {
             keys.push((zone.clone(), self.zone_keys(&chain.anchors, zone).await));
         }
+        // One budget for both looks.
+        let budget = CheckBudget::for_opinion();
         let check = |keys: &[(Name, Arc<[DNSKEY]>)]| {
-            positive_proof::rrsets_verify(msg, &rrsets, keys, &self.signatures, unix_now(), query.query_class())
+            positive_proof::rrsets_verify(msg, &rrsets, keys, &self.signatures, unix_now(), query.query_class(), &budget)
         };
         let mut outcome = check(&keys);
         // A signature by a key we do not hold may be by one new since ours
-        // were proven (a rollover): those zones' keys are proven again,
-        // once. Nothing else a second look could change.
-        if let Err(OpinionFailure::Unverified { unknown_keys }) = &outcome {
+        // were proven (a rollover), or ours may be none for now: those
+        // zones' keys are proven again, once. Nothing else a second look
+        // could change.
+        if let Err(OpinionFailure::Unverified { unknown_keys, .. }) = &outcome {
             if !unknown_keys.is_empty() {
                 for (zone, zone_keys) in keys.iter_mut().filter(|(z, _)| unknown_keys.contains(z)) {
                     self.forget_keys(zone);
@@ -715,13 +718,18 @@ impl Validator {
         match outcome {
             Ok(()) => Security::Secure,
             Err(OpinionFailure::Budget) => unverified("the answer's signatures cost more checks than allowed"),
-            Err(OpinionFailure::Unverified { .. }) => {
-                // Keys that could not be fetched prove nothing either way.
+            Err(OpinionFailure::Unverified { signers, .. }) => {
+                // The failing RRset's signer has no keys because they could
+                // not be fetched: nothing is proven either way.
                 let failed_fetch = |zone: &Name| {
                     SUB_FAILED.try_with(|f| f.borrow().iter().any(|z| z.zone_of(zone))).unwrap_or(false)
                 };
-                match keys.iter().find(|(zone, k)| k.is_empty() && failed_fetch(zone)) {
-                    Some((zone, _)) => Security::Indeterminate(format!("the DNSKEYs of {zone} could not be fetched")),
+                let unfetched = keys.iter().find(|(zone, k)| signers.contains(zone) && k.is_empty() && failed_fetch(zone));
+                match unfetched {
+                    Some((zone, _)) => {
+                        warn!(qname = %query.name(), %zone, "hickory called secure an answer whose signer's keys could not be fetched; indeterminate");
+                        Security::Indeterminate(format!("the DNSKEYs of {zone} could not be fetched"))
+                    }
                     None => unverified("no signature verifies with the zone's proven keys"),
                 }
             }
@@ -1661,5 +1669,30 @@ mod tests {
         validator.zone_keys.lock().unwrap().clear();
         assert!(!validator.zone_keys(&chain.anchors, &zone).await.is_empty());
         assert!(until(&validator) <= left, "the keys outlive the answer they came from");
+    }
+
+    #[tokio::test]
+    async fn only_the_failing_rrsets_own_signer_can_make_an_answer_indeterminate() {
+        // example.'s keys cannot be had (its DNSKEY query is answered
+        // SERVFAIL, and the walk is told it went unanswered).
+        let (root, example) = (Zone::new("."), Zone::new("example."));
+        let mut served = served_example(&root, &example, &example, &example);
+        served.remove(&(n("example."), RecordType::DNSKEY));
+        let (validator, _) = validator_for(&root, served).await;
+        let judge = |answers: Vec<Record>| {
+            let validator = &validator;
+            let (_, msg) = answer("www.example.", answers, vec![]);
+            SUB_FAILED.scope(RefCell::new(vec![n("example.")]), async move { opinion(validator, &msg, Security::Secure).await })
+        };
+        let by_example = signed(&example, vec![a("www.example.", 1)]);
+        assert_eq!(
+            judge(by_example.clone()).await,
+            Security::Indeterminate("the DNSKEYs of example. could not be fetched".into())
+        );
+        // A forgery under the root's proven keys fails first: bogus, whatever
+        // else the answer drags in.
+        let mut forged = signed(&root, vec![a("alias.example.", 1)]);
+        forged[0].data = RData::A(hickory_proto::rr::rdata::A::new(203, 0, 113, 66));
+        assert!(matches!(judge([forged, by_example].concat()).await, Security::Bogus(_)));
     }
 }

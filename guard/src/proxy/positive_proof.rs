@@ -22,9 +22,11 @@
 //! helper's review found no answer it accepts that hickory would not.
 
 use std::{
-    cell::Cell,
     collections::HashSet,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use data_encoding::BASE32_DNSSEC;
@@ -127,6 +129,37 @@ pub const MAX_SIGNERS: usize = 2;
 const MAX_OPINION_RRSETS: usize = 24;
 const MAX_OPINION_CHECKS: u32 = 32;
 
+/// Signature checks the crypto may still make for one answer, and whether
+/// one was refused for want of them.
+pub struct CheckBudget {
+    left: AtomicU32,
+    starved: AtomicBool,
+}
+
+impl CheckBudget {
+    pub fn new(checks: u32) -> Self {
+        CheckBudget { left: AtomicU32::new(checks), starved: AtomicBool::new(false) }
+    }
+
+    /// For the second opinion: `MAX_OPINION_CHECKS`, for both its looks.
+    pub fn for_opinion() -> Self {
+        Self::new(MAX_OPINION_CHECKS)
+    }
+
+    fn take(&self) -> bool {
+        let taken = self.left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok();
+        if !taken {
+            self.starved.store(true, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    /// A check was refused: the verdict was cut short, not reached.
+    pub fn starved(&self) -> bool {
+        self.starved.load(Ordering::Relaxed)
+    }
+}
+
 /// Signatures already verified, by SHA-256 of (algorithm, key, signature,
 /// signed data). Only successes are kept: a failure is hickory's to judge.
 #[derive(Default)]
@@ -146,7 +179,7 @@ impl SignatureMemo {
 
     /// True when `sig` by `key` over `tbs` verifies (now or before).
     /// `budget`: checks the crypto may still make for this answer.
-    fn verify(&self, key: &DNSKEY, tbs: &TBS, sig: &[u8], budget: &Cell<u32>) -> bool {
+    fn verify(&self, key: &DNSKEY, tbs: &TBS, sig: &[u8], budget: &CheckBudget) -> bool {
         let public = key.public_key().public_bytes();
         let (klen, slen) = ((public.len() as u32).to_be_bytes(), (sig.len() as u32).to_be_bytes());
         let alg = [u8::from(key.algorithm())];
@@ -157,10 +190,9 @@ impl SignatureMemo {
             self.hits.inc();
             return true;
         }
-        if budget.get() == 0 {
+        if !budget.take() {
             return false;
         }
-        budget.set(budget.get() - 1);
         self.checked.inc();
         // Any error (a key that does not parse, an unsupported algorithm)
         // fails hickory's check of this key the same way.
@@ -228,7 +260,7 @@ pub fn prove(query: &Query, msg: &Message, zone: &Name, keys: &[DNSKEY], memo: &
     if msg.answers.iter().chain(&msg.authorities).chain(&msg.additionals).any(|r| r.dns_class != class) {
         return Err(Decline::AnotherClass);
     }
-    let budget = Cell::new(MAX_CHECKS_PER_ANSWER);
+    let budget = CheckBudget::new(MAX_CHECKS_PER_ANSWER);
     let prover = Prover::new(zone, keys, memo, now, class, &budget);
 
     // The answer RRset: every signature must claim the same label count, so
@@ -293,7 +325,12 @@ pub struct SignedRrset {
 /// RRsets or signers, or an RRset no signer above its owner signs. hickory
 /// never calls an unsigned RRset secure by itself (a CNAME synthesized from
 /// a DNAME included), so one here can only have come through its cache.
-pub fn signed_rrsets(msg: &Message) -> Result<Vec<SignedRrset>, &'static str> {
+pub fn signed_rrsets(msg: &Message, class: DNSClass) -> Result<Vec<SignedRrset>, &'static str> {
+    // hickory refuses such a response; a record of another class is covered
+    // by no signature checked here.
+    if msg.answers.iter().chain(&msg.authorities).any(|r| r.dns_class != class) {
+        return Err("a record of another class");
+    }
     let mut rrsets: Vec<SignedRrset> = Vec::new();
     for (in_authority, section) in [(false, &msg.answers), (true, &msg.authorities)] {
         for r in section.iter().filter(|r| r.record_type() != RecordType::RRSIG) {
@@ -328,19 +365,19 @@ pub fn signed_rrsets(msg: &Message) -> Result<Vec<SignedRrset>, &'static str> {
 pub enum OpinionFailure {
     /// The crypto budget ran out: asking again would only spend more.
     Budget,
-    /// An RRset none of whose signers' signatures verifies. `unknown_keys`:
-    /// its signers that signed it with a key (algorithm and tag) not among
-    /// their proven keys, which may have changed since they were proven.
-    Unverified { unknown_keys: Vec<Name> },
+    /// `signers` signed an RRset but none of their signatures verifies.
+    /// `unknown_keys`: zones, over the whole answer, that signed with a key
+    /// (algorithm and tag) not among their proven keys, all of them when
+    /// those are none; their keys may have changed since they were proven.
+    Unverified { signers: Vec<Name>, unknown_keys: Vec<Name> },
 }
 
 /// Whether every RRset of `rrsets` (from `signed_rrsets(msg)`) verifies
 /// with the proven keys of one of its signers (`keys`; none for a zone not
-/// there), within one crypto budget for the whole answer. As hickory
-/// requires, only an answer RRset other than NSEC/NSEC3 may be a wildcard
-/// expansion, and an NSEC3 must belong to its signer's zone. Limits count
-/// as failures: the answer is one hickory called secure, and its cache of
-/// proofs is what is being second-guessed.
+/// there), within `budget`. As hickory requires, only an answer RRset other
+/// than NSEC/NSEC3 may be a wildcard expansion, and an NSEC3 must belong to
+/// its signer's zone. Limits count as failures: the answer is one hickory
+/// called secure, and its cache of proofs is what is being second-guessed.
 pub fn rrsets_verify(
     msg: &Message,
     rrsets: &[SignedRrset],
@@ -348,36 +385,39 @@ pub fn rrsets_verify(
     memo: &SignatureMemo,
     now: u32,
     class: DNSClass,
+    budget: &CheckBudget,
 ) -> Result<(), OpinionFailure> {
-    let budget = Cell::new(MAX_OPINION_CHECKS);
-    let provers: Vec<Prover<'_>> = keys.iter().map(|(zone, k)| Prover::new(zone, k, memo, now, class, &budget)).collect();
-    for s in rrsets {
-        let section = if s.in_authority { &msg.authorities } else { &msg.answers };
-        let denial = matches!(s.rtype, RecordType::NSEC | RecordType::NSEC3);
-        let may_expand = !s.in_authority && !denial;
+    let provers: Vec<Prover<'_>> = keys.iter().map(|(zone, k)| Prover::new(zone, k, memo, now, class, budget)).collect();
+    let section_of = |s: &SignedRrset| if s.in_authority { &msg.authorities } else { &msg.answers };
+    let failed = rrsets.iter().find(|s| {
+        let section = section_of(s);
+        let may_expand = !s.in_authority && !matches!(s.rtype, RecordType::NSEC | RecordType::NSEC3);
         let signed_by = |prover: &Prover<'_>| {
             (s.rtype != RecordType::NSEC3 || s.owner.base_name() == *prover.zone)
                 && prover.rrset(&s.owner, s.rtype, section).is_ok_and(|labels| may_expand || labels == s.owner.num_labels())
         };
-        let provers_of = || provers.iter().filter(|p| s.signers.contains(p.zone));
-        if provers_of().any(signed_by) {
-            continue;
-        }
-        if budget.get() == 0 {
-            return Err(OpinionFailure::Budget);
-        }
-        let signed_with_unknown_key = |zone: &Name| {
+        !provers.iter().filter(|p| s.signers.contains(p.zone)).any(signed_by)
+    });
+    let Some(failed) = failed else { return Ok(()) };
+    if budget.starved() {
+        return Err(OpinionFailure::Budget);
+    }
+    // No crypto: signatures whose key tag none of the signer's keys has.
+    let mut unknown_keys: Vec<Name> = Vec::new();
+    for s in rrsets {
+        for zone in &s.signers {
             let prover = provers.iter().find(|p| p.zone == zone);
-            section.iter().filter(|r| r.name == s.owner).filter_map(rrsig).any(|sig| {
+            let unknown = section_of(s).iter().filter(|r| r.name == s.owner).filter_map(rrsig).any(|sig| {
                 sig.input().type_covered == s.rtype
                     && sig.input().signer_name == *zone
                     && prover.is_none_or(|p| p.keys_for(sig).next().is_none())
-            })
-        };
-        let unknown_keys = s.signers.iter().filter(|z| signed_with_unknown_key(z)).cloned().collect();
-        return Err(OpinionFailure::Unverified { unknown_keys });
+            });
+            if unknown && !unknown_keys.contains(zone) {
+                unknown_keys.push(zone.clone());
+            }
+        }
     }
-    Ok(())
+    Err(OpinionFailure::Unverified { signers: failed.signers.clone(), unknown_keys })
 }
 
 /// For the chain of trust (RFC 4035 §5.1-5.2, `Validator::zone_keys`):
@@ -393,7 +433,7 @@ pub fn chain_rrset_verifies(
     memo: &SignatureMemo,
     now: u32,
 ) -> bool {
-    let budget = Cell::new(MAX_CHECKS_PER_ANSWER);
+    let budget = CheckBudget::new(MAX_CHECKS_PER_ANSWER);
     let prover = Prover::new(zone, keys, memo, now, DNSClass::IN, &budget);
     prover.rrset(owner, rtype, section).is_ok_and(|labels| labels == owner.num_labels())
 }
@@ -407,11 +447,11 @@ struct Prover<'a> {
     now: SerialNumber,
     class: DNSClass,
     /// Signature checks left for the crypto, for the whole answer.
-    budget: &'a Cell<u32>,
+    budget: &'a CheckBudget,
 }
 
 impl<'a> Prover<'a> {
-    fn new(zone: &'a Name, keys: &'a [DNSKEY], memo: &'a SignatureMemo, now: u32, class: DNSClass, budget: &'a Cell<u32>) -> Self {
+    fn new(zone: &'a Name, keys: &'a [DNSKEY], memo: &'a SignatureMemo, now: u32, class: DNSClass, budget: &'a CheckBudget) -> Self {
         let keys = keys
             .iter()
             .filter(|k| k.zone_key() && !k.revoke())

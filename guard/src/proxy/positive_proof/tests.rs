@@ -492,13 +492,13 @@ fn the_second_opinion_looks_past_junk_that_makes_the_shortcut_decline() {
         zones.into_iter().map(|z| (z.name.clone(), Arc::from(z.keys()))).collect()
     }
     let verifies = |msg: &Message, keys: &[(Name, Arc<[DNSKEY]>)]| {
-        let rrsets = signed_rrsets(msg).unwrap();
-        rrsets_verify(msg, &rrsets, keys, &memo, NOW, DNSClass::IN).is_ok()
+        let rrsets = signed_rrsets(msg, DNSClass::IN).unwrap();
+        rrsets_verify(msg, &rrsets, keys, &memo, NOW, DNSClass::IN, &CheckBudget::for_opinion()).is_ok()
     };
 
     let (query, msg) = answer("www.signed.lab.", vec![rr.clone(), junk.clone(), good.clone()], vec![]);
     assert_eq!(signer(&query, &msg), Err(Decline::DifferentSigners));
-    let rrsets = signed_rrsets(&msg).unwrap();
+    let rrsets = signed_rrsets(&msg, DNSClass::IN).unwrap();
     assert_eq!(rrsets.len(), 1);
     assert_eq!(rrsets[0].signers, [other.name.clone(), z.name.clone()]);
     assert!(verifies(&msg, &zone_keys(vec![&z])), "the genuine data");
@@ -538,14 +538,14 @@ fn the_second_opinion_looks_past_junk_that_makes_the_shortcut_decline() {
     // An RRset nobody above it signs cannot pass, a CNAME beside a DNAME
     // included: hickory calls no unsigned RRset secure by itself.
     let (_, msg) = answer("www.signed.lab.", vec![rr.clone()], vec![]);
-    assert_eq!(signed_rrsets(&msg), Err("an RRset no zone above it signs"));
+    assert_eq!(signed_rrsets(&msg, DNSClass::IN), Err("an RRset no zone above it signs"));
     // hickory-proto 0.26 has no DNAME type: its RDATA is the target's wire form.
     let target = NULL::with(b"\x06signed\x03lab\x00".to_vec());
     let dname = Record::from_rdata(n("old.signed.lab."), TTL, RData::Unknown { code: RecordType::DNAME, rdata: target });
     let synthesized = Record::from_rdata(n("www.old.signed.lab."), TTL, RData::CNAME(CNAME(n("evil.example."))));
     let dname_sig = z.sign(std::slice::from_ref(&dname));
     let (_, msg) = answer("www.old.signed.lab.", vec![dname, dname_sig, synthesized], vec![]);
-    assert_eq!(signed_rrsets(&msg), Err("an RRset no zone above it signs"));
+    assert_eq!(signed_rrsets(&msg, DNSClass::IN), Err("an RRset no zone above it signs"));
 }
 
 #[test]
@@ -553,7 +553,11 @@ fn the_second_opinion_takes_no_expanded_denial_and_says_which_keys_to_fetch_agai
     let z = Zone::new("signed.lab.");
     let memo = SignatureMemo::default();
     let keys = vec![(z.name.clone(), Arc::<[DNSKEY]>::from(z.keys()))];
-    let check = |msg: &Message, keys: &[(Name, Arc<[DNSKEY]>)]| rrsets_verify(msg, &signed_rrsets(msg).unwrap(), keys, &memo, NOW, DNSClass::IN);
+    let check = |msg: &Message, keys: &[(Name, Arc<[DNSKEY]>)]| {
+        let rrsets = signed_rrsets(msg, DNSClass::IN).unwrap();
+        rrsets_verify(msg, &rrsets, keys, &memo, NOW, DNSClass::IN, &CheckBudget::for_opinion())
+    };
+    let unverified = |unknown_keys: Vec<Name>| Err(OpinionFailure::Unverified { signers: vec![z.name.clone()], unknown_keys });
 
     // The zone's genuine NSEC at *.signed.lab, replayed at victim.signed.lab:
     // its signature rebuilds the wildcard owner and verifies, but a denial
@@ -567,15 +571,35 @@ fn the_second_opinion_takes_no_expanded_denial_and_says_which_keys_to_fetch_agai
     replayed.0.name = n("victim.signed.lab.");
     replayed.1.name = n("victim.signed.lab.");
     let (_, msg) = answer("victim.signed.lab.", vec![], vec![replayed.0, replayed.1]);
-    assert_eq!(check(&msg, &keys), Err(OpinionFailure::Unverified { unknown_keys: vec![] }));
+    assert_eq!(check(&msg, &keys), unverified(vec![]));
+
+    // Nor is an answer RRset in the authority section, and an NSEC3 must
+    // sit right under its signer's apex (each signed as it stands here).
+    let expanded = {
+        let rr = a("x.wild.signed.lab.", 1);
+        let sig = z.sign_with(std::slice::from_ref(&rr), 3, NOW - 3600, NOW + 3600);
+        vec![rr, sig]
+    };
+    let (_, msg) = answer("x.wild.signed.lab.", vec![], expanded.clone());
+    assert_eq!(check(&msg, &keys), unverified(vec![]));
+    let (_, msg) = answer("x.wild.signed.lab.", expanded, vec![]);
+    assert_eq!(check(&msg, &keys), Ok(()), "the same expansion as the answer");
+    let mut deep = z.nsec3_chain(&CHAIN)[0].1[0].clone();
+    deep.name = Name::from_str(&format!("{}.sub.signed.lab.", deep.name.iter().next().map(|l| String::from_utf8_lossy(l).into_owned()).unwrap())).unwrap();
+    let deep_sig = z.sign(std::slice::from_ref(&deep));
+    let (_, msg) = answer("nx.sub.signed.lab.", vec![], vec![deep, deep_sig]);
+    assert_eq!(check(&msg, &keys), unverified(vec![]));
 
     // Signed by a key we do not hold (a rollover?): worth fetching the
     // zone's keys again. Signed by ours and forged: not.
     let rr = a("www.signed.lab.", 1);
-    let (_, msg) = answer("www.signed.lab.", vec![rr.clone(), Zone::new("signed.lab.").sign(std::slice::from_ref(&rr))], vec![]);
-    assert_eq!(check(&msg, &keys), Err(OpinionFailure::Unverified { unknown_keys: vec![z.name.clone()] }));
+    let stranger = std::iter::repeat_with(|| Zone::new("signed.lab."))
+        .find(|o| o.signer.calculate_key_tag().unwrap() != z.signer.calculate_key_tag().unwrap())
+        .unwrap();
+    let (_, msg) = answer("www.signed.lab.", vec![rr.clone(), stranger.sign(std::slice::from_ref(&rr))], vec![]);
+    assert_eq!(check(&msg, &keys), unverified(vec![z.name.clone()]));
     let (_, msg) = answer("www.signed.lab.", vec![a("www.signed.lab.", 66), z.sign(std::slice::from_ref(&rr))], vec![]);
-    assert_eq!(check(&msg, &keys), Err(OpinionFailure::Unverified { unknown_keys: vec![] }));
+    assert_eq!(check(&msg, &keys), unverified(vec![]));
 
     // Genuine RRsets, each behind three junk signatures with the zone's own
     // key tag: four checks apiece, until the answer's budget is spent.
