@@ -57,6 +57,9 @@ use crate::{
 pub const SUB_CACHE_MAX_TTL: Duration = Duration::from_secs(300);
 /// Sub-answers kept at most; past it the cache starts over.
 const SUB_CACHE_ENTRIES: usize = 4096;
+/// The largest sub-answer kept, in wire bytes: a DS set or a DNSKEY set of
+/// a few RSA-4096 keys and their signatures fits several times over.
+const SUB_CACHE_MAX_BYTES: usize = 16 * 1024;
 
 // ---------------------------------------------------------------------------
 // Trust anchors
@@ -253,8 +256,13 @@ impl SubCache {
         map.get(key).filter(|(exp, _)| Instant::now() < *exp).cloned()
     }
 
-    /// Keeps `resp` while its TTLs allow; returns until when.
+    /// Keeps `resp` while its TTLs allow; returns until when. Answers past
+    /// `SUB_CACHE_MAX_BYTES` are not kept: anyone who owns a zone could
+    /// otherwise fill the cache with 64 KiB answers over TCP.
     fn put(&self, key: SubKey, resp: &DnsResponse) -> Option<Instant> {
+        if resp.as_buffer().len() > SUB_CACHE_MAX_BYTES {
+            return None;
+        }
         let ttl = cache_ttl(resp)?;
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= SUB_CACHE_ENTRIES {
@@ -493,7 +501,11 @@ impl Validator {
         let _building = match &current {
             Some(c) if c.retry_at.is_none_or(|at| Instant::now() < at) => return Ok(c.clone()),
             Some(c) => match self.building.try_lock() {
-                Ok(guard) => guard,
+                // Another task may have rebuilt it meanwhile.
+                Ok(guard) => match self.chain.read().unwrap_or_else(|p| p.into_inner()).clone() {
+                    Some(now) if !Arc::ptr_eq(&now, c) => return Ok(now),
+                    _ => guard,
+                },
                 Err(_) => return Ok(c.clone()),
             },
             None => {
@@ -504,7 +516,18 @@ impl Validator {
                 guard
             }
         };
-        let (anchors, complete) = self.trust_anchors().await?;
+        let (anchors, complete) = match (self.trust_anchors().await, &current) {
+            (Ok(built), _) => built,
+            // The partial chain still works: keep it, ask again later.
+            (Err(e), Some(c)) => {
+                warn!(error = %e, "trust anchors still incomplete");
+                let kept = Chain { handle: c.handle.clone(), anchors: c.anchors.clone(), retry_at: retry_at(false) };
+                let kept = Arc::new(kept);
+                *self.chain.write().unwrap_or_else(|p| p.into_inner()) = Some(kept.clone());
+                return Ok(kept);
+            }
+            (Err(e), None) => return Err(e),
+        };
         let chain = match current {
             // Still partial: keep the walker and its caches, ask again later.
             Some(c) if !complete => Chain { handle: c.handle.clone(), anchors: c.anchors.clone(), retry_at: retry_at(false) },
@@ -533,7 +556,9 @@ impl Validator {
         }
         let mut owners: Vec<&Name> = self.anchors.ds.iter().map(|(n, _)| n).collect();
         owners.dedup();
-        let mut complete = true;
+        // Whichever anchors work are used, in any order; only when none does
+        // is the first failure the answer.
+        let mut failures: Vec<(&Name, AnchorFetchError)> = Vec::new();
         for owner in owners {
             match self.keys_for_ds(owner).await {
                 Ok(keys) => {
@@ -541,18 +566,19 @@ impl Validator {
                         count += usize::from(ta.insert_with_name(k.public_key(), owner.into()));
                     }
                 }
-                // With DNSKEY anchors as well, those still work.
-                Err(e) if count > 0 => {
-                    complete = false;
-                    warn!(%owner, error = %e, "DS trust anchor not usable for now; using the DNSKEY anchors");
-                }
-                Err(e) => return Err(e),
+                Err(e) => failures.push((owner, e)),
             }
         }
         if count == 0 {
-            return Err(AnchorFetchError::Unusable("no DNSKEY matches the DS trust anchor".into()));
+            return Err(failures
+                .into_iter()
+                .next()
+                .map_or_else(|| AnchorFetchError::Unusable("no DNSKEY matches the DS trust anchor".into()), |(_, e)| e));
         }
-        Ok((ta, complete))
+        for (owner, e) in &failures {
+            warn!(%owner, error = %e, "DS trust anchor not usable for now; using the other anchors");
+        }
+        Ok((ta, failures.is_empty()))
     }
 
     /// RFC 4035 §5.1: the zone's DNSKEY set, keeping only keys whose
@@ -692,11 +718,12 @@ impl Validator {
         if signers.len() > MAX_OPINION_ZONES {
             return unverified("signatures by too many zones");
         }
+        // One walk budget and one check budget for the answer, both looks.
+        let walk = Walk::new();
         let mut keys: Vec<(Name, Arc<[DNSKEY]>)> = Vec::new();
         for zone in signers {
-            keys.push((zone.clone(), self.zone_keys(&chain.anchors, zone).await));
+            keys.push((zone.clone(), self.zone_keys_within(&chain.anchors, zone, &walk).await));
         }
-        // One budget for both looks.
         let budget = CheckBudget::for_opinion();
         let check = |keys: &[(Name, Arc<[DNSKEY]>)]| {
             positive_proof::rrsets_verify(msg, &rrsets, keys, &self.signatures, unix_now(), query.query_class(), &budget)
@@ -710,7 +737,7 @@ impl Validator {
             if !unknown_keys.is_empty() {
                 for (zone, zone_keys) in keys.iter_mut().filter(|(z, _)| unknown_keys.contains(z)) {
                     self.forget_keys(zone);
-                    *zone_keys = self.zone_keys(&chain.anchors, zone).await;
+                    *zone_keys = self.zone_keys_within(&chain.anchors, zone, &walk).await;
                 }
                 outcome = check(&keys);
             }
@@ -749,8 +776,12 @@ impl Validator {
     /// insecure zone, a failed fetch, a broken chain). Its answers then
     /// take the full path, which says why.
     async fn zone_keys(&self, anchors: &TrustAnchors, zone: &Name) -> Arc<[DNSKEY]> {
-        let walk = Walk { zones_left: AtomicUsize::new(MAX_WALK_ZONES) };
-        match self.proven_keys(anchors, zone, &walk, 0).await {
+        self.zone_keys_within(anchors, zone, &Walk::new()).await
+    }
+
+    /// `zone_keys` within a walk budget shared with other zones of one answer.
+    async fn zone_keys_within(&self, anchors: &TrustAnchors, zone: &Name, walk: &Walk) -> Arc<[DNSKEY]> {
+        match self.proven_keys(anchors, zone, walk, 0).await {
             Walked::Proven((_, keys)) => keys,
             Walked::Failed | Walked::OutOfBudget => Arc::from([]),
         }
@@ -885,8 +916,14 @@ impl Validator {
     /// covers none of them, so they must not ride along with a verified set.
     async fn fetch_signed(&self, name: &Name, rtype: RecordType, unix: u32) -> Option<(Vec<Record>, Instant)> {
         let (resp, kept_until) = self.exchange.clone().sub_query_until(Query::query(name.clone(), rtype)).await.ok()?;
-        if resp.metadata.response_code != ResponseCode::NoError {
-            return None;
+        match resp.metadata.response_code {
+            ResponseCode::NoError => {}
+            // No statement about the keys, as for a DS anchor's (`keys_for_ds`).
+            ResponseCode::ServFail | ResponseCode::Refused | ResponseCode::NotImp => {
+                let _ = SUB_FAILED.try_with(|f| f.borrow_mut().push(name.to_lowercase()));
+                return None;
+            }
+            _ => return None,
         }
         let mut answers: Vec<Record> = resp.answers.iter().filter(|r| r.dns_class == DNSClass::IN).cloned().collect();
         cap_authenticated_ttls(&mut answers, unix);
@@ -913,6 +950,12 @@ enum Walked {
 /// `chain_rrset_verifies`).
 struct Walk {
     zones_left: AtomicUsize,
+}
+
+impl Walk {
+    fn new() -> Self {
+        Walk { zones_left: AtomicUsize::new(MAX_WALK_ZONES) }
+    }
 }
 
 /// The DNSKEY records of `zone` among `records`.
@@ -1694,5 +1737,39 @@ mod tests {
         let mut forged = signed(&root, vec![a("alias.example.", 1)]);
         forged[0].data = RData::A(hickory_proto::rr::rdata::A::new(203, 0, 113, 66));
         assert!(matches!(judge([forged, by_example].concat()).await, Security::Bogus(_)));
+    }
+
+    #[tokio::test]
+    async fn a_ds_anchor_that_fails_first_does_not_sink_the_ones_after_it() {
+        // DS anchors only: a private zone's, unreachable, listed before the
+        // root's, which works.
+        let (root, private) = (Zone::new("."), Zone::new("private."));
+        let ds = |z: &Zone| match ds_of(z).data {
+            RData::DNSSEC(DNSSECRData::DS(ds)) => (z.name.clone(), ds),
+            _ => unreachable!(),
+        };
+        let anchors = AnchorSet { source: Some(PathBuf::from("root.key")), dnskeys: vec![], ds: vec![ds(&private), ds(&root)] };
+        let (validator, _) = validator_on(anchors, Arc::new(Mutex::new(served_root(&root)))).await;
+        let chain = validator.chain().await.expect("the root's DS anchor works");
+        assert!(chain.anchors.contains(root.keys()[0].public_key()));
+        assert!(chain.retry_at.is_some(), "the private anchor is tried again later");
+    }
+
+    #[test]
+    fn sub_answers_too_big_to_be_keys_are_not_kept() {
+        let cache = SubCache::default();
+        let key = (n("big.example."), RecordType::DNSKEY);
+        let mut m = Message::response(1, hickory_proto::op::OpCode::Query);
+        m.add_answer(Record::from_rdata(n("big.example."), 300, RData::A(hickory_proto::rr::rdata::A::new(192, 0, 2, 1))));
+        assert!(cache.put(key.clone(), &DnsResponse::from_message(m.clone()).unwrap()).is_some());
+        for i in 0..2000u32 {
+            let [_, _, x, y] = i.to_be_bytes();
+            m.add_answer(Record::from_rdata(n("big.example."), 300, RData::A(hickory_proto::rr::rdata::A::new(192, 0, x, y))));
+        }
+        let big = DnsResponse::from_message(m).unwrap();
+        assert!(big.as_buffer().len() > SUB_CACHE_MAX_BYTES);
+        let other = (n("other.example."), RecordType::DNSKEY);
+        assert_eq!(cache.put(other.clone(), &big), None);
+        assert!(cache.get(&other).is_none());
     }
 }

@@ -279,11 +279,11 @@ pub fn prove(query: &Query, msg: &Message, zone: &Name, keys: &[DNSKEY], memo: &
     let mut rrsets: Vec<(&Name, RecordType)> = Vec::new();
     for r in msg.authorities.iter().filter(|r| rrsig(r).is_none()) {
         if !rrsets.iter().any(|(n, t)| *t == r.record_type() && **n == r.name) {
+            if rrsets.len() + 1 >= MAX_RRSETS {
+                return Err(Decline::TooManyAuthorityRrsets);
+            }
             rrsets.push((&r.name, r.record_type()));
         }
-    }
-    if rrsets.len() >= MAX_RRSETS {
-        return Err(Decline::TooManyAuthorityRrsets);
     }
     for (owner, rtype) in rrsets {
         let in_zone = match rtype {
