@@ -450,7 +450,7 @@ struct Chain {
     handle: DnssecDnsHandle<Exchange>,
     anchors: Arc<TrustAnchors>,
     /// When to try again the DS anchors whose keys could not be fetched
-    /// when this chain was built (the DNSKEY anchors serve meanwhile);
+    /// when this chain was built (the anchors that worked serve meanwhile);
     /// `None` once every anchor is in.
     retry_at: Option<Instant>,
 }
@@ -493,7 +493,7 @@ impl Validator {
     /// The chain walker, built on first use: a DS anchor needs the
     /// upstream to fetch the key it covers. A failure is retried by the
     /// next query; a chain built without some DS anchor's keys, beside
-    /// DNSKEY anchors that work, is built again once they can be fetched
+    /// other anchors that work, is built again once they can be fetched
     /// (tried every `PARTIAL_ANCHORS_RETRY` by one query, while the others
     /// use the chain as it is).
     async fn chain(&self) -> Result<Arc<Chain>, AnchorFetchError> {
@@ -543,8 +543,8 @@ impl Validator {
     }
 
     /// The configured anchors as keys, and whether all of them are in (a
-    /// DS anchor whose keys cannot be fetched is left out while DNSKEY
-    /// anchors remain).
+    /// DS anchor whose keys cannot be fetched is left out while other
+    /// anchors work).
     async fn trust_anchors(&self) -> Result<(TrustAnchors, bool), AnchorFetchError> {
         if self.anchors.source.is_none() {
             return Ok((TrustAnchors::default(), true));
