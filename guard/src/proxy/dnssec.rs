@@ -1034,15 +1034,8 @@ pub fn cap_authenticated_ttls(records: &mut [Record], now: u32) -> usize {
 /// `MAX_KEYS_PER_TAG` per DS and for the first `MAX_DS` DS records, so a
 /// hostile set cannot buy a digest for every pair (as hickory limits it).
 fn covered_keys(owner: &Name, answers: &[Record], ds: &[(Name, DS)]) -> Vec<DNSKEY> {
-    let keys: Vec<(u16, &DNSKEY)> = answers
-        .iter()
-        .filter(|r| r.name == *owner)
-        .filter_map(|r| match &r.data {
-            RData::DNSSEC(DNSSECRData::DNSKEY(k)) => Some(k),
-            _ => None,
-        })
-        .filter_map(|k| k.calculate_key_tag().ok().map(|tag| (tag, k)))
-        .collect();
+    let keys: Vec<(u16, &DNSKEY)> =
+        zone_dnskeys(owner, answers).filter_map(|k| k.calculate_key_tag().ok().map(|tag| (tag, k))).collect();
     let mut covered: Vec<DNSKEY> = Vec::new();
     for (_, d) in ds.iter().filter(|(n, _)| n == owner || (n.is_root() && owner.is_root())).take(MAX_DS) {
         let candidates = keys
