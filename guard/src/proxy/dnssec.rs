@@ -6,7 +6,9 @@
 //! In front of hickory, `positive_proof` proves the commonest secure answer
 //! with remembered signatures; behind it, `Validator::second_opinion`
 //! checks the signatures of an answer hickory calls secure. Both use zone
-//! keys proven here (`Validator::prove_keys`), not by hickory.
+//! keys proven here (`Validator::prove_keys`), not by hickory. Under it,
+//! `proof_ledger` refuses any RRset that hickory's validation cache would
+//! serve another RRset's proof.
 
 use std::{
     cell::{Cell, RefCell},
@@ -43,6 +45,7 @@ use tracing::{debug, warn};
 use super::{
     checks::dotted,
     positive_proof::{self, CheckBudget, Decline, OpinionFailure, SignatureMemo},
+    proof_ledger::{Collision, ProofLedger},
     upstream::{QueryCtx, Upstreams},
 };
 use prometheus_client::metrics::{counter::Counter, family::Family};
@@ -239,6 +242,8 @@ tokio::task_local! {
     /// The names of this validation's DS, DNSKEY or other sub-queries that
     /// got no answer from any upstream.
     static SUB_FAILED: RefCell<Vec<Name>>;
+    /// A message of this validation that the proof ledger refused.
+    static COLLIDED: RefCell<Option<Collision>>;
 }
 
 type SubKey = (Name, RecordType);
@@ -302,9 +307,34 @@ fn cache_ttl(m: &Message) -> Option<Duration> {
 pub struct Exchange {
     upstreams: Arc<Upstreams>,
     cache: Arc<SubCache>,
+    /// Under a hickory handle: what that handle's cache may hold
+    /// (`proof_ledger`). `None` for the validator's own sub-queries, whose
+    /// answers hickory never reads.
+    ledger: Option<Arc<ProofLedger>>,
 }
 
 impl Exchange {
+    /// This exchange for a new hickory handle, with a ledger of its own.
+    fn for_handle(&self, ledger: Arc<ProofLedger>) -> Self {
+        Exchange { ledger: Some(ledger), ..self.clone() }
+    }
+
+    /// What hickory is handed: `resp` unless the ledger refuses it.
+    fn hand_over(&self, query: &Query, resp: Result<DnsResponse, NetError>) -> Result<DnsResponse, NetError> {
+        let (Some(ledger), Ok(msg)) = (&self.ledger, &resp) else { return resp };
+        match ledger.check(query, msg) {
+            Ok(()) => resp,
+            Err(collision) => {
+                warn!(%collision, "an answer would be served another RRset's DNSSEC proof");
+                let error = NetError::from(collision.to_string());
+                let _ = COLLIDED.try_with(|c| {
+                    c.borrow_mut().get_or_insert(*collision);
+                });
+                Err(error)
+            }
+        }
+    }
+
     async fn sub_query(self, query: Query) -> Result<DnsResponse, NetError> {
         self.sub_query_until(query).await.map(|(resp, _)| resp)
     }
@@ -340,14 +370,19 @@ impl DnsHandle for Exchange {
     type Runtime = TokioRuntimeProvider;
 
     fn send(&self, request: DnsRequest) -> Self::Response {
-        if let Some(seed) = SEED.try_with(Cell::take).ok().flatten() {
-            let resp = DnsResponse::from_message(seed).map_err(|e| NetError::from(e.to_string()));
-            return Box::pin(stream::once(future::ready(resp)));
-        }
         let Some(query) = request.queries.first().cloned() else {
             return Box::pin(stream::once(future::ready(Err(NetError::from("validation query without a question")))));
         };
-        Box::pin(stream::once(self.clone().sub_query(query)))
+        let seed = SEED.try_with(Cell::take).ok().flatten();
+        let this = self.clone();
+        // Checked when polled, inside the validation's `COLLIDED` scope.
+        Box::pin(stream::once(async move {
+            let resp = match seed {
+                Some(seed) => DnsResponse::from_message(seed).map_err(|e| NetError::from(e.to_string())),
+                None => this.clone().sub_query(query.clone()).await,
+            };
+            this.hand_over(&query, resp)
+        }))
     }
 }
 
@@ -448,11 +483,20 @@ type ProvenKeys = (Instant, Arc<[DNSKEY]>);
 /// anchors resolved to their keys).
 struct Chain {
     handle: DnssecDnsHandle<Exchange>,
+    /// What `handle`'s validation cache may hold.
+    ledger: Arc<ProofLedger>,
     anchors: Arc<TrustAnchors>,
     /// When to try again the DS anchors whose keys could not be fetched
     /// when this chain was built (the anchors that worked serve meanwhile);
     /// `None` once every anchor is in.
     retry_at: Option<Instant>,
+}
+
+impl Chain {
+    /// The same walker, its cache and ledger, to be retried at `retry_at`.
+    fn kept(&self, retry_at: Option<Instant>) -> Chain {
+        Chain { handle: self.handle.clone(), ledger: self.ledger.clone(), anchors: self.anchors.clone(), retry_at }
+    }
 }
 
 pub struct Validator {
@@ -473,12 +517,14 @@ pub struct Validator {
     signatures: SignatureMemo,
     /// `dnssec_validations` by path.
     validations: Family<PathLabels, Counter>,
+    /// Keys a chain's proof ledger holds before the chain is renewed.
+    ledger_capacity: usize,
 }
 
 impl Validator {
     pub fn new(upstreams: Arc<Upstreams>, anchors: AnchorSet, metrics: &Metrics) -> Self {
         Validator {
-            exchange: Exchange { upstreams, cache: Arc::default() },
+            exchange: Exchange { upstreams, cache: Arc::default(), ledger: None },
             anchors,
             chain: std::sync::RwLock::default(),
             building: AsyncMutex::default(),
@@ -487,6 +533,7 @@ impl Validator {
             no_keys: Mutex::default(),
             signatures: SignatureMemo::counted(metrics),
             validations: metrics.dnssec_validations.clone(),
+            ledger_capacity: super::proof_ledger::LEDGER_CAPACITY,
         }
     }
 
@@ -498,6 +545,10 @@ impl Validator {
     /// use the chain as it is).
     async fn chain(&self) -> Result<Arc<Chain>, AnchorFetchError> {
         let current = self.chain.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let current = match current {
+            Some(c) if c.ledger.is_full() => Some(self.renew(&c)),
+            current => current,
+        };
         let _building = match &current {
             Some(c) if c.retry_at.is_none_or(|at| Instant::now() < at) => return Ok(c.clone()),
             Some(c) => match self.building.try_lock() {
@@ -521,8 +572,7 @@ impl Validator {
             // The partial chain still works: keep it, ask again later.
             (Err(e), Some(c)) => {
                 warn!(error = %e, "trust anchors still incomplete");
-                let kept = Chain { handle: c.handle.clone(), anchors: c.anchors.clone(), retry_at: retry_at(false) };
-                let kept = Arc::new(kept);
+                let kept = Arc::new(c.kept(retry_at(false)));
                 *self.chain.write().unwrap_or_else(|p| p.into_inner()) = Some(kept.clone());
                 return Ok(kept);
             }
@@ -530,16 +580,33 @@ impl Validator {
         };
         let chain = match current {
             // Still partial: keep the walker and its caches, ask again later.
-            Some(c) if !complete => Chain { handle: c.handle.clone(), anchors: c.anchors.clone(), retry_at: retry_at(false) },
-            _ => {
-                let anchors = Arc::new(anchors);
-                let handle = DnssecDnsHandle::with_trust_anchor(self.exchange.clone(), anchors.clone());
-                Chain { handle, anchors, retry_at: retry_at(complete) }
-            }
+            Some(c) if !complete => c.kept(retry_at(false)),
+            _ => self.new_chain(Arc::new(anchors), retry_at(complete)),
         };
         let chain = Arc::new(chain);
         *self.chain.write().unwrap_or_else(|p| p.into_inner()) = Some(chain.clone());
         Ok(chain)
+    }
+
+    /// A chain walker with an empty validation cache and a ledger of its own.
+    fn new_chain(&self, anchors: Arc<TrustAnchors>, retry_at: Option<Instant>) -> Chain {
+        let ledger = Arc::new(ProofLedger::with_capacity(self.ledger_capacity));
+        let handle = DnssecDnsHandle::with_trust_anchor(self.exchange.for_handle(ledger.clone()), anchors.clone());
+        Chain { handle, ledger, anchors, retry_at }
+    }
+
+    /// `c` with a new walker, once its ledger is full: hickory's cache
+    /// starts over with a new ledger (`proof_ledger`). Validations under
+    /// way finish on the old one.
+    fn renew(&self, c: &Arc<Chain>) -> Arc<Chain> {
+        let mut slot = self.chain.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(now) = slot.as_ref().filter(|now| !Arc::ptr_eq(now, c)) {
+            return now.clone();
+        }
+        debug!("the proof ledger is full: hickory's validation cache starts over");
+        let fresh = Arc::new(self.new_chain(c.anchors.clone(), c.retry_at));
+        *slot = Some(fresh.clone());
+        fresh
     }
 
     /// The configured anchors as keys, and whether all of them are in (a
@@ -646,8 +713,18 @@ impl Validator {
                         path("full");
                         let request = DnsRequest::from_query(query.clone(), DnsRequestOptions::default());
                         let stream = SEED.sync_scope(Cell::new(Some(msg.clone())), || chain.handle.send(request));
-                        let full = classify(query, stream.first_answer().await);
-                        self.second_opinion(chain, query, msg, full).await
+                        let (full, collided) = COLLIDED
+                            .scope(RefCell::default(), async {
+                                let full = classify(query, stream.first_answer().await);
+                                (full, COLLIDED.with(|c| c.take()))
+                            })
+                            .await;
+                        // hickory's verdict on a refused message is an error
+                        // of ours, not a judgement of the data: name it.
+                        match collided {
+                            Some(c) => bogus("proof-cache-collision", c.to_string()),
+                            None => self.second_opinion(chain, query, msg, full).await,
+                        }
                     }
                 };
                 (security, SUB_FAILED.with(|f| f.take()))
@@ -1414,8 +1491,21 @@ mod tests {
                 r.add_queries(q.queries.clone());
                 let records = q.queries.first().and_then(|q| served.lock().unwrap().get(&(q.name().to_lowercase(), q.query_type())).cloned());
                 match records {
+                    // Denial records (and their RRSIGs) go in the
+                    // authority section unless asked for.
                     Some(records) => {
-                        r.add_answers(records);
+                        let qtype = q.queries[0].query_type();
+                        for record in records {
+                            let rtype = match &record.data {
+                                RData::DNSSEC(DNSSECRData::RRSIG(sig)) => sig.input().type_covered,
+                                _ => record.record_type(),
+                            };
+                            if rtype != qtype && matches!(rtype, RecordType::NSEC | RecordType::NSEC3 | RecordType::SOA) {
+                                r.add_authority(record);
+                            } else {
+                                r.add_answer(record);
+                            }
+                        }
                     }
                     None => r.metadata.response_code = ResponseCode::ServFail,
                 }
@@ -1662,7 +1752,7 @@ mod tests {
 
         let set = [dnskey_set(&old), dnskey_set(&new)].concat();
         served.lock().unwrap().insert((Name::root(), RecordType::DNSKEY), signed(&new, set));
-        let due = Chain { handle: first.handle.clone(), anchors: first.anchors.clone(), retry_at: Some(Instant::now()) };
+        let due = first.kept(Some(Instant::now()));
         *validator.chain.write().unwrap() = Some(Arc::new(due));
         let second = validator.chain().await.unwrap();
         assert!(trusts(&second, &old) && trusts(&second, &new), "the DS anchor's key is in");
@@ -1765,4 +1855,146 @@ mod tests {
         assert_eq!(cache.put(other.clone(), &big), None);
         assert!(cache.get(&other).is_none());
     }
+
+    // -----------------------------------------------------------------------
+    // The proof ledger against a real collision in hickory's cache key
+    // -----------------------------------------------------------------------
+
+    /// Two AAAA RRsets with one hickory cache key under the query for
+    /// `www.example. AAAA`, found with `cargo run --release --example
+    /// proof_key_collision` (2 minutes here): an address in an insecure
+    /// zone an attacker could own, and a forged address for the signed name.
+    const COLLIDING: [(&str, &str); 2] = [
+        ("x.insecure.example.", "2001:db8:1:0:c0c3:e3f9:c603:77b8"),
+        ("www.example.", "2001:db8:666:0:7f6b:5f1a:b7cf:290b"),
+    ];
+
+    fn aaaa(owner: &str, ip: &str) -> Record {
+        Record::from_rdata(n(owner), 300, RData::AAAA(hickory_proto::rr::rdata::AAAA(ip.parse().unwrap())))
+    }
+
+    /// The upstream's answer to `www.example. AAAA` holding `records`.
+    fn aaaa_answer(records: Vec<Record>) -> (Query, Message) {
+        let query = Query::query(n("www.example."), RecordType::AAAA);
+        let mut msg = Message::response(7, hickory_proto::op::OpCode::Query);
+        msg.add_query(query.clone());
+        msg.add_answers(records);
+        (query, msg)
+    }
+
+    /// `example.` signed under the root, with `insecure.example.` an
+    /// unsigned delegation (a signed NSEC at it without DS): the chain
+    /// hickory walks to call `x.insecure.example.` insecure and an
+    /// unsigned `www.example.` bogus.
+    fn served_with_insecure_child(root: &Zone, example: &Zone) -> Served {
+        let ns = |owner: &str, host: &str| Record::from_rdata(n(owner), 300, RData::NS(hickory_proto::rr::rdata::NS(n(host))));
+        let nsec = Record::from_rdata(
+            n("insecure.example."),
+            300,
+            RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(n("www.example."), [RecordType::NS, RecordType::RRSIG, RecordType::NSEC]))),
+        );
+        let mut served = served_example(root, example, example, example);
+        served.insert((n("example."), RecordType::NS), vec![ns("example.", "ns.example.")]);
+        served.insert((n("insecure.example."), RecordType::NS), vec![ns("insecure.example.", "ns.insecure.example.")]);
+        served.insert((n("insecure.example."), RecordType::DS), signed(example, vec![nsec]));
+        for name in ["x.insecure.example.", "www.example."] {
+            served.insert((n(name), RecordType::NS), vec![]);
+        }
+        served
+    }
+
+    /// The two answers of the attack: `www.example.` a signed CNAME into
+    /// the insecure zone, to the attacker's address there (any answer to
+    /// the query that holds that RRset would do; this one is also
+    /// genuine), then the forgery.
+    fn colliding_answers(example: &Zone) -> [(Query, Message); 2] {
+        let (x, y) = (aaaa(COLLIDING[0].0, COLLIDING[0].1), aaaa(COLLIDING[1].0, COLLIDING[1].1));
+        let cname = Record::from_rdata(n("www.example."), 300, RData::CNAME(hickory_proto::rr::rdata::CNAME(n(COLLIDING[0].0))));
+        [aaaa_answer([signed(example, vec![cname]), vec![x]].concat()), aaaa_answer(vec![y])]
+    }
+
+    /// hickory's own proofs of the AAAA records in `msg`, through `handle`.
+    async fn hickory_verdict(handle: &DnssecDnsHandle<Exchange>, query: &Query, msg: &Message) -> Vec<Proof> {
+        let request = DnsRequest::from_query(query.clone(), DnsRequestOptions::default());
+        let stream = SEED.sync_scope(Cell::new(Some(msg.clone())), || handle.send(request));
+        let resp = stream.first_answer().await.expect("hickory answers");
+        resp.answers.iter().filter(|r| r.record_type() == RecordType::AAAA).map(|r| r.proof).collect()
+    }
+
+    #[test]
+    fn the_fixture_pair_shares_one_hickory_key_and_nothing_else_does() {
+        let key = |(owner, ip): (&str, &str)| {
+            let (query, msg) = aaaa_answer(vec![aaaa(owner, ip)]);
+            super::super::proof_ledger::hickory_key(&query, &msg.answers, &n(owner), RecordType::AAAA)
+        };
+        assert_eq!(key(COLLIDING[0]), key(COLLIDING[1]));
+        assert_ne!(key(COLLIDING[0]), key(("x.insecure.example.", "2001:db8:1:0:c0c3:e3f9:c603:77b9")));
+        assert_ne!(key(COLLIDING[1]), key(("www.example.", "2001:db8:666:0:7f6b:5f1a:b7cf:290a")));
+    }
+
+    #[tokio::test]
+    async fn hickory_alone_serves_the_insecure_proof_of_one_rrset_for_the_forgery_that_collides_with_it() {
+        let (root, example) = (Zone::new("."), Zone::new("example."));
+        let (validator, _) = validator_for(&root, served_with_insecure_child(&root, &example)).await;
+        let anchors = validator.chain().await.unwrap().anchors.clone();
+        let [x, y] = colliding_answers(&example);
+
+        // On its own, the forgery is what it is: unsigned in a signed zone.
+        let fresh = DnssecDnsHandle::with_trust_anchor(validator.exchange.clone(), anchors.clone());
+        assert_eq!(hickory_verdict(&fresh, &y.0, &y.1).await, [Proof::Bogus]);
+
+        // After the attacker's insecure RRset, the same forgery is insecure:
+        // hickory's cache found the first RRset's proof under its key. This
+        // pins `proof_ledger::cache_key` to hickory's own key.
+        let fooled = DnssecDnsHandle::with_trust_anchor(validator.exchange.clone(), anchors);
+        assert_eq!(hickory_verdict(&fooled, &x.0, &x.1).await, [Proof::Insecure]);
+        assert_eq!(hickory_verdict(&fooled, &y.0, &y.1).await, [Proof::Insecure]);
+    }
+
+    #[tokio::test]
+    async fn the_ledger_makes_the_colliding_forgery_bogus_and_leaves_the_first_rrset_alone() {
+        let (root, example) = (Zone::new("."), Zone::new("example."));
+        let (validator, _) = validator_for(&root, served_with_insecure_child(&root, &example)).await;
+        let [x, y] = colliding_answers(&example);
+
+        assert_eq!(validator.validate(&x.0, &x.1).await, Security::Insecure);
+        match validator.validate(&y.0, &y.1).await {
+            Security::Bogus(b) => {
+                assert_eq!(b.reason, "proof-cache-collision");
+                assert!(b.detail.contains("www.example."), "{}", b.detail);
+            }
+            other => panic!("the forgery passed as {other:?}"),
+        }
+        assert_eq!(validator.validate(&x.0, &x.1).await, Security::Insecure);
+        // A forgery that collides with nothing is judged on its own.
+        let other = aaaa_answer(vec![aaaa("www.example.", "2001:db8:666::1")]);
+        assert!(matches!(validator.validate(&other.0, &other.1).await, Security::Bogus(Bogus { reason: "bad-signature", .. })));
+    }
+
+    #[tokio::test]
+    async fn both_rrsets_in_one_answer_are_refused() {
+        let (root, example) = (Zone::new("."), Zone::new("example."));
+        let (validator, _) = validator_for(&root, served_with_insecure_child(&root, &example)).await;
+        let both = aaaa_answer(COLLIDING.map(|(owner, ip)| aaaa(owner, ip)).to_vec());
+        assert!(matches!(validator.validate(&both.0, &both.1).await, Security::Bogus(Bogus { reason: "proof-cache-collision", .. })));
+    }
+
+    #[tokio::test]
+    async fn a_full_ledger_starts_hickorys_cache_over_with_a_new_one() {
+        let (root, example) = (Zone::new("."), Zone::new("example."));
+        let (mut validator, _) = validator_for(&root, served_with_insecure_child(&root, &example)).await;
+        validator.ledger_capacity = 1;
+        let [x, y] = colliding_answers(&example);
+
+        let first = validator.chain().await.unwrap();
+        assert_eq!(validator.validate(&x.0, &x.1).await, Security::Insecure);
+        assert!(first.ledger.is_full());
+        let second = validator.chain().await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &second), "a full ledger gets a new handle");
+        assert!(!second.ledger.is_full());
+        // The new handle's cache does not hold the first RRset's proof, so
+        // the forgery is judged on its own, not as a collision.
+        assert!(matches!(validator.validate(&y.0, &y.1).await, Security::Bogus(Bogus { reason: "bad-signature", .. })));
+    }
 }
+

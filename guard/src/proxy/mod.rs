@@ -12,6 +12,7 @@ pub mod dnssec;
 pub mod fuzzing;
 pub mod handler;
 pub mod positive_proof;
+pub mod proof_ledger;
 pub mod response;
 pub mod tls;
 pub mod upstream;

@@ -1,0 +1,209 @@
+//! A ledger of what hickory's validation cache holds, to refuse any RRset
+//! that would be served another RRset's proof.
+//!
+//! hickory-net 0.26.3 caches the proof of every RRset it validates under
+//! a 64-bit `DefaultHasher` (SipHash-1-3 with fixed, public keys) of the
+//! query and the RRset with its RRSIGs, and compares only that hash and
+//! the query on a lookup. Whoever can hand the validator two RRsets for one
+//! query (a hostile upstream, or an on-path attacker answering the
+//! proxy's queries) can find a pair with one key offline, in about 2^33
+//! hashes (`examples/proof_key_collision.rs`), and have the proof of the
+//! first served for the second: an unsigned address in an insecure zone
+//! they own makes a forged address for a signed name pass as insecure.
+//!
+//! The ledger sees every message hickory is handed (`Exchange::send`),
+//! computes the key hickory will compute for each RRset in it, and keeps
+//! beside it a fingerprint of the RRset under this process's random
+//! SipHash keys, which an attacker cannot aim at. One key with two
+//! fingerprints is a collision: the message is refused before hickory
+//! reads it. An honest pair has one chance in 2^64.
+//!
+//! The ledger must hold every key hickory's cache holds. Each ledger
+//! belongs to one hickory handle, starts empty with it, and records a
+//! superset of what the handle can cache; when it is full the validator
+//! starts a new handle with a new ledger (`Validator::chain`), so neither
+//! outgrows the other.
+
+use std::{
+    collections::{hash_map::DefaultHasher, HashMap},
+    hash::{BuildHasher, Hash, Hasher, RandomState},
+    sync::Mutex,
+};
+
+use hickory_proto::{
+    dnssec::rdata::DNSSECRData,
+    op::{Message, Query},
+    rr::{Name, RData, Record, RecordType},
+};
+
+/// Keys one ledger holds before its handle is replaced: a few hundred
+/// thousand RRsets, about 10 MiB (hickory's own cache would hold a
+/// million, with a query and a proof each).
+pub const LEDGER_CAPACITY: usize = 1 << 18;
+
+/// Two RRsets of one query that hickory's cache cannot tell apart.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("two different {rtype} RRsets for {owner} share hickory's validation cache key under the query for {qname}; refused")]
+pub struct Collision {
+    pub qname: Name,
+    pub owner: Name,
+    pub rtype: RecordType,
+}
+
+pub struct ProofLedger {
+    /// This process's keys for the fingerprints.
+    keys: RandomState,
+    /// (hickory's key, the query's fingerprint) to the RRset's fingerprint.
+    seen: Mutex<HashMap<(u64, u64), u64>>,
+    capacity: usize,
+}
+
+impl ProofLedger {
+    pub fn new() -> Self {
+        Self::with_capacity(LEDGER_CAPACITY)
+    }
+
+    pub fn with_capacity(capacity: usize) -> Self {
+        ProofLedger { keys: RandomState::new(), seen: Mutex::default(), capacity }
+    }
+
+    /// Records the RRsets of `msg`, hickory's answer to `query`, or returns
+    /// the first whose key the ledger holds for other data.
+    pub fn check(&self, query: &Query, msg: &Message) -> Result<(), Box<Collision>> {
+        let query_print = self.keys.hash_one((query.name(), query.query_type(), query.query_class()));
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        for section in [&msg.answers, &msg.authorities, &msg.additionals] {
+            for (owner, rtype) in rrset_types(section) {
+                let (records, rrsigs) = rrset(section, &owner, rtype);
+                let key = cache_key(&mut DefaultHasher::new(), query, &owner, rtype, &records, &rrsigs);
+                let print = cache_key(&mut self.keys.build_hasher(), query, &owner, rtype, &records, &rrsigs);
+                match seen.entry((key, query_print)) {
+                    std::collections::hash_map::Entry::Occupied(e) if *e.get() != print => {
+                        return Err(Box::new(Collision { qname: query.name().clone(), owner, rtype }))
+                    }
+                    std::collections::hash_map::Entry::Occupied(_) => {}
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(print);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the ledger's handle should be replaced.
+    pub fn is_full(&self) -> bool {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).len() >= self.capacity
+    }
+}
+
+impl Default for ProofLedger {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The RRsets hickory forms from one section (`verify_rrsets`): each
+/// distinct owner (case-insensitive) and type of its records other than
+/// RRSIGs. hickory skips some types in deeper sub-queries; recording them
+/// all only adds keys it never caches.
+fn rrset_types(section: &[Record]) -> Vec<(Name, RecordType)> {
+    let mut types: Vec<(Name, RecordType)> = Vec::new();
+    for r in section.iter().filter(|r| r.record_type() != RecordType::RRSIG) {
+        if !types.iter().any(|(n, t)| *t == r.record_type() && *n == r.name) {
+            types.push((r.name.clone(), r.record_type()));
+        }
+    }
+    types
+}
+
+/// The records of one RRset and the RRSIGs over it, in section order, as
+/// hickory partitions them.
+fn rrset<'a>(section: &'a [Record], owner: &Name, rtype: RecordType) -> (Vec<&'a Record>, Vec<&'a Record>) {
+    let records = section.iter().filter(|r| r.record_type() == rtype && r.name == *owner).collect();
+    let rrsigs = section
+        .iter()
+        .filter(|r| match &r.data {
+            RData::DNSSEC(DNSSECRData::RRSIG(sig)) => r.name == *owner && sig.input().type_covered == rtype,
+            _ => false,
+        })
+        .collect();
+    (records, rrsigs)
+}
+
+/// hickory's cache key (`RrsetVerificationContext::key` in hickory-net
+/// 0.26.3), written into `h`: the query's name, class and type; the
+/// RRset's owner, class (always IN: `RecordSet::new`) and type; then each
+/// record's owner, class and data, RRSIGs after the records. TTLs are
+/// left out. The tests pin this to hickory's own behaviour.
+fn cache_key<H: Hasher>(h: &mut H, query: &Query, owner: &Name, rtype: RecordType, records: &[&Record], rrsigs: &[&Record]) -> u64 {
+    query.name().hash(h);
+    query.query_class().hash(h);
+    query.query_type().hash(h);
+    owner.hash(h);
+    hickory_proto::rr::DNSClass::IN.hash(h);
+    rtype.hash(h);
+    for r in records.iter().chain(rrsigs) {
+        r.name.hash(h);
+        r.dns_class.hash(h);
+        r.data.hash(h);
+    }
+    h.finish()
+}
+
+/// hickory's cache key of the RRset (`owner`, `rtype`) in `section` under
+/// `query`, for the tests and the collision search.
+pub fn hickory_key(query: &Query, section: &[Record], owner: &Name, rtype: RecordType) -> u64 {
+    let (records, rrsigs) = rrset(section, owner, rtype);
+    cache_key(&mut DefaultHasher::new(), query, owner, rtype, &records, &rrsigs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::rdata::A;
+    use std::str::FromStr;
+
+    fn a(owner: &str, last: u8) -> Record {
+        Record::from_rdata(Name::from_str(owner).unwrap(), 60, RData::A(A::new(192, 0, 2, last)))
+    }
+
+    fn answer(records: Vec<Record>) -> (Query, Message) {
+        let query = Query::query(Name::from_str("www.example.").unwrap(), RecordType::A);
+        let mut msg = Message::query();
+        msg.add_query(query.clone());
+        msg.add_answers(records);
+        (query, msg)
+    }
+
+    #[test]
+    fn honest_repeats_reorders_and_ttls_are_not_collisions() {
+        let ledger = ProofLedger::new();
+        let (q, first) = answer(vec![a("www.example.", 1), a("www.example.", 2)]);
+        let (_, again) = answer(vec![a("WWW.example.", 1), a("www.example.", 2)]);
+        let (_, reordered) = answer(vec![a("www.example.", 2), a("www.example.", 1)]);
+        let (_, other) = answer(vec![a("www.example.", 3)]);
+        for msg in [&first, &again, &reordered, &other, &first] {
+            assert_eq!(ledger.check(&q, msg), Ok(()));
+        }
+        // One key per RRset: the order of records is part of hickory's key,
+        // the owner's case and the TTL are not.
+        assert_eq!(ledger.seen.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn each_section_forms_its_own_rrsets_under_the_query() {
+        let ledger = ProofLedger::with_capacity(4);
+        let (q, mut msg) = answer(vec![a("www.example.", 1)]);
+        msg.add_additional(a("www.example.", 1));
+        msg.add_authority(a("ns.example.", 9));
+        assert_eq!(ledger.check(&q, &msg), Ok(()));
+        // The answer and the additional copy share one key and one print.
+        assert_eq!(ledger.seen.lock().unwrap().len(), 2);
+        assert!(!ledger.is_full());
+        // The same RRset under another query is another entry.
+        let other_query = Query::query(Name::from_str("ns.example.").unwrap(), RecordType::A);
+        assert_eq!(ledger.check(&other_query, &msg), Ok(()));
+        assert!(ledger.is_full());
+    }
+}
