@@ -90,6 +90,9 @@ pub struct Metrics {
     /// The shortcut's signature checks by source: `memo` (verified before)
     /// or `crypto`.
     pub dnssec_signature_checks: Family<SourceLabels, Counter>,
+    /// Times hickory's validation cache started over with a new proof
+    /// ledger (`proxy::proof_ledger`), the old one being full.
+    pub dnssec_cache_renewals: Counter,
 }
 
 impl Default for Metrics {
@@ -157,6 +160,12 @@ impl Metrics {
             "Signature checks of the validation shortcut by source (memo, crypto)",
             dnssec_signature_checks.clone(),
         );
+        let dnssec_cache_renewals = Counter::default();
+        registry.register(
+            "dnssec_validation_cache_renewals",
+            "Times the validator's cache of DNSSEC proofs started over because its proof ledger was full",
+            dnssec_cache_renewals.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             verdicts,
@@ -174,6 +183,7 @@ impl Metrics {
             dynblocks_active,
             dnssec_validations,
             dnssec_signature_checks,
+            dnssec_cache_renewals,
         }
     }
 

@@ -321,6 +321,11 @@ impl Exchange {
 
     /// What hickory is handed: `resp` unless the ledger refuses it.
     fn hand_over(&self, query: &Query, resp: Result<DnsResponse, NetError>) -> Result<DnsResponse, NetError> {
+        // hickory validates (and caches) the records inside this error too;
+        // `sub_query` never returns it, and none may pass unrecorded.
+        if let (Some(_), Err(NetError::Dns(DnsError::NoRecordsFound(_)))) = (&self.ledger, &resp) {
+            return Err(NetError::from("no records (not handed to the validator unrecorded)"));
+        }
         let (Some(ledger), Ok(msg)) = (&self.ledger, &resp) else { return resp };
         match ledger.check(query, msg) {
             Ok(()) => resp,
@@ -519,6 +524,8 @@ pub struct Validator {
     validations: Family<PathLabels, Counter>,
     /// Keys a chain's proof ledger holds before the chain is renewed.
     ledger_capacity: usize,
+    /// `dnssec_validation_cache_renewals`.
+    renewals: Counter,
 }
 
 impl Validator {
@@ -534,6 +541,7 @@ impl Validator {
             signatures: SignatureMemo::counted(metrics),
             validations: metrics.dnssec_validations.clone(),
             ledger_capacity: super::proof_ledger::LEDGER_CAPACITY,
+            renewals: metrics.dnssec_cache_renewals.clone(),
         }
     }
 
@@ -572,20 +580,31 @@ impl Validator {
             // The partial chain still works: keep it, ask again later.
             (Err(e), Some(c)) => {
                 warn!(error = %e, "trust anchors still incomplete");
-                let kept = Arc::new(c.kept(retry_at(false)));
-                *self.chain.write().unwrap_or_else(|p| p.into_inner()) = Some(kept.clone());
-                return Ok(kept);
+                return Ok(self.install(current.as_ref(), c.kept(retry_at(false))));
             }
             (Err(e), None) => return Err(e),
         };
-        let chain = match current {
+        let chain = match &current {
             // Still partial: keep the walker and its caches, ask again later.
             Some(c) if !complete => c.kept(retry_at(false)),
             _ => self.new_chain(Arc::new(anchors), retry_at(complete)),
         };
+        Ok(self.install(current.as_ref(), chain))
+    }
+
+    /// Puts `chain` in place of `replaced`, unless the slot holds another
+    /// chain by now (`renew` gave a full ledger's chain a new walker while
+    /// the anchors were fetched): that one is kept and returned.
+    fn install(&self, replaced: Option<&Arc<Chain>>, chain: Chain) -> Arc<Chain> {
+        let mut slot = self.chain.write().unwrap_or_else(|p| p.into_inner());
+        match (slot.as_ref(), replaced) {
+            (Some(now), Some(old)) if !Arc::ptr_eq(now, old) => return now.clone(),
+            (Some(now), None) => return now.clone(),
+            _ => {}
+        }
         let chain = Arc::new(chain);
-        *self.chain.write().unwrap_or_else(|p| p.into_inner()) = Some(chain.clone());
-        Ok(chain)
+        *slot = Some(chain.clone());
+        chain
     }
 
     /// A chain walker with an empty validation cache and a ledger of its own.
@@ -604,6 +623,7 @@ impl Validator {
             return now.clone();
         }
         debug!("the proof ledger is full: hickory's validation cache starts over");
+        self.renewals.inc();
         let fresh = Arc::new(self.new_chain(c.anchors.clone(), c.retry_at));
         *slot = Some(fresh.clone());
         fresh
@@ -767,13 +787,13 @@ impl Validator {
     /// signer above its owner (`positive_proof::signed_rrsets`).
     ///
     /// hickory 0.26.3 keeps its proofs under a 64-bit `DefaultHasher`
-    /// (fixed SipHash keys) of the query and the RRset with its RRSIGs, junk
-    /// ones included, so whoever feeds the validator both answers (an on-path
-    /// attacker, a hostile upstream) can search offline for a forged RRset
-    /// whose key collides with a genuine one's and be served that proof. The
-    /// junk that search needs makes the shortcut decline, so this check
-    /// looks past the shape. Our copy of the keys may be older than
-    /// hickory's (a rollover): it is dropped and taken again before a no.
+    /// (fixed SipHash keys) of the query and the RRset with its RRSIGs, so
+    /// whoever feeds the validator both RRsets (an on-path attacker, a
+    /// hostile upstream) can search offline for a pair with one key and be
+    /// served one's proof for the other. `proof_ledger` refuses such pairs;
+    /// this check stands behind it for anything hickory calls secure. Our
+    /// copy of the keys may be older than hickory's (a rollover): it is
+    /// dropped and taken again before a no.
     async fn second_opinion(&self, chain: &Chain, query: &Query, msg: &Message, full: Security) -> Security {
         if full != Security::Secure {
             return full;
@@ -1961,7 +1981,7 @@ mod tests {
         match validator.validate(&y.0, &y.1).await {
             Security::Bogus(b) => {
                 assert_eq!(b.reason, "proof-cache-collision");
-                assert!(b.detail.contains("www.example."), "{}", b.detail);
+                assert!(b.detail.contains("AAAA RRset at www.example."), "{}", b.detail);
             }
             other => panic!("the forgery passed as {other:?}"),
         }
@@ -1969,6 +1989,19 @@ mod tests {
         // A forgery that collides with nothing is judged on its own.
         let other = aaaa_answer(vec![aaaa("www.example.", "2001:db8:666::1")]);
         assert!(matches!(validator.validate(&other.0, &other.1).await, Security::Bogus(Bogus { reason: "bad-signature", .. })));
+    }
+
+    #[test]
+    fn a_refused_message_leaves_nothing_in_the_ledger() {
+        let ledger = ProofLedger::new();
+        let [x, y] = COLLIDING.map(|(owner, ip)| aaaa(owner, ip));
+        let (query, both) = aaaa_answer(vec![x.clone(), y.clone()]);
+        let collision = ledger.check(&query, &both).unwrap_err();
+        assert_eq!((collision.owner, collision.rtype), (n("www.example."), RecordType::AAAA));
+        // Neither was recorded: the forgery alone is new, and then the
+        // other is the collision.
+        assert_eq!(ledger.check(&query, &aaaa_answer(vec![y]).1), Ok(()));
+        assert_eq!(ledger.check(&query, &aaaa_answer(vec![x]).1).unwrap_err().owner, n(COLLIDING[0].0));
     }
 
     #[tokio::test]
@@ -1992,6 +2025,7 @@ mod tests {
         let second = validator.chain().await.unwrap();
         assert!(!Arc::ptr_eq(&first, &second), "a full ledger gets a new handle");
         assert!(!second.ledger.is_full());
+        assert_eq!(validator.renewals.get(), 1);
         // The new handle's cache does not hold the first RRset's proof, so
         // the forgery is judged on its own, not as a collision.
         assert!(matches!(validator.validate(&y.0, &y.1).await, Security::Bogus(Bogus { reason: "bad-signature", .. })));
