@@ -18,7 +18,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -468,7 +468,7 @@ const MAX_ZONE_KEYS: usize = 128;
 const MAX_DS: usize = 16;
 
 /// Why the configured trust anchors could not be put to use.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 enum AnchorFetchError {
     /// The DNSKEYs a DS anchor covers could not be fetched (no answer, or
     /// SERVFAIL, REFUSED or NOTIMP): nothing is proven either way, RFC 4035
@@ -497,6 +497,15 @@ struct Chain {
     retry_at: Option<Instant>,
 }
 
+/// The first builds of the chain that failed: how many, and the last one's
+/// error. A query that waited while one failed takes that error instead of
+/// fetching again (one outage, one timeout, not one per waiting query).
+#[derive(Default)]
+struct FirstBuild {
+    failures: u64,
+    last: Option<AnchorFetchError>,
+}
+
 impl Chain {
     /// The same walker, its cache and ledger, to be retried at `retry_at`.
     fn kept(&self, retry_at: Option<Instant>) -> Chain {
@@ -508,8 +517,12 @@ pub struct Validator {
     exchange: Exchange,
     anchors: AnchorSet,
     chain: std::sync::RwLock<Option<Arc<Chain>>>,
-    /// Held by the one task that builds the chain.
-    building: AsyncMutex<()>,
+    /// Held by the one task that builds the chain; holds the failure of
+    /// the last first build, and how many have failed, for the queries
+    /// that waited on it.
+    building: AsyncMutex<FirstBuild>,
+    /// `FirstBuild::failures`, readable without the lock.
+    first_failures: AtomicU64,
     /// Zones at or above a query name whose chain a recent validation could
     /// not fetch, and until when they count as unreachable.
     unreachable: Mutex<HashMap<Name, Instant>>,
@@ -535,6 +548,7 @@ impl Validator {
             anchors,
             chain: std::sync::RwLock::default(),
             building: AsyncMutex::default(),
+            first_failures: AtomicU64::new(0),
             unreachable: Mutex::default(),
             zone_keys: Mutex::default(),
             no_keys: Mutex::default(),
@@ -547,7 +561,7 @@ impl Validator {
 
     /// The chain walker, built on first use: a DS anchor needs the
     /// upstream to fetch the key it covers. A failure is retried by the
-    /// next query; a chain built without some DS anchor's keys, beside
+    /// next query that did not wait on it; a chain built without some DS anchor's keys, beside
     /// other anchors that work, is built again once they can be fetched
     /// (tried every `PARTIAL_ANCHORS_RETRY` by one query, while the others
     /// use the chain as it is).
@@ -557,7 +571,7 @@ impl Validator {
             Some(c) if c.ledger.is_full() => Some(self.renew(&c)),
             current => current,
         };
-        let _building = match &current {
+        let mut building = match &current {
             Some(c) if c.retry_at.is_none_or(|at| Instant::now() < at) => return Ok(c.clone()),
             Some(c) => match self.building.try_lock() {
                 // Another task may have rebuilt it meanwhile.
@@ -568,9 +582,16 @@ impl Validator {
                 Err(_) => return Ok(c.clone()),
             },
             None => {
+                // Failures so far: any beyond these came while we waited.
+                let seen = self.first_failures.load(Ordering::Acquire);
                 let guard = self.building.lock().await;
                 if let Some(c) = self.chain.read().unwrap_or_else(|p| p.into_inner()).clone() {
                     return Ok(c);
+                }
+                if guard.failures > seen {
+                    if let Some(e) = &guard.last {
+                        return Err(e.clone());
+                    }
                 }
                 guard
             }
@@ -582,7 +603,12 @@ impl Validator {
                 warn!(error = %e, "trust anchors still incomplete");
                 return Ok(self.install(current.as_ref(), c.kept(retry_at(false))));
             }
-            (Err(e), None) => return Err(e),
+            (Err(e), None) => {
+                building.failures += 1;
+                building.last = Some(e.clone());
+                self.first_failures.store(building.failures, Ordering::Release);
+                return Err(e);
+            }
         };
         let chain = match &current {
             // Still partial: keep the walker and its caches, ask again later.
@@ -1777,6 +1803,27 @@ mod tests {
         let second = validator.chain().await.unwrap();
         assert!(trusts(&second, &old) && trusts(&second, &new), "the DS anchor's key is in");
         assert_eq!(second.retry_at, None, "nothing left to retry");
+    }
+
+    #[tokio::test]
+    async fn queries_that_waited_on_a_failed_first_build_share_its_failure() {
+        // A DS anchor whose keys the upstream cannot serve (SERVFAIL), and
+        // five queries at once: one fetch, five failures, not five fetches
+        // in turn (each a timeout, when the upstream is down).
+        let root = Zone::new(".");
+        let ds = match ds_of(&root).data {
+            RData::DNSSEC(DNSSECRData::DS(ds)) => ds,
+            _ => unreachable!(),
+        };
+        let anchors = AnchorSet { source: Some(PathBuf::from("root.key")), dnskeys: vec![], ds: vec![(Name::root(), ds)] };
+        let (validator, asked) = validator_on(anchors, Arc::new(Mutex::new(Served::new()))).await;
+        let results = futures_util::future::join_all((0..5).map(|_| validator.chain())).await;
+        assert!(results.iter().all(|r| matches!(r, Err(AnchorFetchError::Unreachable(_)))));
+        let one_build = asked.load(Ordering::SeqCst);
+        assert!(one_build >= 1);
+        // A query after them tries again, once.
+        assert!(validator.chain().await.is_err());
+        assert_eq!(asked.load(Ordering::SeqCst), 2 * one_build);
     }
 
     #[tokio::test]
