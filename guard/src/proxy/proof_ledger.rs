@@ -25,10 +25,7 @@
 //! outgrows the other.
 
 use std::{
-    collections::{
-        hash_map::DefaultHasher,
-        HashMap,
-    },
+    collections::{hash_map::DefaultHasher, HashMap},
     hash::{BuildHasher, Hash, Hasher, RandomState},
     sync::Mutex,
 };
