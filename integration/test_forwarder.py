@@ -228,6 +228,53 @@ def test_forged_nxdomain_with_another_zones_unsigned_soa_is_bogus(lab, hierarchy
         _stop_pid(forger)
 
 
+# Two AAAA RRsets with one key in hickory 0.26.3's cache of DNSSEC proofs under the query
+# www.signed.lab AAAA, found in 32 s (2026-12-05) with
+# `cargo run --release --example proof_key_collision -- www.signed.lab. x.unsigned.lab. www.signed.lab.`:
+# an address in unsigned.lab (provably insecure), and a forged address for www.signed.lab.
+# guard/src/proxy/dnssec.rs checks that they collide.
+COLLIDING = [("x.unsigned.lab", "2001:db8:1:0:84b2:c11d:458c:957c"), ("www.signed.lab", "2001:db8:666:0:beaa:5f14:2b5b:2709")]
+
+
+@pytest.mark.needs_guard
+def test_a_forgery_that_collides_in_hickorys_proof_cache_is_refused(lab, hierarchy, start_proxy):
+    """A hostile upstream (a relay in the fault pod, relaying the rest to the lab's resolver)
+    answers www.signed.lab AAAA first with an address in x.unsigned.lab, then with a forged
+    address for www.signed.lab; the two RRsets share one key in hickory's proof cache
+    (COLLIDING). hickory alone then serves the forgery the first RRset's insecure proof: the
+    unit test `hickory_alone_serves_the_insecure_proof_…` in guard/src/proxy/dnssec.rs shows
+    that with the same kind of pair. dns-guard's proof ledger refuses the second: SERVFAIL with
+    EDE 6, verdict bogus with reason proof-cache-collision, and the forged address never
+    reaches the client. Other names keep validating through the same relay."""
+    port = 5305
+    (owner1, addr1), (owner2, addr2) = COLLIDING
+    forger = lab.spawn("fault", [sys.executable, str(HERE / "hierarchy.py"), "serve", "--mode", "relay",
+                                 "--listen", H.GARBAGE, "--port", str(port), "--delay", "0",
+                                 "--forge-collision", "www.signed.lab", owner1, addr1, owner2, addr2],
+                       "forge-collision")
+    try:
+        _wait_for(lambda: lab.dig("c1", "signed.lab", H.GARBAGE, "-p", str(port), qtype="SOA").status == "NOERROR",
+                  10, 0.2)  # the relay is starting
+        guard = start_proxy(hierarchy.proxy_config(upstreams=[f"{H.GARBAGE}:{port}"]))
+        # The attacker's RRset, alone in an answer about www.signed.lab: no proof for that
+        # name, so bogus, but hickory has proven x.unsigned.lab insecure and cached it.
+        first = hierarchy.dig("c1", "www.signed.lab", qtype="AAAA")
+        assert first.status == "SERVFAIL" and addr1 not in first.raw, first.raw
+        v = proxy_verdict(guard, qname="www.signed.lab")
+        assert v["verdict"] == "bogus" and v["reason"] != "proof-cache-collision", v
+        # The forgery, whose key hickory's cache now holds for the attacker's RRset.
+        second = hierarchy.dig("c1", "www.signed.lab", qtype="AAAA")
+        assert second.status == "SERVFAIL", f"the colliding forgery passed:\n{second.raw}"
+        assert EDE_BOGUS in second.ede_codes and addr2 not in second.raw, second.raw
+        v = proxy_verdict(guard, qname="www.signed.lab", reason="proof-cache-collision")
+        assert (v["verdict"], v["dnssec"]) == ("bogus", "bogus"), v
+        # Everything else is relayed and still validates.
+        ok = hierarchy.dig("c1", "x.wild.signed.lab")
+        assert ok.status == "NOERROR" and ok.ad, ok.raw
+    finally:
+        _stop_pid(forger)
+
+
 @pytest.mark.needs_guard
 def test_a_chain_walk_that_outlasts_the_query_budget_is_servfail_not_bogus(lab, hierarchy, start_proxy):
     """A slow upstream (a relay in the fault pod holding every exchange 0.3 s) and a proxy with

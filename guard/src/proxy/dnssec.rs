@@ -1988,15 +1988,25 @@ mod tests {
         resp.answers.iter().filter(|r| r.record_type() == RecordType::AAAA).map(|r| r.proof).collect()
     }
 
+    /// The lab's pair (integration/test_forwarder.py, COLLIDING), under the
+    /// query `www.signed.lab. AAAA`.
+    const LAB_COLLIDING: [(&str, &str); 2] = [
+        ("x.unsigned.lab.", "2001:db8:1:0:84b2:c11d:458c:957c"),
+        ("www.signed.lab.", "2001:db8:666:0:beaa:5f14:2b5b:2709"),
+    ];
+
     #[test]
-    fn the_fixture_pair_shares_one_hickory_key_and_nothing_else_does() {
-        let key = |(owner, ip): (&str, &str)| {
-            let (query, msg) = aaaa_answer(vec![aaaa(owner, ip)]);
-            super::super::proof_ledger::hickory_key(&query, &msg.answers, &n(owner), RecordType::AAAA)
+    fn the_fixture_pairs_share_one_hickory_key_and_nothing_else_does() {
+        let key = |qname: &str, (owner, ip): (&str, &str)| {
+            let query = Query::query(n(qname), RecordType::AAAA);
+            super::super::proof_ledger::hickory_key(&query, &[aaaa(owner, ip)], &n(owner), RecordType::AAAA)
         };
-        assert_eq!(key(COLLIDING[0]), key(COLLIDING[1]));
-        assert_ne!(key(COLLIDING[0]), key(("x.insecure.example.", "2001:db8:1:0:c0c3:e3f9:c603:77b9")));
-        assert_ne!(key(COLLIDING[1]), key(("www.example.", "2001:db8:666:0:7f6b:5f1a:b7cf:290a")));
+        assert_eq!(key("www.example.", COLLIDING[0]), key("www.example.", COLLIDING[1]));
+        assert_ne!(key("www.example.", COLLIDING[0]), key("www.example.", ("x.insecure.example.", "2001:db8:1:0:c0c3:e3f9:c603:77b9")));
+        assert_ne!(key("www.example.", COLLIDING[1]), key("www.example.", ("www.example.", "2001:db8:666:0:7f6b:5f1a:b7cf:290a")));
+        assert_eq!(key("www.signed.lab.", LAB_COLLIDING[0]), key("www.signed.lab.", LAB_COLLIDING[1]));
+        // The query is part of the key: the unit tests' pair does not collide under the lab's.
+        assert_ne!(key("www.signed.lab.", COLLIDING[0]), key("www.signed.lab.", COLLIDING[1]));
     }
 
     #[tokio::test]
