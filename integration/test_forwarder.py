@@ -239,8 +239,8 @@ COLLIDING = [("x.unsigned.lab", "2001:db8:1:0:84b2:c11d:458c:957c"), ("www.signe
 @pytest.mark.needs_guard
 def test_a_forgery_that_collides_in_hickorys_proof_cache_is_refused(lab, hierarchy, start_proxy):
     """A hostile upstream (a relay in the fault pod, relaying the rest to the lab's resolver)
-    answers www.signed.lab AAAA first with an address in x.unsigned.lab, then with a forged
-    address for www.signed.lab; the two RRsets share one key in hickory's proof cache
+    answers www.signed.lab AAAA first with an address in x.unsigned.lab, and from then on with
+    a forged address for www.signed.lab; the two RRsets share one key in hickory's proof cache
     (COLLIDING). hickory alone then serves the forgery the first RRset's insecure proof: the
     unit test `hickory_alone_serves_the_insecure_proof_…` in guard/src/proxy/dnssec.rs shows
     that with the same kind of pair. dns-guard's proof ledger refuses the second: SERVFAIL with
@@ -260,13 +260,13 @@ def test_a_forgery_that_collides_in_hickorys_proof_cache_is_refused(lab, hierarc
         # name, so bogus, but hickory has proven x.unsigned.lab insecure and cached it.
         first = hierarchy.dig("c1", "www.signed.lab", qtype="AAAA")
         assert first.status == "SERVFAIL" and addr1 not in first.raw, first.raw
-        v = proxy_verdict(guard, qname="www.signed.lab")
+        v = proxy_verdict(guard, qname="www.signed.lab", qtype="AAAA")
         assert v["verdict"] == "bogus" and v["reason"] != "proof-cache-collision", v
         # The forgery, whose key hickory's cache now holds for the attacker's RRset.
         second = hierarchy.dig("c1", "www.signed.lab", qtype="AAAA")
         assert second.status == "SERVFAIL", f"the colliding forgery passed:\n{second.raw}"
         assert EDE_BOGUS in second.ede_codes and addr2 not in second.raw, second.raw
-        v = proxy_verdict(guard, qname="www.signed.lab", reason="proof-cache-collision")
+        v = proxy_verdict(guard, qname="www.signed.lab", qtype="AAAA", reason="proof-cache-collision")
         assert (v["verdict"], v["dnssec"]) == ("bogus", "bogus"), v
         # Everything else is relayed and still validates.
         ok = hierarchy.dig("c1", "x.wild.signed.lab")
