@@ -193,7 +193,7 @@ impl Tape {
 }
 
 /// hickory's cache key of the RRset (`owner`, `rtype`) in `section` under
-/// `query`, for the tests and the collision search.
+/// `query`, for the tests.
 pub fn hickory_key(query: &Query, section: &[Record], owner: &Name, rtype: RecordType) -> u64 {
     let (records, rrsigs) = rrset(section, owner, rtype);
     let mut h = DefaultHasher::new();
@@ -204,26 +204,20 @@ pub fn hickory_key(query: &Query, section: &[Record], owner: &Name, rtype: Recor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_proto::rr::rdata::A;
-    use std::str::FromStr;
+    use crate::proxy::positive_proof::tests::{a, n};
 
-    fn a(owner: &str, last: u8) -> Record {
-        Record::from_rdata(Name::from_str(owner).unwrap(), 60, RData::A(A::new(192, 0, 2, last)))
-    }
-
+    /// `records` as the answer to `www.example. A`.
     fn answer(records: Vec<Record>) -> (Query, Message) {
-        let query = Query::query(Name::from_str("www.example.").unwrap(), RecordType::A);
-        let mut msg = Message::query();
-        msg.add_query(query.clone());
-        msg.add_answers(records);
-        (query, msg)
+        crate::proxy::positive_proof::tests::answer("www.example.", records, vec![])
     }
 
     #[test]
     fn honest_repeats_reorders_and_ttls_are_not_collisions() {
         let ledger = ProofLedger::new();
         let (q, first) = answer(vec![a("www.example.", 1), a("www.example.", 2)]);
-        let (_, again) = answer(vec![a("WWW.example.", 1), a("www.example.", 2)]);
+        let mut upper = a("WWW.example.", 1);
+        upper.ttl += 1000;
+        let (_, again) = answer(vec![upper, a("www.example.", 2)]);
         let (_, reordered) = answer(vec![a("www.example.", 2), a("www.example.", 1)]);
         let (_, other) = answer(vec![a("www.example.", 3)]);
         for msg in [&first, &again, &reordered, &other, &first] {
@@ -245,7 +239,7 @@ mod tests {
         assert_eq!(ledger.seen.lock().unwrap().len(), 2);
         assert!(!ledger.is_full());
         // The same RRset under another query is another entry.
-        let other_query = Query::query(Name::from_str("ns.example.").unwrap(), RecordType::A);
+        let other_query = Query::query(n("ns.example."), RecordType::A);
         assert_eq!(ledger.check(&other_query, &msg), Ok(()));
         assert!(ledger.is_full());
     }
