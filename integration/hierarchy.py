@@ -8,7 +8,8 @@ hints, no unbound-anchor), and the doubles only relay to that Unbound.
     auth  .61  NSD, root zone "."                     (signed, NSEC)
           .62  NSD, "lab." and "local."               (lab. signed NSEC; local. unsigned)
           .63  NSD, the leaf zones:
-               signed.lab.      NSEC3, DS in lab.: validates from the private root anchor
+               signed.lab.      NSEC3, DS in lab.: validates from the private root anchor;
+                                a DNAME into signednsec.lab.
                signednsec.lab.  NSEC, DS in lab.: wildcard case of hickory #2882
                bogus.lab.       signed, DS in lab., then records/RRSIGs corrupted
                unsigned.lab.    no DS: insecure; rebinding answers and a CNAME hop
@@ -80,6 +81,9 @@ CLUSTER = {
     "web.default.svc.cluster.local": ("A", "10.244.1.5"),
 }
 # CNAME cloaking: a first-party-looking name whose chain ends in a blocklisted tracker.
+# RFC 6672: NSD answers names under alias.signed.lab with the signed DNAME and a CNAME it
+# synthesizes, unsigned, into signednsec.lab.
+DNAME_OWNER, DNAME_NAME, DNAME_TARGET = "alias.signed.lab", "www.alias.signed.lab", "www.signednsec.lab"
 CLOAKED = "tracker.signed.lab"  # -> cdn.unsigned.lab -> metrics.adnet.lab
 BLOCKED_TARGET = "adnet.lab"
 # Corrupted after signing: the A record's data changed / its RRSIG's signature flipped.
@@ -123,6 +127,7 @@ www IN AAAA {AAAA_SIGNED}
 *.wild IN A 198.19.1.2
 private IN A 10.1.2.3
 tracker IN CNAME cdn.unsigned.lab.
+alias IN DNAME signednsec.lab.
 """),
     "signednsec.lab.": (ZONE_NS, "nsec", """\
 www IN A 198.19.4.1

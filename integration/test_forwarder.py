@@ -64,7 +64,7 @@ def fd_count(pid: int) -> int:
 def test_hierarchy_validates_from_private_root(hierarchy, anchor):
     """Independent proof (BIND's delv) that the zones are what the proxy tests assume."""
     h = hierarchy
-    for name in ("www.signed.lab", "x.wild.signed.lab", "x.wild.signednsec.lab", "ok.bogus.lab"):
+    for name in ("www.signed.lab", "x.wild.signed.lab", "x.wild.signednsec.lab", "ok.bogus.lab", H.DNAME_NAME):
         out = h.delv(name, anchor=anchor)
         assert "; fully validated" in out, f"{name}:\n{out}"
     for name in (H.BOGUS_DATA, H.BOGUS_SIG):
@@ -136,6 +136,26 @@ def test_wildcard_answer_is_secure(hierarchy, start_proxy, zone):
     assert r.status == "NOERROR" and r.addresses == [H.A[name]], r.raw
     assert r.ad, f"wildcard answer in a {zone} zone not secure:\n{r.raw}"
     assert proxy_verdict(guard, qname=name)["dnssec"] == "secure"
+
+
+@pytest.mark.needs_guard
+def test_a_cname_synthesized_from_a_signed_dname_is_secure(hierarchy, start_proxy):
+    """RFC 6672 §5.3.3: NSD answers www.alias.signed.lab with the signed DNAME and a CNAME it
+    synthesizes, which no key signs. The validator checks the DNAME's signature and that the
+    CNAME is exactly its synthesis. hickory 0.26.3 alone judged the unsigned CNAME: bogus."""
+    guard = start_proxy(hierarchy.proxy_config())
+    r = hierarchy.dig("c1", H.DNAME_NAME)
+    assert r.status == "NOERROR" and r.addresses == [H.A[H.DNAME_TARGET]] and r.ad, r.raw
+    by_type = {a[3]: a for a in r.answers}
+    assert by_type["DNAME"][0] == f"{H.DNAME_OWNER}." and by_type["CNAME"][4] == f"{H.DNAME_TARGET}.", r.raw
+    # The synthesis is not signed, so it lives no longer than the DNAME it came from.
+    assert by_type["CNAME"][1] <= by_type["DNAME"][1], r.raw
+    v = proxy_verdict(guard, qname=H.DNAME_NAME, qtype="A")
+    assert v["dnssec"] == "secure" and v["verdict"] == "allow", v
+    # Asked for the CNAME itself, the synthesis is the answer, proven by the DNAME.
+    c = hierarchy.dig("c1", H.DNAME_NAME, qtype="CNAME")
+    assert c.status == "NOERROR" and c.ad and any(a[3] == "CNAME" for a in c.answers), c.raw
+    assert proxy_verdict(guard, qname=H.DNAME_NAME, qtype="CNAME")["dnssec"] == "secure"
 
 
 @pytest.mark.needs_guard

@@ -44,6 +44,7 @@ use tracing::{debug, warn};
 
 use super::{
     checks::dotted,
+    dname,
     positive_proof::{self, CheckBudget, Decline, OpinionFailure, SignatureMemo},
     proof_ledger::{Collision, ProofLedger},
     upstream::{QueryCtx, Upstreams},
@@ -740,6 +741,9 @@ impl Validator {
 
     /// Classifies `msg`, the upstream's answer to `query` (as sent).
     pub async fn validate(&self, query: &Query, msg: &Message) -> Security {
+        // The CNAMEs a DNAME implies are proven with it (`dname`).
+        let stripped = dname::without_synthesized_cnames(query, msg);
+        let (query, msg) = stripped.as_ref().map_or((query, msg), |(q, m)| (q, m));
         let chain = match self.chain().await {
             Ok(c) => c,
             Err(AnchorFetchError::Unreachable(e)) => return Security::Indeterminate(e),
@@ -1268,7 +1272,10 @@ mod tests {
 
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use crate::proxy::positive_proof::tests::{a, answer, Zone};
+    use crate::proxy::{
+        dname::tests::{cname, dname_record},
+        positive_proof::tests::{a, answer, Zone},
+    };
 
     const KEY: &str = "AwEAAaz/tAm8yTn4Mfeh5eyI96WSVexTBAvkMgJzkKTOiW1vkIbzxeF3+/4RgWOq7HrxRixHlFlExOLAJr5emLvN7SWXgnLh4+B5xQlNVz8Og8kvArMtNROxVQuCaSnIDdD5LKyWbRd2n9WGe2R8PzgCmr3EgVLrjyBxWezF0jLHwVN8efS3rCj/EWgvIWgb9tarpVUDK/b58Da+sqqls3eNbuv7pr+eoZG+SrDK6nWeL3c6H5Apxz7LjVc1uTIdsIXxuOLYA4/ilBmSVIzuDWfdRUfhHdY6+cn8HFRm+2hM8AnXGXws9555KrUB5qihylGa8subX2Nn6UwNR1AkUTV74bU=";
     const DS_20326: &str = "E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D";
@@ -2087,5 +2094,40 @@ mod tests {
         // the forgery is judged on its own, not as a collision.
         assert!(matches!(validator.validate(&y.0, &y.1).await, Security::Bogus(Bogus { reason: "bad-signature", .. })));
     }
-}
 
+    /// RFC 6672 §5.3.3: the CNAME a server synthesizes from a signed DNAME
+    /// is unsigned, and proven by the DNAME. hickory alone calls it bogus.
+    #[tokio::test]
+    async fn a_cname_synthesized_from_a_signed_dname_is_secure_and_nothing_else_rides_on_it() {
+        let (root, example) = (Zone::new("."), Zone::new("example."));
+        let (validator, _) = validator_for(&root, served_example(&root, &example, &example, &example)).await;
+        let dname = signed(&example, vec![dname_record("old.example.", "new.example.", 300)]);
+        let target = signed(&example, vec![a("www.new.example.", 1)]);
+        let with = |synthesis: Record, target: Vec<Record>| {
+            let query = Query::query(n("www.old.example."), RecordType::A);
+            let mut msg = Message::response(7, hickory_proto::op::OpCode::Query);
+            msg.add_query(query.clone());
+            msg.add_answers([dname.clone(), vec![synthesis], target].concat());
+            (query, msg)
+        };
+
+        let genuine = with(cname("www.old.example.", "www.new.example.", 300), target.clone());
+        assert_eq!(validator.validate(&genuine.0, &genuine.1).await, Security::Secure);
+        // hickory on its own judges the unsigned CNAME, and fails it.
+        let chain = validator.chain().await.unwrap();
+        let request = DnsRequest::from_query(genuine.0.clone(), DnsRequestOptions::default());
+        let stream = SEED.sync_scope(Cell::new(Some(genuine.1.clone())), || chain.handle.send(request));
+        assert!(matches!(classify(&genuine.0, stream.first_answer().await), Security::Bogus(_)));
+
+        // A CNAME the DNAME does not imply is judged as itself: unsigned in a signed zone.
+        let elsewhere = with(cname("www.old.example.", "www.evil.example.", 300), signed(&example, vec![a("www.evil.example.", 66)]));
+        assert!(matches!(validator.validate(&elsewhere.0, &elsewhere.1).await, Security::Bogus(_)));
+        // The synthesis proves the mapping, not the data at its target.
+        let forged_target = with(cname("www.old.example.", "www.new.example.", 300), vec![a("www.new.example.", 66), target[1].clone()]);
+        assert!(matches!(validator.validate(&forged_target.0, &forged_target.1).await, Security::Bogus(_)));
+        // A DNAME without its signature proves nothing.
+        let (query, mut unsigned) = genuine.clone();
+        unsigned.answers.remove(1);
+        assert!(matches!(validator.validate(&query, &unsigned).await, Security::Bogus(_)));
+    }
+}

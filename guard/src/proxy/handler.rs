@@ -16,6 +16,7 @@ use tracing::debug;
 
 use super::{
     checks::{answer_chain, check_blocklist, check_rebinding, dotted, scope_authority, scrub_bailiwick},
+    dname,
     dnssec::{cap_authenticated_ttls, Security, Validator},
     response::{
         encode_udp, formerr_raw, forward_reply, EDNS_PAYLOAD, header_reply, local_reply, ClientQuery, Ede, EDE_BLOCKED,
@@ -377,6 +378,7 @@ impl Handler {
             for section in [&mut msg.answers, &mut msg.authorities, &mut msg.additionals] {
                 cap_authenticated_ttls(section, now);
             }
+            dname::cap_synthesized_ttls(&mut msg.answers);
         }
         if scrubbed > 0 {
             debug!(qname = %qname, upstream = %up, scrubbed, "removed out-of-bailiwick records");

@@ -8,6 +8,7 @@
 //! option. Parsing and encoding are hickory-proto's.
 
 pub mod checks;
+pub mod dname;
 pub mod dnssec;
 pub mod fuzzing;
 pub mod handler;
