@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use hickory_proto::{
     dnssec::rdata::DNSSECRData,
-    op::{Message, Query},
+    op::{Message, Query, ResponseCode},
     rr::{DNSClass, Name, RData, Record, RecordType},
     serialize::binary::{BinDecodable, BinDecoder},
 };
@@ -64,10 +64,10 @@ impl Syntheses {
             .filter_map(|r| Some(Dname { owner: r.name.clone(), target: dname_target(r)?, ttl: r.ttl, class: r.dns_class }))
             .take(MAX_DNAMES + 1)
             .collect();
-        if dnames.len() > MAX_DNAMES {
-            dnames.clear();
-        }
         let mut signed_cnames = HashSet::new();
+        if dnames.len() > MAX_DNAMES || dnames.is_empty() {
+            return Syntheses { dnames: Vec::new(), signed_cnames };
+        }
         for r in answers {
             let RData::DNSSEC(DNSSECRData::RRSIG(sig)) = &r.data else { continue };
             match sig.input().type_covered {
@@ -109,12 +109,19 @@ impl Syntheses {
 /// itself: its question becomes the DNAME the last one came from.
 pub fn without_synthesized_cnames(query: &Query, msg: &Message) -> Option<(Query, Message)> {
     let syntheses = Syntheses::of(&msg.answers);
+    if syntheses.dnames.is_empty() {
+        return None; // nearly every answer: nothing allocated
+    }
     let mut chain: HashMap<Name, (&Name, &Name)> = HashMap::new();
     let mut keep = Vec::with_capacity(msg.answers.len());
     for r in &msg.answers {
         let source = syntheses.source(r);
         if let Some((dname, target)) = source {
-            chain.insert(r.name.to_lowercase(), (target, &dname.owner));
+            // Two syntheses of one name (nested DNAMEs): not a shape any
+            // server gives, so hickory judges it as it is.
+            if chain.insert(r.name.to_lowercase(), (target, &dname.owner)).is_some() {
+                return None;
+            }
         }
         keep.push(source.is_none());
     }
@@ -126,6 +133,10 @@ pub fn without_synthesized_cnames(query: &Query, msg: &Message) -> Option<(Query
     for _ in 0..chain.len() {
         let Some((target, dname_owner)) = chain.get(&name.to_lowercase()) else { break };
         if query.query_type() == RecordType::CNAME {
+            // The synthesis is the whole answer: a NOERROR one.
+            if msg.metadata.response_code != ResponseCode::NoError {
+                return None;
+            }
             (name, rtype) = ((*dname_owner).clone(), RecordType::DNAME);
             break;
         }
@@ -217,6 +228,18 @@ pub(super) mod tests {
         let q = Query::query(n("www.old.example."), RecordType::CNAME);
         let (question, _) = without_synthesized_cnames(&q, &cname_query).unwrap();
         assert_eq!((question.name(), question.query_type()), (&n("old.example."), RecordType::DNAME));
+        // Asked for the CNAME, an NXDOMAIN is no synthesis's answer.
+        cname_query.metadata.response_code = ResponseCode::NXDomain;
+        assert_eq!(without_synthesized_cnames(&q, &cname_query), None);
+        // Two syntheses of one name, from nested DNAMEs: left to hickory.
+        let nested = [
+            d.clone(),
+            dname_record("www.old.example.", "x.example.", 300),
+            cname("a.www.old.example.", "a.www.new.example.", 300),
+            cname("a.www.old.example.", "a.x.example.", 300),
+        ];
+        let (q, msg) = answer("a.www.old.example.", nested.to_vec(), vec![]);
+        assert_eq!(without_synthesized_cnames(&q, &msg), None);
         // A chain through two DNAMEs, after a signed CNAME at the query name.
         let chained = [
             cname("alias.example.", "www.old.example.", 300),

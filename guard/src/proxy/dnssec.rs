@@ -741,7 +741,10 @@ impl Validator {
 
     /// Classifies `msg`, the upstream's answer to `query` (as sent).
     pub async fn validate(&self, query: &Query, msg: &Message) -> Security {
-        // The CNAMEs a DNAME implies are proven with it (`dname`).
+        // The CNAMEs a DNAME implies are proven with it (`dname`). What
+        // is remembered about unreachable chains stays keyed on the name
+        // asked: the question the synthesis leads to is the answer's word.
+        let qname = query.name().to_lowercase();
         let stripped = dname::without_synthesized_cnames(query, msg);
         let (query, msg) = stripped.as_ref().map_or((query, msg), |(q, m)| (q, m));
         let chain = match self.chain().await {
@@ -780,7 +783,6 @@ impl Validator {
                 (security, SUB_FAILED.with(|f| f.take()))
             })
             .await;
-        let qname = query.name().to_lowercase();
         let now = Instant::now();
         let mut recent = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
         recent.retain(|_, until| *until > now);
@@ -1185,7 +1187,13 @@ fn classify(query: &Query, result: Result<DnsResponse, NetError>) -> Security {
         Ok(resp) => summarize(&resp),
         Err(NetError::Dns(DnsError::Nsec { response, proof, .. })) => match proof {
             Proof::Secure => summarize(&response),
-            Proof::Insecure => Security::Insecure,
+            // An insecure denial (NSEC3 past the iteration limit, RFC 9276
+            // §3.2) says nothing for the records beside it: hickory returns
+            // it before it looks at them or at what the NSEC3 denies.
+            Proof::Insecure => match summarize(&response) {
+                bogus @ Security::Bogus(_) => bogus,
+                _ => Security::Insecure,
+            },
             _ if nsec_wildcard_proven(query, &response) => Security::Secure,
             p => bogus("denial-unproven", format!("no valid NSEC/NSEC3 proof for {} ({p})", query.name())),
         },
@@ -2129,5 +2137,42 @@ mod tests {
         let (query, mut unsigned) = genuine.clone();
         unsigned.answers.remove(1);
         assert!(matches!(validator.validate(&query, &unsigned).await, Security::Bogus(_)));
+    }
+
+    /// hickory 0.26.3 calls a denial insecure when its NSEC3 records take
+    /// more iterations than its soft limit (RFC 9276 §3.2), before it
+    /// looks at what they deny, and `classify` took that for the verdict on
+    /// the whole answer. An attacker's genuine NSEC3 (a signed zone of their
+    /// own, 150 iterations) at the end of a forged CNAME kept the forgery
+    /// from being bogus.
+    #[tokio::test]
+    async fn a_high_iteration_nsec3_does_not_make_a_forged_rrset_insecure() {
+        use hickory_proto::dnssec::{rdata::NSEC3, Nsec3HashAlgorithm};
+        let (root, example, evil) = (Zone::new("."), Zone::new("example."), Zone::new("evil."));
+        let mut served = served_example(&root, &example, &example, &example);
+        served.insert((n("evil."), RecordType::DS), signed(&root, vec![ds_of(&evil)]));
+        served.insert((n("evil."), RecordType::DNSKEY), signed(&evil, dnskey_set(&evil)));
+        let (validator, _) = validator_for(&root, served).await;
+        let nsec3 = NSEC3::new(Nsec3HashAlgorithm::SHA1, false, 150, vec![0xab], vec![0xff; 20], [RecordType::A, RecordType::RRSIG]);
+        let owner = n("0p9mhaveqvm6t7vbl5lop2u3t2rp3tom.evil.");
+        let denial = signed(&evil, vec![Record::from_rdata(owner, 300, RData::DNSSEC(DNSSECRData::NSEC3(nsec3)))]);
+        let forged = Record::from_rdata(n("www.example."), 300, RData::CNAME(hickory_proto::rr::rdata::CNAME(n("www.evil."))));
+        let message = |answers: Vec<Record>| {
+            let query = Query::query(n("www.example."), RecordType::A);
+            let mut msg = Message::response(7, hickory_proto::op::OpCode::Query);
+            msg.add_query(query.clone());
+            msg.add_answers(answers);
+            msg.add_authorities(denial.clone());
+            (query, msg)
+        };
+        let (query, msg) = message(vec![forged]);
+        match validator.validate(&query, &msg).await {
+            Security::Bogus(b) => assert_eq!(b.reason, "bad-signature", "{b:?}"),
+            other => panic!("a forged CNAME beside a high-iteration NSEC3 passed as {other:?}"),
+        }
+        // The same denial under a genuine signed CNAME is what RFC 9276 says: insecure.
+        let genuine = signed(&example, vec![Record::from_rdata(n("www.example."), 300, RData::CNAME(hickory_proto::rr::rdata::CNAME(n("www.evil."))))]);
+        let (query, msg) = message(genuine);
+        assert_eq!(validator.validate(&query, &msg).await, Security::Insecure);
     }
 }

@@ -7,12 +7,13 @@ use std::{net::SocketAddr, sync::OnceLock};
 use hickory_proto::{
     op::{Message, OpCode, Query},
     rr::{
-        rdata::{A, AAAA, CNAME, NS},
+        rdata::{A, AAAA, CNAME, NS, NULL},
         Name, RData, Record, RecordType,
     },
 };
 
 use super::{
+    dname::{cap_synthesized_ttls, without_synthesized_cnames},
     checks::{
         answer_chain, check_blocklist, check_rebinding, dotted, expect, scope_authority, scrub_bailiwick, verify_response,
     },
@@ -55,6 +56,8 @@ pub fn fuzz_response(data: &[u8]) {
     };
     let Ok(mut msg) = verify_response(&expect(server, id, &query), server, data) else { return };
     let sent = query.name().clone();
+    let _ = without_synthesized_cnames(&query, &msg);
+    cap_synthesized_ttls(&mut msg.answers);
     scope_authority(&sent, &mut msg);
     scrub_bailiwick(&sent, &mut msg);
     let qname = dotted(&sent);
@@ -76,6 +79,10 @@ pub fn seeds() -> Vec<Vec<u8>> {
     r.add_answer(Record::from_rdata(n("www.example.com."), 60, RData::CNAME(CNAME(n("x.tracker.test.")))));
     r.add_answer(Record::from_rdata(n("x.tracker.test."), 60, RData::A(A::new(10, 0, 0, 1))));
     r.add_answer(Record::from_rdata(n("x.tracker.test."), 60, RData::AAAA(AAAA::new(0, 0, 0, 0, 0, 0xffff, 0xa9fe, 0xa9fe))));
+    // A DNAME (hickory-proto reads it as unknown bytes) and its synthesis.
+    let dname = RData::Unknown { code: RecordType::DNAME, rdata: NULL::with(b"\x07tracker\x04test\x00".to_vec()) };
+    r.add_answer(Record::from_rdata(n("old.example.com."), 60, dname));
+    r.add_answer(Record::from_rdata(n("a.old.example.com."), 600, RData::CNAME(CNAME(n("a.tracker.test.")))));
     r.add_authority(Record::from_rdata(n("example.com."), 60, RData::NS(NS(n("ns.example.com.")))));
     r.add_additional(Record::from_rdata(n("ns.example.com."), 60, RData::A(A::new(192, 0, 2, 53))));
     r.add_additional(Record::from_rdata(n("evil.test."), 60, RData::A(A::new(192, 0, 2, 66))));
@@ -148,6 +155,9 @@ mod tests {
         let r = Message::from_vec(&s[1]).unwrap();
         let server = "127.0.0.1:53".parse().unwrap();
         assert!(verify_response(&expect(server, r.metadata.id, &r.queries[0]), server, &s[1]).is_ok());
+        // Its DNAME survives the wire, and the CNAME beside it is its synthesis.
+        let mut answers = r.answers.clone();
+        assert_eq!(cap_synthesized_ttls(&mut answers), 1);
         assert!(matches!(parse_request(&s[0]), Parsed::Query(_)));
     }
 }
