@@ -128,6 +128,8 @@ www IN AAAA {AAAA_SIGNED}
 private IN A 10.1.2.3
 tracker IN CNAME cdn.unsigned.lab.
 alias IN DNAME signednsec.lab.
+dangling IN CNAME gone.signed.lab.
+dangling-nsec IN CNAME gone.signednsec.lab.
 """),
     "signednsec.lab.": (ZONE_NS, "nsec", """\
 www IN A 198.19.4.1

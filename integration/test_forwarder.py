@@ -159,6 +159,26 @@ def test_a_cname_synthesized_from_a_signed_dname_is_secure(hierarchy, start_prox
 
 
 @pytest.mark.needs_guard
+@pytest.mark.parametrize("name,qtype,status", [
+    ("dangling.signed.lab", "A", "NXDOMAIN"),       # NSEC3 denial of the target
+    ("dangling-nsec.signed.lab", "A", "NXDOMAIN"),  # NSEC denial, from the target's own zone
+    ("tracker.signed.lab", "TXT", "NOERROR"),       # CNAME chain into the insecure zones: no AD
+    ("dangling.signed.lab", "TXT", "NXDOMAIN"),
+])
+def test_a_signed_cname_chain_that_ends_in_a_denial(hierarchy, start_proxy, name, qtype, status):
+    """A chain that ends in nothing denies the name at its end (RFC 4035 §5.4); hickory 0.26.3
+    judges a denial only for the query name, so the validator judges it again for the end: a
+    proven denial is secure, one in an insecure zone insecure (see the unit tests for the
+    forgeries: the target's data dropped from a genuine answer is bogus, never secure)."""
+    guard = start_proxy(hierarchy.proxy_config())
+    r = hierarchy.dig("c1", name, qtype=qtype)
+    assert r.status == status and any(a[3] == "CNAME" for a in r.answers), r.raw
+    v = proxy_verdict(guard, qname=name, qtype=qtype)
+    want = "insecure" if name == H.CLOAKED else "secure"
+    assert v["dnssec"] == want and r.ad == (want == "secure"), (v, r.raw)
+
+
+@pytest.mark.needs_guard
 @pytest.mark.parametrize("zone", ["signed.lab", "signednsec.lab"], ids=["nsec3", "nsec"])
 def test_new_wildcard_names_reuse_verified_signatures(lab, hierarchy, start_proxy, zone):
     """Every new name under a signed wildcard comes with the same wildcard signature and one of

@@ -764,19 +764,12 @@ impl Validator {
                     Err(why) => {
                         debug!(qname = %query.name(), %why, "full validation");
                         path("full");
-                        let request = DnsRequest::from_query(query.clone(), DnsRequestOptions::default());
-                        let stream = SEED.sync_scope(Cell::new(Some(msg.clone())), || chain.handle.send(request));
-                        let (full, collided) = COLLIDED
-                            .scope(RefCell::default(), async {
-                                let full = classify(query, stream.first_answer().await);
-                                (full, COLLIDED.with(|c| c.take()))
-                            })
-                            .await;
-                        // hickory's verdict on a refused message is an error
-                        // of ours, not a judgement of the data: name it.
-                        match collided {
-                            Some(c) => bogus("proof-cache-collision", c.to_string()),
-                            None => self.second_opinion(chain, query, msg, full).await,
+                        match self.hickory(chain, query, msg).await {
+                            collided @ Security::Bogus(Bogus { reason: "proof-cache-collision", .. }) => collided,
+                            full => {
+                                let full = self.second_opinion(chain, query, msg, full).await;
+                                self.denial_at_the_end(chain, query, msg, full).await
+                            }
                         }
                     }
                 };
@@ -802,6 +795,59 @@ impl Validator {
 }
 
 impl Validator {
+    /// hickory's full validation of `msg` as the answer to `query`.
+    async fn hickory(&self, chain: &Chain, query: &Query, msg: &Message) -> Security {
+        let request = DnsRequest::from_query(query.clone(), DnsRequestOptions::default());
+        let stream = SEED.sync_scope(Cell::new(Some(msg.clone())), || chain.handle.send(request));
+        let (full, collided) = COLLIDED
+            .scope(RefCell::default(), async {
+                let full = classify(query, stream.first_answer().await);
+                (full, COLLIDED.with(|c| c.take()))
+            })
+            .await;
+        // hickory's verdict on a refused message is an error of ours, not
+        // a judgement of the data: name it.
+        match collided {
+            Some(c) => bogus("proof-cache-collision", c.to_string()),
+            None => full,
+        }
+    }
+
+    /// A "secure" answer whose CNAME chain ends in nothing of the type
+    /// asked is a denial of the name at its end (RFC 4035 §5.4), and
+    /// hickory 0.26.3 judges a denial only for the query name: after a
+    /// signed CNAME it looks no further, so an upstream could drop the
+    /// target's data from a genuine answer and the empty chain came back
+    /// secure. It is judged again for the name at the end. And hickory
+    /// calls a denial with no NSEC or NSEC3 at all fine when the name's zone
+    /// is provably insecure, yet its summary is then whatever signed
+    /// records ride along (a parent's SOA): insecure, not secure.
+    ///
+    /// hickory also checks the NSEC or NSEC3 records of such an answer
+    /// against the query name, which the CNAME shows to exist, so a genuine
+    /// chain into a proven denial (a dangling CNAME) was bogus: those are
+    /// judged again for the end too, second opinion included.
+    async fn denial_at_the_end(&self, chain: &Chain, query: &Query, msg: &Message, full: Security) -> Security {
+        let Some(end) = unanswered_end(query, msg) else { return full };
+        let unproven = matches!(&full, Security::Bogus(b) if b.reason == "denial-unproven");
+        if !(full == Security::Secure || unproven && end != *query.name()) {
+            return full;
+        }
+        let verdict = if end == *query.name() {
+            full
+        } else {
+            let mut at_end = Query::query(end, query.query_type());
+            at_end.set_query_class(query.query_class());
+            let verdict = self.hickory(chain, &at_end, msg).await;
+            self.second_opinion(chain, &at_end, msg, verdict).await
+        };
+        let denied = msg.authorities.iter().any(|r| matches!(r.record_type(), RecordType::NSEC | RecordType::NSEC3));
+        match verdict {
+            Security::Secure if !denied => Security::Insecure,
+            verdict => verdict,
+        }
+    }
+
     /// The shortcut: a signed positive answer proven with its zone's proven
     /// keys and the signature memo. Anything it declines is validated in
     /// full by hickory.
@@ -1199,6 +1245,32 @@ fn classify(query: &Query, result: Result<DnsResponse, NetError>) -> Security {
         },
         Err(e) => bogus("validation-failed", e.to_string()),
     }
+}
+
+/// The name `msg`'s CNAME chain leads to from `query`'s name, when nothing
+/// of the type asked is there: what the answer denies. `None` when the
+/// chain ends in the data asked for, for ANY and CNAME questions (their
+/// answer is whatever is there), and for a chain that loops.
+fn unanswered_end(query: &Query, msg: &Message) -> Option<Name> {
+    let qtype = query.query_type();
+    if matches!(qtype, RecordType::ANY | RecordType::CNAME) {
+        return None;
+    }
+    let mut name = query.name().clone();
+    for _ in 0..=msg.answers.len() {
+        let mut here = msg.answers.iter().filter(|r| r.name == name);
+        if here.clone().any(|r| r.record_type() == qtype) {
+            return None;
+        }
+        match here.find_map(|r| match &r.data {
+            RData::CNAME(target) => Some(target.0.clone()),
+            _ => None,
+        }) {
+            Some(next) => name = next,
+            None => return Some(name),
+        }
+    }
+    None
 }
 
 /// RFC 4035 §4.3: secure when every answer and authority RRset is; bogus
@@ -2174,5 +2246,44 @@ mod tests {
         let genuine = signed(&example, vec![Record::from_rdata(n("www.example."), 300, RData::CNAME(hickory_proto::rr::rdata::CNAME(n("www.evil."))))]);
         let (query, msg) = message(genuine);
         assert_eq!(validator.validate(&query, &msg).await, Security::Insecure);
+    }
+
+    /// An upstream that drops the target's data from a genuine answer (a
+    /// signed CNAME) leaves a denial of the target that nothing proves:
+    /// bogus in a signed zone, insecure in an insecure one, never secure.
+    #[tokio::test]
+    async fn a_signed_cname_into_nothing_is_judged_as_a_denial_of_its_target() {
+        let (root, example) = (Zone::new("."), Zone::new("example."));
+        let (validator, _) = validator_for(&root, served_with_insecure_child(&root, &example)).await;
+        let cname_to = |target: &str| {
+            signed(&example, vec![Record::from_rdata(n("www.example."), 300, RData::CNAME(hickory_proto::rr::rdata::CNAME(n(target))))])
+        };
+        let answer_of = |records: Vec<Record>| {
+            let query = Query::query(n("www.example."), RecordType::A);
+            let mut msg = Message::response(7, hickory_proto::op::OpCode::Query);
+            msg.add_query(query.clone());
+            msg.add_answers(records);
+            (query, msg)
+        };
+        // The whole answer: secure.
+        let whole = answer_of([cname_to("target.example."), signed(&example, vec![a("target.example.", 1)])].concat());
+        assert_eq!(validator.validate(&whole.0, &whole.1).await, Security::Secure);
+        // Its target's data dropped: the signed zone denies nothing here.
+        let dropped = answer_of(cname_to("target.example."));
+        match validator.validate(&dropped.0, &dropped.1).await {
+            Security::Bogus(b) => assert_eq!(b.reason, "denial-unproven", "{b:?}"),
+            other => panic!("a CNAME into nothing passed as {other:?}"),
+        }
+        // Into the insecure zone, an empty end is all it can be: insecure.
+        let insecure = answer_of(cname_to("x.insecure.example."));
+        assert_eq!(validator.validate(&insecure.0, &insecure.1).await, Security::Insecure);
+        // So is a denial with no NSEC for a name of the insecure zone, even
+        // beside a signed record of the zone above (hickory's summary
+        // called that secure).
+        let mut bare = answer_of(vec![]);
+        bare.0 = Query::query(n("x.insecure.example."), RecordType::A);
+        bare.1.queries = vec![bare.0.clone()];
+        bare.1.add_authorities(cname_to("target.example."));
+        assert_eq!(validator.validate(&bare.0, &bare.1).await, Security::Insecure);
     }
 }
