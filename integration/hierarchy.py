@@ -12,6 +12,7 @@ hints, no unbound-anchor), and the doubles only relay to that Unbound.
                                 a DNAME into signednsec.lab.
                signednsec.lab.  NSEC, DS in lab.: wildcard case of hickory #2882
                bogus.lab.       signed, DS in lab., then records/RRSIGs corrupted
+               slow.lab.        NSEC3 with 150 iterations, DS in lab.: denials past RFC 9276's limit
                unsigned.lab.    no DS: insecure; rebinding answers and a CNAME hop
                adnet.lab.       unsigned; the blocklisted target of a CNAME-cloaked tracker
     rec   .55  Unbound, iterator only (validation OFF, so bogus data reaches dns-guard and
@@ -112,6 +113,7 @@ a.root-servers IN A {ROOT_NS}
 ns.zones IN A {ZONE_NS}
 signed IN NS ns.zones
 signednsec IN NS ns.zones
+slow IN NS ns.zones
 bogus IN NS ns.zones
 unsigned IN NS ns.zones
 adnet IN NS ns.zones
@@ -141,6 +143,9 @@ www IN A 198.19.2.1
 badsig IN A 198.19.2.2
 ok IN A 198.19.2.3
 """),
+    "slow.lab.": (ZONE_NS, "nsec3-150", """\
+www IN A 198.19.5.1
+"""),
     "unsigned.lab.": (ZONE_NS, None, """\
 www IN A 198.19.3.1
 *.wild IN A 198.19.3.2
@@ -162,9 +167,9 @@ NS_NAME = {ROOT_NS: "a.root-servers.lab.", TLD_NS: "ns.nic.lab.", ZONE_NS: "ns.z
 # an hour (lab.py shell) sees signednsec.lab turn bogus.
 SIGN_EXTRA = {"signednsec.lab.": ["-e", "now+3600"]}
 SHORT_SIG_NAME, SHORT_SIG_EXPIRY = "longttl.signednsec.lab", 3600
-SIGN_ORDER = ["signed.lab.", "signednsec.lab.", "bogus.lab.", "unsigned.lab.", "adnet.lab.",
+SIGN_ORDER = ["signed.lab.", "signednsec.lab.", "slow.lab.", "bogus.lab.", "unsigned.lab.", "adnet.lab.",
               "local.", "lab.", "."]
-PARENT = {"lab.": ".", "local.": ".", "signed.lab.": "lab.", "signednsec.lab.": "lab.",
+PARENT = {"lab.": ".", "local.": ".", "signed.lab.": "lab.", "signednsec.lab.": "lab.", "slow.lab.": "lab.",
           "bogus.lab.": "lab.", "unsigned.lab.": "lab.", "adnet.lab.": "lab."}
 
 TOOLS = ["nsd", "unbound", "dnssec-keygen", "dnssec-signzone", "dnssec-dsfromkey", "delv"]
@@ -238,6 +243,8 @@ def build_zones(workdir: Path) -> dict:
                 "-O", "full", "-f", str(out)]
         if mode == "nsec3":
             argv += ["-3", "-", "-H", "0"]  # RFC 9276: no salt, no extra iterations
+        elif mode == "nsec3-150":
+            argv += ["-3", "ab", "-H", "150"]  # past RFC 9276 §3.2's 100: validators may call its denials insecure
         argv += SIGN_EXTRA.get(zone, [])
         _run(argv + [str(src)], cwd=zdir)
         dsset = zdir / f"dsset-{zone}"
@@ -660,6 +667,66 @@ class CollidingForger:
         return query[:2] + struct.pack("!5H", flags, 1, 1, 0, 1) + query[12:q[2]] + record + opt
 
 
+def _read_name(msg: bytes, i: int) -> tuple[str, int]:
+    """The name at ``msg[i]``, compression pointers followed, and where it ends."""
+    labels, end = [], None
+    for _ in range(128):
+        n = msg[i]
+        if n & 0xC0 == 0xC0:
+            end = i + 2 if end is None else end
+            i = (n & 0x3F) << 8 | msg[i + 1]
+            continue
+        if n == 0:
+            return ".".join(labels), i + 1 if end is None else end
+        labels.append(msg[i + 1:i + 1 + n].decode())
+        i += 1 + n
+    raise ValueError("compression loop")
+
+
+class ChainForger:
+    """A hostile upstream's answer to ``victim``'s A queries: NXDOMAIN behind a forged,
+    unsigned CNAME to ``target``, a name that does not exist in slow.lab, with the genuine
+    NSEC3 records (and their signatures) that deny it, fetched from ``upstream`` for each
+    query. slow.lab's NSEC3 takes 150 iterations, past the 100 above which RFC 9276 §3.2 lets
+    a validator call a denial insecure, and hickory 0.26.3 does so before it looks at the rest
+    of the answer. The question is echoed byte for byte (0x20 case included)."""
+
+    def __init__(self, victim: str, target: str, upstream: str):
+        self.victim, self.target, self.upstream = victim.rstrip(".").lower(), target, upstream
+
+    def denial(self) -> list[bytes]:
+        """The upstream's NSEC3 records and their RRSIGs for ``target``, without compression."""
+        opt = b"\0" + struct.pack("!HHIH", 41, 1232, 0x8000, 0)  # EDNS0 with DO
+        ask = struct.pack("!6H", 0x5EED, 0x0100, 1, 0, 0, 1) + _name_wire(self.target) + struct.pack("!HH", 1, 1) + opt
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            s.connect((self.upstream, 53))
+            s.send(ask)
+            msg = s.recv(65535)
+        an, ns = struct.unpack("!HH", msg[6:10])
+        i = _question(msg)[2]
+        records = []
+        for _ in range(an + ns):
+            owner, i = _read_name(msg, i)
+            rtype, rclass, ttl, rdlen = struct.unpack("!HHIH", msg[i:i + 10])
+            rdata = msg[i + 10:i + 10 + rdlen]
+            i += 10 + rdlen
+            if rtype == 50 or rtype == 46 and rdata[:2] == b"\x00\x32":  # NSEC3, RRSIG over NSEC3
+                records.append(_name_wire(owner) + struct.pack("!HHIH", rtype, rclass, ttl, rdlen) + rdata)
+        return records
+
+    def answer(self, query: bytes) -> bytes | None:
+        q = _question(query)
+        if q is None or q[0].lower() != self.victim or q[1] != 1:
+            return None
+        denial = self.denial()
+        target = _name_wire(self.target)
+        cname = _name_wire(self.victim) + struct.pack("!HHIH", 5, 1, 300, len(target)) + target
+        opt = b"\0" + struct.pack("!HHIH", 41, 1232, 0x8000, 0)
+        flags = 0x8000 | (query[2] & 0x01) << 8 | 0x0080 | 3  # QR, RD as asked, RA, NXDOMAIN
+        return query[:2] + struct.pack("!5H", flags, 1, 1, len(denial), 1) + query[12:q[2]] + cname + b"".join(denial) + opt
+
+
 def error_answer(query: bytes, rcode: int) -> bytes | None:
     """The query's own id and question with QR, RA and ``rcode`` set, and no records: an
     upstream that will not serve it. None when the question is cut short."""
@@ -678,10 +745,10 @@ def qtype_of(query: bytes) -> int | None:
 
 def _serve_relay(listen: str, to: str, delay: float, port: int = 53, forge_nxdomain: str | None = None,
                  swallow: int | None = None, servfail: int | None = None,
-                 colliding: CollidingForger | None = None) -> None:
+                 forger: CollidingForger | ChainForger | None = None) -> None:
     """UDP and TCP relay that holds every exchange ``delay`` seconds: a distant upstream.
     With ``forge_nxdomain``, a hostile one: that name's A queries get forged_nxdomain().
-    With ``colliding``, a hostile one too: its victim's AAAA queries get its answers.
+    With ``forger`` (CollidingForger, ChainForger), a hostile one too: its victim gets its answers.
     With ``swallow`` (a QTYPE), queries of that type are read and never answered; with
     ``servfail`` (a QTYPE), they are answered SERVFAIL at once."""
 
@@ -705,7 +772,7 @@ def _serve_relay(listen: str, to: str, delay: float, port: int = 53, forge_nxdom
                 return
             time.sleep(delay)
             forged = forged_nxdomain(data, forge_nxdomain) if forge_nxdomain else None
-            forged = forged or (colliding.answer(data) if colliding else None)
+            forged = forged or (forger.answer(data) if forger else None)
             if forged:
                 udp.sendto(forged, client)
                 return
@@ -742,7 +809,7 @@ def _serve_relay(listen: str, to: str, delay: float, port: int = 53, forge_nxdom
                         continue
                     time.sleep(delay)
                     forged = forged_nxdomain(msg, forge_nxdomain) if forge_nxdomain else None
-                    forged = forged or (colliding.answer(msg) if colliding else None)
+                    forged = forged or (forger.answer(msg) if forger else None)
                     if forged:
                         conn.sendall(struct.pack("!H", len(forged)) + forged)
                         continue
@@ -803,17 +870,22 @@ def main(argv: list[str]) -> int:
     s.add_argument("--forge-collision", nargs=5, metavar=("VICTIM", "OWNER1", "ADDR1", "OWNER2", "ADDR2"),
                    help="relay mode: answer VICTIM's first AAAA query with OWNER1 AAAA ADDR1, every later one "
                         "with OWNER2 AAAA ADDR2 (CollidingForger)")
+    s.add_argument("--forge-chain", nargs=2, metavar=("VICTIM", "TARGET"),
+                   help="relay mode: answer VICTIM's A queries with a forged CNAME to TARGET and the upstream's "
+                        "genuine NSEC3 denial of TARGET (ChainForger)")
     s.add_argument("--swallow", metavar="QTYPE", type=int, help="relay mode: never answer queries of this numeric type")
     s.add_argument("--servfail", metavar="QTYPE", type=int, help="relay mode: answer queries of this numeric type SERVFAIL")
     args = ap.parse_args(argv[1:])
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     if args.mode == "relay":
-        colliding = None
+        forger = None
         if args.forge_collision:
             victim, o1, a1, o2, a2 = args.forge_collision
-            colliding = CollidingForger(victim, [(o1, a1), (o2, a2)])
+            forger = CollidingForger(victim, [(o1, a1), (o2, a2)])
+        elif args.forge_chain:
+            forger = ChainForger(*args.forge_chain, args.to)
         _serve_relay(args.listen, args.to, args.delay, args.port, args.forge_nxdomain, args.swallow, args.servfail,
-                     colliding)
+                     forger)
     else:
         _serve_garbage(args.listen)
     return 0

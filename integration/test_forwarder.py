@@ -316,6 +316,39 @@ def test_a_forgery_that_collides_in_hickorys_proof_cache_is_refused(lab, hierarc
 
 
 @pytest.mark.needs_guard
+def test_a_forged_cname_beside_a_high_iteration_denial_is_bogus(lab, hierarchy, start_proxy):
+    """A hostile upstream answers www.signed.lab A with NXDOMAIN behind a forged, unsigned CNAME
+    into slow.lab, whose genuine NSEC3 records (150 iterations, past RFC 9276's 100) deny the
+    target. hickory 0.26.3 calls such a denial insecure before it looks at the CNAME, and the
+    build before f24d280 took that for the whole answer: the forged NXDOMAIN for a signed name
+    reached the client. Now it is SERVFAIL with EDE 6, verdict bogus, and the relay's other
+    answers, slow.lab's own denial included, are judged as before."""
+    port = 5306
+    forger = lab.spawn("fault", [sys.executable, str(HERE / "hierarchy.py"), "serve", "--mode", "relay",
+                                 "--listen", H.GARBAGE, "--port", str(port), "--delay", "0",
+                                 "--forge-chain", "www.signed.lab", "gone.slow.lab"], "forge-chain")
+    try:
+        _wait_for(lambda: lab.dig("c1", "signed.lab", H.GARBAGE, "-p", str(port), qtype="SOA").status == "NOERROR",
+                  10, 0.2)  # the relay is starting
+        forged = lab.dig("c1", "www.signed.lab", H.GARBAGE, "-p", str(port), "+dnssec")
+        assert forged.status == "NXDOMAIN" and any(a[3] == "CNAME" for a in forged.answers), forged.raw
+        assert "NSEC3" in forged.raw and " 150 " in forged.raw, f"the relay carried no slow.lab denial:\n{forged.raw}"
+        guard = start_proxy(hierarchy.proxy_config(upstreams=[f"{H.GARBAGE}:{port}"]))
+        r = hierarchy.dig("c1", "www.signed.lab")
+        assert r.status == "SERVFAIL" and EDE_BOGUS in r.ede_codes, f"the forged CNAME passed:\n{r.raw}"
+        v = proxy_verdict(guard, qname="www.signed.lab", qtype="A")
+        assert (v["verdict"], v["dnssec"]) == ("bogus", "bogus"), v
+        # slow.lab's own denial, genuine, is what RFC 9276 allows: insecure, no AD.
+        nx = hierarchy.dig("c1", "gone.slow.lab")
+        assert nx.status == "NXDOMAIN" and not nx.ad, nx.raw
+        assert proxy_verdict(guard, qname="gone.slow.lab")["dnssec"] == "insecure"
+        ok = hierarchy.dig("c1", "x.wild.signed.lab")
+        assert ok.status == "NOERROR" and ok.ad, ok.raw
+    finally:
+        _stop_pid(forger)
+
+
+@pytest.mark.needs_guard
 def test_a_chain_walk_that_outlasts_the_query_budget_is_servfail_not_bogus(lab, hierarchy, start_proxy):
     """A slow upstream (a relay in the fault pod holding every exchange 0.3 s) and a proxy with
     a cold chain: validating www.signed.lab takes the answer and then a DS or DNSKEY fetch per
