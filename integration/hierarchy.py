@@ -132,6 +132,8 @@ tracker IN CNAME cdn.unsigned.lab.
 alias IN DNAME signednsec.lab.
 dangling IN CNAME gone.signed.lab.
 dangling-nsec IN CNAME gone.signednsec.lab.
+hop IN CNAME dangling.signed.lab.
+towww IN CNAME www.signed.lab.
 """),
     "signednsec.lab.": (ZONE_NS, "nsec", """\
 www IN A 198.19.4.1

@@ -164,6 +164,8 @@ def test_a_cname_synthesized_from_a_signed_dname_is_secure(hierarchy, start_prox
     ("dangling-nsec.signed.lab", "A", "NXDOMAIN"),  # NSEC denial, from the target's own zone
     ("tracker.signed.lab", "TXT", "NOERROR"),       # CNAME chain into the insecure zones: no AD
     ("dangling.signed.lab", "TXT", "NXDOMAIN"),
+    ("hop.signed.lab", "A", "NXDOMAIN"),            # two CNAMEs, then the denial
+    ("towww.signed.lab", "TXT", "NOERROR"),         # NODATA: the target exists, without TXT
 ])
 def test_a_signed_cname_chain_that_ends_in_a_denial(hierarchy, start_proxy, name, qtype, status):
     """A chain that ends in nothing denies the name at its end (RFC 4035 §5.4); hickory 0.26.3

@@ -12,7 +12,7 @@
 
 use std::{
     cell::{Cell, RefCell},
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io,
     path::{Path, PathBuf},
     future::Future,
@@ -747,6 +747,14 @@ impl Validator {
         let qname = query.name().to_lowercase();
         let stripped = dname::without_synthesized_cnames(query, msg);
         let (query, msg) = stripped.as_ref().map_or((query, msg), |(q, m)| (q, m));
+        if let Some((owner, covered)) = orphan_signature(query, msg) {
+            return bogus("orphan-signature", format!("an RRSIG over {owner} {covered} with no such RRset beside it"));
+        }
+        // RFC 6604 §3: NXDOMAIN speaks for the chain's last name, which
+        // cannot then hold the data asked for.
+        if msg.metadata.response_code == ResponseCode::NXDomain && matches!(chain_end(query, msg), Some((_, true))) {
+            return bogus("denial-unproven", format!("NXDOMAIN for {} with the data asked for", query.name()));
+        }
         let chain = match self.chain().await {
             Ok(c) => c,
             Err(AnchorFetchError::Unreachable(e)) => return Security::Indeterminate(e),
@@ -826,20 +834,32 @@ impl Validator {
     /// hickory also checks the NSEC or NSEC3 records of such an answer
     /// against the query name, which the CNAME shows to exist, so a genuine
     /// chain into a proven denial (a dangling CNAME) was bogus: those are
-    /// judged again for the end too, second opinion included.
+    /// judged again for the end too, unless a record on the way is a
+    /// wildcard expansion, whose own proof only that first look gave.
+    ///
+    /// The second look sees the authority section alone, so that nothing in
+    /// the answer section (hickory reads its first RRSIG's labels as a
+    /// wildcard) changes what the denial must prove; the chain's signatures
+    /// are the second opinion's to check, over the whole answer.
     async fn denial_at_the_end(&self, chain: &Chain, query: &Query, msg: &Message, full: Security) -> Security {
         let Some(end) = unanswered_end(query, msg) else { return full };
         let unproven = matches!(&full, Security::Bogus(b) if b.reason == "denial-unproven");
-        if !(full == Security::Secure || unproven && end != *query.name()) {
+        if !(full == Security::Secure || unproven && end != *query.name() && !expanded(msg)) {
             return full;
         }
         let verdict = if end == *query.name() {
             full
         } else {
+            if positive_proof::signed_rrsets(msg, query.query_class()).is_err() {
+                return full; // past the second opinion's limits, or unsigned: as judged
+            }
             let mut at_end = Query::query(end, query.query_type());
             at_end.set_query_class(query.query_class());
-            let verdict = self.hickory(chain, &at_end, msg).await;
-            self.second_opinion(chain, &at_end, msg, verdict).await
+            let mut denial = msg.clone();
+            denial.answers.clear();
+            denial.queries = vec![at_end.clone()];
+            let verdict = self.hickory(chain, &at_end, &denial).await;
+            self.second_opinion(chain, query, msg, verdict).await
         };
         let denied = msg.authorities.iter().any(|r| matches!(r.record_type(), RecordType::NSEC | RecordType::NSEC3));
         match verdict {
@@ -1238,6 +1258,11 @@ fn classify(query: &Query, result: Result<DnsResponse, NetError>) -> Security {
             // it before it looks at them or at what the NSEC3 denies.
             Proof::Insecure => match summarize(&response) {
                 bogus @ Security::Bogus(_) => bogus,
+                // hickory says so before it checks whose NSEC3 they are:
+                // they must speak for the zone the chain ends in.
+                _ if !nsec3_of_the_end(query, &response) => {
+                    bogus("denial-unproven", format!("NSEC3 of another zone for {}", query.name()))
+                }
                 _ => Security::Insecure,
             },
             _ if nsec_wildcard_proven(query, &response) => Security::Secure,
@@ -1247,30 +1272,77 @@ fn classify(query: &Query, result: Result<DnsResponse, NetError>) -> Security {
     }
 }
 
-/// The name `msg`'s CNAME chain leads to from `query`'s name, when nothing
-/// of the type asked is there: what the answer denies. `None` when the
-/// chain ends in the data asked for, for ANY and CNAME questions (their
-/// answer is whatever is there), and for a chain that loops.
-fn unanswered_end(query: &Query, msg: &Message) -> Option<Name> {
+/// Whether every NSEC3 of `m`'s authority section belongs to a zone at or
+/// above the last name of its chain.
+fn nsec3_of_the_end(query: &Query, m: &Message) -> bool {
+    let Some((end, _)) = chain_end(query, m) else { return false };
+    m.authorities.iter().filter(|r| r.record_type() == RecordType::NSEC3).all(|r| r.name.base_name().zone_of(&end))
+}
+
+/// CNAME chains longer than this are judged by hickory alone (BIND stops
+/// following at 16, Unbound at 11).
+const MAX_CHAIN: usize = 16;
+
+/// Where `m`'s CNAME chain from `query`'s name ends: its last name, and
+/// whether the type asked for is there. A CNAME question ends at its own
+/// name. `None` for ANY, and for a chain that loops or runs past
+/// `MAX_CHAIN`: hickory's verdict stands for those.
+fn chain_end(query: &Query, m: &Message) -> Option<(Name, bool)> {
     let qtype = query.query_type();
-    if matches!(qtype, RecordType::ANY | RecordType::CNAME) {
+    if qtype == RecordType::ANY {
         return None;
     }
     let mut name = query.name().clone();
-    for _ in 0..=msg.answers.len() {
-        let mut here = msg.answers.iter().filter(|r| r.name == name);
+    for _ in 0..=MAX_CHAIN {
+        let mut here = m.answers.iter().filter(|r| r.name == name);
         if here.clone().any(|r| r.record_type() == qtype) {
-            return None;
+            return Some((name, true));
         }
-        match here.find_map(|r| match &r.data {
+        let next = here.find_map(|r| match &r.data {
             RData::CNAME(target) => Some(target.0.clone()),
             _ => None,
-        }) {
-            Some(next) => name = next,
-            None => return Some(name),
+        });
+        match next {
+            Some(next) if qtype != RecordType::CNAME => name = next,
+            _ => return Some((name, false)),
         }
     }
     None
+}
+
+/// The name `m` denies: where its chain ends in nothing of the type asked.
+fn unanswered_end(query: &Query, m: &Message) -> Option<Name> {
+    chain_end(query, m).and_then(|(end, answered)| (!answered).then_some(end))
+}
+
+/// An RRSIG with no RRset of the type it covers at its owner in its own
+/// section. hickory reads an answer-section RRSIG's label count as a
+/// wildcard expansion even when nothing it signs is there, and nothing
+/// else looks at a signature alone: with the expanded record dropped, a
+/// genuine wildcard answer became a secure denial. No server sends one
+/// (RFC 4035 §3.1.1). RRSIG and ANY questions are left to hickory.
+fn orphan_signature(query: &Query, m: &Message) -> Option<(Name, RecordType)> {
+    if matches!(query.query_type(), RecordType::RRSIG | RecordType::ANY) {
+        return None;
+    }
+    for section in [&m.answers, &m.authorities] {
+        let covered: HashSet<(Name, RecordType)> =
+            section.iter().filter(|r| r.record_type() != RecordType::RRSIG).map(|r| (r.name.to_lowercase(), r.record_type())).collect();
+        for r in section {
+            if let RData::DNSSEC(DNSSECRData::RRSIG(sig)) = &r.data {
+                let key = (r.name.to_lowercase(), sig.input().type_covered);
+                if !covered.contains(&key) {
+                    return Some(key);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Whether an answer-section RRSIG signs its RRset as a wildcard expansion.
+fn expanded(m: &Message) -> bool {
+    m.answers.iter().any(|r| matches!(&r.data, RData::DNSSEC(DNSSECRData::RRSIG(sig)) if sig.input().num_labels < r.name.num_labels()))
 }
 
 /// RFC 4035 §4.3: secure when every answer and authority RRset is; bogus
@@ -1294,6 +1366,10 @@ fn summarize(m: &Message) -> Security {
 /// gets this wrong for NSEC zones (hickory-dns #2882), so it is checked
 /// here, and only when everything else in the answer validated.
 fn nsec_wildcard_proven(query: &Query, m: &Message) -> bool {
+    // An expansion proves data, never a denial: the chain must end in it.
+    if !matches!(chain_end(query, m), Some((_, true))) {
+        return false;
+    }
     let data = || m.answers.iter().filter(|r| r.record_type() != RecordType::RRSIG);
     if data().next().is_none() || !data().all(|r| r.proof == Proof::Secure) {
         return false;
@@ -2285,5 +2361,115 @@ mod tests {
         bare.1.queries = vec![bare.0.clone()];
         bare.1.add_authorities(cname_to("target.example."));
         assert_eq!(validator.validate(&bare.0, &bare.1).await, Security::Insecure);
+    }
+
+    /// `zone`'s NSEC3 chain over `names` (no salt), each record signed now.
+    fn nsec3_chain(zone: &Zone, names: &[&str], iterations: u16) -> Vec<(Vec<u8>, Vec<Record>)> {
+        use hickory_proto::dnssec::{rdata::NSEC3, Nsec3HashAlgorithm};
+        let hash = |s: &str| Nsec3HashAlgorithm::SHA1.hash(&[], &n(s), iterations).unwrap().as_ref().to_vec();
+        let mut hashes: Vec<Vec<u8>> = names.iter().map(|s| hash(s)).collect();
+        hashes.sort();
+        (0..hashes.len())
+            .map(|i| {
+                let next = hashes[(i + 1) % hashes.len()].clone();
+                let label = data_encoding::BASE32_DNSSEC.encode(&hashes[i]);
+                let owner = n(&label).append_domain(&zone.name).unwrap();
+                let nsec3 = NSEC3::new(Nsec3HashAlgorithm::SHA1, false, iterations, vec![], next, [RecordType::A, RecordType::RRSIG]);
+                (hashes[i].clone(), signed(zone, vec![Record::from_rdata(owner, 300, RData::DNSSEC(DNSSECRData::NSEC3(nsec3)))]))
+            })
+            .collect()
+    }
+
+    /// The record of `chain` that covers `name`'s hash.
+    fn covering(chain: &[(Vec<u8>, Vec<Record>)], name: &str, iterations: u16) -> Vec<Record> {
+        let h = hickory_proto::dnssec::Nsec3HashAlgorithm::SHA1.hash(&[], &n(name), iterations).unwrap().as_ref().to_vec();
+        let i = chain.iter().rposition(|(owner, _)| *owner < h).unwrap_or(chain.len() - 1);
+        chain[i].1.clone()
+    }
+
+    fn response(qname: &str, qtype: RecordType, answers: Vec<Record>, authorities: Vec<Record>) -> (Query, Message) {
+        let query = Query::query(n(qname), qtype);
+        let mut msg = Message::response(7, hickory_proto::op::OpCode::Query);
+        msg.add_query(query.clone());
+        msg.add_answers(answers);
+        msg.add_authorities(authorities);
+        (query, msg)
+    }
+
+    fn signed_cname(zone: &Zone, owner: &str, target: &str, labels: u8) -> Vec<Record> {
+        let record = Record::from_rdata(n(owner), 300, RData::CNAME(hickory_proto::rr::rdata::CNAME(n(target))));
+        let now = unix_now();
+        let sig = zone.sign_with(std::slice::from_ref(&record), labels, now - 3600, now + 3600);
+        vec![record, sig]
+    }
+
+    /// Shapes from a review of the chain-end judgement: each is a genuine
+    /// signed record set cut or stitched by the upstream, and none may come
+    /// back secure.
+    #[tokio::test]
+    async fn stitched_genuine_records_do_not_make_a_secure_denial() {
+        let (root, example) = (Zone::new("."), Zone::new("example."));
+        let (validator, _) = validator_for(&root, served_with_insecure_child(&root, &example)).await;
+        let is_bogus = |s: &Security, reason: &str| matches!(s, Security::Bogus(b) if b.reason == reason);
+
+        // A wildcard answer's RRSIG kept and its A dropped: hickory read the
+        // signature's labels as an expansion and the NSEC3 as its proof.
+        let chain = nsec3_chain(&example, &["example.", "www.example."], 0);
+        let wild = signed(&example, vec![a("foo.example.", 1)]);
+        let mut sig = wild[1].clone();
+        sig.data = match &sig.data {
+            RData::DNSSEC(DNSSECRData::RRSIG(r)) => {
+                let mut input = r.input().clone();
+                input.num_labels = 1;
+                RData::DNSSEC(DNSSECRData::RRSIG(RRSIG::from_sig(input, r.sig().to_vec())))
+            }
+            _ => unreachable!(),
+        };
+        let (q, m) = response("foo.example.", RecordType::A, vec![sig], covering(&chain, "foo.example.", 0));
+        let v = validator.validate(&q, &m).await;
+        assert!(is_bogus(&v, "orphan-signature"), "{v:?}");
+
+        // NXDOMAIN beside the data asked for.
+        let (q, mut m) = response("www.example.", RecordType::A, signed(&example, vec![a("www.example.", 1)]), vec![]);
+        m.metadata.response_code = ResponseCode::NXDomain;
+        assert!(is_bogus(&validator.validate(&q, &m).await, "denial-unproven"));
+
+        // A genuine CNAME, its target's data dropped, and one NSEC3 that
+        // covers the target (as for a name that does not exist) in a
+        // NOERROR: a covering record proves no NODATA.
+        let chain = nsec3_chain(&example, &["example.", "www.example.", "*.b.example."], 0);
+        let (q, m) = response("www.example.", RecordType::A, signed_cname(&example, "www.example.", "a.b.example.", 2), covering(&chain, "a.b.example.", 0));
+        let v = validator.validate(&q, &m).await;
+        assert!(matches!(v, Security::Bogus(_)), "a cut chain passed as {v:?}");
+
+        // A wildcard CNAME (the signature of *.example.) for a name that
+        // exists, and the target's genuine NODATA (its NSEC3 has no AAAA):
+        // the expansion itself is never proven.
+        let chain = nsec3_chain(&example, &["example.", "www.example.", "*.example.", "target.example."], 0);
+        let target_nsec3 = chain.iter().find(|(_, r)| r[0].name.to_string().starts_with(&data_encoding::BASE32_DNSSEC.encode(
+            hickory_proto::dnssec::Nsec3HashAlgorithm::SHA1.hash(&[], &n("target.example."), 0).unwrap().as_ref(),
+        ))).unwrap().1.clone();
+        let (q, m) = response("www.example.", RecordType::AAAA, signed_cname(&example, "www.example.", "target.example.", 1), target_nsec3);
+        let v = validator.validate(&q, &m).await;
+        assert!(matches!(v, Security::Bogus(_)), "an unproven wildcard CNAME passed as {v:?}");
+    }
+
+    /// A high-iteration NSEC3 makes a denial insecure only for its own
+    /// zone: one from another signed zone proves nothing about the end of
+    /// the chain.
+    #[tokio::test]
+    async fn a_high_iteration_nsec3_of_another_zone_proves_nothing() {
+        let (root, example, slow) = (Zone::new("."), Zone::new("example."), Zone::new("slow."));
+        let mut served = served_example(&root, &example, &example, &example);
+        served.insert((n("slow."), RecordType::DS), signed(&root, vec![ds_of(&slow)]));
+        served.insert((n("slow."), RecordType::DNSKEY), signed(&slow, dnskey_set(&slow)));
+        let (validator, _) = validator_for(&root, served).await;
+        let chain = nsec3_chain(&slow, &["slow.", "www.slow."], 150);
+        let (q, m) = response("www.example.", RecordType::A, signed_cname(&example, "www.example.", "target.example.", 2), covering(&chain, "x.slow.", 150));
+        let v = validator.validate(&q, &m).await;
+        assert!(matches!(&v, Security::Bogus(b) if b.reason == "denial-unproven"), "{v:?}");
+        // Into slow. itself, RFC 9276 applies: insecure.
+        let (q, m) = response("www.example.", RecordType::A, signed_cname(&example, "www.example.", "x.slow.", 2), covering(&chain, "x.slow.", 150));
+        assert_eq!(validator.validate(&q, &m).await, Security::Insecure);
     }
 }
