@@ -2260,11 +2260,7 @@ mod tests {
         let dname = signed(&example, vec![dname_record("old.example.", "new.example.", 300)]);
         let target = signed(&example, vec![a("www.new.example.", 1)]);
         let with = |synthesis: Record, target: Vec<Record>| {
-            let query = Query::query(n("www.old.example."), RecordType::A);
-            let mut msg = Message::response(7, hickory_proto::op::OpCode::Query);
-            msg.add_query(query.clone());
-            msg.add_answers([dname.clone(), vec![synthesis], target].concat());
-            (query, msg)
+            response("www.old.example.", RecordType::A, [dname.clone(), vec![synthesis], target].concat(), vec![])
         };
 
         let genuine = with(cname("www.old.example.", "www.new.example.", 300), target.clone());
@@ -2297,22 +2293,12 @@ mod tests {
     async fn a_high_iteration_nsec3_does_not_make_a_forged_rrset_insecure() {
         use hickory_proto::dnssec::{rdata::NSEC3, Nsec3HashAlgorithm};
         let (root, example, evil) = (Zone::new("."), Zone::new("example."), Zone::new("evil."));
-        let mut served = served_example(&root, &example, &example, &example);
-        served.insert((n("evil."), RecordType::DS), signed(&root, vec![ds_of(&evil)]));
-        served.insert((n("evil."), RecordType::DNSKEY), signed(&evil, dnskey_set(&evil)));
-        let (validator, _) = validator_for(&root, served).await;
+        let (validator, _) = validator_for(&root, served_beside(&root, &example, &evil)).await;
         let nsec3 = NSEC3::new(Nsec3HashAlgorithm::SHA1, false, 150, vec![0xab], vec![0xff; 20], [RecordType::A, RecordType::RRSIG]);
         let owner = n("0p9mhaveqvm6t7vbl5lop2u3t2rp3tom.evil.");
         let denial = signed(&evil, vec![Record::from_rdata(owner, 300, RData::DNSSEC(DNSSECRData::NSEC3(nsec3)))]);
         let forged = Record::from_rdata(n("www.example."), 300, RData::CNAME(hickory_proto::rr::rdata::CNAME(n("www.evil."))));
-        let message = |answers: Vec<Record>| {
-            let query = Query::query(n("www.example."), RecordType::A);
-            let mut msg = Message::response(7, hickory_proto::op::OpCode::Query);
-            msg.add_query(query.clone());
-            msg.add_answers(answers);
-            msg.add_authorities(denial.clone());
-            (query, msg)
-        };
+        let message = |answers: Vec<Record>| response("www.example.", RecordType::A, answers, denial.clone());
         let (query, msg) = message(vec![forged]);
         match validator.validate(&query, &msg).await {
             Security::Bogus(b) => assert_eq!(b.reason, "bad-signature", "{b:?}"),
@@ -2334,13 +2320,7 @@ mod tests {
         let cname_to = |target: &str| {
             signed(&example, vec![Record::from_rdata(n("www.example."), 300, RData::CNAME(hickory_proto::rr::rdata::CNAME(n(target))))])
         };
-        let answer_of = |records: Vec<Record>| {
-            let query = Query::query(n("www.example."), RecordType::A);
-            let mut msg = Message::response(7, hickory_proto::op::OpCode::Query);
-            msg.add_query(query.clone());
-            msg.add_answers(records);
-            (query, msg)
-        };
+        let answer_of = |records: Vec<Record>| response("www.example.", RecordType::A, records, vec![]);
         // The whole answer: secure.
         let whole = answer_of([cname_to("target.example."), signed(&example, vec![a("target.example.", 1)])].concat());
         assert_eq!(validator.validate(&whole.0, &whole.1).await, Security::Secure);
@@ -2361,6 +2341,14 @@ mod tests {
         bare.1.queries = vec![bare.0.clone()];
         bare.1.add_authorities(cname_to("target.example."));
         assert_eq!(validator.validate(&bare.0, &bare.1).await, Security::Insecure);
+    }
+
+    /// `served_example`, and `other`, a second signed zone under the root.
+    fn served_beside(root: &Zone, example: &Zone, other: &Zone) -> Served {
+        let mut served = served_example(root, example, example, example);
+        served.insert((other.name.clone(), RecordType::DS), signed(root, vec![ds_of(other)]));
+        served.insert((other.name.clone(), RecordType::DNSKEY), signed(other, dnskey_set(other)));
+        served
     }
 
     /// `zone`'s NSEC3 chain over `names` (no salt), each record signed now.
@@ -2460,10 +2448,7 @@ mod tests {
     #[tokio::test]
     async fn a_high_iteration_nsec3_of_another_zone_proves_nothing() {
         let (root, example, slow) = (Zone::new("."), Zone::new("example."), Zone::new("slow."));
-        let mut served = served_example(&root, &example, &example, &example);
-        served.insert((n("slow."), RecordType::DS), signed(&root, vec![ds_of(&slow)]));
-        served.insert((n("slow."), RecordType::DNSKEY), signed(&slow, dnskey_set(&slow)));
-        let (validator, _) = validator_for(&root, served).await;
+        let (validator, _) = validator_for(&root, served_beside(&root, &example, &slow)).await;
         let chain = nsec3_chain(&slow, &["slow.", "www.slow."], 150);
         let (q, m) = response("www.example.", RecordType::A, signed_cname(&example, "www.example.", "target.example.", 2), covering(&chain, "x.slow.", 150));
         let v = validator.validate(&q, &m).await;
