@@ -134,6 +134,8 @@ dangling IN CNAME gone.signed.lab.
 dangling-nsec IN CNAME gone.signednsec.lab.
 hop IN CNAME dangling.signed.lab.
 towww IN CNAME www.signed.lab.
+towild IN CNAME y.wild.signed.lab.
+towild-nsec IN CNAME y.wild.signednsec.lab.
 """),
     "signednsec.lab.": (ZONE_NS, "nsec", """\
 www IN A 198.19.4.1

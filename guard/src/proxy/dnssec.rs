@@ -45,6 +45,7 @@ use tracing::{debug, warn};
 use super::{
     checks::dotted,
     dname,
+    expansion::{self, Expansions},
     positive_proof::{self, CheckBudget, Decline, OpinionFailure, SignatureMemo},
     proof_ledger::{Collision, ProofLedger},
     upstream::{QueryCtx, Upstreams},
@@ -1249,26 +1250,45 @@ fn covered_keys(owner: &Name, answers: &[Record], ds: &[(Name, DS)]) -> Vec<DNSK
 /// Reads the verdict off hickory's result: the records' proofs, or the
 /// error a failed denial proof comes back as.
 fn classify(query: &Query, result: Result<DnsResponse, NetError>) -> Security {
-    match result {
-        Ok(resp) => summarize(&resp),
-        Err(NetError::Dns(DnsError::Nsec { response, proof, .. })) => match proof {
-            Proof::Secure => summarize(&response),
-            // An insecure denial (NSEC3 past the iteration limit, RFC 9276
-            // §3.2) says nothing for the records beside it: hickory returns
-            // it before it looks at them or at what the NSEC3 denies.
-            Proof::Insecure => match summarize(&response) {
-                bogus @ Security::Bogus(_) => bogus,
-                // hickory says so before it checks whose NSEC3 they are:
-                // they must speak for the zone the chain ends in.
-                _ if !nsec3_of_the_end(query, &response) => {
-                    bogus("denial-unproven", format!("NSEC3 of another zone for {}", query.name()))
-                }
-                _ => Security::Insecure,
-            },
-            _ if nsec_wildcard_proven(query, &response) => Security::Secure,
-            p => bogus("denial-unproven", format!("no valid NSEC/NSEC3 proof for {} ({p})", query.name())),
+    let (response, proof) = match &result {
+        Ok(resp) => (&**resp, None),
+        Err(NetError::Dns(DnsError::Nsec { response, proof, .. })) => (&***response, Some(*proof)),
+        Err(e) => return bogus("validation-failed", e.to_string()),
+    };
+    let verdict = match proof {
+        None | Some(Proof::Secure) => summarize(response),
+        // An insecure denial (NSEC3 past the iteration limit, RFC 9276
+        // §3.2) says nothing for the records beside it: hickory returns it
+        // before it looks at them or at what the NSEC3 denies.
+        Some(Proof::Insecure) => match summarize(response) {
+            bogus @ Security::Bogus(_) => bogus,
+            // hickory says so before it checks whose NSEC3 they are: they
+            // must speak for the zone the chain ends in.
+            _ if !nsec3_of_the_end(query, response) => {
+                bogus("denial-unproven", format!("NSEC3 of another zone for {}", query.name()))
+            }
+            _ => Security::Insecure,
         },
-        Err(e) => bogus("validation-failed", e.to_string()),
+        // hickory judged the expansions of a positive answer against the
+        // query name (and wrongly for NSEC, hickory-dns #2882): a chain
+        // that ends in data, every RRset secure, and every expansion
+        // proven on its own (`expansion`) is secure.
+        Some(p) => {
+            let answered = matches!(chain_end(query, response), Some((_, true)));
+            if answered && summarize(response) == Security::Secure && expansion::judge(response) == Expansions::Proven {
+                Security::Secure
+            } else {
+                return bogus("denial-unproven", format!("no valid NSEC/NSEC3 proof for {} ({p})", query.name()));
+            }
+        }
+    };
+    // Whatever hickory said, each expansion needs its own proof: hickory
+    // skips the check when every authority record is insecure.
+    match (verdict, expansion::judge(response)) {
+        (bogus @ Security::Bogus(_), _) => bogus,
+        (_, Expansions::Unproven(why)) => bogus("wildcard-unproven", why),
+        (Security::Secure, Expansions::AtMostInsecure) => Security::Insecure,
+        (verdict, _) => verdict,
     }
 }
 
@@ -1358,51 +1378,6 @@ fn summarize(m: &Message) -> Security {
             bogus("bad-signature", detail)
         }
     }
-}
-
-/// RFC 4035 §5.3.4: a wildcard expansion is proven by a secure NSEC that
-/// covers the expanded name and whose closest encloser is the wildcard's
-/// parent (Unbound's `val_nsec_proves_positive_wildcard`). hickory 0.26.3
-/// gets this wrong for NSEC zones (hickory-dns #2882), so it is checked
-/// here, and only when everything else in the answer validated.
-fn nsec_wildcard_proven(query: &Query, m: &Message) -> bool {
-    // An expansion proves data, never a denial: the chain must end in it.
-    if !matches!(chain_end(query, m), Some((_, true))) {
-        return false;
-    }
-    let data = || m.answers.iter().filter(|r| r.record_type() != RecordType::RRSIG);
-    if data().next().is_none() || !data().all(|r| r.proof == Proof::Secure) {
-        return false;
-    }
-    let nsecs: Vec<(&Name, &Name)> = m
-        .authorities
-        .iter()
-        .filter(|r| r.proof == Proof::Secure)
-        .filter_map(|r| match &r.data {
-            RData::DNSSEC(DNSSECRData::NSEC(n)) => Some((&r.name, n.next_domain_name())),
-            _ => None,
-        })
-        .collect();
-    let mut proven = 0;
-    for r in &m.answers {
-        let RData::DNSSEC(DNSSECRData::RRSIG(sig)) = &r.data else { continue };
-        let input = sig.input();
-        if r.proof != Proof::Secure || input.num_labels >= r.name.num_labels() {
-            continue;
-        }
-        let parent = r.name.trim_to(input.num_labels as usize);
-        let ok = nsecs.iter().any(|(owner, next)| {
-            input.signer_name.zone_of(owner)
-                && covers(owner, next, &r.name)
-                && common_labels(&r.name, owner).max(common_labels(&r.name, next)) == parent.num_labels()
-        });
-        if !ok {
-            debug!(qname = %query.name(), owner = %r.name, "wildcard expansion without a covering NSEC");
-            return false;
-        }
-        proven += 1;
-    }
-    proven > 0
 }
 
 /// `name` lies strictly between `owner` and `next` in canonical order
@@ -1600,24 +1575,6 @@ mod tests {
         nsec.proof = Proof::Secure;
         m.add_authority(nsec);
         m
-    }
-
-    #[test]
-    fn nsec_wildcard_expansion_is_proven_here() {
-        let q = Query::query(n("x.wild.example."), RecordType::A);
-        // *.wild.example. < x.wild.example. < z.wild.example.: covered, and
-        // the closest encloser is wild.example., the wildcard's parent.
-        assert!(nsec_wildcard_proven(&q, &wildcard_answer("*.wild.example.", "z.wild.example.")));
-        // An NSEC that does not cover the name proves nothing.
-        assert!(!nsec_wildcard_proven(&q, &wildcard_answer("y.wild.example.", "z.wild.example.")));
-        // Covering, but its closest encloser is example.: a closer name
-        // (wild.example.) could hold its own data, so the expansion from
-        // *.wild.example. is not proven.
-        assert!(!nsec_wildcard_proven(&q, &wildcard_answer("a.example.", "b.example.")));
-        // An answer record that did not validate: no rescue.
-        let mut m = wildcard_answer("*.wild.example.", "z.wild.example.");
-        m.answers[0].proof = Proof::Bogus;
-        assert!(!nsec_wildcard_proven(&q, &m));
     }
 
     #[test]
@@ -2456,5 +2413,69 @@ mod tests {
         // Into slow. itself, RFC 9276 applies: insecure.
         let (q, m) = response("www.example.", RecordType::A, signed_cname(&example, "www.example.", "x.slow.", 2), covering(&chain, "x.slow.", 150));
         assert_eq!(validator.validate(&q, &m).await, Security::Insecure);
+    }
+
+    /// `zone`'s signature over `rrset` as an expansion of the wildcard
+    /// `labels` labels up, valid now.
+    fn expanded_sig(zone: &Zone, rrset: &[Record], labels: u8) -> Record {
+        let now = unix_now();
+        zone.sign_with(rrset, labels, now - 3600, now + 3600)
+    }
+
+    /// Each expansion of an answer is proven on its own, whatever hickory
+    /// said (shapes from the third review).
+    #[tokio::test]
+    async fn every_wildcard_expansion_needs_a_denial_from_its_own_zone() {
+        let (root, example, host) = (Zone::new("."), Zone::new("example."), Zone::new("host.example."));
+        let mut served = served_with_insecure_child(&root, &example);
+        served.insert((n("host.example."), RecordType::DS), signed(&example, vec![ds_of(&host)]));
+        served.insert((n("host.example."), RecordType::DNSKEY), signed(&host, dnskey_set(&host)));
+        let (validator, _) = validator_for(&root, served).await;
+
+        // *.host.example.'s signature replayed for www.host.example., which
+        // exists, beside the parent's NSEC at the cut (NS DS): it spans every
+        // name of the child, and the old #2882 fallback took it for proof.
+        let replayed = a("www.host.example.", 80);
+        let sig = expanded_sig(&host, std::slice::from_ref(&replayed), 2);
+        let cut = Record::from_rdata(
+            n("host.example."),
+            300,
+            RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(n("mail.example."), [RecordType::NS, RecordType::DS, RecordType::RRSIG, RecordType::NSEC]))),
+        );
+        let (q, m) = response("www.host.example.", RecordType::A, vec![replayed, sig], signed(&example, vec![cut]));
+        let v = validator.validate(&q, &m).await;
+        assert!(matches!(v, Security::Bogus(_)), "a replayed expansion passed as {v:?}");
+
+        // A catch-all CNAME into the insecure zone, replayed for a name that
+        // exists: hickory returns before the wildcard check when every
+        // authority record is insecure (here the child's NS).
+        let mut answer = signed_cname(&example, "www.example.", "x.insecure.example.", 1);
+        answer.push(a("x.insecure.example.", 66));
+        let ns = Record::from_rdata(n("insecure.example."), 300, RData::NS(hickory_proto::rr::rdata::NS(n("ns.insecure.example."))));
+        let (q, m) = response("www.example.", RecordType::A, answer.clone(), vec![ns]);
+        let v = validator.validate(&q, &m).await;
+        assert!(matches!(&v, Security::Bogus(b) if b.reason == "wildcard-unproven"), "{v:?}");
+        // With the zone's NSEC that proves the expansion, it is what it is: insecure.
+        let proof = Record::from_rdata(n("example."), 300, RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(n("zzz.example."), [RecordType::SOA]))));
+        let (q, m) = response("www.example.", RecordType::A, answer, signed(&example, vec![proof]));
+        assert_eq!(validator.validate(&q, &m).await, Security::Insecure);
+    }
+
+    /// A signed CNAME into a name a wildcard of an NSEC3 zone serves (a CDN's
+    /// catch-all): hickory measures the first RRSIG against the query name
+    /// and called it bogus; each expansion proven on its own, it is secure.
+    #[tokio::test]
+    async fn a_cname_into_a_wildcard_of_an_nsec3_zone_is_secure() {
+        let (root, example, cdn) = (Zone::new("."), Zone::new("example."), Zone::new("cdn."));
+        let (validator, _) = validator_for(&root, served_beside(&root, &example, &cdn)).await;
+        let edge = a("x.edge.cdn.", 7);
+        let sig = expanded_sig(&cdn, std::slice::from_ref(&edge), 2);
+        let chain = nsec3_chain(&cdn, &["cdn.", "edge.cdn.", "*.edge.cdn."], 0);
+        let answer = [signed_cname(&example, "www.example.", "x.edge.cdn.", 2), vec![edge, sig]].concat();
+        let (q, m) = response("www.example.", RecordType::A, answer.clone(), covering(&chain, "x.edge.cdn.", 0));
+        assert_eq!(validator.validate(&q, &m).await, Security::Secure);
+        // Without the NSEC3 that covers x.edge.cdn., nothing proves the expansion.
+        let (q, m) = response("www.example.", RecordType::A, answer, covering(&chain, "edge.cdn.", 0));
+        assert!(matches!(validator.validate(&q, &m).await, Security::Bogus(_)));
     }
 }

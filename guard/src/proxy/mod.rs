@@ -10,6 +10,7 @@
 pub mod checks;
 pub mod dname;
 pub mod dnssec;
+pub mod expansion;
 pub mod fuzzing;
 pub mod handler;
 pub mod positive_proof;

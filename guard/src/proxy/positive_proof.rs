@@ -562,14 +562,14 @@ pub(super) fn rrsig(r: &Record) -> Option<&RRSIG> {
 }
 
 /// The hash an NSEC3 owner name carries in its first label (base32hex).
-fn owner_hash(owner: &Name) -> Option<Vec<u8>> {
+pub(super) fn owner_hash(owner: &Name) -> Option<Vec<u8>> {
     let label = owner.iter().next()?;
     BASE32_DNSSEC.decode(&label.to_ascii_lowercase()).ok()
 }
 
 /// `hash` lies strictly between `owner` and `next`; the zone's last NSEC3
 /// wraps around to its first (RFC 5155 §8.3).
-fn hash_covers(owner: &[u8], next: &[u8], hash: &[u8]) -> bool {
+pub(super) fn hash_covers(owner: &[u8], next: &[u8], hash: &[u8]) -> bool {
     if owner < next {
         owner < hash && hash < next
     } else {
