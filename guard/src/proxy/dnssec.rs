@@ -1276,19 +1276,20 @@ fn classify(query: &Query, result: Result<DnsResponse, NetError>) -> Security {
         Some(p) => {
             let answered = matches!(chain_end(query, response), Some((_, true)));
             if answered && summarize(response) == Security::Secure && expansion::judge(response) == Expansions::Proven {
-                Security::Secure
-            } else {
-                return bogus("denial-unproven", format!("no valid NSEC/NSEC3 proof for {} ({p})", query.name()));
+                return Security::Secure;
             }
+            return bogus("denial-unproven", format!("no valid NSEC/NSEC3 proof for {} ({p})", query.name()));
         }
     };
+    if matches!(verdict, Security::Bogus(_)) {
+        return verdict;
+    }
     // Whatever hickory said, each expansion needs its own proof: hickory
     // skips the check when every authority record is insecure.
-    match (verdict, expansion::judge(response)) {
-        (bogus @ Security::Bogus(_), _) => bogus,
-        (_, Expansions::Unproven(why)) => bogus("wildcard-unproven", why),
-        (Security::Secure, Expansions::AtMostInsecure) => Security::Insecure,
-        (verdict, _) => verdict,
+    match expansion::judge(response) {
+        Expansions::Unproven(why) => bogus("wildcard-unproven", why),
+        Expansions::AtMostInsecure if verdict == Security::Secure => Security::Insecure,
+        _ => verdict,
     }
 }
 
@@ -2477,5 +2478,26 @@ mod tests {
         // Without the NSEC3 that covers x.edge.cdn., nothing proves the expansion.
         let (q, m) = response("www.example.", RecordType::A, answer, covering(&chain, "edge.cdn.", 0));
         assert!(matches!(validator.validate(&q, &m).await, Security::Bogus(_)));
+    }
+
+    /// A zone signed with no DS above it (insecure.example., proven
+    /// unsigned by its parent's NSEC) serves a wildcard: its data is
+    /// insecure, and so is the expansion, whatever NSEC it brings (the
+    /// fourth review: the first version of `expansion` made it bogus).
+    #[tokio::test]
+    async fn a_wildcard_of_a_zone_with_no_ds_is_insecure() {
+        let (root, example, child) = (Zone::new("."), Zone::new("example."), Zone::new("insecure.example."));
+        let mut served = served_with_insecure_child(&root, &example);
+        served.insert((n("insecure.example."), RecordType::DNSKEY), signed(&child, dnskey_set(&child)));
+        let (validator, _) = validator_for(&root, served).await;
+        let data = a("x.insecure.example.", 9);
+        let sig = expanded_sig(&child, std::slice::from_ref(&data), 2);
+        let nsec = Record::from_rdata(
+            n("insecure.example."),
+            300,
+            RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(n("zzz.insecure.example."), [RecordType::SOA, RecordType::NS]))),
+        );
+        let (q, m) = response("x.insecure.example.", RecordType::A, vec![data, sig], signed(&child, vec![nsec]));
+        assert_eq!(validator.validate(&q, &m).await, Security::Insecure);
     }
 }

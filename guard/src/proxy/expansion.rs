@@ -10,6 +10,8 @@
 //! here on its own: a secure NSEC or NSEC3, signed by the zone that signed
 //! the expansion and by no one else, must cover its next closer name.
 
+use std::collections::{HashMap, HashSet};
+
 use hickory_proto::{
     dnssec::{rdata::DNSSECRData, Nsec3HashAlgorithm, Proof},
     op::Message,
@@ -25,10 +27,14 @@ use super::{
 /// insecure (hickory's soft limit too).
 const MAX_ITERATIONS: u16 = 100;
 
+/// More distinct expansions than this in one answer are not judged one by
+/// one (a chain of `MAX_CHAIN` CNAMEs has at most one each): unproven.
+const MAX_EXPANSIONS: usize = 17;
+
 /// What the expansions of an answer come to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expansions {
-    /// The answer has none.
+    /// The answer has none that needs a proof.
     None,
     /// Every one is proven.
     Proven,
@@ -39,16 +45,31 @@ pub enum Expansions {
     Unproven(String),
 }
 
-/// The expansions of `m`'s answer section, each judged on its own.
+/// The expansions of `m`'s answer section, each judged on its own. Only
+/// data hickory verified needs its expansion proven: an insecure zone's
+/// (signed, but with no DS) is insecure whatever its NSEC records say.
+/// Linear in the message: signers are read once, each distinct expansion
+/// is judged once, and there are at most `MAX_EXPANSIONS` of them.
 pub fn judge(m: &Message) -> Expansions {
+    let secure: HashSet<(Name, RecordType)> =
+        m.answers.iter().filter(|r| r.proof == Proof::Secure).map(|r| (r.name.to_lowercase(), r.record_type())).collect();
+    let signers = sole_signers(&m.authorities);
+    let mut judged: HashSet<(Name, u8, &Name)> = HashSet::new();
     let mut all = Expansions::None;
     for r in &m.answers {
         let Some(sig) = rrsig(r) else { continue };
         let (labels, signer) = (sig.input().num_labels, &sig.input().signer_name);
-        if labels >= r.name.num_labels() {
+        let owner = r.name.to_lowercase();
+        if labels >= r.name.num_labels() || !secure.contains(&(owner.clone(), sig.input().type_covered)) {
             continue;
         }
-        match proof_of(&r.name, labels, signer, &m.authorities) {
+        if !judged.insert((owner, labels, signer)) {
+            continue;
+        }
+        if judged.len() > MAX_EXPANSIONS {
+            return Expansions::Unproven(format!("more than {MAX_EXPANSIONS} wildcard expansions in one answer"));
+        }
+        match proof_of(&r.name, labels, signer, &m.authorities, &signers) {
             Expansions::Proven if all == Expansions::None => all = Expansions::Proven,
             Expansions::AtMostInsecure => all = Expansions::AtMostInsecure,
             unproven @ Expansions::Unproven(_) => return unproven,
@@ -58,29 +79,40 @@ pub fn judge(m: &Message) -> Expansions {
     all
 }
 
-/// The one zone whose RRSIGs in `section` cover the `rtype` RRset at
-/// `owner`; `None` when there are none or several. A record hickory
-/// verified with any one signature must not be counted for another signer
-/// named beside it.
-fn sole_signer<'a>(owner: &Name, rtype: RecordType, section: &'a [Record]) -> Option<&'a Name> {
-    let mut signers = section
-        .iter()
-        .filter(|r| r.name == *owner)
-        .filter_map(rrsig)
-        .filter(|s| s.input().type_covered == rtype)
-        .map(|s| &s.input().signer_name);
-    let first = signers.next()?;
-    signers.all(|s| s == first).then_some(first)
+/// For each (owner, covered type) with RRSIGs in `section`, the one zone
+/// that signs it; `None` when several do. A record hickory verified with
+/// any one signature must not be counted for another signer named beside it.
+fn sole_signers(section: &[Record]) -> HashMap<(Name, RecordType), Option<&Name>> {
+    let mut signers: HashMap<(Name, RecordType), Option<&Name>> = HashMap::new();
+    for r in section {
+        let Some(sig) = rrsig(r) else { continue };
+        let signer = &sig.input().signer_name;
+        signers
+            .entry((r.name.to_lowercase(), sig.input().type_covered))
+            .and_modify(|sole| {
+                if sole.is_some_and(|s| s != signer) {
+                    *sole = None;
+                }
+            })
+            .or_insert(Some(signer));
+    }
+    signers
 }
 
 /// The proof of the expansion of `name` from the wildcard `labels` labels
 /// up, signed by `signer`, among `authorities`.
-fn proof_of(name: &Name, labels: u8, signer: &Name, authorities: &[Record]) -> Expansions {
+fn proof_of(
+    name: &Name,
+    labels: u8,
+    signer: &Name,
+    authorities: &[Record],
+    signers: &HashMap<(Name, RecordType), Option<&Name>>,
+) -> Expansions {
     let denials = || {
         authorities.iter().filter(|r| {
             r.proof == Proof::Secure
                 && matches!(r.record_type(), RecordType::NSEC | RecordType::NSEC3)
-                && sole_signer(&r.name, r.record_type(), authorities) == Some(signer)
+                && signers.get(&(r.name.to_lowercase(), r.record_type())) == Some(&Some(signer))
         })
     };
     let unproven = |how: &str| Expansions::Unproven(format!("no {how} of {signer} proves the wildcard expansion at {name}"));
@@ -214,6 +246,23 @@ mod tests {
         assert!(unproven(&expansion(nsec3(true, 0, false, "wild.example."))), "NSEC3 of another zone");
         assert_eq!(judge(&expansion(nsec3(true, 0, true, "example."))), Expansions::AtMostInsecure, "opt-out");
         assert_eq!(judge(&expansion(nsec3(true, 150, false, "example."))), Expansions::AtMostInsecure, "RFC 9276");
+
+        // Data hickory did not verify (a signed zone with no DS): insecure
+        // whatever its NSEC records say, so nothing to prove.
+        let mut unverified = expansion(vec![]);
+        unverified.answers[0].proof = Proof::Insecure;
+        assert_eq!(judge(&unverified), Expansions::None);
+        // Many distinct expansions in one answer: not judged one by one.
+        let mut crowd = expansion(nsec("*.wild.example.", "z.wild.example.", &["example."]));
+        for i in 0..MAX_EXPANSIONS {
+            let owner = format!("x{i}.wild.example.");
+            let mut data = Record::from_rdata(n(&owner), 60, RData::A(A::new(192, 0, 2, 1)));
+            data.proof = Proof::Secure;
+            crowd.add_answers([data, sig_over(&owner, RecordType::A, 2, "example.")]);
+        }
+        assert!(unproven(&crowd), "{:?}", judge(&crowd));
+        crowd.answers.truncate(2 + 2 * (MAX_EXPANSIONS - 1));
+        assert_eq!(judge(&crowd), Expansions::Proven, "{MAX_EXPANSIONS} are judged");
 
         // No expansion: nothing to prove.
         let mut plain = expansion(vec![]);
