@@ -2416,6 +2416,10 @@ mod tests {
         assert_eq!(validator.validate(&q, &m).await, Security::Insecure);
     }
 
+    fn nsec_record(owner: &str, next: &str, types: &[RecordType]) -> Record {
+        Record::from_rdata(n(owner), 300, RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(n(next), types.iter().copied()))))
+    }
+
     /// `zone`'s signature over `rrset` as an expansion of the wildcard
     /// `labels` labels up, valid now.
     fn expanded_sig(zone: &Zone, rrset: &[Record], labels: u8) -> Record {
@@ -2438,11 +2442,7 @@ mod tests {
         // name of the child, and the old #2882 fallback took it for proof.
         let replayed = a("www.host.example.", 80);
         let sig = expanded_sig(&host, std::slice::from_ref(&replayed), 2);
-        let cut = Record::from_rdata(
-            n("host.example."),
-            300,
-            RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(n("mail.example."), [RecordType::NS, RecordType::DS, RecordType::RRSIG, RecordType::NSEC]))),
-        );
+        let cut = nsec_record("host.example.", "mail.example.", &[RecordType::NS, RecordType::DS, RecordType::RRSIG, RecordType::NSEC]);
         let (q, m) = response("www.host.example.", RecordType::A, vec![replayed, sig], signed(&example, vec![cut]));
         let v = validator.validate(&q, &m).await;
         assert!(matches!(v, Security::Bogus(_)), "a replayed expansion passed as {v:?}");
@@ -2457,7 +2457,7 @@ mod tests {
         let v = validator.validate(&q, &m).await;
         assert!(matches!(&v, Security::Bogus(b) if b.reason == "wildcard-unproven"), "{v:?}");
         // With the zone's NSEC that proves the expansion, it is what it is: insecure.
-        let proof = Record::from_rdata(n("example."), 300, RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(n("zzz.example."), [RecordType::SOA]))));
+        let proof = nsec_record("example.", "zzz.example.", &[RecordType::SOA]);
         let (q, m) = response("www.example.", RecordType::A, answer, signed(&example, vec![proof]));
         assert_eq!(validator.validate(&q, &m).await, Security::Insecure);
     }
@@ -2492,11 +2492,7 @@ mod tests {
         let (validator, _) = validator_for(&root, served).await;
         let data = a("x.insecure.example.", 9);
         let sig = expanded_sig(&child, std::slice::from_ref(&data), 2);
-        let nsec = Record::from_rdata(
-            n("insecure.example."),
-            300,
-            RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(n("zzz.insecure.example."), [RecordType::SOA, RecordType::NS]))),
-        );
+        let nsec = nsec_record("insecure.example.", "zzz.insecure.example.", &[RecordType::SOA, RecordType::NS]);
         let (q, m) = response("x.insecure.example.", RecordType::A, vec![data, sig], signed(&child, vec![nsec]));
         assert_eq!(validator.validate(&q, &m).await, Security::Insecure);
     }
