@@ -9,7 +9,8 @@ hints, no unbound-anchor), and the doubles only relay to that Unbound.
           .62  NSD, "lab." and "local."               (lab. signed NSEC; local. unsigned)
           .63  NSD, the leaf zones:
                signed.lab.      NSEC3, DS in lab.: validates from the private root anchor;
-                                a DNAME into signednsec.lab.
+                                a DNAME into signednsec.lab.; CNAMEs (some from wildcards)
+                                into denials
                signednsec.lab.  NSEC, DS in lab.: wildcard case of hickory #2882
                bogus.lab.       signed, DS in lab., then records/RRSIGs corrupted
                slow.lab.        NSEC3 with 150 iterations, DS in lab.: denials past RFC 9276's limit
@@ -136,6 +137,9 @@ hop IN CNAME dangling.signed.lab.
 towww IN CNAME www.signed.lab.
 towild IN CNAME y.wild.signed.lab.
 towild-nsec IN CNAME y.wild.signednsec.lab.
+*.wcname IN CNAME www.signed.lab.
+*.wcgone IN CNAME gone.signed.lab.
+*.wcnsec IN CNAME www.signednsec.lab.
 """),
     "signednsec.lab.": (ZONE_NS, "nsec", """\
 www IN A 198.19.4.1

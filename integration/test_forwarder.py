@@ -179,12 +179,16 @@ def test_a_signed_cname_into_a_wildcard_is_secure(hierarchy, start_proxy, name, 
     ("dangling.signed.lab", "TXT", "NXDOMAIN"),
     ("hop.signed.lab", "A", "NXDOMAIN"),            # two CNAMEs, then the denial
     ("towww.signed.lab", "TXT", "NOERROR"),         # NODATA: the target exists, without TXT
+    ("x.wcname.signed.lab", "TXT", "NOERROR"),      # a catch-all CNAME into NODATA
+    ("x.wcgone.signed.lab", "A", "NXDOMAIN"),       # ... into NXDOMAIN
+    ("x.wcnsec.signed.lab", "TXT", "NOERROR"),      # ... into NODATA of an NSEC zone
 ])
 def test_a_signed_cname_chain_that_ends_in_a_denial(hierarchy, start_proxy, name, qtype, status):
     """A chain that ends in nothing denies the name at its end (RFC 4035 §5.4); hickory 0.26.3
     judges a denial only for the query name, so the validator judges it again for the end: a
     proven denial is secure, one in an insecure zone insecure (see the unit tests for the
-    forgeries: the target's data dropped from a genuine answer is bogus, never secure)."""
+    forgeries: the target's data dropped from a genuine answer is bogus, never secure). A
+    wildcard CNAME's expansion is proven on its own, by its zone's denial beside the end's."""
     guard = start_proxy(hierarchy.proxy_config())
     r = hierarchy.dig("c1", name, qtype=qtype)
     assert r.status == status and any(a[3] == "CNAME" for a in r.answers), r.raw

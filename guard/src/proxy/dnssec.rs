@@ -835,36 +835,45 @@ impl Validator {
     /// hickory also checks the NSEC or NSEC3 records of such an answer
     /// against the query name, which the CNAME shows to exist, so a genuine
     /// chain into a proven denial (a dangling CNAME) was bogus: those are
-    /// judged again for the end too, unless a record on the way is a
-    /// wildcard expansion, whose own proof only that first look gave.
+    /// judged again for the end too.
     ///
     /// The second look sees the authority section alone, so that nothing in
     /// the answer section (hickory reads its first RRSIG's labels as a
     /// wildcard) changes what the denial must prove; the chain's signatures
-    /// are the second opinion's to check, over the whole answer.
+    /// are the second opinion's to check, over the whole answer, and its
+    /// wildcard expansions (a catch-all CNAME into a denial) `expansion`'s.
     async fn denial_at_the_end(&self, chain: &Chain, query: &Query, msg: &Message, full: Security) -> Security {
         let Some(end) = unanswered_end(query, msg) else { return full };
         let unproven = matches!(&full, Security::Bogus(b) if b.reason == "denial-unproven");
-        if !(full == Security::Secure || unproven && end != *query.name() && !expanded(msg)) {
+        if !(full == Security::Secure || unproven && end != *query.name()) {
             return full;
         }
-        let verdict = if end == *query.name() {
-            full
-        } else {
-            if positive_proof::signed_rrsets(msg, query.query_class()).is_err() {
-                return full; // past the second opinion's limits, or unsigned: as judged
-            }
-            let mut at_end = Query::query(end, query.query_type());
-            at_end.set_query_class(query.query_class());
-            let mut denial = msg.clone();
-            denial.answers.clear();
-            denial.queries = vec![at_end.clone()];
-            let verdict = self.hickory(chain, &at_end, &denial).await;
-            self.second_opinion(chain, query, msg, verdict).await
+        let is_denial = |r: &Record| matches!(r.record_type(), RecordType::NSEC | RecordType::NSEC3);
+        if end == *query.name() {
+            return match full {
+                Security::Secure if !msg.authorities.iter().any(is_denial) => Security::Insecure,
+                verdict => verdict,
+            };
+        }
+        if positive_proof::signed_rrsets(msg, query.query_class()).is_err() {
+            return full; // past the second opinion's limits, or unsigned: as judged
+        }
+        let mut at_end = Query::query(end.clone(), query.query_type());
+        at_end.set_query_class(query.query_class());
+        let mut denial = msg.clone();
+        denial.answers.clear();
+        denial.authorities.retain(|r| speaks_for(r, &msg.authorities, &end));
+        denial.queries = vec![at_end.clone()];
+        let verdict = self.hickory(chain, &at_end, &denial).await;
+        let verdict = match self.second_opinion(chain, query, msg, verdict).await {
+            Security::Secure if expanded(msg) => expansions_of_verified(msg),
+            // Only hickory's first look, which failed, judged the expansions
+            // of a chain that is not secure throughout.
+            _ if unproven && expanded(msg) => return full,
+            verdict => verdict,
         };
-        let denied = msg.authorities.iter().any(|r| matches!(r.record_type(), RecordType::NSEC | RecordType::NSEC3));
         match verdict {
-            Security::Secure if !denied => Security::Insecure,
+            Security::Secure if !denial.authorities.iter().any(is_denial) => Security::Insecure,
             verdict => verdict,
         }
     }
@@ -1359,6 +1368,43 @@ fn orphan_signature(query: &Query, m: &Message) -> Option<(Name, RecordType)> {
         }
     }
     None
+}
+
+/// Whether the authority record `r` (one of `authorities`) may speak for
+/// `end` in the judgement of its denial: anything but an NSEC or NSEC3, or
+/// its RRSIG, from a zone that does not hold `end`. Those prove another
+/// zone's wildcard expansion along the chain, and hickory refuses NSEC3
+/// records of two zones, or NSEC beside NSEC3, in one denial.
+fn speaks_for(r: &Record, authorities: &[Record], end: &Name) -> bool {
+    let denial_type = |t: RecordType| matches!(t, RecordType::NSEC | RecordType::NSEC3);
+    match &r.data {
+        RData::DNSSEC(DNSSECRData::RRSIG(sig)) => {
+            !denial_type(sig.input().type_covered) || sig.input().signer_name.zone_of(end)
+        }
+        _ if denial_type(r.record_type()) => authorities.iter().any(|s| match &s.data {
+            RData::DNSSEC(DNSSECRData::RRSIG(sig)) => {
+                s.name == r.name && sig.input().type_covered == r.record_type() && sig.input().signer_name.zone_of(end)
+            }
+            _ => false,
+        }),
+        _ => true,
+    }
+}
+
+/// What the wildcard expansions of `msg` come to once the second opinion
+/// has verified every RRset of its answer and authority sections, each with
+/// one of its signers: all of them secure (`expansion` counts a denial only
+/// for its sole signer).
+fn expansions_of_verified(msg: &Message) -> Security {
+    let mut verified = msg.clone();
+    for r in verified.answers.iter_mut().chain(verified.authorities.iter_mut()) {
+        r.proof = Proof::Secure;
+    }
+    match expansion::judge(&verified) {
+        Expansions::None | Expansions::Proven => Security::Secure,
+        Expansions::AtMostInsecure => Security::Insecure,
+        Expansions::Unproven(why) => bogus("wildcard-unproven", why),
+    }
 }
 
 /// Whether an answer-section RRSIG signs its RRset as a wildcard expansion.
@@ -2333,6 +2379,17 @@ mod tests {
         chain[i].1.clone()
     }
 
+    fn soa(zone: &str) -> Record {
+        let soa = hickory_proto::rr::rdata::SOA::new(n("ns.example."), n("admin.example."), 1, 60, 60, 60, 60);
+        Record::from_rdata(n(zone), 300, RData::SOA(soa))
+    }
+
+    /// The record of `chain` whose owner is `name`'s hash.
+    fn matching(chain: &[(Vec<u8>, Vec<Record>)], name: &str, iterations: u16) -> Vec<Record> {
+        let h = hickory_proto::dnssec::Nsec3HashAlgorithm::SHA1.hash(&[], &n(name), iterations).unwrap().as_ref().to_vec();
+        chain.iter().find(|(owner, _)| *owner == h).expect("a name of the chain").1.clone()
+    }
+
     fn response(qname: &str, qtype: RecordType, answers: Vec<Record>, authorities: Vec<Record>) -> (Query, Message) {
         let query = Query::query(n(qname), qtype);
         let mut msg = Message::response(7, hickory_proto::op::OpCode::Query);
@@ -2392,10 +2449,7 @@ mod tests {
         // exists, and the target's genuine NODATA (its NSEC3 has no AAAA):
         // the expansion itself is never proven.
         let chain = nsec3_chain(&example, &["example.", "www.example.", "*.example.", "target.example."], 0);
-        let target_nsec3 = chain.iter().find(|(_, r)| r[0].name.to_string().starts_with(&data_encoding::BASE32_DNSSEC.encode(
-            hickory_proto::dnssec::Nsec3HashAlgorithm::SHA1.hash(&[], &n("target.example."), 0).unwrap().as_ref(),
-        ))).unwrap().1.clone();
-        let (q, m) = response("www.example.", RecordType::AAAA, signed_cname(&example, "www.example.", "target.example.", 1), target_nsec3);
+        let (q, m) = response("www.example.", RecordType::AAAA, signed_cname(&example, "www.example.", "target.example.", 1), matching(&chain, "target.example.", 0));
         let v = validator.validate(&q, &m).await;
         assert!(matches!(v, Security::Bogus(_)), "an unproven wildcard CNAME passed as {v:?}");
     }
@@ -2414,6 +2468,15 @@ mod tests {
         // Into slow. itself, RFC 9276 applies: insecure.
         let (q, m) = response("www.example.", RecordType::A, signed_cname(&example, "www.example.", "x.slow.", 2), covering(&chain, "x.slow.", 150));
         assert_eq!(validator.validate(&q, &m).await, Security::Insecure);
+        // But not from a wildcard expansion of *.example. that nothing
+        // proves: www.example. exists, and example.'s NSEC3 beside the
+        // slow one (hickory refuses the two zones' records together, then
+        // calls slow.'s alone insecure) covers another name.
+        let example_chain = nsec3_chain(&example, &["example.", "www.example.", "*.example."], 0);
+        let proofs = [covering(&example_chain, "a.www.example.", 0), covering(&chain, "x.slow.", 150)].concat();
+        let (q, m) = response("www.example.", RecordType::A, signed_cname(&example, "www.example.", "x.slow.", 1), proofs);
+        let v = validator.validate(&q, &m).await;
+        assert!(matches!(&v, Security::Bogus(_)), "{v:?}");
     }
 
     fn nsec_record(owner: &str, next: &str, types: &[RecordType]) -> Record {
@@ -2453,12 +2516,28 @@ mod tests {
         let mut answer = signed_cname(&example, "www.example.", "x.insecure.example.", 1);
         answer.push(a("x.insecure.example.", 66));
         let ns = Record::from_rdata(n("insecure.example."), 300, RData::NS(hickory_proto::rr::rdata::NS(n("ns.insecure.example."))));
-        let (q, m) = response("www.example.", RecordType::A, answer.clone(), vec![ns]);
+        let (q, m) = response("www.example.", RecordType::A, answer.clone(), vec![ns.clone()]);
         let v = validator.validate(&q, &m).await;
         assert!(matches!(&v, Security::Bogus(b) if b.reason == "wildcard-unproven"), "{v:?}");
+        // The same replay into nothing there (NODATA in the insecure zone,
+        // its cut proven by the parent's NSEC, the unsigned SOA dropped):
+        // the end's denial is insecure, and the expansion still unproven.
+        let cut = nsec_record("insecure.example.", "www.example.", &[RecordType::NS, RecordType::RRSIG, RecordType::NSEC]);
+        let (q, m) = response("www.example.", RecordType::A, answer[..2].to_vec(), signed(&example, vec![cut]));
+        let v = validator.validate(&q, &m).await;
+        assert!(matches!(&v, Security::Bogus(_)), "{v:?}");
         // With the zone's NSEC that proves the expansion, it is what it is: insecure.
         let proof = nsec_record("example.", "zzz.example.", &[RecordType::SOA]);
         let (q, m) = response("www.example.", RecordType::A, answer, signed(&example, vec![proof]));
+        assert_eq!(validator.validate(&q, &m).await, Security::Insecure);
+
+        // host.example.'s catch-all into nothing in the insecure zone, its
+        // expansion proven, beside example.'s signed SOA and no denial for
+        // the end: hickory calls the insecure zone's NODATA fine and sums
+        // up the signed records; what speaks for the end has no NSEC.
+        let chain = nsec3_chain(&host, &["host.example.", "*.host.example."], 0);
+        let proofs = [covering(&chain, "new.host.example.", 0), signed(&example, vec![soa("example.")])].concat();
+        let (q, m) = response("new.host.example.", RecordType::A, signed_cname(&host, "new.host.example.", "x.insecure.example.", 2), proofs);
         assert_eq!(validator.validate(&q, &m).await, Security::Insecure);
     }
 
@@ -2478,6 +2557,66 @@ mod tests {
         // Without the NSEC3 that covers x.edge.cdn., nothing proves the expansion.
         let (q, m) = response("www.example.", RecordType::A, answer, covering(&chain, "edge.cdn.", 0));
         assert!(matches!(validator.validate(&q, &m).await, Security::Bogus(_)));
+    }
+
+    /// A catch-all CNAME whose target has nothing of the type asked: the
+    /// expansion is proven by its zone's denial of the next closer name,
+    /// the end by the target's own denial. hickory judged the end's
+    /// denial against the query name and called these bogus.
+    #[tokio::test]
+    async fn a_wildcard_cname_into_a_denial_is_secure() {
+        let (root, example) = (Zone::new("."), Zone::new("example."));
+        let (validator, _) = validator_for(&root, served_with_insecure_child(&root, &example)).await;
+        let dedup = |mut records: Vec<Record>| {
+            let mut seen = HashSet::new();
+            records.retain(|r| seen.insert((r.name.clone(), r.record_type())));
+            records
+        };
+
+        // NSEC3, NODATA at the end: target.example. has an A and no AAAA.
+        let chain = nsec3_chain(&example, &["example.", "*.example.", "target.example."], 0);
+        let proofs = [covering(&chain, "www.example.", 0), matching(&chain, "target.example.", 0)].concat();
+        let cname = signed_cname(&example, "www.example.", "target.example.", 1);
+        let (q, m) = response("www.example.", RecordType::AAAA, cname.clone(), dedup(proofs));
+        assert_eq!(validator.validate(&q, &m).await, Security::Secure);
+        // Without the expansion's proof, the same end proves nothing of the wildcard.
+        let (q, m) = response("www.example.", RecordType::AAAA, cname, matching(&chain, "target.example.", 0));
+        let v = validator.validate(&q, &m).await;
+        assert!(matches!(&v, Security::Bogus(_)), "{v:?}");
+
+        // NSEC3, NXDOMAIN at the end: closest encloser example., next closer
+        // gone.example. and the wildcard *.example. covered, as RFC 5155 §7.2.2.
+        let chain = nsec3_chain(&example, &["example.", "w.example.", "*.w.example."], 0);
+        let proofs = [
+            covering(&chain, "x.w.example.", 0),
+            matching(&chain, "example.", 0),
+            covering(&chain, "gone.example.", 0),
+            covering(&chain, "*.example.", 0),
+            signed(&example, vec![soa("example.")]),
+        ]
+        .concat();
+        let (q, mut m) = response("x.w.example.", RecordType::A, signed_cname(&example, "x.w.example.", "gone.example.", 2), dedup(proofs));
+        m.metadata.response_code = ResponseCode::NXDomain;
+        assert_eq!(validator.validate(&q, &m).await, Security::Secure);
+
+        // NSEC: one record proves both, www.example. and target.example.'s
+        // missing AAAA (canonical order: example., *.example., target.example.).
+        let nsec = nsec_record("target.example.", "example.", &[RecordType::A, RecordType::RRSIG, RecordType::NSEC]);
+        let (q, m) = response("www.example.", RecordType::AAAA, signed_cname(&example, "www.example.", "target.example.", 1), signed(&example, vec![nsec]));
+        assert_eq!(validator.validate(&q, &m).await, Security::Secure);
+    }
+
+    /// The same across zones: an NSEC3 zone's catch-all CNAME into an NSEC
+    /// zone's name with no AAAA. Each zone's denial speaks for its own name.
+    #[tokio::test]
+    async fn a_wildcard_cname_into_another_zones_denial_is_secure() {
+        let (root, example, cdn) = (Zone::new("."), Zone::new("example."), Zone::new("cdn."));
+        let (validator, _) = validator_for(&root, served_beside(&root, &example, &cdn)).await;
+        let chain = nsec3_chain(&example, &["example.", "*.example."], 0);
+        let nodata = nsec_record("edge.cdn.", "cdn.", &[RecordType::A, RecordType::RRSIG, RecordType::NSEC]);
+        let proofs = [covering(&chain, "www.example.", 0), signed(&cdn, vec![nodata])].concat();
+        let (q, m) = response("www.example.", RecordType::AAAA, signed_cname(&example, "www.example.", "edge.cdn.", 1), proofs);
+        assert_eq!(validator.validate(&q, &m).await, Security::Secure);
     }
 
     /// A zone signed with no DS above it (insecure.example., proven
