@@ -735,6 +735,37 @@ class ChainForger:
         return query[:2] + struct.pack("!5H", flags, 1, 1, len(denial), 1) + query[12:q[2]] + cname + b"".join(denial) + opt
 
 
+class TtlStretcher:
+    """A hostile upstream's answer to ``victim``'s A queries: the upstream's own answer, fetched
+    for each query, with every CNAME's TTL raised to a day. For a CNAME synthesized from a
+    signed DNAME, which no signature covers, that would keep a redirect in caches long after
+    the DNAME changed; a validator must not let the synthesis outlive the DNAME."""
+
+    TTL = 86400
+
+    def __init__(self, victim: str, upstream: str):
+        self.victim, self.upstream = victim.rstrip(".").lower(), upstream
+
+    def answer(self, query: bytes) -> bytes | None:
+        q = _question(query)
+        if q is None or q[0].lower() != self.victim or q[1] != 1:
+            return None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            s.connect((self.upstream, 53))
+            s.send(query)
+            msg = bytearray(s.recv(65535))
+        an = struct.unpack("!H", msg[6:8])[0]
+        i = _question(bytes(msg))[2]
+        for _ in range(an):
+            _, i = _read_name(bytes(msg), i)
+            rtype, rdlen = struct.unpack("!H", msg[i:i + 2])[0], struct.unpack("!H", msg[i + 8:i + 10])[0]
+            if rtype == 5:
+                msg[i + 4:i + 8] = struct.pack("!I", self.TTL)
+            i += 10 + rdlen
+        return bytes(msg)
+
+
 def error_answer(query: bytes, rcode: int) -> bytes | None:
     """The query's own id and question with QR, RA and ``rcode`` set, and no records: an
     upstream that will not serve it. None when the question is cut short."""
@@ -753,10 +784,11 @@ def qtype_of(query: bytes) -> int | None:
 
 def _serve_relay(listen: str, to: str, delay: float, port: int = 53, forge_nxdomain: str | None = None,
                  swallow: int | None = None, servfail: int | None = None,
-                 forger: CollidingForger | ChainForger | None = None) -> None:
+                 forger: CollidingForger | ChainForger | TtlStretcher | None = None) -> None:
     """UDP and TCP relay that holds every exchange ``delay`` seconds: a distant upstream.
     With ``forge_nxdomain``, a hostile one: that name's A queries get forged_nxdomain().
-    With ``forger`` (CollidingForger, ChainForger), a hostile one too: its victim gets its answers.
+    With ``forger`` (CollidingForger, ChainForger, TtlStretcher), a hostile one too: its victim
+    gets its answers.
     With ``swallow`` (a QTYPE), queries of that type are read and never answered; with
     ``servfail`` (a QTYPE), they are answered SERVFAIL at once."""
 
@@ -881,6 +913,8 @@ def main(argv: list[str]) -> int:
     s.add_argument("--forge-chain", nargs=2, metavar=("VICTIM", "TARGET"),
                    help="relay mode: answer VICTIM's A queries with a forged CNAME to TARGET and the upstream's "
                         "genuine NSEC3 denial of TARGET (ChainForger)")
+    s.add_argument("--stretch-cname-ttl", metavar="VICTIM",
+                   help="relay mode: relay VICTIM's A answers with every CNAME's TTL raised to a day (TtlStretcher)")
     s.add_argument("--swallow", metavar="QTYPE", type=int, help="relay mode: never answer queries of this numeric type")
     s.add_argument("--servfail", metavar="QTYPE", type=int, help="relay mode: answer queries of this numeric type SERVFAIL")
     args = ap.parse_args(argv[1:])
@@ -892,6 +926,8 @@ def main(argv: list[str]) -> int:
             forger = CollidingForger(victim, [(o1, a1), (o2, a2)])
         elif args.forge_chain:
             forger = ChainForger(*args.forge_chain, args.to)
+        elif args.stretch_cname_ttl:
+            forger = TtlStretcher(args.stretch_cname_ttl, args.to)
         _serve_relay(args.listen, args.to, args.delay, args.port, args.forge_nxdomain, args.swallow, args.servfail,
                      forger)
     else:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -148,14 +149,30 @@ def test_a_cname_synthesized_from_a_signed_dname_is_secure(hierarchy, start_prox
     assert r.status == "NOERROR" and r.addresses == [H.A[H.DNAME_TARGET]] and r.ad, r.raw
     by_type = {a[3]: a for a in r.answers}
     assert by_type["DNAME"][0] == f"{H.DNAME_OWNER}." and by_type["CNAME"][4] == f"{H.DNAME_TARGET}.", r.raw
-    # The synthesis is not signed, so it lives no longer than the DNAME it came from.
-    assert by_type["CNAME"][1] <= by_type["DNAME"][1], r.raw
     v = proxy_verdict(guard, qname=H.DNAME_NAME, qtype="A")
     assert v["dnssec"] == "secure" and v["verdict"] == "allow", v
     # Asked for the CNAME itself, the synthesis is the answer, proven by the DNAME.
     c = hierarchy.dig("c1", H.DNAME_NAME, qtype="CNAME")
     assert c.status == "NOERROR" and c.ad and any(a[3] == "CNAME" for a in c.answers), c.raw
     assert proxy_verdict(guard, qname=H.DNAME_NAME, qtype="CNAME")["dnssec"] == "secure"
+
+
+@pytest.mark.needs_guard
+def test_a_synthesized_cname_lives_no_longer_than_its_dname(lab, hierarchy, start_proxy):
+    """No signature covers the CNAME synthesized from a DNAME, so a hostile upstream (a relay
+    in the fault pod) can stretch its TTL to a day, and a cache would keep the redirect long
+    after the DNAME changed. The proxy caps it at the DNAME's TTL; the answer stays secure."""
+    port = 5307
+    with relay_in_fault_pod(lab, port, "--stretch-cname-ttl", H.DNAME_NAME):
+        direct = lab.dig("c1", H.DNAME_NAME, H.GARBAGE, "-p", str(port), "+dnssec")
+        stretched = {a[3]: a[1] for a in direct.answers}
+        assert stretched.get("CNAME") == H.TtlStretcher.TTL > stretched.get("DNAME", 0), direct.raw
+        guard = start_proxy(hierarchy.proxy_config(upstreams=[f"{H.GARBAGE}:{port}"]))
+        r = hierarchy.dig("c1", H.DNAME_NAME)
+        assert r.status == "NOERROR" and r.addresses == [H.A[H.DNAME_TARGET]] and r.ad, r.raw
+        ttl = {a[3]: a[1] for a in r.answers}
+        assert ttl["CNAME"] <= ttl["DNAME"] <= stretched["DNAME"], r.raw
+        assert proxy_verdict(guard, qname=H.DNAME_NAME, qtype="A")["dnssec"] == "secure"
 
 
 @pytest.mark.needs_guard
@@ -258,6 +275,22 @@ def test_bogus_is_servfail_with_ede6(hierarchy, start_proxy, name):
     assert ok.status == "NOERROR" and ok.ad and ok.addresses == [H.A["ok.bogus.lab"]], ok.raw
 
 
+@contextmanager
+def relay_in_fault_pod(lab, port, *options, delay=0.0):
+    """hierarchy.py's relay to the lab's resolver on H.GARBAGE:`port` in the fault pod, holding
+    each exchange `delay` s, with `options` such as `--forge-nxdomain NAME` (a hostile
+    upstream); running once it relays, stopped on exit."""
+    relay = lab.spawn("fault", [sys.executable, str(HERE / "hierarchy.py"), "serve", "--mode", "relay",
+                                "--listen", H.GARBAGE, "--port", str(port), "--delay", str(delay), *options],
+                      f"relay-{port}")
+    try:
+        _wait_for(lambda: lab.dig("c1", "signed.lab", H.GARBAGE, "-p", str(port), qtype="SOA").status == "NOERROR",
+                  10, 0.2)  # the relay is starting
+        yield
+    finally:
+        _stop_pid(relay)
+
+
 @pytest.mark.needs_guard
 def test_forged_nxdomain_with_another_zones_unsigned_soa_is_bogus(lab, hierarchy, start_proxy):
     """A hostile upstream (a relay in the fault pod, a test double for a compromised resolver
@@ -266,15 +299,9 @@ def test_forged_nxdomain_with_another_zones_unsigned_soa_is_bogus(lab, hierarchy
     because every authority record is; the proxy must drop the foreign SOA and find the
     denial unproven in a signed zone."""
     port = 5300
-    forger = lab.spawn("fault", [sys.executable, str(HERE / "hierarchy.py"), "serve", "--mode", "relay",
-                                 "--listen", H.GARBAGE, "--port", str(port), "--delay", "0",
-                                 "--forge-nxdomain", "www.signed.lab"], "forge-nx")
-    try:
+    with relay_in_fault_pod(lab, port, "--forge-nxdomain", "www.signed.lab"):
         # The forgery is what the test says it is: NXDOMAIN, only unsigned.lab's SOA.
-        def forged():
-            return lab.dig("c1", "www.signed.lab", H.GARBAGE, "-p", str(port), "+dnssec", "+timeout=1")
-        _wait_for(lambda: forged().status == "NXDOMAIN", 10, 0.2)  # the relay is starting
-        direct = forged()
+        direct = lab.dig("c1", "www.signed.lab", H.GARBAGE, "-p", str(port), "+dnssec", "+timeout=1")
         assert direct.status == "NXDOMAIN" and "unsigned.lab.\t" in direct.raw and "RRSIG" not in direct.raw, direct.raw
         guard = start_proxy(hierarchy.proxy_config(upstreams=[f"{H.GARBAGE}:{port}"]))
         # Everything else is relayed and still validates through it.
@@ -285,8 +312,6 @@ def test_forged_nxdomain_with_another_zones_unsigned_soa_is_bogus(lab, hierarchy
         assert EDE_BOGUS in r.ede_codes, r.raw
         v = proxy_verdict(guard, qname="www.signed.lab")
         assert v["verdict"] == "bogus" and v["dnssec"] == "bogus", v
-    finally:
-        _stop_pid(forger)
 
 
 # Two AAAA RRsets with one key in hickory 0.26.3's cache of DNSSEC proofs under the query
@@ -309,13 +334,7 @@ def test_a_forgery_that_collides_in_hickorys_proof_cache_is_refused(lab, hierarc
     reaches the client. Other names keep validating through the same relay."""
     port = 5305
     (owner1, addr1), (owner2, addr2) = COLLIDING
-    forger = lab.spawn("fault", [sys.executable, str(HERE / "hierarchy.py"), "serve", "--mode", "relay",
-                                 "--listen", H.GARBAGE, "--port", str(port), "--delay", "0",
-                                 "--forge-collision", "www.signed.lab", owner1, addr1, owner2, addr2],
-                       "forge-collision")
-    try:
-        _wait_for(lambda: lab.dig("c1", "signed.lab", H.GARBAGE, "-p", str(port), qtype="SOA").status == "NOERROR",
-                  10, 0.2)  # the relay is starting
+    with relay_in_fault_pod(lab, port, "--forge-collision", "www.signed.lab", owner1, addr1, owner2, addr2):
         guard = start_proxy(hierarchy.proxy_config(upstreams=[f"{H.GARBAGE}:{port}"]))
         # The attacker's RRset, alone in an answer about www.signed.lab: no proof for that
         # name, so bogus, but hickory has proven x.unsigned.lab insecure and cached it.
@@ -332,8 +351,6 @@ def test_a_forgery_that_collides_in_hickorys_proof_cache_is_refused(lab, hierarc
         # Everything else is relayed and still validates.
         ok = hierarchy.dig("c1", "x.wild.signed.lab")
         assert ok.status == "NOERROR" and ok.ad, ok.raw
-    finally:
-        _stop_pid(forger)
 
 
 @pytest.mark.needs_guard
@@ -345,12 +362,7 @@ def test_a_forged_cname_beside_a_high_iteration_denial_is_bogus(lab, hierarchy, 
     reached the client. Now it is SERVFAIL with EDE 6, verdict bogus, and the relay's other
     answers, slow.lab's own denial included, are judged as before."""
     port = 5306
-    forger = lab.spawn("fault", [sys.executable, str(HERE / "hierarchy.py"), "serve", "--mode", "relay",
-                                 "--listen", H.GARBAGE, "--port", str(port), "--delay", "0",
-                                 "--forge-chain", "www.signed.lab", "gone.slow.lab"], "forge-chain")
-    try:
-        _wait_for(lambda: lab.dig("c1", "signed.lab", H.GARBAGE, "-p", str(port), qtype="SOA").status == "NOERROR",
-                  10, 0.2)  # the relay is starting
+    with relay_in_fault_pod(lab, port, "--forge-chain", "www.signed.lab", "gone.slow.lab"):
         forged = lab.dig("c1", "www.signed.lab", H.GARBAGE, "-p", str(port), "+dnssec")
         assert forged.status == "NXDOMAIN" and any(a[3] == "CNAME" for a in forged.answers), forged.raw
         assert "NSEC3" in forged.raw and " 150 " in forged.raw, f"the relay carried no slow.lab denial:\n{forged.raw}"
@@ -365,8 +377,6 @@ def test_a_forged_cname_beside_a_high_iteration_denial_is_bogus(lab, hierarchy, 
         assert proxy_verdict(guard, qname="gone.slow.lab")["dnssec"] == "insecure"
         ok = hierarchy.dig("c1", "x.wild.signed.lab")
         assert ok.status == "NOERROR" and ok.ad, ok.raw
-    finally:
-        _stop_pid(forger)
 
 
 @pytest.mark.needs_guard
@@ -379,12 +389,8 @@ def test_a_chain_walk_that_outlasts_the_query_budget_is_servfail_not_bogus(lab, 
     cut to under half its timeout. Unbound behind the relay is warmed, so only the relay's
     delays count."""
     port = 5301
-    relay = lab.spawn("fault", [sys.executable, str(HERE / "hierarchy.py"), "serve", "--mode", "relay",
-                                "--listen", H.GARBAGE, "--port", str(port), "--delay", "0.3"], "slow-relay")
     upstream = f"{H.GARBAGE}:{port}"
-    try:
-        _wait_for(lambda: lab.dig("c1", "signed.lab", H.GARBAGE, "-p", str(port), qtype="SOA").status == "NOERROR",
-                  10, 0.2)  # the relay is starting
+    with relay_in_fault_pod(lab, port, delay=0.3):
         hierarchy.warm([("www.signed.lab", "A"), ("signed.lab", "DNSKEY"), ("signed.lab", "DS"),
                         ("lab", "DNSKEY"), ("lab", "DS"), (".", "DNSKEY")])
         guard = start_proxy(hierarchy.proxy_config(upstreams=[upstream], timeout_ms=1000, query_timeout_ms=1200))
@@ -395,8 +401,6 @@ def test_a_chain_walk_that_outlasts_the_query_budget_is_servfail_not_bogus(lab, 
         v = proxy_verdict(guard, qname="www.signed.lab")
         assert (v["verdict"], v["reason"], v["dnssec"]) == ("servfail", "query-timeout", "indeterminate"), v
         assert guard.metric(f'dns_guard_upstream_healthy{{upstream="{upstream}"}}') == 1, guard.scrape()
-    finally:
-        _stop_pid(relay)
 
 
 def _faulty_relay(lab, port: int, fault: str, qtype: int):
