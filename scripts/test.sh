@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# Runs every test: installs what is missing, builds, then the Rust unit and
-# kernel-fixture tests and the privileged lab tests in integration/.
+# Runs every test: installs what is missing, builds, lints, then the Rust unit
+# and kernel-fixture tests and the privileged lab tests in integration/.
 # Needs root (XDP, network namespaces); CI runs it as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
+
+echo "== cargo clippy (every target, warnings are errors)"
+if cargo clippy --version >/dev/null 2>&1; then
+    cargo clippy --workspace --release --all-targets -- -D warnings
+else
+    # rustup's servers are out of reach here: nothing to install it from.
+    echo "!! clippy is not installed with this toolchain: lint SKIPPED" >&2
+fi
 
 echo "== cargo test (unit tests, ABI, BPF_PROG_TEST_RUN fixtures)"
 cargo test --workspace --release

@@ -215,7 +215,7 @@ impl Guard {
         let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: clock_gettime writes into the timespec we own.
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        let now = ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64;
+        let now = ts.tv_sec * 1_000_000_000 + ts.tv_nsec;
         let mut map: aya::maps::HashMap<_, u64, guard_dynblock> =
             self.ebpf.map_mut("guard_dynblock").unwrap().try_into().unwrap();
         let value = guard_dynblock { expires_ns: (now + left_ns) as u64, action: action as u8, _pad: [0; 7] };
