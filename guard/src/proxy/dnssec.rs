@@ -33,7 +33,7 @@ use hickory_net::{
 };
 use hickory_proto::{
     dnssec::{
-        rdata::{DNSSECRData, DNSKEY, DS},
+        rdata::{DNSSECRData, DNSKEY, DS, NSEC, RRSIG},
         Algorithm, DigestType, DnssecSummary, Proof, PublicKey, PublicKeyBuf, TrustAnchors,
     },
     op::{DnsRequest, DnsRequestOptions, DnsResponse, Message, Query, ResponseCode},
@@ -842,6 +842,12 @@ impl Validator {
     /// wildcard) changes what the denial must prove; the chain's signatures
     /// are the second opinion's to check, over the whole answer, and its
     /// wildcard expansions (a catch-all CNAME into a denial) `expansion`'s.
+    ///
+    /// A denial of the query name itself is looked at again only when
+    /// something rides in its answer section: hickory takes the first answer
+    /// RRSIG for the query name's wildcard whatever it covers, so a wildcard
+    /// A expansion beside an AAAA question made the AAAA's absence "proven"
+    /// by the next closer name's NSEC3 alone.
     async fn denial_at_the_end(&self, chain: &Chain, query: &Query, msg: &Message, full: Security) -> Security {
         let Some(end) = unanswered_end(query, msg) else { return full };
         let unproven = matches!(&full, Security::Bogus(b) if b.reason == "denial-unproven");
@@ -849,7 +855,7 @@ impl Validator {
             return full;
         }
         let is_denial = |r: &Record| matches!(r.record_type(), RecordType::NSEC | RecordType::NSEC3);
-        if end == *query.name() {
+        if end == *query.name() && msg.answers.is_empty() {
             return match full {
                 Security::Secure if !msg.authorities.iter().any(is_denial) => Security::Insecure,
                 verdict => verdict,
@@ -862,11 +868,16 @@ impl Validator {
         at_end.set_query_class(query.query_class());
         let mut denial = msg.clone();
         denial.answers.clear();
-        denial.authorities.retain(|r| speaks_for(r, &msg.authorities, &end));
+        denial.authorities = authority_for(&end, &msg.authorities);
         denial.queries = vec![at_end.clone()];
         let verdict = self.hickory(chain, &at_end, &denial).await;
         let verdict = match self.second_opinion(chain, query, msg, verdict).await {
-            Security::Secure if expanded(msg) => expansions_of_verified(msg),
+            Security::Secure if expanded(msg) => match expansions_of_verified(msg) {
+                // An expansion insecure at best (NSEC3 past the iteration
+                // limit) is no reason to overrule hickory's bogus.
+                Security::Insecure if unproven => return full,
+                verdict => verdict,
+            },
             // Only hickory's first look, which failed, judged the expansions
             // of a chain that is not secure throughout.
             _ if unproven && expanded(msg) => return full,
@@ -1293,6 +1304,13 @@ fn classify(query: &Query, result: Result<DnsResponse, NetError>) -> Security {
     if matches!(verdict, Security::Bogus(_)) {
         return verdict;
     }
+    if response.metadata.response_code == ResponseCode::NXDomain && verdict == Security::Secure {
+        if let Some((end, _)) = chain_end(query, response) {
+            if !nsec_denies_the_wildcard(&end, &response.authorities) {
+                return bogus("denial-unproven", format!("no NSEC denies the wildcard at the closest encloser of {end}"));
+            }
+        }
+    }
     // Whatever hickory said, each expansion needs its own proof: hickory
     // skips the check when every authority record is insecure.
     match expansion::judge(response) {
@@ -1300,6 +1318,42 @@ fn classify(query: &Query, result: Result<DnsResponse, NetError>) -> Security {
         Expansions::AtMostInsecure if verdict == Security::Secure => Security::Insecure,
         _ => verdict,
     }
+}
+
+/// NSEC records that cover one name: past this many, no proof is read.
+const MAX_COVERING_NSECS: usize = 4;
+
+/// RFC 4035 §5.4: that an NXDOMAIN's secure NSEC records, if it has any,
+/// deny the wildcard at `name`'s closest encloser, the longer of the names
+/// the NSEC covering `name` shares with its owner and with its next name.
+/// hickory 0.26.3 looks for that wildcard no higher than the SOA's owner,
+/// or with no SOA than `name`'s parent: with the SOA dropped, one NSEC
+/// covering both a.b.Z and *.b.Z denied a name *.Z serves.
+fn nsec_denies_the_wildcard(name: &Name, authorities: &[Record]) -> bool {
+    let nsecs: Vec<(&Name, &NSEC)> = authorities
+        .iter()
+        .filter(|r| r.proof == Proof::Secure)
+        .filter_map(|r| match &r.data {
+            RData::DNSSEC(DNSSECRData::NSEC(n)) => Some((&r.name, n)),
+            _ => None,
+        })
+        .collect();
+    let covering: Vec<_> = nsecs.iter().filter(|(owner, n)| covers(owner, n.next_domain_name(), name)).take(MAX_COVERING_NSECS + 1).collect();
+    if covering.len() > MAX_COVERING_NSECS {
+        return false;
+    }
+    // RFC 6840 §4.1: a parent's NSEC at a cut (NS without SOA, or DNAME)
+    // spans the child's names in canonical order but denies none of them.
+    let denies = |owner: &Name, n: &NSEC, wildcard: &Name| {
+        covers(owner, n.next_domain_name(), wildcard) && !(n.is_ancestor_delegation() && owner.zone_of(wildcard))
+    };
+    covering.iter().all(|(owner, n)| {
+        let encloser = common_labels(name, owner).max(common_labels(name, n.next_domain_name()));
+        match name.trim_to(encloser as usize).prepend_label("*") {
+            Ok(wildcard) => nsecs.iter().any(|(o, m)| denies(o, m, &wildcard)),
+            Err(_) => false,
+        }
+    })
 }
 
 /// Whether every NSEC3 of `m`'s authority section belongs to a zone at or
@@ -1370,25 +1424,37 @@ fn orphan_signature(query: &Query, m: &Message) -> Option<(Name, RecordType)> {
     None
 }
 
-/// Whether the authority record `r` (one of `authorities`) may speak for
-/// `end` in the judgement of its denial: anything but an NSEC or NSEC3, or
-/// its RRSIG, from a zone that does not hold `end`. Those prove another
-/// zone's wildcard expansion along the chain, and hickory refuses NSEC3
-/// records of two zones, or NSEC beside NSEC3, in one denial.
-fn speaks_for(r: &Record, authorities: &[Record], end: &Name) -> bool {
-    let denial_type = |t: RecordType| matches!(t, RecordType::NSEC | RecordType::NSEC3);
-    match &r.data {
-        RData::DNSSEC(DNSSECRData::RRSIG(sig)) => {
-            !denial_type(sig.input().type_covered) || sig.input().signer_name.zone_of(end)
-        }
-        _ if denial_type(r.record_type()) => authorities.iter().any(|s| match &s.data {
-            RData::DNSSEC(DNSSECRData::RRSIG(sig)) => {
-                s.name == r.name && sig.input().type_covered == r.record_type() && sig.input().signer_name.zone_of(end)
-            }
-            _ => false,
-        }),
-        _ => true,
+/// The records of `authorities` that may speak for `end` in the judgement
+/// of its denial: all but the NSEC and NSEC3 records (and their RRSIGs) of
+/// any signer other than the deepest one that holds `end`. Those prove
+/// another zone's wildcard expansion along the chain (an ancestor's
+/// included), and hickory refuses NSEC3 records of two zones, or NSEC
+/// beside NSEC3, in one denial.
+fn authority_for(end: &Name, authorities: &[Record]) -> Vec<Record> {
+    fn denial_type(t: RecordType) -> bool {
+        matches!(t, RecordType::NSEC | RecordType::NSEC3)
     }
+    fn denial_sig(r: &Record) -> Option<&RRSIG> {
+        positive_proof::rrsig(r).filter(|sig| denial_type(sig.input().type_covered))
+    }
+    let signer = authorities
+        .iter()
+        .filter_map(denial_sig)
+        .map(|sig| &sig.input().signer_name)
+        .filter(|signer| signer.zone_of(end))
+        .max_by_key(|signer| signer.num_labels());
+    let signed: HashSet<(Name, RecordType)> = authorities
+        .iter()
+        .filter_map(|r| denial_sig(r).filter(|sig| Some(&sig.input().signer_name) == signer).map(|sig| (r.name.to_lowercase(), sig.input().type_covered)))
+        .collect();
+    authorities
+        .iter()
+        .filter(|r| match denial_sig(r) {
+            Some(sig) => Some(&sig.input().signer_name) == signer,
+            None => !denial_type(r.record_type()) || signed.contains(&(r.name.to_lowercase(), r.record_type())),
+        })
+        .cloned()
+        .collect()
 }
 
 /// What the wildcard expansions of `msg` come to once the second opinion
@@ -1446,7 +1512,7 @@ pub(super) fn common_labels(a: &Name, b: &Name) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_proto::dnssec::rdata::{SigInput, NSEC, RRSIG};
+    use hickory_proto::dnssec::rdata::SigInput;
 
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -2445,6 +2511,16 @@ mod tests {
         let v = validator.validate(&q, &m).await;
         assert!(matches!(v, Security::Bogus(_)), "a cut chain passed as {v:?}");
 
+        // A wildcard's A expansion beside an AAAA question, with the NSEC3
+        // that proves the expansion: hickory took the A's signature for the
+        // AAAA denial's wildcard and called the AAAA's absence proven.
+        let chain = nsec3_chain(&example, &["example.", "*.example."], 0);
+        let expanded_a = a("x.example.", 1);
+        let sig = expanded_sig(&example, std::slice::from_ref(&expanded_a), 1);
+        let (q, m) = response("x.example.", RecordType::AAAA, vec![expanded_a, sig], covering(&chain, "x.example.", 0));
+        let v = validator.validate(&q, &m).await;
+        assert!(matches!(v, Security::Bogus(_)), "an A expansion denied the AAAA as {v:?}");
+
         // A wildcard CNAME (the signature of *.example.) for a name that
         // exists, and the target's genuine NODATA (its NSEC3 has no AAAA):
         // the expansion itself is never proven.
@@ -2452,6 +2528,63 @@ mod tests {
         let (q, m) = response("www.example.", RecordType::AAAA, signed_cname(&example, "www.example.", "target.example.", 1), matching(&chain, "target.example.", 0));
         let v = validator.validate(&q, &m).await;
         assert!(matches!(v, Security::Bogus(_)), "an unproven wildcard CNAME passed as {v:?}");
+    }
+
+    /// RFC 4035 §5.4: an NSEC NXDOMAIN denies the wildcard at the closest
+    /// encloser, which the covering NSEC shows. hickory 0.26.3 looks for
+    /// it no higher than the SOA's owner, and with the SOA dropped no
+    /// higher than the name's parent.
+    #[tokio::test]
+    async fn an_nsec_nxdomain_must_deny_the_wildcard_at_the_closest_encloser() {
+        let (root, example) = (Zone::new("."), Zone::new("example."));
+        let (validator, _) = validator_for(&root, served_with_insecure_child(&root, &example)).await;
+        // example. has *.example. and c.example.: *.example. serves
+        // a.b.example. (b.example. does not exist). The NSEC from the
+        // wildcard to c.example. covers both a.b.example. and *.b.example.
+        let types = [RecordType::A, RecordType::RRSIG, RecordType::NSEC];
+        let span = signed(&example, vec![nsec_record("*.example.", "c.example.", &types)]);
+        for with_soa in [false, true] {
+            let soa = if with_soa { signed(&example, vec![soa("example.")]) } else { vec![] };
+            let (q, mut m) = response("a.b.example.", RecordType::A, vec![], [span.clone(), soa].concat());
+            m.metadata.response_code = ResponseCode::NXDomain;
+            let v = validator.validate(&q, &m).await;
+            assert!(matches!(v, Security::Bogus(_)), "with SOA {with_soa}: a name the wildcard serves denied as {v:?}");
+        }
+        // A genuine NXDOMAIN below c.example., whose closest encloser has
+        // no wildcard: the NSEC from c.example. around to the apex covers
+        // both x.c.example. and *.c.example.
+        let wrap = signed(&example, vec![nsec_record("c.example.", "example.", &types)]);
+        for with_soa in [false, true] {
+            let soa = if with_soa { signed(&example, vec![soa("example.")]) } else { vec![] };
+            let (q, mut m) = response("x.c.example.", RecordType::A, vec![], [wrap.clone(), soa].concat());
+            m.metadata.response_code = ResponseCode::NXDomain;
+            assert_eq!(validator.validate(&q, &m).await, Security::Secure, "with SOA {with_soa}");
+        }
+        // The closest encloser can be the next name's: c.example. is an
+        // empty non-terminal above y.c.example., and the NSEC from
+        // b.example. to y.c.example. denies x.c.example. and *.c.example.
+        let ent = signed(&example, vec![nsec_record("b.example.", "y.c.example.", &types)]);
+        let (q, mut m) = response("x.c.example.", RecordType::A, vec![], [ent, signed(&example, vec![soa("example.")])].concat());
+        m.metadata.response_code = ResponseCode::NXDomain;
+        assert_eq!(validator.validate(&q, &m).await, Security::Secure);
+    }
+
+    /// Nor does a parent's NSEC at the cut deny the child's wildcard (RFC
+    /// 6840 §4.1), though it spans every name below the cut.
+    #[tokio::test]
+    async fn a_parents_nsec_at_the_cut_does_not_deny_the_childs_wildcard() {
+        let (root, example, host) = (Zone::new("."), Zone::new("example."), Zone::new("host.example."));
+        let mut served = served_with_insecure_child(&root, &example);
+        served.insert((n("host.example."), RecordType::DS), signed(&example, vec![ds_of(&host)]));
+        served.insert((n("host.example."), RecordType::DNSKEY), signed(&host, dnskey_set(&host)));
+        let (validator, _) = validator_for(&root, served).await;
+        let types = [RecordType::A, RecordType::RRSIG, RecordType::NSEC];
+        let span = signed(&host, vec![nsec_record("*.host.example.", "c.host.example.", &types)]);
+        let cut = nsec_record("host.example.", "www.example.", &[RecordType::NS, RecordType::DS, RecordType::RRSIG, RecordType::NSEC]);
+        let (q, mut m) = response("a.b.host.example.", RecordType::A, vec![], [span, signed(&example, vec![cut])].concat());
+        m.metadata.response_code = ResponseCode::NXDomain;
+        let v = validator.validate(&q, &m).await;
+        assert!(matches!(v, Security::Bogus(_)), "a name the wildcard serves denied as {v:?}");
     }
 
     /// A high-iteration NSEC3 makes a denial insecure only for its own
@@ -2475,6 +2608,14 @@ mod tests {
         let example_chain = nsec3_chain(&example, &["example.", "www.example.", "*.example."], 0);
         let proofs = [covering(&example_chain, "a.www.example.", 0), covering(&chain, "x.slow.", 150)].concat();
         let (q, m) = response("www.example.", RecordType::A, signed_cname(&example, "www.example.", "x.slow.", 1), proofs);
+        let v = validator.validate(&q, &m).await;
+        assert!(matches!(&v, Security::Bogus(_)), "{v:?}");
+        // Nor into another zone's secure denial, from an expansion whose
+        // zone (slow.) has only NSEC3 past the limit to offer: whatever
+        // that NSEC3 covers, it proves nothing, so hickory's bogus stands.
+        let nodata = nsec_record("t.example.", "u.example.", &[RecordType::A, RecordType::RRSIG, RecordType::NSEC]);
+        let proofs = [covering(&chain, "a.www.slow.", 150), signed(&example, vec![nodata]), signed(&example, vec![soa("example.")])].concat();
+        let (q, m) = response("www.slow.", RecordType::AAAA, signed_cname(&slow, "www.slow.", "t.example.", 1), proofs);
         let v = validator.validate(&q, &m).await;
         assert!(matches!(&v, Security::Bogus(_)), "{v:?}");
     }
@@ -2616,6 +2757,25 @@ mod tests {
         let nodata = nsec_record("edge.cdn.", "cdn.", &[RecordType::A, RecordType::RRSIG, RecordType::NSEC]);
         let proofs = [covering(&chain, "www.example.", 0), signed(&cdn, vec![nodata])].concat();
         let (q, m) = response("www.example.", RecordType::AAAA, signed_cname(&example, "www.example.", "edge.cdn.", 1), proofs);
+        assert_eq!(validator.validate(&q, &m).await, Security::Secure);
+    }
+
+    /// And from a parent's catch-all into its signed child's NXDOMAIN: only
+    /// the deepest zone that holds the end speaks for it (the parent's
+    /// NSEC3 beside the child's NSEC was refused).
+    #[tokio::test]
+    async fn a_wildcard_cname_into_a_child_zones_denial_is_secure() {
+        let (root, example, host) = (Zone::new("."), Zone::new("example."), Zone::new("host.example."));
+        let mut served = served_with_insecure_child(&root, &example);
+        served.insert((n("host.example."), RecordType::DS), signed(&example, vec![ds_of(&host)]));
+        served.insert((n("host.example."), RecordType::DNSKEY), signed(&host, dnskey_set(&host)));
+        let (validator, _) = validator_for(&root, served).await;
+        let chain = nsec3_chain(&example, &["example.", "*.example.", "host.example."], 0);
+        let apex = [RecordType::SOA, RecordType::NS, RecordType::DNSKEY, RecordType::RRSIG, RecordType::NSEC];
+        let nxdomain = nsec_record("host.example.", "www.host.example.", &apex);
+        let proofs = [covering(&chain, "www.example.", 0), signed(&host, vec![nxdomain]), signed(&host, vec![soa("host.example.")])].concat();
+        let (q, mut m) = response("www.example.", RecordType::A, signed_cname(&example, "www.example.", "gone.host.example.", 1), proofs);
+        m.metadata.response_code = ResponseCode::NXDomain;
         assert_eq!(validator.validate(&q, &m).await, Security::Secure);
     }
 
