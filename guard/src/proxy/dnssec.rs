@@ -2203,6 +2203,15 @@ mod tests {
         served
     }
 
+    /// `served_with_insecure_child`, and `host`, a signed child of
+    /// `example` with its DS there.
+    fn served_with_signed_child(root: &Zone, example: &Zone, host: &Zone) -> Served {
+        let mut served = served_with_insecure_child(root, example);
+        served.insert((host.name.clone(), RecordType::DS), signed(example, vec![ds_of(host)]));
+        served.insert((host.name.clone(), RecordType::DNSKEY), signed(host, dnskey_set(host)));
+        served
+    }
+
     /// The two answers of the attack: `www.example.` a signed CNAME into
     /// the insecure zone, to the attacker's address there (any answer to
     /// the query that holds that RRset would do; this one is also
@@ -2574,10 +2583,7 @@ mod tests {
     #[tokio::test]
     async fn a_parents_nsec_at_the_cut_does_not_deny_the_childs_wildcard() {
         let (root, example, host) = (Zone::new("."), Zone::new("example."), Zone::new("host.example."));
-        let mut served = served_with_insecure_child(&root, &example);
-        served.insert((n("host.example."), RecordType::DS), signed(&example, vec![ds_of(&host)]));
-        served.insert((n("host.example."), RecordType::DNSKEY), signed(&host, dnskey_set(&host)));
-        let (validator, _) = validator_for(&root, served).await;
+        let (validator, _) = validator_for(&root, served_with_signed_child(&root, &example, &host)).await;
         let types = [RecordType::A, RecordType::RRSIG, RecordType::NSEC];
         let span = signed(&host, vec![nsec_record("*.host.example.", "c.host.example.", &types)]);
         let cut = nsec_record("host.example.", "www.example.", &[RecordType::NS, RecordType::DS, RecordType::RRSIG, RecordType::NSEC]);
@@ -2636,10 +2642,7 @@ mod tests {
     #[tokio::test]
     async fn every_wildcard_expansion_needs_a_denial_from_its_own_zone() {
         let (root, example, host) = (Zone::new("."), Zone::new("example."), Zone::new("host.example."));
-        let mut served = served_with_insecure_child(&root, &example);
-        served.insert((n("host.example."), RecordType::DS), signed(&example, vec![ds_of(&host)]));
-        served.insert((n("host.example."), RecordType::DNSKEY), signed(&host, dnskey_set(&host)));
-        let (validator, _) = validator_for(&root, served).await;
+        let (validator, _) = validator_for(&root, served_with_signed_child(&root, &example, &host)).await;
 
         // *.host.example.'s signature replayed for www.host.example., which
         // exists, beside the parent's NSEC at the cut (NS DS): it spans every
@@ -2766,10 +2769,7 @@ mod tests {
     #[tokio::test]
     async fn a_wildcard_cname_into_a_child_zones_denial_is_secure() {
         let (root, example, host) = (Zone::new("."), Zone::new("example."), Zone::new("host.example."));
-        let mut served = served_with_insecure_child(&root, &example);
-        served.insert((n("host.example."), RecordType::DS), signed(&example, vec![ds_of(&host)]));
-        served.insert((n("host.example."), RecordType::DNSKEY), signed(&host, dnskey_set(&host)));
-        let (validator, _) = validator_for(&root, served).await;
+        let (validator, _) = validator_for(&root, served_with_signed_child(&root, &example, &host)).await;
         let chain = nsec3_chain(&example, &["example.", "*.example.", "host.example."], 0);
         let apex = [RecordType::SOA, RecordType::NS, RecordType::DNSKEY, RecordType::RRSIG, RecordType::NSEC];
         let nxdomain = nsec_record("host.example.", "www.host.example.", &apex);
