@@ -11,7 +11,8 @@ hints, no unbound-anchor), and the doubles only relay to that Unbound.
                signed.lab.      NSEC3, DS in lab.: validates from the private root anchor;
                                 a DNAME into signednsec.lab.; CNAMEs (some from wildcards)
                                 into denials
-               signednsec.lab.  NSEC, DS in lab.: wildcard case of hickory #2882
+               signednsec.lab.  NSEC, DS in lab.: wildcard case of hickory #2882; a DNAME
+                                into signed.lab.
                bogus.lab.       signed, DS in lab., then records/RRSIGs corrupted
                slow.lab.        NSEC3 with 150 iterations, DS in lab.: denials past RFC 9276's limit
                unsigned.lab.    no DS: insecure; rebinding answers and a CNAME hop
@@ -145,6 +146,7 @@ towild-nsec IN CNAME y.wild.signednsec.lab.
 www IN A 198.19.4.1
 *.wild IN A 198.19.4.2
 longttl 86400 IN A 198.19.4.3
+tosigned IN DNAME signed.lab.
 """),
     "bogus.lab.": (ZONE_NS, "nsec3", """\
 www IN A 198.19.2.1

@@ -199,6 +199,7 @@ def test_a_signed_cname_into_a_wildcard_is_secure(hierarchy, start_proxy, name, 
     ("x.wcname.signed.lab", "TXT", "NOERROR"),      # a catch-all CNAME into NODATA
     ("x.wcgone.signed.lab", "A", "NXDOMAIN"),       # ... into NXDOMAIN
     ("x.wcnsec.signed.lab", "TXT", "NOERROR"),      # ... into NODATA of an NSEC zone
+    ("www.tosigned.signednsec.lab", "TXT", "NOERROR"),  # a DNAME into NSEC3 NODATA
 ])
 def test_a_signed_cname_chain_that_ends_in_a_denial(hierarchy, start_proxy, name, qtype, status):
     """A chain that ends in nothing denies the name at its end (RFC 4035 §5.4); hickory 0.26.3

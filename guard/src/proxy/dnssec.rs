@@ -851,7 +851,10 @@ impl Validator {
     async fn denial_at_the_end(&self, chain: &Chain, query: &Query, msg: &Message, full: Security) -> Security {
         let Some(end) = unanswered_end(query, msg) else { return full };
         let unproven = matches!(&full, Security::Bogus(b) if b.reason == "denial-unproven");
-        if !(full == Security::Secure || unproven && end != *query.name()) {
+        // hickory's NSEC3 check also fails a denial of the query name with
+        // anything in the answer section (a DNAME the synthesis came from).
+        let beside = end == *query.name() && !msg.answers.is_empty() && !expanded(msg);
+        if !(full == Security::Secure || unproven && (end != *query.name() || beside)) {
             return full;
         }
         let is_denial = |r: &Record| matches!(r.record_type(), RecordType::NSEC | RecordType::NSEC3);
@@ -1338,15 +1341,15 @@ fn nsec_denies_the_wildcard(name: &Name, authorities: &[Record]) -> bool {
             _ => None,
         })
         .collect();
-    let covering: Vec<_> = nsecs.iter().filter(|(owner, n)| covers(owner, n.next_domain_name(), name)).take(MAX_COVERING_NSECS + 1).collect();
+    // RFC 6840 §4.1: a parent's NSEC at a cut (NS without SOA, or DNAME)
+    // spans the child's names in canonical order but denies none of them.
+    let denies = |owner: &Name, n: &NSEC, denied: &Name| {
+        covers(owner, n.next_domain_name(), denied) && !(n.is_ancestor_delegation() && owner.zone_of(denied))
+    };
+    let covering: Vec<_> = nsecs.iter().filter(|(owner, n)| denies(owner, n, name)).take(MAX_COVERING_NSECS + 1).collect();
     if covering.len() > MAX_COVERING_NSECS {
         return false;
     }
-    // RFC 6840 §4.1: a parent's NSEC at a cut (NS without SOA, or DNAME)
-    // spans the child's names in canonical order but denies none of them.
-    let denies = |owner: &Name, n: &NSEC, wildcard: &Name| {
-        covers(owner, n.next_domain_name(), wildcard) && !(n.is_ancestor_delegation() && owner.zone_of(wildcard))
-    };
     covering.iter().all(|(owner, n)| {
         let encloser = common_labels(name, owner).max(common_labels(name, n.next_domain_name()));
         match name.trim_to(encloser as usize).prepend_label("*") {
@@ -1369,12 +1372,13 @@ const MAX_CHAIN: usize = 16;
 
 /// Where `m`'s CNAME chain from `query`'s name ends: its last name, and
 /// whether the type asked for is there. A CNAME question ends at its own
-/// name. `None` for ANY, and for a chain that loops or runs past
-/// `MAX_CHAIN`: hickory's verdict stands for those.
+/// name, and so does an ANY question with an empty answer section (a
+/// denial of the name). `None` for any other ANY answer, and for a chain
+/// that loops or runs past `MAX_CHAIN`: hickory's verdict stands for those.
 fn chain_end(query: &Query, m: &Message) -> Option<(Name, bool)> {
     let qtype = query.query_type();
     if qtype == RecordType::ANY {
-        return None;
+        return m.answers.is_empty().then(|| (query.name().clone(), false));
     }
     let mut name = query.name().clone();
     for _ in 0..=MAX_CHAIN {
@@ -2362,6 +2366,19 @@ mod tests {
         assert!(matches!(validator.validate(&query, &unsigned).await, Security::Bogus(_)));
     }
 
+    /// A DNAME into a name with nothing of the type asked, in an NSEC3
+    /// zone: hickory's NSEC3 check fails a proven NODATA when anything rides
+    /// in the answer section, here the DNAME.
+    #[tokio::test]
+    async fn a_dname_into_an_nsec3_nodata_is_secure() {
+        let (root, example) = (Zone::new("."), Zone::new("example."));
+        let (validator, _) = validator_for(&root, served_example(&root, &example, &example, &example)).await;
+        let chain = nsec3_chain(&example, &["example.", "old.example.", "www.new.example.", "new.example."], 0);
+        let answers = [signed(&example, vec![dname_record("old.example.", "new.example.", 300)]), vec![cname("www.old.example.", "www.new.example.", 300)]].concat();
+        let (q, m) = response("www.old.example.", RecordType::AAAA, answers, matching(&chain, "www.new.example.", 0));
+        assert_eq!(validator.validate(&q, &m).await, Security::Secure);
+    }
+
     /// hickory 0.26.3 calls a denial insecure when its NSEC3 records take
     /// more iterations than its soft limit (RFC 9276 §3.2), before it
     /// looks at what they deny, and `classify` took that for the verdict on
@@ -2415,11 +2432,13 @@ mod tests {
         // So is a denial with no NSEC for a name of the insecure zone, even
         // beside a signed record of the zone above (hickory's summary
         // called that secure).
-        let mut bare = answer_of(vec![]);
-        bare.0 = Query::query(n("x.insecure.example."), RecordType::A);
-        bare.1.queries = vec![bare.0.clone()];
-        bare.1.add_authorities(cname_to("target.example."));
-        assert_eq!(validator.validate(&bare.0, &bare.1).await, Security::Insecure);
+        for qtype in [RecordType::A, RecordType::ANY] {
+            let mut bare = answer_of(vec![]);
+            bare.0 = Query::query(n("x.insecure.example."), qtype);
+            bare.1.queries = vec![bare.0.clone()];
+            bare.1.add_authorities(cname_to("target.example."));
+            assert_eq!(validator.validate(&bare.0, &bare.1).await, Security::Insecure, "{qtype}");
+        }
     }
 
     /// `served_example`, and `other`, a second signed zone under the root.
@@ -2552,12 +2571,12 @@ mod tests {
         // wildcard to c.example. covers both a.b.example. and *.b.example.
         let types = [RecordType::A, RecordType::RRSIG, RecordType::NSEC];
         let span = signed(&example, vec![nsec_record("*.example.", "c.example.", &types)]);
-        for with_soa in [false, true] {
+        for (with_soa, qtype) in [(false, RecordType::A), (true, RecordType::A), (false, RecordType::ANY)] {
             let soa = if with_soa { signed(&example, vec![soa("example.")]) } else { vec![] };
-            let (q, mut m) = response("a.b.example.", RecordType::A, vec![], [span.clone(), soa].concat());
+            let (q, mut m) = response("a.b.example.", qtype, vec![], [span.clone(), soa].concat());
             m.metadata.response_code = ResponseCode::NXDomain;
             let v = validator.validate(&q, &m).await;
-            assert!(matches!(v, Security::Bogus(_)), "with SOA {with_soa}: a name the wildcard serves denied as {v:?}");
+            assert!(matches!(v, Security::Bogus(_)), "{qtype} with SOA {with_soa}: a name the wildcard serves denied as {v:?}");
         }
         // A genuine NXDOMAIN below c.example., whose closest encloser has
         // no wildcard: the NSEC from c.example. around to the apex covers
@@ -2587,10 +2606,18 @@ mod tests {
         let types = [RecordType::A, RecordType::RRSIG, RecordType::NSEC];
         let span = signed(&host, vec![nsec_record("*.host.example.", "c.host.example.", &types)]);
         let cut = nsec_record("host.example.", "www.example.", &[RecordType::NS, RecordType::DS, RecordType::RRSIG, RecordType::NSEC]);
-        let (q, mut m) = response("a.b.host.example.", RecordType::A, vec![], [span, signed(&example, vec![cut])].concat());
+        let (q, mut m) = response("a.b.host.example.", RecordType::A, vec![], [span, signed(&example, vec![cut.clone()])].concat());
         m.metadata.response_code = ResponseCode::NXDomain;
         let v = validator.validate(&q, &m).await;
         assert!(matches!(v, Security::Bogus(_)), "a name the wildcard serves denied as {v:?}");
+        // Nor is it the NSEC that covers a child's name: beside a genuine
+        // proof (b.host.example. exists; its NSEC covers a.b.host.example.
+        // and *.b.host.example.) it asks for nothing more.
+        let child = signed(&host, vec![nsec_record("b.host.example.", "c.host.example.", &types)]);
+        let proofs = [child, signed(&host, vec![soa("host.example.")]), signed(&example, vec![cut])].concat();
+        let (q, mut m) = response("a.b.host.example.", RecordType::A, vec![], proofs);
+        m.metadata.response_code = ResponseCode::NXDomain;
+        assert_eq!(validator.validate(&q, &m).await, Security::Secure);
     }
 
     /// A high-iteration NSEC3 makes a denial insecure only for its own
