@@ -852,8 +852,9 @@ impl Validator {
         let Some(end) = unanswered_end(query, msg) else { return full };
         let unproven = matches!(&full, Security::Bogus(b) if b.reason == "denial-unproven");
         // hickory's NSEC3 check also fails a denial of the query name with
-        // anything in the answer section (a DNAME the synthesis came from).
-        let beside = end == *query.name() && !msg.answers.is_empty() && !expanded(msg);
+        // anything in the answer section: the DNAME a stripped synthesis
+        // came from (`dname`) is the one thing a server puts there.
+        let beside = end == *query.name() && !msg.answers.is_empty() && !expanded(msg) && only_dnames(&msg.answers);
         if !(full == Security::Secure || unproven && (end != *query.name() || beside)) {
             return full;
         }
@@ -1297,6 +1298,12 @@ fn classify(query: &Query, result: Result<DnsResponse, NetError>) -> Security {
         // that ends in data, every RRset secure, and every expansion
         // proven on its own (`expansion`) is secure.
         Some(p) => {
+            // hickory verified every RRset before it looked at the denial: a
+            // record whose signature failed is bogus whatever a later look
+            // at the denial says.
+            if let bogus @ Security::Bogus(_) = summarize(response) {
+                return bogus;
+            }
             let answered = matches!(chain_end(query, response), Some((_, true)));
             if answered && summarize(response) == Security::Secure && expansion::judge(response) == Expansions::Proven {
                 return Security::Secure;
@@ -1372,13 +1379,13 @@ const MAX_CHAIN: usize = 16;
 
 /// Where `m`'s CNAME chain from `query`'s name ends: its last name, and
 /// whether the type asked for is there. A CNAME question ends at its own
-/// name, and so does an ANY question with an empty answer section (a
-/// denial of the name). `None` for any other ANY answer, and for a chain
-/// that loops or runs past `MAX_CHAIN`: hickory's verdict stands for those.
+/// name, and so does an ANY question, answered by any record there. `None`
+/// for a chain that loops or runs past `MAX_CHAIN`: hickory's verdict
+/// stands for those.
 fn chain_end(query: &Query, m: &Message) -> Option<(Name, bool)> {
     let qtype = query.query_type();
     if qtype == RecordType::ANY {
-        return m.answers.is_empty().then(|| (query.name().clone(), false));
+        return Some((query.name().clone(), m.answers.iter().any(|r| r.name == *query.name())));
     }
     let mut name = query.name().clone();
     for _ in 0..=MAX_CHAIN {
@@ -1475,6 +1482,14 @@ fn expansions_of_verified(msg: &Message) -> Security {
         Expansions::AtMostInsecure => Security::Insecure,
         Expansions::Unproven(why) => bogus("wildcard-unproven", why),
     }
+}
+
+/// Whether `records` are DNAMEs and their signatures, nothing else.
+fn only_dnames(records: &[Record]) -> bool {
+    records.iter().all(|r| match &r.data {
+        RData::DNSSEC(DNSSECRData::RRSIG(sig)) => sig.input().type_covered == RecordType::DNAME,
+        _ => r.record_type() == RecordType::DNAME,
+    })
 }
 
 /// Whether an answer-section RRSIG signs its RRset as a wildcard expansion.
@@ -2366,6 +2381,40 @@ mod tests {
         assert!(matches!(validator.validate(&query, &unsigned).await, Security::Bogus(_)));
     }
 
+    /// A forged CNAME or DNAME into an unsigned zone, under a signature
+    /// that does not verify, beside a genuine NSEC of the signed zone: the
+    /// first look fails the denial, and the look at the end (whose zone is
+    /// provably unsigned, and which no NSEC of example. speaks for) must
+    /// not make the forgery insecure.
+    #[tokio::test]
+    async fn a_forged_signed_redirection_beside_a_genuine_nsec_is_bogus() {
+        let (root, example) = (Zone::new("."), Zone::new("example."));
+        // evil., an unsigned zone under the root: the NSEC at its cut has no DS.
+        let mut served = served_with_insecure_child(&root, &example);
+        let cut = nsec_record("evil.", "example.", &[RecordType::NS, RecordType::RRSIG, RecordType::NSEC]);
+        served.insert((n("evil."), RecordType::DS), signed(&root, vec![cut]));
+        served.insert((n("evil."), RecordType::NS), vec![Record::from_rdata(n("evil."), 300, RData::NS(hickory_proto::rr::rdata::NS(n("ns.evil."))))]);
+        served.insert((n("www.evil."), RecordType::NS), vec![]);
+        let (validator, _) = validator_for(&root, served).await;
+        let nsec = signed(&example, vec![nsec_record("example.", "zzz.example.", &[RecordType::SOA, RecordType::NS])]);
+        let retarget = |mut records: Vec<Record>, data: RData| {
+            records[0].data = data;
+            records
+        };
+        let target = |name: &str| RData::CNAME(hickory_proto::rr::rdata::CNAME(n(name)));
+        let forged = retarget(signed_cname(&example, "www.example.", "target.example.", 2), target("www.evil."));
+        let (q, m) = response("www.example.", RecordType::A, forged, nsec.clone());
+        let v = validator.validate(&q, &m).await;
+        assert!(matches!(&v, Security::Bogus(_)), "a forged CNAME passed as {v:?}");
+
+        let dname = signed(&example, vec![dname_record("old.example.", "new.example.", 300)]);
+        let forged = retarget(dname, dname_record("old.example.", "evil.", 300).data);
+        let answers = [forged, vec![cname("www.old.example.", "www.evil.", 300)]].concat();
+        let (q, m) = response("www.old.example.", RecordType::A, answers, nsec);
+        let v = validator.validate(&q, &m).await;
+        assert!(matches!(&v, Security::Bogus(_)), "a forged DNAME passed as {v:?}");
+    }
+
     /// A DNAME into a name with nothing of the type asked, in an NSEC3
     /// zone: hickory's NSEC3 check fails a proven NODATA when anything rides
     /// in the answer section, here the DNAME.
@@ -2377,6 +2426,11 @@ mod tests {
         let answers = [signed(&example, vec![dname_record("old.example.", "new.example.", 300)]), vec![cname("www.old.example.", "www.new.example.", 300)]].concat();
         let (q, m) = response("www.old.example.", RecordType::AAAA, answers, matching(&chain, "www.new.example.", 0));
         assert_eq!(validator.validate(&q, &m).await, Security::Secure);
+        // Only a DNAME rides with such a denial: a genuine A beside the
+        // AAAA's NODATA is no answer any server sends.
+        let (q, m) = response("www.new.example.", RecordType::AAAA, signed(&example, vec![a("www.new.example.", 1)]), matching(&chain, "www.new.example.", 0));
+        let v = validator.validate(&q, &m).await;
+        assert!(matches!(&v, Security::Bogus(_)), "{v:?}");
     }
 
     /// hickory 0.26.3 calls a denial insecure when its NSEC3 records take
@@ -2578,6 +2632,12 @@ mod tests {
             let v = validator.validate(&q, &m).await;
             assert!(matches!(v, Security::Bogus(_)), "{qtype} with SOA {with_soa}: a name the wildcard serves denied as {v:?}");
         }
+        // For ANY with the SOA moved to the answer section, where hickory
+        // does not look for it.
+        let (q, mut m) = response("a.b.example.", RecordType::ANY, signed(&example, vec![soa("example.")]), span.clone());
+        m.metadata.response_code = ResponseCode::NXDomain;
+        let v = validator.validate(&q, &m).await;
+        assert!(matches!(v, Security::Bogus(_)), "ANY, SOA in the answer section: denied as {v:?}");
         // A genuine NXDOMAIN below c.example., whose closest encloser has
         // no wildcard: the NSEC from c.example. around to the apex covers
         // both x.c.example. and *.c.example.
