@@ -104,6 +104,16 @@ def test_signed_zone_is_secure(hierarchy, start_proxy, anchor):
 
 
 @pytest.mark.needs_guard
+def test_a_signed_any_answer_is_secure(hierarchy, start_proxy):
+    """hickory 0.26.3 finds no record of type ANY in an ANY answer and judges it as a denial,
+    which a signed name's records fail: SERVFAIL before. Its RRsets verified, it is secure."""
+    guard = start_proxy(hierarchy.proxy_config(rebinding={"allow": ["signed.lab"]}))
+    r = hierarchy.dig("c1", "www.signed.lab", qtype="ANY")
+    assert r.status == "NOERROR" and r.ad and H.A["www.signed.lab"] in r.addresses, r.raw
+    assert proxy_verdict(guard, qname="www.signed.lab", qtype="ANY")["dnssec"] == "secure"
+
+
+@pytest.mark.needs_guard
 def test_secure_answer_is_not_cached_past_its_signature(hierarchy, start_proxy):
     """RFC 4035 §5.3.3: the record's TTL is a day, its RRSIG expires within the hour. The
     upstream hands out the day; CoreDNS would cache what the proxy returns, so the proxy caps

@@ -1294,8 +1294,9 @@ fn classify(query: &Query, result: Result<DnsResponse, NetError>) -> Security {
             _ => Security::Insecure,
         },
         // hickory judged the expansions of a positive answer against the
-        // query name (and wrongly for NSEC, hickory-dns #2882): a chain
-        // that ends in data, every RRset secure, and every expansion
+        // query name (and wrongly for NSEC, hickory-dns #2882), and takes
+        // an ANY answer, whose records are of no type ANY, for a denial: a
+        // chain that ends in data, every RRset secure, and every expansion
         // proven on its own (`expansion`) is secure.
         Some(p) => {
             // hickory verified every RRset before it looked at the denial: a
@@ -1305,7 +1306,8 @@ fn classify(query: &Query, result: Result<DnsResponse, NetError>) -> Security {
                 return bogus;
             }
             let answered = matches!(chain_end(query, response), Some((_, true)));
-            if answered && summarize(response) == Security::Secure && expansion::judge(response) == Expansions::Proven {
+            let proven = matches!(expansion::judge(response), Expansions::None | Expansions::Proven);
+            if answered && summarize(response) == Security::Secure && proven {
                 return Security::Secure;
             }
             return bogus("denial-unproven", format!("no valid NSEC/NSEC3 proof for {} ({p})", query.name()));
@@ -2486,6 +2488,12 @@ mod tests {
         // So is a denial with no NSEC for a name of the insecure zone, even
         // beside a signed record of the zone above (hickory's summary
         // called that secure).
+        // An ANY answer: hickory finds no record of type ANY and judges a
+        // denial, which the signed records beside nothing fail.
+        let mut any = answer_of(signed(&example, vec![a("target.example.", 1)]));
+        any.0 = Query::query(n("target.example."), RecordType::ANY);
+        any.1.queries = vec![any.0.clone()];
+        assert_eq!(validator.validate(&any.0, &any.1).await, Security::Secure);
         for qtype in [RecordType::A, RecordType::ANY] {
             let mut bare = answer_of(vec![]);
             bare.0 = Query::query(n("x.insecure.example."), qtype);
