@@ -141,6 +141,8 @@ towild-nsec IN CNAME y.wild.signednsec.lab.
 *.wcname IN CNAME www.signed.lab.
 *.wcgone IN CNAME gone.signed.lab.
 *.wcnsec IN CNAME www.signednsec.lab.
+*.wcplain IN CNAME www.unsigned.lab.
+*.wcplaingone IN CNAME gone.unsigned.lab.
 """),
     "signednsec.lab.": (ZONE_NS, "nsec", """\
 www IN A 198.19.4.1

@@ -865,7 +865,11 @@ impl Validator {
                 verdict => verdict,
             };
         }
-        if positive_proof::signed_rrsets(msg, query.query_class()).is_err() {
+        // A first look that failed only on the denial found no bad
+        // signature, so it proved the zones of the unsigned records insecure
+        // (an unsigned zone's SOA at the end): what must verify is the rest.
+        let signed = if unproven { signed_only(msg) } else { msg.clone() };
+        if positive_proof::signed_rrsets(&signed, query.query_class()).is_err() {
             return full; // past the second opinion's limits, or unsigned: as judged
         }
         let mut at_end = Query::query(end.clone(), query.query_type());
@@ -875,6 +879,18 @@ impl Validator {
         denial.authorities = authority_for(&end, &msg.authorities);
         denial.queries = vec![at_end.clone()];
         let verdict = self.hickory(chain, &at_end, &denial).await;
+        if unproven && verdict == Security::Insecure {
+            // The end is in a provably unsigned zone. The signed records
+            // that lead there verify, and each expansion among them is
+            // proven, or a replayed catch-all would pass (insecure at best).
+            return match self.second_opinion(chain, query, &signed, Security::Secure).await {
+                Security::Secure => match expansions_of_verified(&signed) {
+                    Security::Secure | Security::Insecure => Security::Insecure,
+                    bogus => bogus,
+                },
+                verdict => verdict,
+            };
+        }
         let verdict = match self.second_opinion(chain, query, msg, verdict).await {
             Security::Secure if expanded(msg) => match expansions_of_verified(msg) {
                 // An expansion insecure at best (NSEC3 past the iteration
@@ -1456,6 +1472,11 @@ fn authority_for(end: &Name, authorities: &[Record]) -> Vec<Record> {
         .map(|sig| &sig.input().signer_name)
         .filter(|signer| signer.zone_of(end))
         .max_by_key(|signer| signer.num_labels());
+    // An SOA below every such signer names the end's zone (an unsigned
+    // child's): no ancestor's denial speaks for it, and hickory must prove
+    // that zone insecure or call the answer bogus.
+    let deepest_soa = authorities.iter().filter(|r| r.record_type() == RecordType::SOA && r.name.zone_of(end)).map(|r| r.name.num_labels()).max();
+    let signer = signer.filter(|signer| deepest_soa.is_none_or(|soa| soa <= signer.num_labels()));
     let signed: HashSet<(Name, RecordType)> = authorities
         .iter()
         .filter_map(|r| denial_sig(r).filter(|sig| Some(&sig.input().signer_name) == signer).map(|sig| (r.name.to_lowercase(), sig.input().type_covered)))
@@ -1484,6 +1505,25 @@ fn expansions_of_verified(msg: &Message) -> Security {
         Expansions::AtMostInsecure => Security::Insecure,
         Expansions::Unproven(why) => bogus("wildcard-unproven", why),
     }
+}
+
+/// `msg` with only the records a signature in their own section covers.
+fn signed_only(msg: &Message) -> Message {
+    fn keep(section: &[Record]) -> Vec<Record> {
+        let covered: HashSet<(Name, RecordType)> = section
+            .iter()
+            .filter_map(|r| positive_proof::rrsig(r).map(|sig| (r.name.to_lowercase(), sig.input().type_covered)))
+            .collect();
+        section
+            .iter()
+            .filter(|r| r.record_type() == RecordType::RRSIG || covered.contains(&(r.name.to_lowercase(), r.record_type())))
+            .cloned()
+            .collect()
+    }
+    let mut signed = msg.clone();
+    signed.answers = keep(&msg.answers);
+    signed.authorities = keep(&msg.authorities);
+    signed
 }
 
 /// Whether `records` are DNAMEs and their signatures, nothing else.
@@ -2872,6 +2912,49 @@ mod tests {
         let (q, mut m) = response("www.example.", RecordType::A, signed_cname(&example, "www.example.", "gone.host.example.", 1), proofs);
         m.metadata.response_code = ResponseCode::NXDomain;
         assert_eq!(validator.validate(&q, &m).await, Security::Secure);
+    }
+
+    /// A catch-all CNAME of a signed zone into an unsigned zone's NODATA or
+    /// NXDOMAIN (a CDN without AAAA, say), as a server sends it: the
+    /// expansion's proof beside the unsigned zone's SOA. The end is in a
+    /// provably unsigned zone, so the answer is insecure; without the
+    /// expansion's proof it is a replay, bogus.
+    #[tokio::test]
+    async fn a_wildcard_cname_into_an_unsigned_zones_denial_is_insecure() {
+        let (root, example) = (Zone::new("."), Zone::new("example."));
+        let (validator, _) = validator_for(&root, served_with_insecure_child(&root, &example)).await;
+        let chain = nsec3_chain(&example, &["example.", "*.example.", "insecure.example."], 0);
+        let cname = signed_cname(&example, "www.example.", "x.insecure.example.", 1);
+        for rcode in [ResponseCode::NoError, ResponseCode::NXDomain] {
+            let proofs = [covering(&chain, "www.example.", 0), vec![soa("insecure.example.")]].concat();
+            let (q, mut m) = response("www.example.", RecordType::AAAA, cname.clone(), proofs);
+            m.metadata.response_code = rcode;
+            assert_eq!(validator.validate(&q, &m).await, Security::Insecure, "{rcode}");
+            // The expansion's proof dropped, or swapped for an NSEC3 that
+            // covers another name: nothing shows www.example. does not exist.
+            let proof = covering(&chain, "www.example.", 0);
+            let other = chain.iter().map(|(_, r)| r.clone()).find(|r| *r != proof).unwrap();
+            for authorities in [vec![soa("insecure.example.")], [other, vec![soa("insecure.example.")]].concat()] {
+                let (q, mut m) = response("www.example.", RecordType::AAAA, cname.clone(), authorities);
+                m.metadata.response_code = rcode;
+                let v = validator.validate(&q, &m).await;
+                assert!(matches!(v, Security::Bogus(_)), "{rcode}: {v:?}");
+            }
+        }
+        // An unsigned SOA forged for a name of the signed zone, fake.example.,
+        // which its parent shows is no delegation: no zone cut, no insecure end.
+        let mut served = served_with_insecure_child(&root, &example);
+        let chain = nsec3_chain(&example, &["example.", "*.example.", "insecure.example.", "fake.example."], 0);
+        served.insert((n("fake.example."), RecordType::DS), matching(&chain, "fake.example.", 0));
+        let (validator, _) = validator_for(&root, served).await;
+        let cname = signed_cname(&example, "www.example.", "x.fake.example.", 1);
+        for rcode in [ResponseCode::NoError, ResponseCode::NXDomain] {
+            let proofs = [covering(&chain, "www.example.", 0), vec![soa("fake.example.")]].concat();
+            let (q, mut m) = response("www.example.", RecordType::AAAA, cname.clone(), proofs);
+            m.metadata.response_code = rcode;
+            let v = validator.validate(&q, &m).await;
+            assert!(matches!(v, Security::Bogus(_)), "{rcode}: {v:?}");
+        }
     }
 
     /// A zone signed with no DS above it (insecure.example., proven
