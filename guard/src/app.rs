@@ -25,7 +25,7 @@ use crate::{
     metrics::{ListLabels, Metrics, ResultLabels},
     proxy,
     verdict::VerdictLog,
-    watch::ListWatcher,
+    watch::{self, ListWatcher},
 };
 
 /// Every query in flight holds an upstream socket, and the validator's
@@ -67,16 +67,30 @@ fn load_config(path: &Path) -> Result<Config, Failure> {
 }
 
 fn load_lists(cfg: &Config, warn_skipped: bool) -> Result<RuleSet, Failure> {
-    let rules = lists::load(&cfg.blocklists, &cfg.allowlists).map_err(|errors| {
+    let mut rules = lists::load(&cfg.blocklists, &cfg.allowlists).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
         bad_config(format!("lists could not be read:\n{}", lines.join("\n")))
     })?;
     if warn_skipped {
-        for d in &rules.diagnostics {
-            warn!("skipped list line: {d}");
-        }
+        log_skipped(&mut rules);
     }
     Ok(rules)
+}
+
+/// Skipped lines logged per load; `dns-guard check` lists them all.
+const SKIPPED_LOGGED: usize = 100;
+
+/// Logs the lines a load skipped, and lets them go: a rule set lives as
+/// long as its table, and a million-line file of the wrong format would
+/// keep a million messages.
+fn log_skipped(rules: &mut RuleSet) {
+    let skipped = std::mem::take(&mut rules.diagnostics);
+    for d in skipped.iter().take(SKIPPED_LOGGED) {
+        warn!("skipped list line: {d}");
+    }
+    if skipped.len() > SKIPPED_LOGGED {
+        warn!("and {} more skipped list lines; `dns-guard check` lists them all", skipped.len() - SKIPPED_LOGGED);
+    }
 }
 
 /// The loader's view of the config.
@@ -254,6 +268,10 @@ fn record_reload(metrics: &Metrics, ok: bool) {
 pub async fn run(path: &Path) -> Result<(), Failure> {
     let cfg = load_config(path)?;
     raise_open_file_limit();
+    let list_paths: Vec<_> = cfg.blocklists.iter().chain(&cfg.allowlists).cloned().collect();
+    // Before the first load: a list that changes while the process starts
+    // (seconds, with a large list to attach) reloads once it is up.
+    let lists_as_loaded = watch::snapshot(&list_paths);
     let parse_started = Instant::now();
     let rules = load_lists(&cfg, true)?;
     let parse_took = parse_started.elapsed();
@@ -334,8 +352,7 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
         admin.readiness.up(Component::Proxy); // admin block
     }
 
-    let list_paths: Vec<_> = cfg.blocklists.iter().chain(&cfg.allowlists).cloned().collect();
-    let (_watcher, mut changes) = ListWatcher::new(&list_paths).context("watching the list files")?;
+    let (_watcher, mut changes) = ListWatcher::new(&list_paths, lists_as_loaded).context("watching the list files")?;
     match (&guard, &xdp) {
         (Some(g), Some(s)) => eprintln!("dns-guard ready: XDP {} on {}", g.attach, s.interface),
         _ => eprintln!("dns-guard ready"),
@@ -370,10 +387,18 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
                 };
                 // A bad reload keeps the old table: enforcement never lapses.
                 match loaded {
-                    Ok(rules) => {
+                    Ok(mut rules) => {
                         let parse_took = parse_started.elapsed();
-                        for d in &rules.diagnostics {
-                            warn!("skipped list line: {d}");
+                        log_skipped(&mut rules);
+                        let before = index.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(|i| i.rules.stats.clone());
+                        let emptied = lists::emptied(&before.unwrap_or_default(), &rules.stats);
+                        if !emptied.is_empty() {
+                            record_reload(&metrics, false);
+                            for e in emptied {
+                                error!("reload refused, keeping the previous table: {e}");
+                            }
+                            trim_heap_soon(trim_late);
+                            continue;
                         }
                         let installed = match guard.as_mut() {
                             Some(g) => install(g, rules, parse_took, generation, &index, &dynblocks, &metrics),

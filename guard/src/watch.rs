@@ -17,6 +17,9 @@ use tokio::sync::mpsc;
 const DEBOUNCE: Duration = Duration::from_millis(200);
 /// A file rewritten without pause still gets checked this often.
 const MAX_DELAY: Duration = Duration::from_secs(2);
+/// A file still being written (a download straight into the list's path)
+/// is read once it has held still for one `DEBOUNCE`, or after this long.
+const SETTLE_MAX: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -37,9 +40,11 @@ pub struct ListWatcher {
 
 impl ListWatcher {
     /// Watches the directories holding `paths`. The receiver gets `()` after
-    /// any of the files' contents may have changed (at most one pending).
-    /// Needs no Tokio runtime: debouncing runs on its own thread.
-    pub fn new(paths: &[PathBuf]) -> Result<(Self, mpsc::Receiver<()>), WatchError> {
+    /// any of the files' contents may have changed since `since` (at most
+    /// one pending): take the snapshot before the first load, so a change
+    /// while the process starts is not missed. Needs no Tokio runtime:
+    /// debouncing runs on its own thread.
+    pub fn new(paths: &[PathBuf], since: Snapshot) -> Result<(Self, mpsc::Receiver<()>), WatchError> {
         let (raw_tx, raw_rx) = std_mpsc::channel::<notify::Result<notify::Event>>();
         let mut watcher = notify::recommended_watcher(move |ev| {
             // Fails only once the debounce thread has gone; nothing to do.
@@ -76,10 +81,12 @@ impl ListWatcher {
 
         let (tx, rx) = mpsc::channel(1);
         let files = paths.to_vec();
-        let initial = fingerprints(&files);
+        let initial = since.0;
         std::thread::Builder::new()
             .name("list-watch".into())
-            .spawn(move || debounce_loop(raw_rx, tx, files, initial))
+            .spawn(move || {
+                debounce_loop(raw_rx, tx, files, initial);
+            })
             .map_err(WatchError::Thread)?;
         Ok((
             ListWatcher {
@@ -119,6 +126,13 @@ struct Fingerprint {
     ctime: (i64, i64),
 }
 
+/// What the list paths resolved to at one moment (`snapshot`).
+pub struct Snapshot(Vec<Option<Fingerprint>>);
+
+pub fn snapshot(paths: &[PathBuf]) -> Snapshot {
+    Snapshot(fingerprints(paths))
+}
+
 fn fingerprints(files: &[PathBuf]) -> Vec<Option<Fingerprint>> {
     files
         .iter()
@@ -135,34 +149,20 @@ fn fingerprints(files: &[PathBuf]) -> Vec<Option<Fingerprint>> {
         .collect()
 }
 
+/// Sends a reload for each settled change of `files` from `last`; returns
+/// once the watcher or the receiver has gone.
 fn debounce_loop(
     raw: std_mpsc::Receiver<notify::Result<notify::Event>>,
     tx: mpsc::Sender<()>,
     files: Vec<PathBuf>,
     mut last: Vec<Option<Fingerprint>>,
-) {
+) -> Option<()> {
+    // A change between the snapshot and the watch sent no event we saw:
+    // look once before waiting for one.
+    let mut first = true;
     loop {
-        // Wait for the first event of a burst; Err means the watcher was
-        // dropped, so stop.
-        match raw.recv() {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "list watcher error");
-                continue;
-            }
-            Err(_) => return,
-        }
-        let start = Instant::now();
-        loop {
-            let left = MAX_DELAY.saturating_sub(start.elapsed());
-            if left.is_zero() {
-                break;
-            }
-            match raw.recv_timeout(DEBOUNCE.min(left)) {
-                Ok(_) => continue,
-                Err(std_mpsc::RecvTimeoutError::Timeout) => break,
-                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
-            }
+        if !std::mem::take(&mut first) && !burst(&raw)? {
+            continue;
         }
         let now = fingerprints(&files);
         if now == last {
@@ -170,6 +170,7 @@ fn debounce_loop(
             // changed nothing we compare.
             continue;
         }
+        let now = settled(&raw, &files, now)?;
         for (f, (a, b)) in files.iter().zip(last.iter().zip(&now)) {
             if a != b {
                 tracing::info!(path = %f.display(), present = b.is_some(), "list file changed");
@@ -179,8 +180,62 @@ fn debounce_loop(
         match tx.try_send(()) {
             // Full: a reload is already pending and will read the new files.
             Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {}
-            Err(mpsc::error::TrySendError::Closed(())) => return,
+            Err(mpsc::error::TrySendError::Closed(())) => return None,
         }
+    }
+}
+
+/// Waits for a burst of events and its end: `DEBOUNCE` of quiet, or
+/// `MAX_DELAY` after its first event. `Some(false)` for a watcher error,
+/// `None` once the watcher has gone.
+fn burst(raw: &std_mpsc::Receiver<notify::Result<notify::Event>>) -> Option<bool> {
+    match raw.recv().ok()? {
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "list watcher error");
+            return Some(false);
+        }
+    }
+    let start = Instant::now();
+    loop {
+        let left = MAX_DELAY.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Some(true);
+        }
+        match raw.recv_timeout(DEBOUNCE.min(left)) {
+            Ok(_) => continue,
+            Err(std_mpsc::RecvTimeoutError::Timeout) => return Some(true),
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => return None,
+        }
+    }
+}
+
+/// `now` once the files hold still: the same fingerprints one `DEBOUNCE`
+/// apart, or `SETTLE_MAX` after the first look. `None` once the watcher
+/// has gone.
+fn settled(
+    raw: &std_mpsc::Receiver<notify::Result<notify::Event>>,
+    files: &[PathBuf],
+    mut now: Vec<Option<Fingerprint>>,
+) -> Option<Vec<Option<Fingerprint>>> {
+    let start = Instant::now();
+    loop {
+        // Events meanwhile are this same write; the fingerprints decide.
+        let until = Instant::now() + DEBOUNCE;
+        while let Some(left) = until.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()) {
+            if let Err(std_mpsc::RecvTimeoutError::Disconnected) = raw.recv_timeout(left) {
+                return None;
+            }
+        }
+        let again = fingerprints(files);
+        if again == now {
+            return Some(now);
+        }
+        if start.elapsed() >= SETTLE_MAX {
+            tracing::warn!("list files still changing after {SETTLE_MAX:?}; reading them anyway");
+            return Some(again);
+        }
+        now = again;
     }
 }
 
@@ -199,6 +254,11 @@ mod tests {
         }
     }
 
+    fn watch(list: &Path) -> (ListWatcher, mpsc::Receiver<()>) {
+        let paths = [list.to_path_buf()];
+        ListWatcher::new(&paths, snapshot(&paths)).unwrap()
+    }
+
     async fn expect_quiet(rx: &mut mpsc::Receiver<()>, what: &str) {
         if let Ok(r) = timeout(Duration::from_millis(800), rx.recv()).await {
             panic!("{what}: unexpected notification {r:?}");
@@ -210,7 +270,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let list = dir.path().join("block.txt");
         fs::write(&list, "a.example\n").unwrap();
-        let (_w, mut rx) = ListWatcher::new(std::slice::from_ref(&list)).unwrap();
+        let (_w, mut rx) = watch(&list);
         fs::write(&list, "a.example\nb.example\n").unwrap();
         expect_reload(&mut rx, "rewrite").await;
         expect_quiet(&mut rx, "after rewrite").await;
@@ -221,7 +281,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let list = dir.path().join("block.txt");
         fs::write(&list, "a.example\n").unwrap();
-        let (_w, mut rx) = ListWatcher::new(std::slice::from_ref(&list)).unwrap();
+        let (_w, mut rx) = watch(&list);
         let tmp = dir.path().join(".block.txt.tmp");
         // Same size, so only the inode tells them apart.
         fs::write(&tmp, "c.example\n").unwrap();
@@ -240,7 +300,7 @@ mod tests {
         symlink("..2026_11_28_01", d.join("..data")).unwrap();
         symlink("..data/block.txt", d.join("block.txt")).unwrap();
         let list = d.join("block.txt");
-        let (_w, mut rx) = ListWatcher::new(std::slice::from_ref(&list)).unwrap();
+        let (_w, mut rx) = watch(&list);
 
         fs::create_dir(d.join("..2026_11_28_02")).unwrap();
         fs::write(d.join("..2026_11_28_02/block.txt"), "b.example\n").unwrap();
@@ -256,7 +316,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let list = dir.path().join("block.txt");
         fs::write(&list, "a.example\n").unwrap();
-        let (w, mut rx) = ListWatcher::new(std::slice::from_ref(&list)).unwrap();
+        let (w, mut rx) = watch(&list);
         assert_eq!(w.dirs(), [dir.path().to_path_buf()]);
         fs::write(dir.path().join("notes.txt"), "hello\n").unwrap();
         fs::write(dir.path().join("notes.txt"), "hello again\n").unwrap();
@@ -266,9 +326,56 @@ mod tests {
         expect_reload(&mut rx, "rewrite after unrelated").await;
     }
 
+    /// A list downloaded straight into its path, a chunk every 100 ms for
+    /// 3 s (past `MAX_DELAY`): one reload, once the last chunk is written.
+    #[tokio::test]
+    async fn a_file_still_being_written_is_not_read_half_way() {
+        use std::io::Write;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("block.txt");
+        fs::write(&list, "a.example\n").unwrap();
+        let (_w, mut rx) = watch(&list);
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (list, done) = (list.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut f = fs::File::create(&list).unwrap();
+                for i in 0..30 {
+                    writeln!(f, "n{i}.example").unwrap();
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                done.store(true, Ordering::SeqCst);
+            })
+        };
+        match timeout(Duration::from_secs(6), rx.recv()).await {
+            Ok(Some(())) => assert!(done.load(Ordering::SeqCst), "reloaded while the file was still being written"),
+            other => panic!("no reload: {other:?}"),
+        }
+        writer.join().unwrap();
+        expect_quiet(&mut rx, "after the download").await;
+        assert_eq!(fs::read_to_string(&list).unwrap().lines().count(), 30);
+    }
+
+    /// A change between the snapshot (taken before the first load) and the
+    /// watch reloads once.
+    #[tokio::test]
+    async fn a_change_before_the_watch_started_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("block.txt");
+        fs::write(&list, "a.example\n").unwrap();
+        let paths = [list.clone()];
+        let before = snapshot(&paths);
+        fs::write(&list, "a.example\nb.example\n").unwrap();
+        let (_w, mut rx) = ListWatcher::new(&paths, before).unwrap();
+        expect_reload(&mut rx, "change during startup").await;
+        expect_quiet(&mut rx, "after it").await;
+    }
+
     #[test]
     fn missing_directory_is_an_error() {
-        let err = ListWatcher::new(&[PathBuf::from("/nonexistent-dns-guard/lists/x.txt")])
+        let paths = [PathBuf::from("/nonexistent-dns-guard/lists/x.txt")];
+        let err = ListWatcher::new(&paths, snapshot(&paths))
             .err()
             .expect("should fail");
         assert!(

@@ -95,6 +95,29 @@ pub struct ListStats {
     pub rules: usize,
     /// Entries skipped with a diagnostic.
     pub skipped: usize,
+    /// Nothing but white space in the file.
+    pub blank: bool,
+}
+
+/// What is wrong with lists that held rules and now hold none, from a file
+/// that is blank or whose every entry was skipped: a download cut short, or
+/// an error page saved over the list. Such a reload keeps the previous
+/// table. A file of comments alone empties its list: that is deliberate.
+pub fn emptied(before: &[ListStats], after: &[ListStats]) -> Vec<String> {
+    after
+        .iter()
+        .filter(|now| now.rules == 0 && (now.blank || now.skipped > 0))
+        .filter_map(|now| {
+            let had = before.iter().find(|b| b.path == now.path && b.kind == now.kind && b.rules > 0)?;
+            let why = if now.blank { "is empty".to_string() } else { format!("has {} lines that are not list entries", now.skipped) };
+            Some(format!(
+                "{} {why} and no rule, where it had {} (a write cut short?); write it whole and rename it into place, \
+                 or leave comments only to empty the list",
+                now.path.display(),
+                had.rules
+            ))
+        })
+        .collect()
 }
 
 /// Every rule from every list, merged by name.
@@ -136,6 +159,33 @@ pub enum ListError {
         path.display()
     )]
     Read { path: PathBuf, source: io::Error },
+    #[error(
+        "list file {} changed while it was read, {READ_TRIES} times; write it elsewhere and rename it into place",
+        path.display()
+    )]
+    Changing { path: PathBuf },
+}
+
+/// A list read while something writes it is read again, up to this many
+/// times in all.
+const READ_TRIES: usize = 3;
+
+/// `path`'s bytes, from one version of the file: its size, inode and
+/// modification time the same before and after the read.
+fn read_whole(path: &Path) -> Result<Vec<u8>, ListError> {
+    use std::os::unix::fs::MetadataExt;
+    let read = |source| ListError::Read { path: path.to_path_buf(), source };
+    let version = |m: std::fs::Metadata| (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec());
+    for _ in 0..READ_TRIES {
+        let before = std::fs::metadata(path).map_err(read)?;
+        let bytes = std::fs::read(path).map_err(read)?;
+        let after = std::fs::metadata(path).map_err(read)?;
+        if version(before) == version(after.clone()) && bytes.len() as u64 == after.len() {
+            return Ok(bytes);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Err(ListError::Changing { path: path.to_path_buf() })
 }
 
 /// Loads every list. A file that cannot be read is an error (the config
@@ -149,7 +199,7 @@ pub fn load(blocklists: &[PathBuf], allowlists: &[PathBuf]) -> Result<RuleSet, V
         .map(|p| (p, ListKind::Block))
         .chain(allowlists.iter().map(|p| (p, ListKind::Allow)));
     for (path, kind) in files {
-        match std::fs::read(path) {
+        match read_whole(path) {
             Ok(bytes) => {
                 // Lists come from anywhere; a stray Latin-1 byte should cost
                 // one line (it fails name validation), not the whole file.
@@ -157,10 +207,7 @@ pub fn load(blocklists: &[PathBuf], allowlists: &[PathBuf]) -> Result<RuleSet, V
                 let stats = parse_str(&text, path, kind, &mut set);
                 set.stats.push(stats);
             }
-            Err(source) => errors.push(ListError::Read {
-                path: path.clone(),
-                source,
-            }),
+            Err(e) => errors.push(e),
         }
     }
     if errors.is_empty() {
@@ -202,6 +249,7 @@ pub fn parse_str(text: &str, path: &Path, kind: ListKind, into: &mut RuleSet) ->
         kind,
         rules: sink.rules,
         skipped: sink.skipped,
+        blank: text.trim().is_empty(),
     }
 }
 
@@ -280,6 +328,27 @@ fn numbered_lines(text: &str) -> impl Iterator<Item = (u32, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_that_lost_every_rule_to_a_cut_or_a_wrong_file_is_refused() {
+        let load = |text: &str| {
+            let mut set = RuleSet::default();
+            parse_str(text, Path::new("block.txt"), ListKind::Block, &mut set)
+        };
+        let before = [load("a.example\nb.example\n")];
+        let refused = |text: &str| emptied(&before, &[load(text)]);
+        assert_eq!(refused(""), ["block.txt is empty and no rule, where it had 2 (a write cut short?); write it whole and rename it into place, or leave comments only to empty the list"]);
+        assert_eq!(refused(" \n\n").len(), 1);
+        assert!(refused("<html><body>502 Bad Gateway</body></html>\n")[0].contains("has 1 lines that are not list entries"));
+        // Deliberate: comments alone; or some rules left; or nothing before.
+        assert!(refused("# list emptied on purpose\n").is_empty());
+        assert!(refused("c.example\n<html>\n").is_empty());
+        assert!(emptied(&[load("# none yet\n")], &[load("")]).is_empty());
+        // Another file, or the same file as an allowlist, is not this one.
+        let mut other = load("");
+        other.kind = ListKind::Allow;
+        assert!(emptied(&before, &[other]).is_empty());
+    }
 
     /// Parses `text` as one file named `t.txt` and returns the rule set.
     pub(super) fn parse(text: &str, kind: ListKind) -> (RuleSet, ListStats) {
