@@ -26,18 +26,18 @@ pub(super) fn looks_like_rpz(text: &str) -> bool {
         ) {
             continue;
         }
-        let line = line.split(" #").next().unwrap_or_default();
+        let line = super::text::strip_comment(line);
         let mut fields = line.split_ascii_whitespace();
         let first = fields.next().unwrap_or_default();
         // Hosts lines start with an address; their names are not types.
         if super::text::sink_address(first).is_some() {
             continue;
         }
-        if fields.take(4).any(|f| {
-            f.eq_ignore_ascii_case("SOA")
-                || f.eq_ignore_ascii_case("CNAME")
-                || f.eq_ignore_ascii_case("NS")
-        }) {
+        // A type counts only where a record has it: after the owner and an
+        // optional TTL and class, so a word in a name list is no record.
+        let is_ttl_or_class = |f: &&str| f.bytes().all(|b| b.is_ascii_digit()) || ["IN", "CH", "HS"].iter().any(|c| f.eq_ignore_ascii_case(c));
+        let rtype = fields.clone().take(2).take_while(is_ttl_or_class).count();
+        if fields.nth(rtype).is_some_and(|f| ["SOA", "CNAME", "NS"].iter().any(|t| f.eq_ignore_ascii_case(t))) {
             return true;
         }
     }
@@ -47,6 +47,8 @@ pub(super) fn looks_like_rpz(text: &str) -> bool {
 pub(super) fn parse(text: &str, sink: &mut Sink<'_>) {
     let mut zone = Zone::default();
     let mut fields: Vec<&str> = Vec::with_capacity(8);
+    // Where the open multi-line record began, and the lines it has taken.
+    let mut opened = (0, 0);
     for (no, raw) in numbered_lines(text) {
         let line = raw.split_once(';').map_or(raw, |(l, _)| l);
         let opens = line.bytes().filter(|&b| b == b'(').count();
@@ -55,8 +57,10 @@ pub(super) fn parse(text: &str, sink: &mut Sink<'_>) {
             // Continuation of a multi-line record (in practice the SOA
             // timers), already accounted for on its first line.
             zone.paren_depth = (zone.paren_depth + opens).saturating_sub(closes);
+            opened.1 += usize::from(!line.trim().is_empty());
             continue;
         }
+        opened = (no, 0);
         fields.clear();
         fields.extend(
             line.split(|c: char| c.is_ascii_whitespace() || c == '(' || c == ')')
@@ -69,6 +73,13 @@ pub(super) fn parse(text: &str, sink: &mut Sink<'_>) {
         let multi_line = zone.paren_depth > 0;
         let inherits_owner = raw.starts_with([' ', '\t']);
         zone.record(&fields, inherits_owner, multi_line, no, sink);
+    }
+    // A `(` never closed took every line after it: say so, or a typo would
+    // drop the rest of the file without a word.
+    if zone.paren_depth > 0 && opened.1 > 0 {
+        let (line, taken) = opened;
+        sink.skip(line, format!("`(` is never closed: the {taken} lines after it were read as part of this record and skipped"));
+        sink.skipped += taken - 1;
     }
 }
 
@@ -437,5 +448,21 @@ outside.example. CNAME .
         assert!(looks_like_rpz("@ SOA ns. admin. 1 2 3 4 5\n"));
         assert!(looks_like_rpz("# c\nbad.example CNAME .\n"));
         assert!(looks_like_rpz("*.bad.example IN CNAME .\n"));
+        assert!(looks_like_rpz("drop.net 300 IN CNAME rpz-drop.\n"));
+        // A comment after a tab, or words of a name list, are no records.
+        assert!(!looks_like_rpz("ads.example\ntracker.example\t# CNAME cloaking\n"));
+        assert!(!looks_like_rpz("cname.example ns.example\n"));
+    }
+
+    #[test]
+    fn a_parenthesis_never_closed_is_reported_with_the_lines_it_took() {
+        let text = "$ORIGIN rpz.example.\nok.example CNAME .\nbad.example CNAME . (\na.example CNAME .\nb.example CNAME .\n";
+        let (set, stats) = parse(text, ListKind::Block);
+        assert_eq!(flags(&set, "ok.example"), BLOCK_SELF | FORCE_NXDOMAIN);
+        assert!(!set.rules.contains_key("a.example"));
+        let d = diags(&set);
+        assert!(d.iter().any(|d| d.starts_with("t.txt:3: `(` is never closed: the 2 lines after it")), "{d:?}");
+        // bad.example's own line (a multi-line CNAME), a.example's and b.example's.
+        assert_eq!(stats.skipped, 3, "{d:?}");
     }
 }

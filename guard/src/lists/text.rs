@@ -39,7 +39,7 @@ fn parse_line(line: &str, no: u32, sink: &mut Sink<'_>) {
 /// Drops a `#` comment that starts the line or follows whitespace. A `#`
 /// glued to text is left alone so that adblock cosmetic rules such as
 /// `example.com##.banner` are rejected rather than read as `example.com`.
-fn strip_comment(line: &str) -> &str {
+pub(super) fn strip_comment(line: &str) -> &str {
     let bytes = line.as_bytes();
     let mut from = 0;
     while let Some(pos) = bytes[from..].iter().position(|&b| b == b'#') {
