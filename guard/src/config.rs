@@ -296,8 +296,10 @@ impl Default for RebindingConfig {
     fn default() -> Self {
         RebindingConfig {
             block: true,
-            // Cluster-internal names and reverse zones legitimately answer
-            // with private addresses; blocking them would break the cluster.
+            // Cluster-internal names legitimately answer with private
+            // addresses. The reverse zones are issue 3's default; they
+            // answer PTR, and addresses under them are checked anyway
+            // (`checks::check_rebinding`).
             allow: vec![
                 "cluster.local".into(),
                 "in-addr.arpa".into(),

@@ -364,8 +364,14 @@ fn addresses(r: &Record) -> Vec<IpAddr> {
 /// Check 7. DNS rebinding: a public name must not resolve into the
 /// cluster's or the node's own address space. Names in `allow` (suffix
 /// match) may, except to metadata endpoints. The first offending address.
+///
+/// Names under `arpa.` never may: a reverse zone answers PTR, not
+/// addresses, and whoever has a block delegated (a free IPv6 tunnel's
+/// /48 will do) can publish an A record under it. The default allow list
+/// names the reverse zones, as issue 3 asks, so they exempt nothing here.
 pub fn check_rebinding(qname: &str, msg: &Message, block_private: bool, allow: &[String]) -> Option<RebindHit> {
-    let private = block_private && !in_allowed_zone(qname, allow);
+    let reverse = in_allowed_zone(qname, &["arpa".to_string()]);
+    let private = block_private && (reverse || !in_allowed_zone(qname, allow));
     msg.answers
         .iter()
         .chain(&msg.additionals)
@@ -742,6 +748,20 @@ mod tests {
         assert!(hit.metadata);
         assert!(in_allowed_zone("Cluster.Local.", &allow()));
         assert!(!in_allowed_zone("xcluster.local", &allow()));
+    }
+
+    /// An attacker with a reverse delegation publishes an address under
+    /// it: the default allow list's reverse zones do not let it through.
+    #[test]
+    fn an_address_under_a_reverse_zone_is_rebinding_whatever_the_allow_list() {
+        let name = "x.8.b.d.0.1.0.0.2.ip6.arpa.";
+        let mut m = response(1, query(name));
+        m.add_answer(a(name, "10.96.0.1"));
+        let hit = check_rebinding(name, &m, true, &allow()).expect("blocked");
+        assert!(!hit.metadata);
+        assert!(check_rebinding("1.0.0.10.in-addr.arpa", &m, true, &allow()).is_some());
+        // Off is off.
+        assert_eq!(check_rebinding(name, &m, false, &allow()), None);
     }
 
     #[test]
