@@ -7,6 +7,7 @@ Clients dig it with DO and AD set; EDE codes come from dig's `; EDE:` lines.
 """
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -587,6 +588,31 @@ def test_failover_to_next_upstream(hierarchy, start_proxy, upstreams):
 
 
 @pytest.mark.needs_guard
+def test_a_verdict_log_nobody_reads_never_stalls_answers(lab, hierarchy, start_proxy):
+    """A container's log pipe can stall (the node's disk is slow, the runtime is busy): a blocking
+    write to stdout held the proxy's workers, and DNS stopped with it. The verdict log is written
+    by a thread of its own, behind a bounded queue: a pipe nobody reads costs verdict lines,
+    counted in dns_guard_verdict_log_dropped_total, and no answer."""
+    guard = start_proxy(hierarchy.proxy_config(dnssec="off"))
+    guard.stop()
+    fifo = guard.dir / f"verdicts-{guard.runs + 1}.jsonl"  # the next run's stdout
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # held open, never read: the pipe fills
+    try:
+        guard.start()
+        assert guard.proxy_listening(5.0), guard.stderr_tail()
+        # allow_sample 1: a line per answer, ~300 bytes; the pipe holds 64 KiB, the queue 4096 lines.
+        res = lab.dnsperf("c1", v4("coredns"), [f"s{i}.wild.unsigned.lab" for i in range(200)],
+                          duration=5, qps=1500, timeout=2, extra=["-p", str(H.PROXY_PORT)])
+        assert res.completed >= 0.99 * res.sent and res.rcodes == {"NOERROR": res.completed}, \
+            f"answers stalled behind the verdict log: {res}; stderr:\n{guard.stderr_tail()}"
+        dropped = metric_sum(lab, "dns_guard_verdict_log_dropped_total")
+        assert dropped > 0, f"{res.completed} answers, a pipe nobody reads, and no verdict line counted lost"
+        assert "dropping verdicts until it catches up" in guard.stderr_tail(200)
+    finally:
+        os.close(reader)
+
+
 def test_fault_storm_no_crash_no_fd_leak(lab, hierarchy, start_proxy):
     timeout_ms = 500
     guard = start_proxy(hierarchy.proxy_config(upstreams=[H.DOWN, H.GARBAGE, H.SLOW], timeout_ms=timeout_ms))

@@ -287,10 +287,11 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
             let pods = PodIndex::default();
             let watch = PodWatch::start(kube_config, pods.clone(), metrics.clone()).await?;
             eprintln!("dns-guard watching pods: verdict lines name the client's pod");
-            (Arc::new(VerdictLog::stdout().with_pods(pods)), Some(watch))
+            (VerdictLog::stdout().with_pods(pods), Some(watch))
         }
-        None => (Arc::new(VerdictLog::stdout()), None),
+        None => (VerdictLog::stdout(), None),
     };
+    let log = Arc::new(log.counting_drops(metrics.verdict_log_dropped.clone()));
     // ---- end kubernetes --------------------------------------------------
 
     // ---- admin: /metrics, /healthz, /readyz on metrics.listen -----------
@@ -370,7 +371,8 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
             changed = changes.recv() => {
                 if changed.is_none() {
                     warn!("list watcher stopped; lists will no longer reload");
-                    return wait_for_shutdown().await;
+                    (&mut terminated).await;
+                    return drain(&shutdown, &admin, &log, guard.is_some()).await;
                 }
                 generation += 1;
                 // Parsing a large list takes about a second: keep it off the
@@ -423,19 +425,23 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
                 // Whatever the outcome, a whole list was parsed and let go.
                 trim_heap_soon(trim_late);
             }
-            _ = &mut terminated => {
-                if guard.is_some() {
-                    info!("shutting down; the pinned XDP program keeps enforcing (dns-guard detach removes it)");
-                } else {
-                    info!("shutting down");
-                }
-                // admin block: unready, stop accepting, let in-flight queries finish.
-                let abandoned = shutdown.drain(&admin.readiness, DRAIN_GRACE).await;
-                info!(abandoned, "drained");
-                return Ok(());
-            }
+            _ = &mut terminated => return drain(&shutdown, &admin, &log, guard.is_some()).await,
         }
     }
+}
+
+/// SIGTERM: unready, stop accepting, let in-flight queries finish, then
+/// write out the last verdicts.
+async fn drain(shutdown: &Shutdown, admin: &Admin, log: &VerdictLog, xdp: bool) -> Result<(), Failure> {
+    if xdp {
+        info!("shutting down; the pinned XDP program keeps enforcing (dns-guard detach removes it)");
+    } else {
+        info!("shutting down");
+    }
+    let abandoned = shutdown.drain(&admin.readiness, DRAIN_GRACE).await;
+    info!(abandoned, "drained");
+    log.close();
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -447,7 +453,3 @@ async fn shutdown_signal() {
     }
 }
 
-async fn wait_for_shutdown() -> Result<(), Failure> {
-    shutdown_signal().await;
-    Ok(())
-}

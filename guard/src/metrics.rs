@@ -93,6 +93,8 @@ pub struct Metrics {
     /// Times hickory's validation cache started over with a new proof
     /// ledger (`proxy::proof_ledger`), the old one being full.
     pub dnssec_cache_renewals: Counter,
+    /// Verdict lines lost: the log's reader fell behind or went away.
+    pub verdict_log_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -166,6 +168,12 @@ impl Metrics {
             "Times the validator's cache of DNSSEC proofs started over because its proof ledger was full",
             dnssec_cache_renewals.clone(),
         );
+        let verdict_log_dropped = Counter::default();
+        registry.register(
+            "verdict_log_dropped",
+            "Verdict lines lost because the log's reader fell behind (its queue full) or went away",
+            verdict_log_dropped.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             verdicts,
@@ -184,6 +192,7 @@ impl Metrics {
             dnssec_validations,
             dnssec_signature_checks,
             dnssec_cache_renewals,
+            verdict_log_dropped,
         }
     }
 

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
+use tracing_appender::non_blocking::{ErrorCounter, WorkerGuard};
 use time::macros::format_description;
 use time::OffsetDateTime;
 
@@ -114,8 +116,9 @@ impl<'v> From<&'v Verdict> for Cow<'v, Verdict> {
 /// Thread-safe, line-atomic verdict writer.
 ///
 /// Lines go into a buffer under a mutex and are flushed by the last writer
-/// out (group commit): one `write(2)` per line when quiet, batches under
-/// load, and `tail -f` never waits for a timer.
+/// out (group commit): one write per line when quiet, batches under load,
+/// and `tail -f` never waits for a timer. On stdout the write is a hand-off
+/// to a writer thread (`stdout`).
 pub struct VerdictLog {
     inner: Mutex<Inner>,
     /// Emitters between "about to lock" and "done"; the one that sees it
@@ -127,6 +130,12 @@ pub struct VerdictLog {
     broken: AtomicBool,
     /// Client IP → pod, when Kubernetes enrichment is on.
     pods: Option<PodIndex>,
+    /// `dns_guard_verdict_log_dropped`, when the log is the process's.
+    dropped_metric: Option<Counter>,
+    /// The stdout writer's thread, and the count of batches its full queue
+    /// refused. Taken by `close`.
+    worker: Mutex<Option<WorkerGuard>>,
+    refused: Option<ErrorCounter>,
 }
 
 struct Inner {
@@ -136,11 +145,48 @@ struct Inner {
 }
 
 /// Flush early past this size so a burst cannot grow the buffer unbounded.
-const FLUSH_AT: usize = 64 * 1024;
+const FLUSH_AT: usize = 16 * 1024;
+
+/// Batches waiting for a slow stdout reader; past this many, new ones are
+/// dropped and counted. A batch is one line when the log keeps up, and at
+/// most `FLUSH_AT` bytes, so the queue holds at most 64 MiB.
+const QUEUED_BATCHES: usize = 4096;
 
 impl VerdictLog {
+    /// The verdict log on stdout, written by a thread of its own: a reader
+    /// that falls behind (a container log pipe on a slow disk) fills a
+    /// bounded queue and costs lines, never a stalled DNS answer.
     pub fn stdout() -> Self {
-        Self::to_writer(Box::new(io::stdout()))
+        let (writer, worker) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(QUEUED_BATCHES)
+            .thread_name("verdict-log")
+            .finish(io::stdout());
+        let refused = writer.error_counter();
+        let mut log = Self::to_writer(Box::new(writer));
+        log.worker = Mutex::new(Some(worker));
+        log.refused = Some(refused);
+        log
+    }
+
+    /// Counts lost lines in `counter` too.
+    pub fn counting_drops(mut self, counter: Counter) -> Self {
+        self.dropped_metric = Some(counter);
+        self
+    }
+
+    /// Writes what is batched and waits (at most a second) for stdout's
+    /// writer to finish: at shutdown, so the last verdicts are not lost.
+    pub fn close(&self) {
+        self.flush_locked(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(self.worker.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+
+    fn lose(&self, lines: u64) {
+        self.dropped.fetch_add(lines, Ordering::Relaxed);
+        if let Some(c) = &self.dropped_metric {
+            c.inc_by(lines);
+        }
     }
 
     pub fn to_writer(w: Box<dyn Write + Send>) -> Self {
@@ -155,6 +201,9 @@ impl VerdictLog {
             dropped: AtomicU64::new(0),
             broken: AtomicBool::new(false),
             pods: None,
+            dropped_metric: None,
+            worker: Mutex::new(None),
+            refused: None,
         }
     }
 
@@ -174,7 +223,7 @@ impl VerdictLog {
     /// [`dropped`]: VerdictLog::dropped
     pub fn emit<'v>(&self, v: impl Into<Cow<'v, Verdict>>) {
         if self.broken.load(Ordering::Relaxed) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.lose(1);
             return;
         }
         let mut v = v.into();
@@ -192,7 +241,7 @@ impl VerdictLog {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot encode verdict");
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.lose(1);
                 return;
             }
         };
@@ -215,15 +264,24 @@ impl VerdictLog {
             return;
         }
         let Inner { out, buf, lines } = inner;
+        let refused_before = self.refused.as_ref().map(|r| r.dropped_lines());
         let result = out.write_all(buf).and_then(|()| out.flush());
+        let refused = self.refused.as_ref().map(|r| r.dropped_lines()) != refused_before;
         match result {
+            // The batch was one write; a full queue refused it whole.
+            Ok(()) if refused => {
+                if self.dropped.load(Ordering::Relaxed) == 0 {
+                    tracing::warn!("the verdict log's reader is behind and its queue is full; dropping verdicts until it catches up");
+                }
+                self.lose(*lines);
+            }
             Ok(()) => {
                 self.emitted.fetch_add(*lines, Ordering::Relaxed);
             }
             Err(e) => {
                 // Part of the batch may have gone out; count it all as
                 // dropped, which errs toward "something is missing".
-                self.dropped.fetch_add(*lines, Ordering::Relaxed);
+                self.lose(*lines);
                 if e.kind() == io::ErrorKind::BrokenPipe {
                     if !self.broken.swap(true, Ordering::Relaxed) {
                         tracing::warn!(
@@ -260,6 +318,8 @@ impl Drop for VerdictLog {
         };
         std::mem::swap(&mut taken.out, &mut inner.out);
         self.flush_locked(&mut taken);
+        // Then the writer thread, if any, drains its queue.
+        drop(self.worker.get_mut().unwrap_or_else(|e| e.into_inner()).take());
     }
 }
 
