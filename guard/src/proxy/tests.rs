@@ -119,6 +119,9 @@ impl FakeUpstream {
                         s.write_all(&(b.len() as u16).to_be_bytes()).await.unwrap();
                         s.write_all(&b).await.unwrap();
                     }
+                    // Open for more queries until the client closes, as a
+                    // server does (RFC 7766 §6.2.3).
+                    let _ = s.read_u8().await;
                 });
             }
         });
@@ -409,6 +412,30 @@ async fn spoofing_past_the_threshold_moves_the_upstream_to_tcp() {
     assert_eq!(up.udp_queries.load(Ordering::SeqCst), 1);
 }
 
+/// Datagrams from another address (any pod spraying the ephemeral ports,
+/// no spoofing needed) are counted and logged, but never move the upstream
+/// to TCP: they could not have been accepted.
+#[tokio::test]
+async fn datagrams_from_strangers_do_not_move_the_upstream_to_tcp() {
+    let strangers: Script = Arc::new(|q: &Message| {
+        let mut v: Vec<Reply> = (0..6).map(|_| Reply::FromStranger(answer(q, &[a_record(q.queries[0].name(), [6, 6, 6, 6])]))).collect();
+        v.push(Reply::Real(answer(q, &[a_record(q.queries[0].name(), [192, 0, 2, 1])])));
+        v
+    });
+    let up = FakeUpstream::start(strangers, answers_with([192, 0, 2, 2])).await;
+    let mut s = settings(vec![up.addr]);
+    s.spoof = SpoofConfig { threshold: 3, window_s: 60, tcp_cooldown_s: 300 };
+    let p = proxy(s).await;
+    assert_eq!(ips(&p.ask("one.example.").await), ["192.0.2.1"]);
+    assert_eq!(ips(&p.ask("two.example.").await), ["192.0.2.1"], "still on UDP");
+    assert_eq!(up.tcp_queries.load(Ordering::SeqCst), 0);
+    let v = p.verdicts();
+    assert_eq!(v.iter().filter(|v| *v == "poisoning-attempt").count(), 0, "{v:?}");
+    // Logged up to the threshold, counted past it.
+    assert_eq!(v.iter().filter(|v| *v == "spoof").count(), 3, "{v:?}");
+    assert!(p.metrics.encode().contains(r#"kind="wrong_source"} 12"#), "{}", p.metrics.encode());
+}
+
 /// A cooldown shorter than the window: when it ends, the window starts
 /// over, so forgeries that go on are alerted and answered with TCP again
 /// instead of passing unanswered until the window rolls over.
@@ -426,6 +453,41 @@ async fn an_attack_that_outlasts_the_cooldown_moves_the_upstream_to_tcp_again() 
     assert_eq!(v.iter().filter(|v| *v == "poisoning-attempt").count(), 2, "{v:?}");
     assert_eq!(ips(&p.ask("three.example.").await), ["192.0.2.2"], "back on TCP");
     assert_eq!(up.tcp_queries.load(Ordering::SeqCst), 1);
+}
+
+/// Sockets in TIME_WAIT towards `server` (IPv4 loopback), from /proc/net/tcp.
+fn time_wait_towards(server: SocketAddr) -> usize {
+    let remote = format!("0100007F:{:04X}", server.port());
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(2) == Some(&remote.as_str()) && f.get(3) == Some(&"06")
+        })
+        .count()
+}
+
+/// A connection per TCP query, closed by the proxy once the answer is read:
+/// with a FIN, each would hold a local port in TIME_WAIT for 60 s, and an
+/// upstream on TCP (a spoofing cool-down) would run out of ports near 470
+/// queries a second. The proxy resets it instead.
+#[tokio::test]
+async fn a_tcp_exchange_leaves_no_port_in_time_wait() {
+    let tc: Script = Arc::new(|q: &Message| {
+        let mut m = answer(q, &[]);
+        m.metadata.truncation = true;
+        vec![Reply::Real(m)]
+    });
+    let up = FakeUpstream::start(tc, answers_with([192, 0, 2, 7])).await;
+    let p = proxy(settings(vec![up.addr])).await;
+    for i in 0..5 {
+        assert_eq!(ips(&p.ask(&format!("n{i}.example.")).await), ["192.0.2.7"]);
+    }
+    assert_eq!(up.tcp_queries.load(Ordering::SeqCst), 5);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(time_wait_towards(up.addr), 0);
 }
 
 #[tokio::test]

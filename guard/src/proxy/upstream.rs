@@ -146,6 +146,8 @@ struct SpoofWindow {
     start: Instant,
     counts: BTreeMap<&'static str, u32>,
     total: u32,
+    /// Datagrams from another address: logged, never toward the threshold.
+    strays: u32,
     alerted: bool,
     tcp_until: Option<Instant>,
 }
@@ -217,6 +219,7 @@ impl Upstreams {
                         start: Instant::now(),
                         counts: BTreeMap::new(),
                         total: 0,
+                        strays: 0,
                         alerted: false,
                         tcp_until: None,
                     }),
@@ -390,6 +393,12 @@ impl Upstreams {
     /// Counts one rejected datagram; past the threshold, moves the
     /// upstream to TCP (PowerDNS Recursor does so after one near miss;
     /// a threshold keeps stray late answers from costing a TCP handshake).
+    ///
+    /// A datagram from another address than the upstream's is counted and
+    /// logged, but not toward the threshold: it could never have been
+    /// accepted, and the socket is open to anyone who can reach the pod, so
+    /// any pod spraying the ephemeral ports (no spoofing needed) would keep
+    /// the upstream on TCP. A forger who means it spoofs the source.
     fn on_spoof(&self, u: &UpstreamState, rej: Rejection, from: SocketAddr, ctx: &QueryCtx) {
         self.tel.metrics.spoof_responses.get_or_create(&SpoofLabels { upstream: u.label.clone(), kind: rej.kind() }).inc();
         debug!(upstream = %u.label, %from, kind = rej.kind(), "response failed the checks");
@@ -401,22 +410,28 @@ impl Upstreams {
                 w.start = now;
                 w.counts.clear();
                 w.total = 0;
+                w.strays = 0;
                 w.alerted = false;
             }
-            *w.counts.entry(rej.kind()).or_default() += 1;
-            w.total += 1;
-            let over = w.total > self.spoof.threshold;
-            let alert = (over && !w.alerted).then(|| {
-                w.alerted = true;
-                if self.spoof.tcp_cooldown_s > 0 {
-                    w.tcp_until = Some(now + Duration::from_secs(self.spoof.tcp_cooldown_s));
-                }
-                let kinds: Vec<String> = w.counts.iter().map(|(k, n)| format!("{k}={n}")).collect();
-                format!("{} spoofed responses within {}s ({})", w.total, self.spoof.window_s, kinds.join(","))
-            });
-            // Past the threshold only the summary is logged, so a flood of
-            // forgeries cannot flood the verdict log too.
-            (!over, alert)
+            if rej == Rejection::WrongSource {
+                w.strays = w.strays.saturating_add(1);
+                (w.strays <= self.spoof.threshold, None)
+            } else {
+                *w.counts.entry(rej.kind()).or_default() += 1;
+                w.total += 1;
+                let over = w.total > self.spoof.threshold;
+                let alert = (over && !w.alerted).then(|| {
+                    w.alerted = true;
+                    if self.spoof.tcp_cooldown_s > 0 {
+                        w.tcp_until = Some(now + Duration::from_secs(self.spoof.tcp_cooldown_s));
+                    }
+                    let kinds: Vec<String> = w.counts.iter().map(|(k, n)| format!("{k}={n}")).collect();
+                    format!("{} spoofed responses within {}s ({})", w.total, self.spoof.window_s, kinds.join(","))
+                });
+                // Past the threshold only the summary is logged, so a flood of
+                // forgeries cannot flood the verdict log too.
+                (!over, alert)
+            }
         };
         let line = |verdict: &'static str, action: &str, reason: String| {
             let mut v = Verdict::new("proxy", verdict, action, reason);
@@ -509,6 +524,11 @@ async fn tcp_exchange(msg: &Message, expected: &Expected, deadline: Instant) -> 
     let len = u16::try_from(bytes.len()).map_err(|_| ExchangeError::Encode("query over 65535 bytes".into()))?;
     let io = async {
         let mut s = TcpStream::connect(expected.server).await?;
+        // Closed with a reset once the answer is read, not a FIN: whoever
+        // closes first keeps the port in TIME_WAIT for 60 s, and a
+        // connection per query (an upstream on TCP for a spoofing
+        // cool-down) would run out of ports near 470 queries a second.
+        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
         let mut framed = len.to_be_bytes().to_vec();
         framed.extend_from_slice(&bytes);
         s.write_all(&framed).await?;
