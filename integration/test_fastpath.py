@@ -477,6 +477,26 @@ def test_a_restart_with_another_xdp_mode_keeps_the_link_and_says_so(lab, start_g
     assert lab.dig("c1", "mode.blocked.test").status == "NXDOMAIN"
 
 
+def test_a_restart_with_another_max_clients_makes_the_rate_limit_map_that_size(lab, start_guard):
+    """The rate-limit map is pinned, and a pin is reused as it is: a new xdp.ratelimit.max_clients
+    was silently ignored until `dns-guard detach`. A restart now makes the map the size asked."""
+    def pinned_entries() -> int:
+        pin = next(guard.pin_dir.glob("*/guard_ratelimit"))
+        r = subprocess.run(["bpftool", "-j", "map", "show", "pinned", str(pin)], capture_output=True, text=True, check=True)
+        return json.loads(r.stdout)["max_entries"]
+
+    guard = start_guard({"xdp": {"ratelimit": {"max_clients": 1000}}}, LISTS)
+    assert pinned_entries() == 1000
+    guard.stop()
+    guard.config["xdp"]["ratelimit"]["max_clients"] = 3000
+    guard.config_path.write_text(to_yaml(guard.config) + "\n")
+    guard.restart()
+    assert pinned_entries() == 3000, guard.stderr_tail()
+    assert "xdp.ratelimit.max_clients changed" in guard.stderr(), guard.stderr_tail()
+    assert lab.dig("c1", "rl.blocked.test").status == "NXDOMAIN"
+    assert lab.dig("c1", "good.test").status == "NOERROR"
+
+
 # --------------------------------------------------------------------------- config check
 
 

@@ -1189,8 +1189,10 @@ impl<'a> Ctx<'a> {
                 uint(n, 1, 128).map(|v| v as u8)
             }),
             action: self.value(&f, "action", d.action, keyword),
+            // Preallocated, 96 bytes of kernel memory each (bpftool's
+            // memlock for the map): 12 MiB at the default, 403 MB here.
             max_clients: self.value(&f, "max_clients", d.max_clients, |n| {
-                uint(n, 1, u32::MAX as u64).map(|v| v as u32)
+                uint(n, 1, MAX_RATELIMIT_CLIENTS).map(|v| v as u32)
             }),
         }
     }
@@ -1383,6 +1385,9 @@ fn keyword<T: Keyword>(n: &Node) -> Result<T, String> {
             format!("unknown value '{s}'; expected one of {}", names.join(", "))
         })
 }
+
+/// `xdp.ratelimit.max_clients` at most: 4 Mi prefixes.
+const MAX_RATELIMIT_CLIENTS: u64 = 1 << 22;
 
 fn uint(n: &Node, min: u64, max: u64) -> Result<u64, String> {
     let s = scalar(n)?;
@@ -1751,6 +1756,7 @@ kubernetes:
             ("xdp:\n  ratelimit:\n    ipv6_prefix: 129", "xdp.ratelimit.ipv6_prefix: 129 is out of range; expected 1..=128"),
             ("xdp:\n  ratelimit:\n    action: nxdomain", "xdp.ratelimit.action: unknown value 'nxdomain'; expected one of drop, refused, truncate, log"),
             ("xdp:\n  ratelimit:\n    max_clients: 0", "xdp.ratelimit.max_clients: 0 is out of range"),
+            ("xdp:\n  ratelimit:\n    max_clients: 4000000000", "xdp.ratelimit.max_clients: 4000000000 is out of range; expected 1..=4194304"),
             ("xdp:\n  ratelimit:\n    qps: -1", "xdp.ratelimit.qps: '-1' is not a whole number"),
             ("xdp: drop", "xdp: expected a mapping of keys, found a single value"),
             ("blocklists: /etc/x.txt", "blocklists: expected a list"),

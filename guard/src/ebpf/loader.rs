@@ -115,6 +115,26 @@ pub enum LoaderError {
     Attach { interface: String, mode: XdpMode, source: ProgramError },
 }
 
+/// The rate-limit map keeps the size it was pinned with (the loader reuses
+/// a pin as it is), so a changed `xdp.ratelimit.max_clients` would be
+/// ignored until `dns-guard detach`. Such a pin is dropped here and the
+/// load makes a new map of the new size: every client's bucket starts full
+/// again, as after a restart with no pins. The attached program keeps the
+/// old map until the new one replaces it.
+fn resize_pinned_ratelimit(pin_root: &Path, max_clients: u32) {
+    let path = pin_root.join(RATELIMIT_MAP);
+    let Ok(pinned) = aya::maps::MapInfo::from_pin(&path) else { return };
+    if pinned.max_entries() != max_clients {
+        info!(was = pinned.max_entries(), now = max_clients, "xdp.ratelimit.max_clients changed: a new rate-limit map, every bucket full again");
+        if let Err(e) = fs::remove_file(&path) {
+            warn!(path = %path.display(), error = %e, "cannot unpin the rate-limit map; it keeps its old size");
+        }
+    }
+}
+
+/// The rate-limit map's name in the object, and its pin's.
+const RATELIMIT_MAP: &str = "guard_ratelimit";
+
 /// A pin file name from the ABI header (bindgen makes it a C string).
 pub(crate) fn pin_file(c_name: &'static [u8]) -> &'static str {
     std::str::from_utf8(c_name.strip_suffix(&[0]).unwrap_or(c_name)).expect("ASCII pin names")
@@ -149,9 +169,10 @@ impl XdpGuard {
             .map_err(|source| LoaderError::PinDir { path: settings.pin_dir.clone(), source })?;
         fs::create_dir_all(&pin_root).map_err(|source| LoaderError::PinDir { path: pin_root.clone(), source })?;
 
+        resize_pinned_ratelimit(&pin_root, settings.ratelimit.max_clients);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_root)
-            .map_max_entries("guard_ratelimit", settings.ratelimit.max_clients)
+            .map_max_entries(RATELIMIT_MAP, settings.ratelimit.max_clients)
             .load(guard_ebpf::XDP_OBJECT)?;
 
         write_config(&mut ebpf, settings, &pin_root)?;
@@ -192,9 +213,10 @@ impl XdpGuard {
     /// maps and ABI): lets the benchmark run variants side by side.
     pub fn load_detached_object(settings: &XdpSettings, pin_root: &Path, object: &[u8]) -> Result<Self, LoaderError> {
         fs::create_dir_all(pin_root).map_err(|source| LoaderError::PinDir { path: pin_root.into(), source })?;
+        resize_pinned_ratelimit(pin_root, settings.ratelimit.max_clients);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_root)
-            .map_max_entries("guard_ratelimit", settings.ratelimit.max_clients)
+            .map_max_entries(RATELIMIT_MAP, settings.ratelimit.max_clients)
             .load(object)?;
         write_config(&mut ebpf, settings, pin_root)?;
         let prog: &mut Xdp = ebpf.program_mut(PROGRAM).expect("the object defines dns_guard").try_into()?;
