@@ -132,12 +132,15 @@ impl DynBlocks {
         }
     }
 
-    /// After the table swap: the old table's keys go.
+    /// After the table swap: the old table's keys go, those of blocks that
+    /// ran out but are not swept yet too (`expire` removes keys only under
+    /// the seeds still in use).
     pub fn retire_seed(&self, seed: u64) {
         let mut kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(k) = kernel.as_mut() {
             k.seeds.retain(|&s| s != seed);
-            for (zone, _) in &self.live_zones() {
+            let zones: Vec<String> = self.blocked.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+            for zone in &zones {
                 k.remove_under(zone, seed);
             }
             k.update_count();
@@ -193,20 +196,37 @@ impl DynBlocks {
 
     fn start(&self, zone: &str, failures: u32, now: Instant) {
         let until = now + Duration::from_secs(self.cfg.block_s);
-        {
+        let lifted = {
             let mut blocked = self.blocked.write().unwrap_or_else(|p| p.into_inner());
             if blocked.get(zone).is_some_and(|b| b.until > now) {
                 return; // another task got here first
             }
+            let mut lifted = Vec::new();
             if blocked.len() >= MAX_BLOCKED_ZONES {
-                blocked.retain(|_, b| b.until > now);
-                if blocked.len() >= MAX_BLOCKED_ZONES {
-                    warn!(zone, "too many zones under dynamic blocks; not blocking this one");
-                    return;
+                lifted.extend(blocked.iter().filter(|(_, b)| b.until <= now).map(|(z, _)| z.clone()));
+                for z in &lifted {
+                    blocked.remove(z);
                 }
             }
-            blocked.insert(zone.to_string(), Block { until });
+            let room = blocked.len() < MAX_BLOCKED_ZONES;
+            if room {
+                blocked.insert(zone.to_string(), Block { until });
+            }
             self.nblocked.store(blocked.len(), Ordering::Relaxed);
+            (lifted, room)
+        };
+        // Swept here, their kernel keys go here too: `expire` no longer sees them.
+        let (lifted, room) = lifted;
+        if !lifted.is_empty() {
+            if let Some(k) = self.kernel.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                for z in &lifted {
+                    k.remove(z);
+                }
+            }
+        }
+        if !room {
+            warn!(zone, "too many zones under dynamic blocks; not blocking this one");
+            return;
         }
         let in_kernel = match self.kernel.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             Some(k) => match k.insert(zone, until, self.cfg.action) {
