@@ -204,11 +204,15 @@ pub fn scrub_bailiwick(qname: &Name, msg: &mut Message) -> usize {
     let before = msg.answers.len() + msg.authorities.len() + msg.additionals.len();
     msg.answers.retain(|r| chain.iter().any(|c| c.eq_ignore_root(&r.name)));
     retain_authority_in_scope(&chain, msg);
+    // A TLD's NS in the authority section (a referral-shaped answer) would
+    // otherwise admit any name under it: the public-suffix rule below
+    // holds for the authority's owners too.
     let mut zones: Vec<Name> = msg
         .authorities
         .iter()
         .filter(|r| !matches!(r.record_type(), RecordType::NSEC | RecordType::NSEC3 | RecordType::RRSIG))
         .map(|r| r.name.clone())
+        .filter(|z| !is_public_suffix(&dotted(z)))
         .collect();
     zones.extend(
         chain.iter().filter(|c| c.num_labels() > 1).map(Name::base_name).filter(|p| !is_public_suffix(&dotted(p))),
@@ -542,8 +546,10 @@ mod tests {
         ));
         m.add_additional(a("ns1.example.net.", "192.0.2.53"));
         m.add_additional(a("ns.evil.test.", "192.0.2.66"));
+        // The TLD's SOA stays, but admits no name under the TLD.
+        m.add_additional(a("www.bank.com.", "192.0.2.66"));
         let removed = scrub_bailiwick(&q, &mut m);
-        assert_eq!(removed, 3, "{m}");
+        assert_eq!(removed, 4, "{m}");
         assert_eq!(m.answers.len(), 2);
         let auth: Vec<String> = m.authorities.iter().map(|r| r.name.to_string()).collect();
         assert_eq!(auth, ["example.net.", "com."]);

@@ -337,6 +337,13 @@ async fn the_upstreams_unparseable_answer_is_a_servfail_not_a_spoof() {
     let text = p.metrics.encode();
     assert!(!text.contains("dns_guard_spoof_responses_total{"), "{text}");
     assert!(text.contains(&format!(r#"dns_guard_upstream_tcp_forced{{upstream="{}"}} 0"#, up.addr)), "{text}");
+    // Asked again and again, the name does not mark its upstream down: the
+    // upstream answered.
+    for _ in 0..4 {
+        assert_eq!(p.ask("unreadable.example.").await.metadata.response_code, ResponseCode::ServFail);
+    }
+    let text = p.metrics.encode();
+    assert!(text.contains(&format!(r#"dns_guard_upstream_healthy{{upstream="{}"}} 1"#, up.addr)), "{text}");
 }
 
 #[tokio::test]

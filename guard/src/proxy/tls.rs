@@ -225,13 +225,18 @@ impl DotClient {
         let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
         framed.extend_from_slice(&bytes);
         let reads_before = conn.reads.load(Ordering::Relaxed);
+        // Waiting for the writer (other queries' frames) says nothing about
+        // the connection; only a frame begun and not finished breaks it.
+        let Ok(mut w) = timeout_at(deadline, conn.writer.lock()).await else {
+            forget();
+            return Err(DotError::Timeout);
+        };
         let write = async {
-            let mut w = conn.writer.lock().await;
             w.write_all(&framed).await?;
             w.flush().await
         };
         match timeout_at(deadline, write).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => drop(w),
             Ok(Err(e)) => {
                 forget();
                 conn.kill();

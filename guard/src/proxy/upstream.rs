@@ -92,6 +92,14 @@ impl ExchangeError {
             _ => false,
         }
     }
+
+    /// The upstream answered, right id, question and case, with data this
+    /// process cannot read (hickory reads some types strictly): the name's
+    /// fault, not the upstream's. A client asking for such a name again and
+    /// again must not mark every upstream down in turn.
+    fn is_the_answers(&self) -> bool {
+        matches!(self, ExchangeError::Unreadable | ExchangeError::TcpRejected(Rejection::Unreadable) | ExchangeError::TlsRejected(Rejection::Unreadable))
+    }
 }
 
 /// Why a query got no upstream answer at all.
@@ -296,7 +304,7 @@ impl Upstreams {
                 Err(e) => {
                     debug!(upstream = %u.label, error = %e, "upstream exchange failed");
                     let budget_timeout = cut_short && matches!(e, ExchangeError::Timeout);
-                    if !(e.is_local() || budget_timeout) {
+                    if !(e.is_local() || e.is_the_answers() || budget_timeout) {
                         self.failed(&u, &e);
                     }
                     last = Some((u.label.clone(), e));
