@@ -287,11 +287,11 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
             let pods = PodIndex::default();
             let watch = PodWatch::start(kube_config, pods.clone(), metrics.clone()).await?;
             eprintln!("dns-guard watching pods: verdict lines name the client's pod");
-            (VerdictLog::stdout().with_pods(pods), Some(watch))
+            (VerdictLog::stdout(metrics.verdict_log_dropped.clone()).with_pods(pods), Some(watch))
         }
-        None => (VerdictLog::stdout(), None),
+        None => (VerdictLog::stdout(metrics.verdict_log_dropped.clone()), None),
     };
-    let log = Arc::new(log.counting_drops(metrics.verdict_log_dropped.clone()));
+    let log = Arc::new(log);
     // ---- end kubernetes --------------------------------------------------
 
     // ---- admin: /metrics, /healthz, /readyz on metrics.listen -----------

@@ -6,12 +6,11 @@ use std::borrow::Cow;
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
-use tracing_appender::non_blocking::{ErrorCounter, WorkerGuard};
 use time::macros::format_description;
 use time::OffsetDateTime;
 
@@ -117,25 +116,19 @@ impl<'v> From<&'v Verdict> for Cow<'v, Verdict> {
 ///
 /// Lines go into a buffer under a mutex and are flushed by the last writer
 /// out (group commit): one write per line when quiet, batches under load,
-/// and `tail -f` never waits for a timer. On stdout the write is a hand-off
-/// to a writer thread (`stdout`).
+/// and `tail -f` never waits for a timer. On stdout a flush is a hand-off
+/// to a thread of its own (`Handoff`), so a reader that falls behind (a
+/// container log pipe on a slow disk) costs lines, never a stalled answer.
 pub struct VerdictLog {
     inner: Mutex<Inner>,
     /// Emitters between "about to lock" and "done"; the one that sees it
     /// drop to zero flushes.
     waiting: AtomicUsize,
-    emitted: AtomicU64,
-    dropped: AtomicU64,
-    /// Set on EPIPE: the reader is gone for good, so stop making syscalls.
-    broken: AtomicBool,
+    tally: Arc<Tally>,
+    /// stdout's writer thread; `None` writes `Inner::out` in place.
+    handoff: Option<Arc<Handoff>>,
     /// Client IP → pod, when Kubernetes enrichment is on.
     pods: Option<PodIndex>,
-    /// `dns_guard_verdict_log_dropped`, when the log is the process's.
-    dropped_metric: Option<Counter>,
-    /// The stdout writer's thread, and the count of batches its full queue
-    /// refused. Taken by `close`.
-    worker: Mutex<Option<WorkerGuard>>,
-    refused: Option<ErrorCounter>,
 }
 
 struct Inner {
@@ -145,48 +138,156 @@ struct Inner {
 }
 
 /// Flush early past this size so a burst cannot grow the buffer unbounded.
-const FLUSH_AT: usize = 16 * 1024;
+const FLUSH_AT: usize = 64 * 1024;
 
-/// Batches waiting for a slow stdout reader; past this many, new ones are
-/// dropped and counted. A batch is one line when the log keeps up, and at
-/// most `FLUSH_AT` bytes, so the queue holds at most 64 MiB.
-const QUEUED_BATCHES: usize = 4096;
+/// Bytes waiting for stdout's writer thread; a batch that would go past
+/// this is dropped and counted. About 14,000 lines, or a few seconds of a
+/// flood's worth of log, for a reader that stalls.
+const HANDOFF_MAX: usize = 4 << 20;
 
-impl VerdictLog {
-    /// The verdict log on stdout, written by a thread of its own: a reader
-    /// that falls behind (a container log pipe on a slow disk) fills a
-    /// bounded queue and costs lines, never a stalled DNS answer.
-    pub fn stdout() -> Self {
-        let (writer, worker) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-            .lossy(true)
-            .buffered_lines_limit(QUEUED_BATCHES)
-            .thread_name("verdict-log")
-            .finish(io::stdout());
-        let refused = writer.error_counter();
-        let mut log = Self::to_writer(Box::new(writer));
-        log.worker = Mutex::new(Some(worker));
-        log.refused = Some(refused);
-        log
-    }
+/// How long a shutdown waits for stdout's writer thread to write out what
+/// is queued; what is left then is counted as dropped.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-    /// Counts lost lines in `counter` too.
-    pub fn counting_drops(mut self, counter: Counter) -> Self {
-        self.dropped_metric = Some(counter);
-        self
-    }
+/// What became of the lines, wherever they were written.
+#[derive(Default)]
+struct Tally {
+    emitted: AtomicU64,
+    dropped: AtomicU64,
+    /// Set on EPIPE: the reader is gone for good, so stop making syscalls.
+    broken: AtomicBool,
+    /// `dns_guard_verdict_log_dropped`, for the process's log.
+    metric: Option<Counter>,
+}
 
-    /// Writes what is batched and waits (at most a second) for stdout's
-    /// writer to finish: at shutdown, so the last verdicts are not lost.
-    pub fn close(&self) {
-        self.flush_locked(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()));
-        drop(self.worker.lock().unwrap_or_else(|e| e.into_inner()).take());
-    }
-
+impl Tally {
     fn lose(&self, lines: u64) {
         self.dropped.fetch_add(lines, Ordering::Relaxed);
-        if let Some(c) = &self.dropped_metric {
+        if let Some(c) = &self.metric {
             c.inc_by(lines);
         }
+    }
+
+    /// The outcome of writing `lines` lines out.
+    fn wrote(&self, result: io::Result<()>, lines: u64) {
+        match result {
+            Ok(()) => {
+                self.emitted.fetch_add(lines, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // Part of the batch may have gone out; count it all as
+                // dropped, which errs toward "something is missing".
+                self.lose(lines);
+                if e.kind() == io::ErrorKind::BrokenPipe {
+                    if !self.broken.swap(true, Ordering::Relaxed) {
+                        tracing::warn!("verdict log reader went away (EPIPE); dropping verdicts from now on");
+                    }
+                } else {
+                    tracing::warn!(error = %e, "cannot write verdict log");
+                }
+            }
+        }
+    }
+}
+
+/// The bytes waiting for stdout's writer thread.
+#[derive(Default)]
+struct Handoff {
+    queue: Mutex<Queued>,
+    /// The writer waits here for bytes, or for the close.
+    ready: Condvar,
+    /// `close` waits here for the writer to have written everything.
+    drained: Condvar,
+}
+
+#[derive(Default)]
+struct Queued {
+    bytes: Vec<u8>,
+    lines: u64,
+    /// The writer has taken a batch and not finished writing it.
+    writing: bool,
+    closed: bool,
+    /// `push` has refused a batch since the queue was last empty.
+    refusing: bool,
+}
+
+impl Handoff {
+    /// Queues a batch for the writer; `false` when the queue has no room.
+    fn push(&self, batch: &[u8], lines: u64) -> bool {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.closed || q.bytes.len() + batch.len() > HANDOFF_MAX {
+            if !std::mem::replace(&mut q.refusing, true) {
+                tracing::warn!("the verdict log's reader is behind and its queue is full; dropping verdicts until it catches up");
+            }
+            return false;
+        }
+        q.bytes.extend_from_slice(batch);
+        q.lines += lines;
+        self.ready.notify_one();
+        true
+    }
+
+    /// The writer thread: writes out whatever is queued, until closed.
+    fn write_out(&self, mut out: impl Write, tally: &Tally) {
+        loop {
+            let (bytes, lines) = {
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                q.writing = false;
+                self.drained.notify_all();
+                while q.bytes.is_empty() && !q.closed {
+                    q.refusing = false;
+                    q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+                if q.bytes.is_empty() {
+                    return;
+                }
+                q.writing = true;
+                (std::mem::take(&mut q.bytes), std::mem::take(&mut q.lines))
+            };
+            tally.wrote(out.write_all(&bytes).and_then(|()| out.flush()), lines);
+        }
+    }
+
+    /// Stops taking batches and waits, at most `CLOSE_WAIT`, for the
+    /// writer to write out the rest. Never joins the thread: it may be
+    /// blocked on a reader that stalled. Returns the lines left unwritten.
+    fn close(&self) -> u64 {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if std::mem::replace(&mut q.closed, true) {
+            return 0;
+        }
+        self.ready.notify_one();
+        let (mut q, _) = self
+            .drained
+            .wait_timeout_while(q, CLOSE_WAIT, |q| !q.bytes.is_empty() || q.writing)
+            .unwrap_or_else(|e| e.into_inner());
+        q.bytes = Vec::new();
+        std::mem::take(&mut q.lines)
+    }
+}
+
+impl VerdictLog {
+    /// The verdict log on stdout, written by a thread of its own; lines it
+    /// loses are counted in `dropped_metric` too.
+    pub fn stdout(dropped_metric: Counter) -> Self {
+        Self::threaded(io::stdout, Some(dropped_metric))
+    }
+
+    /// A log whose writer thread writes to `out()`.
+    fn threaded<W: Write + Send + 'static>(out: fn() -> W, metric: Option<Counter>) -> Self {
+        let tally = Arc::new(Tally { metric, ..Tally::default() });
+        let handoff = Arc::new(Handoff::default());
+        let spawned = {
+            let (handoff, tally) = (Arc::clone(&handoff), Arc::clone(&tally));
+            std::thread::Builder::new().name("verdict-log".into()).spawn(move || handoff.write_out(out(), &tally))
+        };
+        let mut log = Self::to_writer(Box::new(out()));
+        log.tally = tally;
+        match spawned {
+            Ok(_) => log.handoff = Some(handoff),
+            Err(e) => tracing::warn!(error = %e, "no thread for the verdict log; stdout is written in place"),
+        }
+        log
     }
 
     pub fn to_writer(w: Box<dyn Write + Send>) -> Self {
@@ -197,13 +298,9 @@ impl VerdictLog {
                 lines: 0,
             }),
             waiting: AtomicUsize::new(0),
-            emitted: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            broken: AtomicBool::new(false),
+            tally: Arc::default(),
+            handoff: None,
             pods: None,
-            dropped_metric: None,
-            worker: Mutex::new(None),
-            refused: None,
         }
     }
 
@@ -211,6 +308,16 @@ impl VerdictLog {
     pub fn with_pods(mut self, pods: PodIndex) -> Self {
         self.pods = Some(pods);
         self
+    }
+
+    /// Writes what is batched and waits (at most `CLOSE_WAIT`) for stdout's
+    /// writer to write it out: at shutdown, so the last verdicts are not
+    /// lost. Lines emitted after it are dropped.
+    pub fn close(&self) {
+        self.flush_locked(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(h) = &self.handoff {
+            self.tally.lose(h.close());
+        }
     }
 
     /// Writes `v` as one line. Never panics and never blocks on a dead
@@ -222,8 +329,8 @@ impl VerdictLog {
     ///
     /// [`dropped`]: VerdictLog::dropped
     pub fn emit<'v>(&self, v: impl Into<Cow<'v, Verdict>>) {
-        if self.broken.load(Ordering::Relaxed) {
-            self.lose(1);
+        if self.tally.broken.load(Ordering::Relaxed) {
+            self.tally.lose(1);
             return;
         }
         let mut v = v.into();
@@ -241,7 +348,7 @@ impl VerdictLog {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot encode verdict");
-                self.lose(1);
+                self.tally.lose(1);
                 return;
             }
         };
@@ -264,34 +371,14 @@ impl VerdictLog {
             return;
         }
         let Inner { out, buf, lines } = inner;
-        let refused_before = self.refused.as_ref().map(|r| r.dropped_lines());
-        let result = out.write_all(buf).and_then(|()| out.flush());
-        let refused = self.refused.as_ref().map(|r| r.dropped_lines()) != refused_before;
-        match result {
-            // The batch was one write; a full queue refused it whole.
-            Ok(()) if refused => {
-                if self.dropped.load(Ordering::Relaxed) == 0 {
-                    tracing::warn!("the verdict log's reader is behind and its queue is full; dropping verdicts until it catches up");
-                }
-                self.lose(*lines);
-            }
-            Ok(()) => {
-                self.emitted.fetch_add(*lines, Ordering::Relaxed);
-            }
-            Err(e) => {
-                // Part of the batch may have gone out; count it all as
-                // dropped, which errs toward "something is missing".
-                self.lose(*lines);
-                if e.kind() == io::ErrorKind::BrokenPipe {
-                    if !self.broken.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(
-                            "verdict log reader went away (EPIPE); dropping verdicts from now on"
-                        );
-                    }
-                } else {
-                    tracing::warn!(error = %e, "cannot write verdict log");
+        match &self.handoff {
+            // Counted as emitted once the writer thread has written it.
+            Some(h) => {
+                if !h.push(buf, *lines) {
+                    self.tally.lose(*lines);
                 }
             }
+            None => self.tally.wrote(out.write_all(buf).and_then(|()| out.flush()), *lines),
         }
         buf.clear();
         *lines = 0;
@@ -299,27 +386,19 @@ impl VerdictLog {
 
     /// Lines written out successfully.
     pub fn emitted(&self) -> u64 {
-        self.emitted.load(Ordering::Relaxed)
+        self.tally.emitted.load(Ordering::Relaxed)
     }
 
-    /// Lines lost to write errors (e.g. EPIPE on a closed stdout).
+    /// Lines lost: the reader fell behind or went away (EPIPE), or a write
+    /// failed.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.tally.dropped.load(Ordering::Relaxed)
     }
 }
 
 impl Drop for VerdictLog {
     fn drop(&mut self) {
-        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
-        let mut taken = Inner {
-            out: Box::new(io::sink()),
-            buf: std::mem::take(&mut inner.buf),
-            lines: inner.lines,
-        };
-        std::mem::swap(&mut taken.out, &mut inner.out);
-        self.flush_locked(&mut taken);
-        // Then the writer thread, if any, drains its queue.
-        drop(self.worker.get_mut().unwrap_or_else(|e| e.into_inner()).take());
+        self.close();
     }
 }
 
@@ -377,6 +456,57 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A reader that stalls until `OPEN` is set: a container log pipe on a
+    /// slow disk.
+    static OPEN: (StdMutex<bool>, std::sync::Condvar) = (StdMutex::new(false), std::sync::Condvar::new());
+    struct Stalled;
+    impl Write for Stalled {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let open = OPEN.1.wait_while(OPEN.0.lock().unwrap(), |open| !*open).unwrap();
+            drop(open);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_reader_that_stalls_costs_lines_never_a_wait() {
+        let metric = Counter::default();
+        let log = VerdictLog::threaded(|| Stalled, Some(metric.clone()));
+        let v = Verdict::new("proxy", "allow", "forward", "ok");
+        // About 8 MiB of lines against a 4 MiB queue, every emit returning.
+        for _ in 0..40_000 {
+            log.emit(&v);
+        }
+        assert!(log.dropped() > 10_000, "dropped {}", log.dropped());
+        assert_eq!(metric.get(), log.dropped());
+        assert_eq!(log.emitted(), 0);
+        // The shutdown waits for the stalled writer a bounded time, and
+        // counts what it could not write as dropped.
+        let refused = log.dropped();
+        let started = std::time::Instant::now();
+        log.close();
+        assert!(started.elapsed() < Duration::from_secs(5), "close waited {:?}", started.elapsed());
+        // All but the batch the writer holds.
+        assert!(log.dropped() > refused + 10_000 && log.dropped() < 40_000, "{} then {}", refused, log.dropped());
+        *OPEN.0.lock().unwrap() = true;
+        OPEN.1.notify_all();
+    }
+
+    #[test]
+    fn a_reader_that_goes_away_on_the_writer_thread_is_noticed() {
+        let log = VerdictLog::threaded(|| Broken, None);
+        let v = Verdict::new("xdp", "block", "nxdomain", "blocklist_exact");
+        log.emit(&v);
+        log.close(); // waits for the writer to have tried
+        assert!(log.tally.broken.load(Ordering::Relaxed));
+        assert_eq!((log.emitted(), log.dropped()), (0, 1));
+        log.emit(&v);
+        assert_eq!(log.dropped(), 2);
     }
 
     fn keys(line: &str) -> Vec<String> {
