@@ -170,7 +170,7 @@ fn debounce_loop(
             // changed nothing we compare.
             continue;
         }
-        let now = settled(&raw, &files, now)?;
+        let now = settled(&raw, &files, &last, now)?;
         for (f, (a, b)) in files.iter().zip(last.iter().zip(&now)) {
             if a != b {
                 tracing::info!(path = %f.display(), present = b.is_some(), "list file changed");
@@ -211,14 +211,18 @@ fn burst(raw: &std_mpsc::Receiver<notify::Result<notify::Event>>) -> Option<bool
 }
 
 /// `now` once the files hold still: the same fingerprints one `DEBOUNCE`
-/// apart, or `SETTLE_MAX` after the first look. `None` once the watcher
-/// has gone.
+/// apart, and every file that changed since `last` ending in a newline (a
+/// download that paused mid-line would otherwise be read with its last name
+/// cut short, a name it was never meant to block); or `SETTLE_MAX` after the
+/// first look. `None` once the watcher has gone.
 fn settled(
     raw: &std_mpsc::Receiver<notify::Result<notify::Event>>,
     files: &[PathBuf],
+    last: &[Option<Fingerprint>],
     mut now: Vec<Option<Fingerprint>>,
 ) -> Option<Vec<Option<Fingerprint>>> {
     let start = Instant::now();
+    let mut told = false;
     loop {
         // Events meanwhile are this same write; the fingerprints decide.
         let until = Instant::now() + DEBOUNCE;
@@ -228,15 +232,35 @@ fn settled(
             }
         }
         let again = fingerprints(files);
-        if again == now {
+        let cut = files.iter().zip(last.iter().zip(&again)).find(|(f, (a, b))| a != b && !ends_in_newline(f));
+        if again == now && cut.is_none() {
             return Some(now);
         }
         if start.elapsed() >= SETTLE_MAX {
-            tracing::warn!("list files still changing after {SETTLE_MAX:?}; reading them anyway");
+            tracing::warn!("list files still changing, or without a last newline, after {SETTLE_MAX:?}; reading them anyway");
             return Some(again);
+        }
+        if let (Some((f, _)), false) = (cut, std::mem::replace(&mut told, true)) {
+            tracing::info!(path = %f.display(), "list file does not end in a newline: waiting for the rest (at most {SETTLE_MAX:?})");
         }
         now = again;
     }
+}
+
+/// Whether `path` is empty or its last byte is a newline.
+fn ends_in_newline(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let last = std::fs::File::open(path).and_then(|mut f| {
+        if f.seek(SeekFrom::End(0))? == 0 {
+            return Ok(None);
+        }
+        f.seek(SeekFrom::End(-1))?;
+        let mut b = [0u8];
+        f.read_exact(&mut b)?;
+        Ok(Some(b[0]))
+    });
+    // Gone or unreadable: the reload reports it.
+    !matches!(last, Ok(Some(b)) if b != b'\n')
 }
 
 #[cfg(test)]
@@ -355,6 +379,24 @@ mod tests {
         writer.join().unwrap();
         expect_quiet(&mut rx, "after the download").await;
         assert_eq!(fs::read_to_string(&list).unwrap().lines().count(), 30);
+    }
+
+    /// A download that pauses mid-line, longer than the quiet time: read
+    /// once the line is whole, not with its last name cut short.
+    #[tokio::test]
+    async fn a_file_that_stops_mid_line_is_read_once_the_line_ends() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("block.txt");
+        fs::write(&list, "a.example\n").unwrap();
+        let (_w, mut rx) = watch(&list);
+        let mut f = fs::File::create(&list).unwrap();
+        write!(f, "accounts.example.com\naccounts.google.com").unwrap();
+        f.flush().unwrap();
+        expect_quiet(&mut rx, "a last line cut short").await;
+        writeln!(f, ".phish.example").unwrap();
+        expect_reload(&mut rx, "the line whole").await;
+        assert!(fs::read_to_string(&list).unwrap().ends_with(".phish.example\n"));
     }
 
     /// A change between the snapshot (taken before the first load) and the

@@ -35,7 +35,7 @@ pub(super) fn looks_like_rpz(text: &str) -> bool {
         }
         // A type counts only where a record has it: after the owner and an
         // optional TTL and class, so a word in a name list is no record.
-        let is_ttl_or_class = |f: &&str| f.bytes().all(|b| b.is_ascii_digit()) || ["IN", "CH", "HS"].iter().any(|c| f.eq_ignore_ascii_case(c));
+        let is_ttl_or_class = |f: &&str| is_ttl(f) || is_class(f);
         let rtype = fields.clone().take(2).take_while(is_ttl_or_class).count();
         if fields.nth(rtype).is_some_and(|f| ["SOA", "CNAME", "NS"].iter().any(|t| f.eq_ignore_ascii_case(t))) {
             return true;
@@ -449,6 +449,8 @@ outside.example. CNAME .
         assert!(looks_like_rpz("# c\nbad.example CNAME .\n"));
         assert!(looks_like_rpz("*.bad.example IN CNAME .\n"));
         assert!(looks_like_rpz("drop.net 300 IN CNAME rpz-drop.\n"));
+        assert!(looks_like_rpz("bad.example 1h IN CNAME .\n"));
+        assert!(looks_like_rpz("bad.example ANY 1h30m CNAME .\n"));
         // A comment after a tab, or words of a name list, are no records.
         assert!(!looks_like_rpz("ads.example\ntracker.example\t# CNAME cloaking\n"));
         assert!(!looks_like_rpz("cname.example ns.example\n"));
