@@ -196,6 +196,9 @@ impl DynBlocks {
 
     fn start(&self, zone: &str, failures: u32, now: Instant) {
         let until = now + Duration::from_secs(self.cfg.block_s);
+        // The kernel lock first, as `add_seed` and `retire_seed` take it: a
+        // block and its keys change together, so no reload falls between.
+        let mut kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
         let lifted = {
             let mut blocked = self.blocked.write().unwrap_or_else(|p| p.into_inner());
             if blocked.get(zone).is_some_and(|b| b.until > now) {
@@ -217,18 +220,17 @@ impl DynBlocks {
         };
         // Swept here, their kernel keys go here too: `expire` no longer sees them.
         let (lifted, room) = lifted;
-        if !lifted.is_empty() {
-            if let Some(k) = self.kernel.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-                for z in &lifted {
-                    k.remove(z);
-                }
+        if let Some(k) = kernel.as_mut() {
+            for z in &lifted {
+                k.remove(z);
             }
         }
         if !room {
+            drop(kernel);
             warn!(zone, "too many zones under dynamic blocks; not blocking this one");
             return;
         }
-        let in_kernel = match self.kernel.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        let in_kernel = match kernel.as_mut() {
             Some(k) => match k.insert(zone, until, self.cfg.action) {
                 Ok(()) => "xdp+proxy",
                 Err(e) => {
@@ -238,6 +240,7 @@ impl DynBlocks {
             },
             None => "proxy",
         };
+        drop(kernel);
         self.metrics.dynblocks_started.inc();
         self.metrics.dynblocks_active.set(self.nblocked.load(Ordering::Relaxed) as i64);
         let mut v = Verdict::new("proxy", "random-subdomain", self.cfg.action.as_str(), "failed-lookups");
@@ -263,6 +266,9 @@ impl DynBlocks {
         let now = Instant::now();
         let window = Duration::from_secs(self.cfg.window_s);
         self.windows.retain(|_, w| now.duration_since(w.start) < window);
+        // Kernel first, as in `start`: a reload's `retire_seed` sees the
+        // block with its keys or neither.
+        let mut kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
         let lifted: Vec<String> = {
             let mut blocked = self.blocked.write().unwrap_or_else(|p| p.into_inner());
             let gone: Vec<String> = blocked.iter().filter(|(_, b)| b.until <= now).map(|(z, _)| z.clone()).collect();
@@ -275,11 +281,12 @@ impl DynBlocks {
         if lifted.is_empty() {
             return;
         }
-        if let Some(k) = self.kernel.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Some(k) = kernel.as_mut() {
             for z in &lifted {
                 k.remove(z);
             }
         }
+        drop(kernel);
         self.metrics.dynblocks_active.set(self.nblocked.load(Ordering::Relaxed) as i64);
         for z in lifted {
             debug!(zone = %z, "dynamic block lifted");
