@@ -497,6 +497,22 @@ async fn a_tcp_exchange_leaves_no_port_in_time_wait() {
     assert_eq!(time_wait_towards(up.addr), 0);
 }
 
+/// A cool-down ends on the health probe's clock too: an upstream no query
+/// uses any more (a backup) does not show TCP forced for ever.
+#[tokio::test]
+async fn a_cool_down_ends_for_an_upstream_no_query_uses() {
+    let up = FakeUpstream::start(four_forgeries_then_the_answer(), answers_with([192, 0, 2, 2])).await;
+    let mut s = settings(vec![up.addr]);
+    s.spoof = SpoofConfig { threshold: 3, window_s: 60, tcp_cooldown_s: 1 };
+    let p = proxy(s).await;
+    assert_eq!(ips(&p.ask("one.example.").await), ["192.0.2.1"]);
+    let forced = |v: u8| format!(r#"dns_guard_upstream_tcp_forced{{upstream="{}"}} {v}"#, up.addr);
+    assert!(p.metrics.encode().contains(&forced(1)));
+    // No query after it: the probe, every 5 s, ends the cool-down.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(p.metrics.encode().contains(&forced(0)), "{}", p.metrics.encode());
+}
+
 #[tokio::test]
 async fn truncated_answers_are_retried_over_tcp() {
     let tc: Script = Arc::new(|q: &Message| {

@@ -477,6 +477,7 @@ impl Upstreams {
                 w.start = Instant::now();
                 w.counts.clear();
                 w.total = 0;
+                w.strays = 0;
                 w.alerted = false;
                 self.tel.metrics.upstream_tcp_forced.get_or_create(&u.labels()).set(0);
                 false
@@ -492,6 +493,11 @@ impl Upstreams {
         let root = Query::query(Name::root(), RecordType::NS);
         loop {
             tokio::time::sleep(PROBE_EVERY).await;
+            // Ends cool-downs that no query would: a backup upstream's
+            // dns_guard_upstream_tcp_forced went back to 0 only when used.
+            for u in &self.list {
+                self.tcp_forced(u);
+            }
             for u in self.list.iter().filter(|u| !u.is_healthy()) {
                 let deadline = Instant::now() + self.timeout;
                 let ok = self.exchange(u, &root, false, false, deadline, false, &QueryCtx::default()).await.is_ok();
