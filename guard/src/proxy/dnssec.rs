@@ -1481,11 +1481,16 @@ fn authority_for(end: &Name, authorities: &[Record]) -> Vec<Record> {
         .iter()
         .filter_map(|r| denial_sig(r).filter(|sig| Some(&sig.input().signer_name) == signer).map(|sig| (r.name.to_lowercase(), sig.input().type_covered)))
         .collect();
+    // Other records only at the end's ancestors: hickory calls a denial
+    // with no NSEC insecure when every authority record is, whatever its
+    // owner, so an unrelated unsigned SOA would speak for the end
+    // (`checks::scope_authority` drops those before validation too).
     authorities
         .iter()
         .filter(|r| match denial_sig(r) {
             Some(sig) => Some(&sig.input().signer_name) == signer,
-            None => !denial_type(r.record_type()) || signed.contains(&(r.name.to_lowercase(), r.record_type())),
+            None if denial_type(r.record_type()) => signed.contains(&(r.name.to_lowercase(), r.record_type())),
+            None => r.name.zone_of(end),
         })
         .cloned()
         .collect()
