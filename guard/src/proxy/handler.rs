@@ -310,8 +310,9 @@ impl Handler {
         // upstream. The client would read only its low four bits, and could
         // take them for NOERROR, so it becomes SERVFAIL.
         let rcode = msg.metadata.response_code;
+        let extended = u16::from(rcode) > 0xF;
         if !matches!(rcode, ResponseCode::NoError | ResponseCode::NXDomain) {
-            if u16::from(rcode) > 0xF {
+            if extended {
                 debug!(qname = %qname, upstream = %up, rcode = u16::from(rcode), "extended rcode from upstream");
                 msg.metadata.response_code = ResponseCode::ServFail;
             }
@@ -406,14 +407,19 @@ impl Handler {
         }
 
         let rcode = msg.metadata.response_code;
-        let (label, v) = if rcode == ResponseCode::ServFail {
-            ("servfail", line("servfail", "forward", "upstream-servfail"))
-        } else {
-            ("allow", line("allow", "forward", match answer.via {
+        let (label, v) = match rcode {
+            ResponseCode::ServFail if extended => ("servfail", line("servfail", "forward", "extended-rcode")),
+            ResponseCode::ServFail => ("servfail", line("servfail", "forward", "upstream-servfail")),
+            // The upstream's own error, passed on: not an answer that is "ok".
+            ResponseCode::Refused => ("allow", line("allow", "forward", "upstream-refused")),
+            ResponseCode::NotImp => ("allow", line("allow", "forward", "upstream-notimp")),
+            ResponseCode::FormErr => ("allow", line("allow", "forward", "upstream-formerr")),
+            ResponseCode::NoError | ResponseCode::NXDomain => ("allow", line("allow", "forward", match answer.via {
                 Via::Udp => "ok",
                 Via::Tcp => "ok-tcp",
                 Via::Tls => "ok-tls",
-            }))
+            })),
+            _ => ("allow", line("allow", "forward", "upstream-error")),
         };
         let mut reply = forward_reply(cq, &answer.sent, msg, None);
         // RFC 6840 §5.7: AD for a client that signalled it understands it.

@@ -293,6 +293,7 @@ async fn an_extended_rcode_becomes_servfail_and_no_record_passes() {
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "{m}");
     assert!(m.answers.is_empty() && m.authorities.is_empty() && m.additionals.is_empty(), "{m}");
     assert_eq!(p.verdicts(), ["servfail"]);
+    assert_eq!(p.log.lines()[0]["reason"], "extended-rcode", "not the upstream's own SERVFAIL");
 }
 
 /// RFC 1035 §4.1.1: records on a REFUSED (or any rcode but NOERROR and
@@ -309,6 +310,9 @@ async fn records_on_an_error_rcode_are_dropped() {
     let m = p.ask("refused.example.").await;
     assert_eq!(m.metadata.response_code, ResponseCode::Refused, "{m}");
     assert!(m.answers.is_empty(), "{m}");
+    // Passed on, and logged as the upstream's refusal, not as "ok".
+    let line = &p.log.lines()[0];
+    assert_eq!((line["verdict"].as_str(), line["reason"].as_str()), (Some("allow"), Some("upstream-refused")), "{line}");
 }
 
 /// An answer with the right port, txid, question and 0x20 case that
@@ -462,6 +466,15 @@ async fn an_attack_that_outlasts_the_cooldown_moves_the_upstream_to_tcp_again() 
     assert_eq!(up.tcp_queries.load(Ordering::SeqCst), 1);
 }
 
+/// Over UDP: an empty answer with TC set, so every query goes on over TCP.
+fn truncated_over_udp() -> Script {
+    Arc::new(|q: &Message| {
+        let mut m = answer(q, &[]);
+        m.metadata.truncation = true;
+        vec![Reply::Real(m)]
+    })
+}
+
 /// Sockets in TIME_WAIT towards `server` (IPv4 loopback), from /proc/net/tcp.
 fn time_wait_towards(server: SocketAddr) -> usize {
     let remote = format!("0100007F:{:04X}", server.port());
@@ -482,12 +495,7 @@ fn time_wait_towards(server: SocketAddr) -> usize {
 /// queries a second. The proxy resets it instead.
 #[tokio::test]
 async fn a_tcp_exchange_leaves_no_port_in_time_wait() {
-    let tc: Script = Arc::new(|q: &Message| {
-        let mut m = answer(q, &[]);
-        m.metadata.truncation = true;
-        vec![Reply::Real(m)]
-    });
-    let up = FakeUpstream::start(tc, answers_with([192, 0, 2, 7])).await;
+    let up = FakeUpstream::start(truncated_over_udp(), answers_with([192, 0, 2, 7])).await;
     let p = proxy(settings(vec![up.addr])).await;
     for i in 0..5 {
         assert_eq!(ips(&p.ask(&format!("n{i}.example.")).await), ["192.0.2.7"]);
@@ -515,12 +523,7 @@ async fn a_cool_down_ends_for_an_upstream_no_query_uses() {
 
 #[tokio::test]
 async fn truncated_answers_are_retried_over_tcp() {
-    let tc: Script = Arc::new(|q: &Message| {
-        let mut m = answer(q, &[]);
-        m.metadata.truncation = true;
-        vec![Reply::Real(m)]
-    });
-    let up = FakeUpstream::start(tc, answers_with([192, 0, 2, 7])).await;
+    let up = FakeUpstream::start(truncated_over_udp(), answers_with([192, 0, 2, 7])).await;
     let p = proxy(settings(vec![up.addr])).await;
     assert_eq!(ips(&p.ask("big.example.").await), ["192.0.2.7"]);
     assert_eq!(up.tcp_queries.load(Ordering::SeqCst), 1);
