@@ -238,10 +238,12 @@ pub async fn stream_events(ring: RingBuf<MapData>, index: SharedRuleIndex, log: 
     // Folded lines are written within a quarter window of their window closing.
     let mut tick = tokio::time::interval(coalesce::WINDOW / 4);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // A snapshot, so a slow stdout never holds up a reload's write lock;
+    // taken once there is something to read, so events of a table swapped
+    // in while the reader slept find their rules.
+    let snapshot = || index.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(RuleIndex::snapshot);
     loop {
-        // A snapshot, so a slow stdout never holds up a reload's write lock.
-        let ix = index.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(RuleIndex::snapshot);
-        tokio::select! {
+        let ix = tokio::select! {
             ready = fd.readable_mut() => {
                 let mut ready = match ready {
                     Ok(r) => r,
@@ -250,10 +252,13 @@ pub async fn stream_events(ring: RingBuf<MapData>, index: SharedRuleIndex, log: 
                         break;
                     }
                 };
+                let ix = snapshot();
                 drain(ready.get_inner_mut(), &mut folds, &log, ix.as_ref());
                 ready.clear_ready();
+                ix
             }
             _ = stop.cancelled() => {
+                let ix = snapshot();
                 drain(fd.get_mut(), &mut folds, &log, ix.as_ref());
                 write_folded(&log, folds.flush(), ix.as_ref());
                 return;
@@ -261,13 +266,15 @@ pub async fn stream_events(ring: RingBuf<MapData>, index: SharedRuleIndex, log: 
             _ = tick.tick() => {
                 // Also drains, so the previous table is let go soon after a reload
                 // even when no event wakes the reader.
+                let ix = snapshot();
                 drain(fd.get_mut(), &mut folds, &log, ix.as_ref());
                 let due = folds.due(Instant::now());
                 if !due.is_empty() {
                     write_folded(&log, due, ix.as_ref());
                 }
+                ix
             }
-        }
+        };
         // Every event from before the swap has been read: forget the old table.
         if let Some(seed) = ix.as_ref().filter(|ix| ix.previous.is_some()).map(|ix| ix.seed) {
             let mut current = index.write().unwrap_or_else(|p| p.into_inner());
