@@ -215,7 +215,11 @@ impl Handoff {
     /// Queues a batch for the writer; `false` when the queue has no room.
     fn push(&self, batch: &[u8], lines: u64) -> bool {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if q.closed || q.bytes.len() + batch.len() > HANDOFF_MAX {
+        // After `close`, the shutdown's own count of what is lost stands.
+        if q.closed {
+            return false;
+        }
+        if q.bytes.len() + batch.len() > HANDOFF_MAX {
             if !std::mem::replace(&mut q.refusing, true) {
                 tracing::warn!("the verdict log's reader is behind and its queue is full; dropping verdicts until it catches up");
             }
@@ -281,6 +285,7 @@ impl VerdictLog {
             let (handoff, tally) = (Arc::clone(&handoff), Arc::clone(&tally));
             std::thread::Builder::new().name("verdict-log".into()).spawn(move || handoff.write_out(out(), &tally))
         };
+        // Written in place only if the thread could not start.
         let mut log = Self::to_writer(Box::new(out()));
         log.tally = tally;
         match spawned {

@@ -868,7 +868,7 @@ impl Validator {
         // A first look that failed only on the denial found no bad
         // signature, so it proved the zones of the unsigned records insecure
         // (an unsigned zone's SOA at the end): what must verify is the rest.
-        let signed = if unproven { signed_only(msg) } else { msg.clone() };
+        let signed = if unproven { std::borrow::Cow::Owned(signed_only(msg)) } else { std::borrow::Cow::Borrowed(msg) };
         if positive_proof::signed_rrsets(&signed, query.query_class()).is_err() {
             return full; // past the second opinion's limits, or unsigned: as judged
         }
