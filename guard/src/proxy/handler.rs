@@ -42,6 +42,22 @@ pub enum Transport {
     Tcp,
 }
 
+/// The reply's bytes for `transport`. hickory writes back what it read,
+/// and truncates (TC) what does not fit, so `Err` is for a message it
+/// cannot emit at all: it carries a SERVFAIL with EDE 0 to send instead,
+/// never a silence the client would only retry.
+fn wire_reply(m: &Message, client: &ClientQuery, transport: Transport) -> Result<Vec<u8>, Vec<u8>> {
+    let bytes = match transport {
+        Transport::Udp => encode_udp(m, client.udp_limit()),
+        Transport::Tcp => m.to_vec().ok(),
+    };
+    bytes.ok_or_else(|| {
+        let ede = Ede::new(EDE_OTHER, "answer cannot be encoded");
+        // A header, the client's question and an EDE always encode.
+        local_reply(client, ResponseCode::ServFail, Some(&ede)).to_vec().unwrap_or_default()
+    })
+}
+
 /// What a request turned out to be.
 #[derive(Debug)]
 pub enum Parsed {
@@ -169,15 +185,19 @@ impl Handler {
             Parsed::Ignore => return None,
         };
         let deadline = tokio::time::Instant::now() + self.query_timeout;
-        let Outcome { reply, mut verdict, label, upstream } =
+        let Outcome { reply, mut verdict, mut label, upstream } =
             QUERY_DEADLINE.scope(deadline, self.resolve(&cq, client, deadline)).await;
-        verdict.rcode = Some(rcode_name(reply.metadata.response_code));
+        let mut rcode = reply.metadata.response_code;
+        let bytes = wire_reply(&reply, &cq, transport).unwrap_or_else(|servfail| {
+            (verdict.verdict, verdict.action, verdict.reason) =
+                ("servfail".into(), "servfail".into(), "unencodable".into());
+            (label, rcode) = ("servfail", ResponseCode::ServFail);
+            servfail
+        });
+        verdict.rcode = Some(rcode_name(rcode));
         verdict.latency_ms = Some((started.elapsed().as_secs_f64() * 1e4).round() / 10.0);
         self.tel.emit(verdict, label, &upstream);
-        match transport {
-            Transport::Udp => encode_udp(&reply, cq.udp_limit()),
-            Transport::Tcp => reply.to_vec().ok(),
-        }
+        (!bytes.is_empty()).then_some(bytes)
     }
 
     async fn resolve(&self, cq: &ClientQuery, client: SocketAddr, deadline: tokio::time::Instant) -> Outcome {
@@ -461,6 +481,7 @@ pub fn rcode_name(r: ResponseCode) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use super::super::response::ede_of;
     use hickory_proto::op::Query;
     use hickory_proto::rr::Name;
     use std::str::FromStr;
@@ -475,6 +496,33 @@ mod tests {
 
     fn rcode(b: &[u8]) -> ResponseCode {
         Message::from_vec(b).unwrap().metadata.response_code
+    }
+
+    /// No answer read from an upstream is known to reach this (hickory
+    /// writes back what it read); a message it cannot emit is made here:
+    /// questions past the 65,535 bytes a message can hold (hickory
+    /// truncates records that do not fit, but not questions).
+    #[test]
+    fn an_answer_hickory_cannot_write_is_a_servfail_not_a_silence() {
+        let mut q = Message::new(77, MessageType::Query, OpCode::Query);
+        q.add_query(Query::query(Name::from_str("www.example.com.").unwrap(), RecordType::A));
+        q.set_edns(Edns::new());
+        let Parsed::Query(cq) = parse_request(&q.to_vec().unwrap()) else { panic!() };
+        let mut m = local_reply(&cq, ResponseCode::NoError, None);
+        // 70 bytes each once the shared suffix is compressed.
+        for i in 0..1000 {
+            let long = Name::from_str(&format!("{i:063}.{0}.{0}.", "a".repeat(63))).unwrap();
+            m.add_query(Query::query(long, RecordType::A));
+        }
+        assert!(m.to_vec().is_err());
+        for transport in [Transport::Udp, Transport::Tcp] {
+            let sent = Message::from_vec(&wire_reply(&m, &cq, transport).unwrap_err()).unwrap();
+            assert_eq!((sent.metadata.id, sent.metadata.response_code), (77, ResponseCode::ServFail));
+            assert_eq!(sent.queries, std::slice::from_ref(&cq.query));
+            assert_eq!(ede_of(&sent), [(EDE_OTHER, "answer cannot be encoded".to_string())]);
+        }
+        let fine = local_reply(&cq, ResponseCode::NoError, None);
+        assert_eq!(wire_reply(&fine, &cq, Transport::Tcp), Ok(fine.to_vec().unwrap()));
     }
 
     #[test]
