@@ -747,14 +747,32 @@ enum Frame {
 #[derive(Default)]
 struct TreeBuilder {
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Node>,
+    /// Each anchored node, with how many nodes it holds.
+    anchors: HashMap<usize, (Node, usize)>,
     docs: Vec<Node>,
+    /// Nodes copied by aliases so far: each copy is a deep clone, so nested
+    /// aliases grow exponentially (the "billion laughs").
+    expanded: usize,
+    /// The line of the alias that went past [`MAX_ALIAS_NODES`].
+    alias_bomb: Option<usize>,
+}
+
+/// Far more than any config needs; a few MiB of nodes at most.
+const MAX_ALIAS_NODES: usize = 10_000;
+
+/// How many nodes `node` holds, itself included.
+fn node_count(node: &Node) -> usize {
+    match node {
+        Node::Scalar { .. } => 1,
+        Node::Seq { items, .. } => 1 + items.iter().map(node_count).sum::<usize>(),
+        Node::Map { entries, .. } => 1 + entries.iter().map(|(k, v)| node_count(k) + node_count(v)).sum::<usize>(),
+    }
 }
 
 impl TreeBuilder {
     fn insert(&mut self, node: Node, anchor: usize) {
         if anchor > 0 {
-            self.anchors.insert(anchor, node.clone());
+            self.anchors.insert(anchor, (node.clone(), node_count(&node)));
         }
         match self.stack.last_mut() {
             None => self.docs.push(node),
@@ -802,10 +820,17 @@ impl MarkedEventReceiver for TreeBuilder {
             },
             Event::Alias(id) => {
                 // The parser rejects unknown anchors, so the lookup succeeds.
-                if let Some(mut node) = self.anchors.get(&id).cloned() {
-                    set_line(&mut node, line);
-                    self.insert(node, 0);
+                let Some((node, count)) = self.anchors.get(&id) else { return };
+                self.expanded += count;
+                if self.expanded > MAX_ALIAS_NODES {
+                    // Stands in for the copy; the file is refused anyway.
+                    self.alias_bomb.get_or_insert(line);
+                    self.insert(Node::Scalar { text: String::new(), plain: true, line }, 0);
+                    return;
                 }
+                let mut node = node.clone();
+                set_line(&mut node, line);
+                self.insert(node, 0);
             }
             _ => {}
         }
@@ -884,6 +909,13 @@ fn parse_inner(text: &str, path: &Path) -> (Config, Vec<FileRef>, Vec<ConfigIssu
                 e.info(),
                 e.marker().col() + 1
             ),
+        );
+        return (Config::default(), Vec::new(), cx.issues);
+    }
+    if let Some(at) = builder.alias_bomb {
+        cx.err(
+            at,
+            format!("YAML aliases here expand to more than {MAX_ALIAS_NODES} values; write the values out instead"),
         );
         return (Config::default(), Vec::new(), cx.issues);
     }
@@ -1812,8 +1844,29 @@ kubernetes:
 
     #[test]
     fn aliases_resolve() {
-        let c = p("xdp:\n  ports: &p [53, 54]\nproxy:\n  listen: 127.0.0.1:53\n").unwrap();
-        assert_eq!(c.xdp.ports, vec![53, 54]);
+        let c = p("xdp:\n  ports: &p [53, 54]\nproxy:\n  listen: 127.0.0.1:53\nrpz:\n  ports: *p\n");
+        let e = c.unwrap_err().to_string();
+        // The copy is read where the alias stands, at its line.
+        assert!(e.contains("guard.yaml:5: rpz: unknown key"), "{e}");
+        let c = p("x: &n 54\nxdp:\n  ports: [53, *n]\n").unwrap_err().to_string();
+        assert!(c.contains("guard.yaml:1: x: unknown key"), "{c}");
+        assert!(!c.contains("ports"), "{c}");
+    }
+
+    /// Each alias is a deep copy, so aliases of aliases grow exponentially
+    /// (nine levels of ten make 10^9 nodes from 100 lines). This one makes
+    /// 50^3; the limit stops it at the line that goes over.
+    #[test]
+    fn an_alias_bomb_is_refused_at_its_line() {
+        let row = |alias: &str| vec![alias; 50].join(", ");
+        let text = format!(
+            "a: &a [{}]\nb: &b [{}]\nc: &c [{}]\nxdp:\n  ports: [53]\n",
+            row("x"),
+            row("*a"),
+            row("*b"),
+        );
+        let e = one_err(&text);
+        assert!(e.contains("guard.yaml:3: YAML aliases here expand to more than 10000 values"), "{e}");
     }
 
     #[test]
