@@ -327,22 +327,28 @@ def test_reload_under_load(lab, start_guard, layout):
 
 def test_a_list_written_in_place_is_not_enforced_half_written(lab, start_guard):
     """A download straight into the list's path (`curl > list`) truncates it first, then
-    stalls: the empty file must not replace the table (every block would lapse until the
-    download ends), nor must an error page saved over it. Once the whole file is there, it
-    reloads."""
+    stalls: the file is not read while its writer has it open. A download that ends empty,
+    or with an error page saved over the list, must not replace the table either (every
+    block would lapse). Once the whole file is there, it reloads."""
     guard = start_guard({}, {"block.txt": "a.inplace.test\nb.inplace.test\n"})
     assert lab.dig("c1", "a.inplace.test").status == "NXDOMAIN"
     path = guard.dir / "lists" / "block.txt"
-    with open(path, "w") as f:  # truncated, and the download stalls
+    with open(path, "w") as f:  # truncated, and the download stalls between lines
+        f.write("a.inplace.test\n")
         f.flush()
-        guard.wait_stderr("reload refused", 10, "the empty list refused")
-        assert "block.txt is empty and no rule, where it had 2" in guard.stderr_tail()
-        assert lab.dig("c1", "a.inplace.test").status == "NXDOMAIN", "blocking lapsed on an empty list file"
-        f.write("<html><body>502 Bad Gateway</body></html>\n")
-        f.flush()
-        guard.wait_stderr("reload refused", 10, "the error page refused", count=2)
-        assert lab.dig("c1", "b.inplace.test").status == "NXDOMAIN", "blocking lapsed on an error page"
-        assert "has 1 lines that are not list entries and no rule" in guard.stderr_tail()
+        time.sleep(1.5)  # seven quiet times (200 ms) and more
+        assert "reload" not in guard.stderr_tail(), guard.stderr_tail()
+        assert lab.dig("c1", "b.inplace.test").status == "NXDOMAIN", "the part written so far was enforced"
+        assert "is still open for writing" in guard.stderr_tail(), guard.stderr_tail()
+        f.truncate(0)
+    # The download ended with nothing.
+    guard.wait_stderr("reload refused", 10, "the empty list refused")
+    assert "block.txt is empty and no rule, where it had 2" in guard.stderr_tail()
+    assert lab.dig("c1", "a.inplace.test").status == "NXDOMAIN", "blocking lapsed on an empty list file"
+    path.write_text("<html><body>502 Bad Gateway</body></html>\n")
+    guard.wait_stderr("reload refused", 10, "the error page refused", count=2)
+    assert lab.dig("c1", "b.inplace.test").status == "NXDOMAIN", "blocking lapsed on an error page"
+    assert "has 1 lines that are not list entries and no rule" in guard.stderr_tail()
     path.write_text("a.inplace.test\nc.inplace.test\n")
     guard.wait_stderr("lists reloaded", 10, "the whole file reloaded")
     assert lab.dig("c1", "c.inplace.test").status == "NXDOMAIN"

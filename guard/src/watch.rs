@@ -18,7 +18,8 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 /// A file rewritten without pause still gets checked this often.
 const MAX_DELAY: Duration = Duration::from_secs(2);
 /// A file still being written (a download straight into the list's path)
-/// is read once it has held still for one `DEBOUNCE`, or after this long.
+/// is read once its writer has closed it and it has held still for one
+/// `DEBOUNCE`, or after this long.
 const SETTLE_MAX: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
@@ -160,8 +161,9 @@ fn debounce_loop(
     // A change between the snapshot and the watch sent no event we saw:
     // look once before waiting for one.
     let mut first = true;
+    let mut writers = Writers::default();
     loop {
-        if !std::mem::take(&mut first) && !burst(&raw)? {
+        if !std::mem::take(&mut first) && !burst(&raw, &mut writers)? {
             continue;
         }
         let now = fingerprints(&files);
@@ -170,7 +172,7 @@ fn debounce_loop(
             // changed nothing we compare.
             continue;
         }
-        let now = settled(&raw, &files, &last, now)?;
+        let now = settled(&raw, &mut writers, &files, &last, now)?;
         for (f, (a, b)) in files.iter().zip(last.iter().zip(&now)) {
             if a != b {
                 tracing::info!(path = %f.display(), present = b.is_some(), "list file changed");
@@ -188,9 +190,9 @@ fn debounce_loop(
 /// Waits for a burst of events and its end: `DEBOUNCE` of quiet, or
 /// `MAX_DELAY` after its first event. `Some(false)` for a watcher error,
 /// `None` once the watcher has gone.
-fn burst(raw: &std_mpsc::Receiver<notify::Result<notify::Event>>) -> Option<bool> {
+fn burst(raw: &std_mpsc::Receiver<notify::Result<notify::Event>>, writers: &mut Writers) -> Option<bool> {
     match raw.recv().ok()? {
-        Ok(_) => {}
+        Ok(ev) => writers.see(&ev),
         Err(e) => {
             tracing::warn!(error = %e, "list watcher error");
             return Some(false);
@@ -203,7 +205,11 @@ fn burst(raw: &std_mpsc::Receiver<notify::Result<notify::Event>>) -> Option<bool
             return Some(true);
         }
         match raw.recv_timeout(DEBOUNCE.min(left)) {
-            Ok(_) => continue,
+            Ok(ev) => {
+                if let Ok(ev) = ev {
+                    writers.see(&ev);
+                }
+            }
             Err(std_mpsc::RecvTimeoutError::Timeout) => return Some(true),
             Err(std_mpsc::RecvTimeoutError::Disconnected) => return None,
         }
@@ -211,12 +217,15 @@ fn burst(raw: &std_mpsc::Receiver<notify::Result<notify::Event>>) -> Option<bool
 }
 
 /// `now` once the files hold still: the same fingerprints one `DEBOUNCE`
-/// apart, and every file that changed since `last` ending in a newline (a
-/// download that paused mid-line would otherwise be read with its last name
-/// cut short, a name it was never meant to block); or `SETTLE_MAX` after the
-/// first look. `None` once the watcher has gone.
+/// apart, and every file that changed since `last` closed by its writer (a
+/// download that pauses between lines for longer than `DEBOUNCE` would
+/// otherwise be read in part, and the names not yet written unblocked) and
+/// ending in a newline (a writer that closed mid-line would have its last
+/// name read cut short, a name it was never meant to block); or
+/// `SETTLE_MAX` after the first look. `None` once the watcher has gone.
 fn settled(
     raw: &std_mpsc::Receiver<notify::Result<notify::Event>>,
+    writers: &mut Writers,
     files: &[PathBuf],
     last: &[Option<Fingerprint>],
     mut now: Vec<Option<Fingerprint>>,
@@ -224,27 +233,75 @@ fn settled(
     let start = Instant::now();
     let mut told = false;
     loop {
-        // Events meanwhile are this same write; the fingerprints decide.
+        // Events meanwhile are this same write; the fingerprints decide,
+        // with the writers' opens and closes.
         let until = Instant::now() + DEBOUNCE;
         while let Some(left) = until.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()) {
-            if let Err(std_mpsc::RecvTimeoutError::Disconnected) = raw.recv_timeout(left) {
-                return None;
+            match raw.recv_timeout(left) {
+                Ok(Ok(ev)) => writers.see(&ev),
+                Ok(Err(_)) | Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return None,
             }
         }
         let again = fingerprints(files);
-        let cut = files.iter().zip(last.iter().zip(&again)).find(|(f, (a, b))| a != b && !ends_in_newline(f));
-        if again == now && cut.is_none() {
+        let changed = || files.iter().zip(last.iter().zip(&again)).filter(|(_, (a, b))| a != b).map(|(f, _)| f);
+        let unfinished = changed()
+            .find(|f| writers.writing(f))
+            .map(|f| (f, "is still open for writing"))
+            .or_else(|| changed().find(|f| !ends_in_newline(f)).map(|f| (f, "does not end in a newline")));
+        if again == now && unfinished.is_none() {
             return Some(now);
         }
         if start.elapsed() >= SETTLE_MAX {
-            tracing::warn!("list files still changing, or without a last newline, after {SETTLE_MAX:?}; reading them anyway");
+            tracing::warn!("list files still changing, open for writing, or without a last newline, after {SETTLE_MAX:?}; reading them anyway");
             return Some(again);
         }
-        if let (Some((f, _)), false) = (cut, std::mem::replace(&mut told, true)) {
-            tracing::info!(path = %f.display(), "list file does not end in a newline: waiting for the rest (at most {SETTLE_MAX:?})");
+        if let (Some((f, why)), false) = (unfinished, std::mem::replace(&mut told, true)) {
+            tracing::info!(path = %f.display(), "list file {why}: waiting for the rest (at most {SETTLE_MAX:?})");
         }
         now = again;
     }
+}
+
+/// The files a writer has changed and not yet closed, from inotify's
+/// IN_MODIFY and IN_CLOSE_WRITE. Only writes made while we watch count: a
+/// writer that opened the file before is not seen (the newline rule and
+/// `SETTLE_MAX` still hold).
+#[derive(Default)]
+struct Writers {
+    open: std::collections::HashSet<PathBuf>,
+}
+
+impl Writers {
+    fn see(&mut self, ev: &notify::Event) {
+        use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+        for p in &ev.paths {
+            match ev.kind {
+                EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => {
+                    self.open.insert(resolved(p));
+                }
+                EventKind::Access(AccessKind::Close(AccessMode::Write)) | EventKind::Remove(_) => {
+                    self.open.remove(p);
+                    self.open.remove(&resolved(p));
+                }
+                // Renamed away: whatever now has the name was written elsewhere.
+                EventKind::Modify(ModifyKind::Name(_)) => {
+                    self.open.remove(p);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether `list` (or the file its symlinks lead to) is being written.
+    fn writing(&self, list: &Path) -> bool {
+        self.open.contains(list) || self.open.contains(&resolved(list))
+    }
+}
+
+/// `p` with every symlink followed, or `p` itself once gone.
+fn resolved(p: &Path) -> PathBuf {
+    canonical(p).unwrap_or_else(|| p.to_path_buf())
 }
 
 /// Whether `path` is empty or its last byte is a newline.
@@ -381,6 +438,27 @@ mod tests {
         assert_eq!(fs::read_to_string(&list).unwrap().lines().count(), 30);
     }
 
+    /// A download that pauses between whole lines for longer than the quiet
+    /// time (a slow mirror): read once its writer closes the file, not at
+    /// the first pause with the names still to come unblocked.
+    #[tokio::test]
+    async fn a_file_open_for_writing_is_read_once_closed() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("block.txt");
+        fs::write(&list, "a.example\n").unwrap();
+        let (_w, mut rx) = watch(&list);
+        let mut f = fs::File::create(&list).unwrap();
+        for i in 0..3 {
+            writeln!(f, "n{i}.example").unwrap();
+            f.flush().unwrap();
+            expect_quiet(&mut rx, "a pause between lines, the file still open").await;
+        }
+        drop(f);
+        expect_reload(&mut rx, "the file closed").await;
+        expect_quiet(&mut rx, "after it").await;
+    }
+
     /// A download that pauses mid-line, longer than the quiet time: read
     /// once the line is whole, not with its last name cut short.
     #[tokio::test]
@@ -395,6 +473,7 @@ mod tests {
         f.flush().unwrap();
         expect_quiet(&mut rx, "a last line cut short").await;
         writeln!(f, ".phish.example").unwrap();
+        drop(f);
         expect_reload(&mut rx, "the line whole").await;
         assert!(fs::read_to_string(&list).unwrap().ends_with(".phish.example\n"));
     }
