@@ -129,6 +129,28 @@ __attribute__((noinline)) int dns_reply(struct xdp_md *ctx,
 	    qend < dns_off + DNS_HDR_LEN + 1 + DNS_QTAIL_LEN)
 		return DNS_REPLY_UNTOUCHED;
 
+	/* RFC 1122 3.2.1.3, 3.3.6: no reply from a group address. A query
+	 * sent to multicast or broadcast (mDNS, were 5353 a configured port)
+	 * passes, as anything we do not answer does. */
+	eth = data;
+	if (eth + 1 > data_end || (eth->h_dest[0] & 1))
+		return DNS_REPLY_UNTOUCHED;
+	if (pd->family == GUARD_FAMILY_IPV4) {
+		struct iphdr *iph = data + l3_off;
+
+		if (iph + 1 > data_end)
+			return DNS_REPLY_UNTOUCHED;
+		if ((bpf_ntohl(iph->daddr) >> 28) == 0xe || iph->daddr == 0xffffffff)
+			return DNS_REPLY_UNTOUCHED;
+	} else {
+		struct ipv6hdr *ip6 = data + l3_off;
+
+		if (ip6 + 1 > data_end)
+			return DNS_REPLY_UNTOUCHED;
+		if (ip6->daddr.in6_u.u6_addr8[0] == 0xff)
+			return DNS_REPLY_UNTOUCHED;
+	}
+
 	/* RFC 6891 7: answer EDNS with EDNS. Only the plain layout (the OPT
 	 * is the sole record after the question) is recognised; anything
 	 * else gets a reply without OPT, which every client accepts. */

@@ -207,7 +207,7 @@ int dns_guard(struct xdp_md *ctx)
 	__u64 qname_len, rule_id;
 	__u8 allow, block, exact, flags, dyn = 0;
 	__u32 zero = 0, dynblocks;
-	int r, logged;
+	int r, logged, over, rl_dry;
 
 	/* 1. Unconfigured (or configured by another ABI): hands off. */
 	cfg = bpf_map_lookup_elem(&guard_config, &zero);
@@ -250,8 +250,13 @@ int dns_guard(struct xdp_md *ctx)
 	}
 
 	/* 7. Verdict: rate limit first (it applies to every query, and a
-	 * flood of blocked names is still a flood), then allow, then block. */
-	if (cfg->rl_qps && rl_over_rate(cfg, &pd)) {
+	 * flood of blocked names is still a flood), then allow, then block.
+	 * A rate-limit dry run (LOG) only logs and counts: the query goes on
+	 * to the allow and block checks as if under its rate, so trying out
+	 * the limit never lifts a block. */
+	over = cfg->rl_qps && rl_over_rate(cfg, &pd);
+	rl_dry = over && cfg->rl_action == GUARD_ACTION_LOG;
+	if (over && !rl_dry) {
 		d.verdict = GUARD_VERDICT_RATELIMIT;
 		d.reason = GUARD_REASON_RATELIMIT;
 		d.action = cfg->rl_action;
@@ -280,8 +285,19 @@ int dns_guard(struct xdp_md *ctx)
 	/* 8. Act. The name is copied for the log only when there is an
 	 * event: a clean query never pays for the copy. */
 	logged = wants_event(&d, cfg->allow_sample);
-	if (logged && copy_qname(ctx, pd.dns_off, qname_len, s))
+	if ((logged || rl_dry) && copy_qname(ctx, pd.dns_off, qname_len, s))
 		qname_len = 0; /* the parse rules it out; log the rest */
+	if (rl_dry) {
+		struct decision rl = {
+			.verdict = GUARD_VERDICT_RATELIMIT,
+			.reason = GUARD_REASON_RATELIMIT,
+			.action = GUARD_ACTION_LOG,
+			.rule_id = d.rule_id,
+		};
+
+		emit_event(&pd, s, &rl, qname_len);
+		count(GUARD_REASON_RATELIMIT);
+	}
 	return act(ctx, &pd, s, &d, qname_len, logged);
 }
 

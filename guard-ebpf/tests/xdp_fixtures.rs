@@ -1754,6 +1754,17 @@ fn rate_limit_per_prefix() {
                     &fr.reply(clean.reply(rcode, tc, None)).bytes(),
                 );
             }
+            _ if action == GUARD_ACTION_LOG => {
+                // A dry run counts the query over its rate, then as what
+                // happens to it: here it passes as clean.
+                let run = g.run(&fr.bytes());
+                assert_eq!(run.verdict, XDP_PASS, "{what}");
+                assert_eq!(
+                    run.moved,
+                    vec![(GUARD_REASON_ALLOW_CLEAN as u32, 1), (GUARD_REASON_RATELIMIT as u32, 1)],
+                    "{what}: counters"
+                );
+            }
             v => {
                 g.expect(&what, &fr.bytes(), v, GUARD_REASON_RATELIMIT);
             }
@@ -1834,6 +1845,73 @@ fn rate_limit_per_prefix() {
         name_key("blocked.example"),
         "a rate-limited block keeps its rule id"
     );
+}
+
+/// A blocked query sent to a group address (mDNS on a configured 5353, a
+/// broadcast) is never answered: the reply would come from that address
+/// (RFC 1122). It passes, logged as a reply that could not be built.
+#[test]
+fn queries_to_group_addresses_pass_unanswered() {
+    let Some(mut g) = Guard::load("queries_to_group_addresses_pass_unanswered") else {
+        return;
+    };
+    g.config(base_config());
+    let blocked = Dns::query("blocked.example").bytes();
+    let mut mdns6 = [0u8; 16];
+    mdns6[0] = 0xff;
+    mdns6[1] = 0x02;
+    mdns6[15] = 0xfb;
+    let cases = [
+        ("IPv4 multicast", Frame { dmac: [0x01, 0, 0x5e, 0, 0, 0xfb], dst: v4([224, 0, 0, 251]), ..Frame::v4(blocked.clone()) }),
+        ("IPv4 broadcast", Frame { dmac: [0xff; 6], dst: v4([255, 255, 255, 255]), ..Frame::v4(blocked.clone()) }),
+        ("IPv4 multicast, unicast MAC", Frame { dst: v4([239, 1, 2, 3]), ..Frame::v4(blocked.clone()) }),
+        ("IPv6 multicast", Frame { dmac: [0x33, 0x33, 0, 0, 0, 0xfb], dst: mdns6, ..Frame::v6(blocked.clone()) }),
+        ("IPv6 multicast, unicast MAC", Frame { dst: mdns6, ..Frame::v6(blocked.clone()) }),
+        ("group MAC, unicast IP", Frame { dmac: [0x01, 0, 0x5e, 0, 0, 1], ..Frame::v4(blocked.clone()) }),
+    ];
+    for (what, f) in cases {
+        g.expect(what, &f.bytes(), XDP_PASS, GUARD_REASON_TX_FAILED);
+    }
+    // The same query to the server's own address is answered.
+    let f = Frame::v4(blocked.clone());
+    let run = g.run(&f.bytes());
+    assert_eq!(run.verdict, XDP_TX, "unicast");
+}
+
+/// A rate-limit dry run (`ratelimit.action: log`) must not lift a block: a
+/// blocked name from a client over its rate is still answered, and logged
+/// twice, as the limit it would have hit and as the block.
+#[test]
+fn a_rate_limit_dry_run_still_blocks() {
+    let Some(mut g) = Guard::load("a_rate_limit_dry_run_still_blocks") else {
+        return;
+    };
+    g.config(guard_config {
+        rl_qps: 1,
+        rl_burst: 1,
+        rl_action: GUARD_ACTION_LOG as u8,
+        ..base_config()
+    });
+    let blocked = Dns::query("blocked.example");
+    let fr = Frame::v4(blocked.bytes()).from([10, 77, 0, 1]);
+    let reply = fr.reply(blocked.reply(NXDOMAIN, false, None)).bytes();
+    g.expect_reply("within the rate", &fr.bytes(), GUARD_REASON_BLOCK_EXACT, &reply);
+    let run = g.run(&fr.bytes());
+    assert_eq!(run.verdict, XDP_TX, "over the rate in a dry run: the block must hold");
+    assert_eq!(hex(&run.out), hex(&reply));
+    let replies = guard_stat::GUARD_STAT_REPLIES_TX as u32;
+    assert_eq!(
+        run.moved,
+        vec![(GUARD_REASON_BLOCK_EXACT as u32, 1), (GUARD_REASON_RATELIMIT as u32, 1), (replies, 1)],
+        "counters"
+    );
+    let ev = g.events();
+    let seen: Vec<_> = ev.iter().map(|e| (e.verdict, e.action)).collect();
+    let block = (guard_verdict::GUARD_VERDICT_BLOCK as u8, GUARD_ACTION_NXDOMAIN as u8);
+    let limit = (guard_verdict::GUARD_VERDICT_RATELIMIT as u8, GUARD_ACTION_LOG as u8);
+    assert_eq!(seen, [block, limit, block]);
+    assert_eq!(ev[1].rule_id, ev[2].rule_id, "the limit's line names the rule too");
+    assert_ne!(ev[1].qname_len, 0, "the limit's line carries the name");
 }
 
 #[test]
