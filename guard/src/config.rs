@@ -1194,8 +1194,10 @@ impl<'a> Ctx<'a> {
             ],
         );
         let d = RateLimitConfig::default();
+        // The kernel spaces a client's queries 1e9 / qps ns apart: past
+        // 1e9 that is 0 ns, and nothing would ever be limited.
         let qps = self.value(&f, "qps", d.qps, |n| {
-            uint(n, 0, u32::MAX as u64).map(|v| v as u32)
+            uint(n, 0, 1_000_000_000).map(|v| v as u32)
         });
         let burst = self.value(&f, "burst", d.burst, |n| {
             uint(n, 0, u32::MAX as u64).map(|v| v as u32)
@@ -1790,6 +1792,7 @@ kubernetes:
             ("xdp:\n  ratelimit:\n    max_clients: 0", "xdp.ratelimit.max_clients: 0 is out of range"),
             ("xdp:\n  ratelimit:\n    max_clients: 4000000000", "xdp.ratelimit.max_clients: 4000000000 is out of range; expected 1..=4194304"),
             ("xdp:\n  ratelimit:\n    qps: -1", "xdp.ratelimit.qps: '-1' is not a whole number"),
+            ("xdp:\n  ratelimit:\n    qps: 2000000000", "xdp.ratelimit.qps: 2000000000 is out of range; expected 0..=1000000000"),
             ("xdp: drop", "xdp: expected a mapping of keys, found a single value"),
             ("blocklists: /etc/x.txt", "blocklists: expected a list"),
             ("proxy:\n  listen: 5353", "proxy.listen: '5353' is not a socket address"),
