@@ -243,7 +243,7 @@ pub async fn stream_events(ring: RingBuf<MapData>, index: SharedRuleIndex, log: 
     // in while the reader slept find their rules.
     let snapshot = || index.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(RuleIndex::snapshot);
     loop {
-        let ix = tokio::select! {
+        let (ix, emptied) = tokio::select! {
             ready = fd.readable_mut() => {
                 let mut ready = match ready {
                     Ok(r) => r,
@@ -253,13 +253,21 @@ pub async fn stream_events(ring: RingBuf<MapData>, index: SharedRuleIndex, log: 
                     }
                 };
                 let ix = snapshot();
-                drain(ready.get_inner_mut(), &mut folds, &log, ix.as_ref());
-                ready.clear_ready();
-                ix
+                let emptied = drain(ready.get_inner_mut(), &mut folds, &log, ix.as_ref());
+                // Left ready when not emptied: the loop comes straight back.
+                if emptied {
+                    ready.clear_ready();
+                }
+                (ix, emptied)
             }
             _ = stop.cancelled() => {
                 let ix = snapshot();
-                drain(fd.get_mut(), &mut folds, &log, ix.as_ref());
+                // Bounded: a flood still going would never let the ring empty.
+                for _ in 0..STOP_BATCHES {
+                    if drain(fd.get_mut(), &mut folds, &log, ix.as_ref()) {
+                        break;
+                    }
+                }
                 write_folded(&log, folds.flush(), ix.as_ref());
                 return;
             }
@@ -267,14 +275,20 @@ pub async fn stream_events(ring: RingBuf<MapData>, index: SharedRuleIndex, log: 
                 // Also drains, so the previous table is let go soon after a reload
                 // even when no event wakes the reader.
                 let ix = snapshot();
-                drain(fd.get_mut(), &mut folds, &log, ix.as_ref());
+                let emptied = drain(fd.get_mut(), &mut folds, &log, ix.as_ref());
                 let due = folds.due(Instant::now());
                 if !due.is_empty() {
                     write_folded(&log, due, ix.as_ref());
                 }
-                ix
+                (ix, emptied)
             }
         };
+        if !emptied {
+            // A flood queues an event per packet: let the proxy's tasks,
+            // which share the two workers, run between batches.
+            tokio::task::yield_now().await;
+            continue;
+        }
         // Every event from before the swap has been read: forget the old table.
         if let Some(seed) = ix.as_ref().filter(|ix| ix.previous.is_some()).map(|ix| ix.seed) {
             let mut current = index.write().unwrap_or_else(|p| p.into_inner());
@@ -286,10 +300,17 @@ pub async fn stream_events(ring: RingBuf<MapData>, index: SharedRuleIndex, log: 
     write_folded(&log, folds.flush(), None);
 }
 
-/// Reads every queued event; repeats fold, the rest become lines.
-fn drain(ring: &mut RingBuf<MapData>, folds: &mut Coalescer, log: &VerdictLog, ix: Option<&RuleIndex>) {
+/// Events read in one go before the reader yields.
+const BATCH: usize = 4096;
+/// Batches read at shutdown, at most.
+const STOP_BATCHES: usize = 16;
+
+/// Reads up to [`BATCH`] queued events; repeats fold, the rest become
+/// lines. Whether the ring was emptied.
+fn drain(ring: &mut RingBuf<MapData>, folds: &mut Coalescer, log: &VerdictLog, ix: Option<&RuleIndex>) -> bool {
     let now = Instant::now();
-    while let Some(item) = ring.next() {
+    for _ in 0..BATCH {
+        let Some(item) = ring.next() else { return true };
         match XdpEvent::decode(&item) {
             Some(ev) => {
                 if let Some(ev) = folds.offer(ev, now) {
@@ -299,6 +320,7 @@ fn drain(ring: &mut RingBuf<MapData>, folds: &mut Coalescer, log: &VerdictLog, i
             None => warn!(len = item.len(), "short event in ring buffer"),
         }
     }
+    false
 }
 
 fn write_folded(log: &VerdictLog, due: Vec<(XdpEvent, u64)>, ix: Option<&RuleIndex>) {
