@@ -886,7 +886,8 @@ class Lab:
             "metrics": {"listen": "127.0.0.1:0"},
             "log": {"allow_sample": 0},
             # Belt and braces: if a proxy ever starts, it must not fall back to /etc/resolv.conf.
-            "proxy": {"upstreams": [v4("up")]},
+            # lameduck_s: 0, or every stop would wait out the lameduck (6 s by default).
+            "proxy": {"upstreams": [v4("up")], "lameduck_s": 0},
         }
         # A top-level None removes the key: {"interface": None} runs the proxy only.
         return {k: v for k, v in deep_merge(base, overrides or {}).items() if v is not None}

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import hierarchy as H
-from lab import _stop_pid, _wait_for, parse_dig
+from lab import _stop_pid, _wait_for, http_get, parse_dig
 
 DRAIN_GRACE_S = 10.0  # guard/src/admin.rs DRAIN_GRACE
 SLOW_UP = "198.18.0.64"  # a relay holding each exchange DELAY s: the queries are in flight
@@ -73,3 +73,32 @@ def test_sigterm_drains_in_flight_queries(lab, hierarchy, start_proxy, slow_upst
     # app.rs logs `info!(abandoned, "drained")` on every exit, so "drained" alone proves nothing:
     # the count must be zero (a query still in flight at the grace deadline would be abandoned).
     assert re.search(r"drained abandoned=0\b", guard.stderr()), guard.stderr_tail()
+
+
+@pytest.mark.needs_guard
+def test_sigterm_keeps_answering_through_the_lameduck(lab, hierarchy, start_proxy):
+    """The kubelet sends SIGTERM to CoreDNS and the sidecar at once, and CoreDNS's `health {
+    lameduck 5s }` goes on forwarding to us meanwhile: the sidecar answers for
+    proxy.lameduck_s too, unready, and only then drains and exits. The lab sets 0 elsewhere."""
+    lameduck = 3
+    guard = start_proxy(hierarchy.proxy_config(dnssec="off", anchor=None, lameduck_s=lameduck))
+    ready = f"http://{guard.admin_addr()}/readyz"
+    assert http_get(lab, guard.pod, ready)[0] == 200
+    os.kill(guard.proc.pid, signal.SIGTERM)
+    t_term = time.monotonic()
+    try:
+        assert _wait_for(lambda: http_get(lab, guard.pod, ready)[0] == 503, 2, 0.1), \
+            f"not unready (503) within 2 s of SIGTERM (alive: {guard.alive()}): the Service would keep sending queries"
+        time.sleep(1.0)
+        r = lab.dig("c1", "www.unsigned.lab", H.PROXY_ADDR, "-p", str(H.PROXY_PORT), "+tries=1", "+timeout=2")
+        answered_at = time.monotonic() - t_term
+        assert guard.alive(), f"exited {answered_at:.1f}s into a {lameduck}s lameduck:\n{guard.stderr_tail()}"
+        assert (r.status, r.addresses) == ("NOERROR", [H.A["www.unsigned.lab"]]), r.raw
+        rc = guard.proc.wait(timeout=lameduck + DRAIN_GRACE_S + 5)
+    finally:
+        if guard.alive():
+            guard.proc.kill()
+    exited_after = time.monotonic() - t_term
+    assert rc == 0, f"dns-guard exited {rc}:\n{guard.stderr_tail()}"
+    assert lameduck - 0.3 < exited_after < lameduck + 3, f"exited {exited_after:.1f}s after SIGTERM"
+    assert "still answering for proxy.lameduck_s" in guard.stderr(), guard.stderr_tail()

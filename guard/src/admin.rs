@@ -105,7 +105,7 @@ impl Readiness {
             .collect()
     }
 
-    fn start_draining(&self) {
+    pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
 }

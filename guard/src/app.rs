@@ -365,14 +365,21 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
     // reload is running is not missed.
     let terminated = shutdown_signal();
     tokio::pin!(terminated);
+    // SIGTERM is the kubelet stopping the pod, CoreDNS beside us included:
+    // it goes on answering (and forwarding to us) for its lameduck time.
+    let lameduck_s = if cfg.proxy_enabled { cfg.proxy.lameduck_s } else { 0 };
+    let lameduck = |stop: Stop| match stop {
+        Stop::Term => Duration::from_secs(lameduck_s),
+        Stop::Interrupt => Duration::ZERO,
+    };
     let mut generation = 1;
     loop {
         tokio::select! {
             changed = changes.recv() => {
                 if changed.is_none() {
                     warn!("list watcher stopped; lists will no longer reload");
-                    (&mut terminated).await;
-                    return drain(&shutdown, &admin, &log, guard.is_some()).await;
+                    let stop = (&mut terminated).await;
+                    return drain(&shutdown, &admin, &log, guard.is_some(), lameduck(stop)).await;
                 }
                 generation += 1;
                 // Parsing a large list takes about a second: keep it off the
@@ -425,14 +432,25 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
                 // Whatever the outcome, a whole list was parsed and let go.
                 trim_heap_soon(trim_late);
             }
-            _ = &mut terminated => return drain(&shutdown, &admin, &log, guard.is_some()).await,
+            stop = &mut terminated => return drain(&shutdown, &admin, &log, guard.is_some(), lameduck(stop)).await,
         }
     }
 }
 
-/// SIGTERM: unready, stop accepting, let in-flight queries finish, then
-/// write out the last verdicts.
-async fn drain(shutdown: &Shutdown, admin: &Admin, log: &VerdictLog, xdp: bool) -> Result<(), Failure> {
+/// SIGTERM: unready, go on answering for `lameduck`, stop accepting, let
+/// in-flight queries finish, then write out the last verdicts.
+async fn drain(shutdown: &Shutdown, admin: &Admin, log: &VerdictLog, xdp: bool, lameduck: Duration) -> Result<(), Failure> {
+    if !lameduck.is_zero() {
+        admin.readiness.start_draining();
+        info!(
+            lameduck_s = lameduck.as_secs(),
+            "SIGTERM: unready, still answering for proxy.lameduck_s (another SIGTERM or Ctrl-C ends it sooner)"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(lameduck) => {}
+            _ = shutdown_signal() => info!("lameduck cut short"),
+        }
+    }
     if xdp {
         info!("shutting down; the pinned XDP program keeps enforcing (dns-guard detach removes it)");
     } else {
@@ -444,12 +462,21 @@ async fn drain(shutdown: &Shutdown, admin: &Admin, log: &VerdictLog, xdp: bool) 
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Which signal asked us to stop.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    /// SIGTERM: the kubelet (or systemd) stopping us.
+    Term,
+    /// SIGINT: someone at a terminal, who wants it over now.
+    Interrupt,
+}
+
+async fn shutdown_signal() -> Stop {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => Stop::Term,
+        _ = tokio::signal::ctrl_c() => Stop::Interrupt,
     }
 }
 

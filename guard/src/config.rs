@@ -88,6 +88,9 @@ pub struct ProxyConfig {
     pub timeout_ms: u64,
     /// One client query, whole: every attempt and every DNSSEC sub-query.
     pub query_timeout_ms: u64,
+    /// After SIGTERM, how long to go on answering (unready meanwhile)
+    /// before draining, so CoreDNS's own lameduck is never cut short.
+    pub lameduck_s: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -288,6 +291,9 @@ impl Default for ProxyConfig {
             paranoid: false,
             timeout_ms: 2000,
             query_timeout_ms: 5000,
+            // One more than the `health { lameduck 5s }` of CoreDNS's
+            // default Corefile, which forwards to us for those 5 s.
+            lameduck_s: 6,
         }
     }
 }
@@ -534,6 +540,7 @@ proxy:
   paranoid: false
   timeout_ms: 2000      # one upstream attempt; up to 3 upstreams are tried
   query_timeout_ms: 5000   # one client query, all attempts and DNSSEC sub-queries
+  lameduck_s: 6         # after SIGTERM, answer this long (unready) before draining; 0..=15
 
 metrics:
   listen: 0.0.0.0:9253
@@ -1248,6 +1255,7 @@ impl<'a> Ctx<'a> {
                 "paranoid",
                 "timeout_ms",
                 "query_timeout_ms",
+                "lameduck_s",
             ],
         );
         let d = ProxyConfig::default();
@@ -1388,6 +1396,8 @@ impl<'a> Ctx<'a> {
             paranoid: self.value(&f, "paranoid", d.paranoid, boolean),
             timeout_ms,
             query_timeout_ms,
+            // Within Kubernetes's default 30 s grace, with the drain's 10 s.
+            lameduck_s: self.value(&f, "lameduck_s", d.lameduck_s, |n| uint(n, 0, 15)),
         }
     }
 }
@@ -1744,7 +1754,7 @@ kubernetes:
             "{e}"
         );
         let e = one_err("proxy:\n  zzz: 1\n");
-        assert!(e.ends_with("proxy.zzz: unknown key; expected one of listen, upstreams, no_0x20, dnssec, trust_anchor, tls_ca, rebinding, spoof, random_subdomain, paranoid, timeout_ms, query_timeout_ms"), "{e}");
+        assert!(e.ends_with("proxy.zzz: unknown key; expected one of listen, upstreams, no_0x20, dnssec, trust_anchor, tls_ca, rebinding, spoof, random_subdomain, paranoid, timeout_ms, query_timeout_ms, lameduck_s"), "{e}");
     }
 
     #[test]
@@ -1811,6 +1821,7 @@ kubernetes:
             ("proxy:\n  timeout_ms: 0", "proxy.timeout_ms: 0 is out of range; expected 1..=60000"),
             ("proxy:\n  timeout_ms: 18446744073709551615", "proxy.timeout_ms: 18446744073709551615 is out of range"),
             ("proxy:\n  query_timeout_ms: 0", "proxy.query_timeout_ms: 0 is out of range; expected 1..=60000"),
+            ("proxy:\n  lameduck_s: 30", "proxy.lameduck_s: 30 is out of range; expected 0..=15"),
             (
                 "proxy:\n  timeout_ms: 3000\n  query_timeout_ms: 2000",
                 "proxy.query_timeout_ms: 2000 is below proxy.timeout_ms (3000)",
