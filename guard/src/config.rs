@@ -1579,6 +1579,22 @@ mod tests {
         assert!(!p("interface:\n").unwrap().proxy_enabled);
     }
 
+    /// The README's example is what a new user copies: it must parse, and
+    /// name no file but the lists it shows (a trust anchor or CA file there
+    /// would fail `check` on a machine without one).
+    #[test]
+    fn the_readme_example_parses_and_names_only_its_lists() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("### Config (`guard.yaml`)").expect("the README's config section")..];
+        let body = &section[section.find("```yaml\n").expect("a yaml block") + 8..];
+        let body = &body[..body.find("```").expect("the block's end")];
+        let (_, files, issues) = parse_inner(body, Path::new("README.md"));
+        let issues: Vec<String> = issues.iter().map(|i| i.to_string()).collect();
+        assert!(issues.is_empty(), "{issues:#?}");
+        let keys: Vec<&str> = files.iter().map(|f| f.key.as_str()).collect();
+        assert_eq!(keys, ["blocklists[0]", "allowlists[0]"]);
+    }
+
     #[test]
     fn example_parses_with_documented_values() {
         let c = p(Config::example()).unwrap_or_else(|e| panic!("example does not parse:\n{e}"));
