@@ -78,8 +78,8 @@ def test_rendered_objects_pass_the_kubernetes_schemas(rendered, version):
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count(" passed for resource ") == len(docs), r.stdout
     assert {(d["kind"], d["metadata"]["name"]) for d in docs} == {
-        ("ConfigMap", "coredns"), ("ConfigMap", "dns-guard-config"), ("ConfigMap", "dns-guard-lists"),
-        ("Deployment", "coredns")}
+        ("ConfigMap", "coredns"), ("ConfigMap", "coredns-dns-guard"), ("ConfigMap", "dns-guard-config"),
+        ("ConfigMap", "dns-guard-lists"), ("Deployment", "coredns")}
     assert all(d["metadata"]["namespace"] == "kube-system" for d in docs)
 
 
@@ -153,12 +153,31 @@ def test_bpffs_is_the_hosts_and_config_comes_from_configmaps(rendered):
     assert coredns["securityContext"]["capabilities"]["add"] == ["NET_BIND_SERVICE"]
 
 
+def forwards(corefile: str) -> list[str]:
+    return re.findall(r"^\s*forward\s+(.*?)\s*\{?\s*$", corefile, re.M)
+
+
 def test_corefile_forwards_to_the_sidecar(rendered):
     _, docs = rendered
-    corefile = obj(docs, "ConfigMap", "coredns")["data"]["Corefile"]
-    forwards = re.findall(r"^\s*forward\s+(.*?)\s*\{?\s*$", corefile, re.M)
-    assert forwards == [". 127.0.0.1:5353"], forwards
+    pod = obj(docs, "Deployment", "coredns")["spec"]["template"]["spec"]
+    coredns = next(x for x in pod["containers"] if x["name"] == "coredns")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mount = next(m for m in coredns["volumeMounts"] if m["mountPath"] == "/etc/coredns")
+    source = volumes[mount["name"]]["configMap"]
+    assert source["name"] == "coredns-dns-guard", source
+    assert source.get("items", [{"key": "Corefile", "path": "Corefile"}]) == [{"key": "Corefile", "path": "Corefile"}]
+    corefile = obj(docs, "ConfigMap", "coredns-dns-guard")["data"]["Corefile"]
+    assert forwards(corefile) == [". 127.0.0.1:5353"], forwards(corefile)
     assert corefile == (REPO / "corefile-examples" / "kubeadm-default.Corefile").read_text()
+
+
+def test_replicas_without_the_sidecar_keep_their_corefile(rendered):
+    """`kubectl apply -k` reaches the running replicas before the rollout replaces them, and
+    they have no sidecar: the Corefile they mount must not start forwarding to 127.0.0.1:5353
+    (CoreDNS's `reload` would pick it up, and every outside name would SERVFAIL)."""
+    _, docs = rendered
+    kept = obj(docs, "ConfigMap", "coredns")["data"]["Corefile"]
+    assert forwards(kept) == [". /etc/resolv.conf"], forwards(kept)
 
 
 def test_guard_yaml_passes_dns_guard_check(rendered, tmp_path):
