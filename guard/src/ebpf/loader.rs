@@ -109,6 +109,8 @@ pub enum LoaderError {
     MissingMap(&'static str),
     #[error("pinned state in {path} is from ABI version {found}, this build uses {ours}; run `dns-guard detach --config FILE` first")]
     AbiMismatch { path: PathBuf, found: u32, ours: u32 },
+    #[error("the pinned map {path} ({found}) is another build's, this one's is {ours}; run `dns-guard detach --config FILE` first")]
+    PinnedLayout { path: PathBuf, found: String, ours: String },
     #[error("pinning {what} at {path}: {reason}")]
     Pin { what: &'static str, path: PathBuf, reason: String },
     #[error("attaching XDP to {interface} in {mode:?} mode: {source}")]
@@ -130,6 +132,29 @@ fn resize_pinned_ratelimit(pin_root: &Path, max_clients: u32) {
             warn!(path = %path.display(), error = %e, "cannot unpin the rate-limit map; it keeps its old size");
         }
     }
+}
+
+/// Refuses pins another build made (a rollback after an upgrade, say): a
+/// map whose type or key or value size differs from this object's. aya
+/// reuses a pin as it is and sizes its reads by our definition, so reading
+/// a larger value would overrun our buffer before the ABI version check
+/// could say no; a smaller one would fail verification with no hint why.
+fn check_pinned_layouts(pin_root: &Path, object: &[u8]) -> Result<(), LoaderError> {
+    let obj = aya_obj::Object::parse(object).map_err(EbpfError::from)?;
+    for (name, def) in &obj.maps {
+        let path = pin_root.join(name);
+        let Ok(pinned) = aya::maps::MapInfo::from_pin(&path) else { continue };
+        let kind = pinned.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
+        let (found, ours) = (
+            (kind, pinned.key_size(), pinned.value_size()),
+            (def.map_type(), def.key_size(), def.value_size()),
+        );
+        if found != ours {
+            let show = |(t, k, v): (u32, u32, u32)| format!("map type {t}, {k}-byte keys, {v}-byte values");
+            return Err(LoaderError::PinnedLayout { path, found: show(found), ours: show(ours) });
+        }
+    }
+    Ok(())
 }
 
 /// The rate-limit map's name in the object, and its pin's.
@@ -169,6 +194,7 @@ impl XdpGuard {
             .map_err(|source| LoaderError::PinDir { path: settings.pin_dir.clone(), source })?;
         fs::create_dir_all(&pin_root).map_err(|source| LoaderError::PinDir { path: pin_root.clone(), source })?;
 
+        check_pinned_layouts(&pin_root, guard_ebpf::XDP_OBJECT)?;
         resize_pinned_ratelimit(&pin_root, settings.ratelimit.max_clients);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_root)
@@ -213,6 +239,7 @@ impl XdpGuard {
     /// maps and ABI): lets the benchmark run variants side by side.
     pub fn load_detached_object(settings: &XdpSettings, pin_root: &Path, object: &[u8]) -> Result<Self, LoaderError> {
         fs::create_dir_all(pin_root).map_err(|source| LoaderError::PinDir { path: pin_root.into(), source })?;
+        check_pinned_layouts(pin_root, object)?;
         resize_pinned_ratelimit(pin_root, settings.ratelimit.max_clients);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_root)
@@ -440,4 +467,55 @@ pub fn detach(pin_dir: &Path, interface: &str) -> io::Result<DetachReport> {
         fs::remove_dir(&root)?;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs root and bpffs, as the kernel fixtures do.
+    fn privileged(test: &str) -> bool {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 && Path::new("/sys/fs/bpf").exists() {
+            return true;
+        }
+        assert!(std::env::var_os("CI").is_none(), "privileged test cannot run in CI: needs root and bpffs");
+        // Straight to fd 2: the test harness captures eprintln!.
+        let _ = io::Write::write_all(&mut io::stderr(), format!("\n*** SKIPPED: needs root and bpffs: {test} ***\n").as_bytes());
+        false
+    }
+
+    /// A rollback after an upgrade finds the newer build's pins: a
+    /// `guard_config` with larger values is refused before it is read, and
+    /// the pins of this build's own are reused as before.
+    #[test]
+    fn pins_of_another_layout_are_refused_before_anything_reads_them() {
+        if !privileged("pins_of_another_layout_are_refused_before_anything_reads_them") {
+            return;
+        }
+        let pin_root = PathBuf::from(format!("/sys/fs/bpf/dg-layout-test-{}", std::process::id()));
+        let settings = XdpSettings::unattached(pin_root.clone());
+        let result = std::panic::catch_unwind(|| {
+            fs::create_dir_all(&pin_root).unwrap();
+            let config = pin_root.join("guard_config");
+            let made = std::process::Command::new("bpftool")
+                .args(["map", "create"])
+                .arg(&config)
+                .args(["type", "array", "key", "4", "value", "96", "entries", "1", "name", "guard_config"])
+                .status()
+                .expect("bpftool");
+            assert!(made.success(), "bpftool map create");
+            let err = XdpGuard::load_detached(&settings, &pin_root).err().expect("a foreign pin must be refused");
+            let text = err.to_string();
+            assert!(matches!(err, LoaderError::PinnedLayout { .. }), "{text}");
+            assert!(text.contains("guard_config") && text.contains("96-byte values") && text.contains("44-byte values"), "{text}");
+            fs::remove_file(&config).unwrap();
+            drop(XdpGuard::load_detached(&settings, &pin_root).expect("fresh pins"));
+            drop(XdpGuard::load_detached(&settings, &pin_root).expect("our own pins, reused"));
+        });
+        let _ = fs::remove_dir_all(&pin_root);
+        if let Err(e) = result {
+            std::panic::resume_unwind(e);
+        }
+    }
 }
