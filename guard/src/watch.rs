@@ -266,27 +266,45 @@ fn settled(
 /// The files a writer has changed and not yet closed, from inotify's
 /// IN_MODIFY and IN_CLOSE_WRITE. Only writes made while we watch count: a
 /// writer that opened the file before is not seen (the newline rule and
-/// `SETTLE_MAX` still hold).
+/// `SETTLE_MAX` still hold). A mark older than `SETTLE_MAX` counts for
+/// nothing (a `truncate(2)` has no close; an overflowed inotify queue can
+/// lose one), and at most `MAX_WRITERS` are kept.
 #[derive(Default)]
 struct Writers {
-    open: std::collections::HashSet<PathBuf>,
+    open: std::collections::HashMap<PathBuf, Instant>,
 }
+
+/// Files marked at once, at most: far more than a list directory holds.
+const MAX_WRITERS: usize = 1024;
 
 impl Writers {
     fn see(&mut self, ev: &notify::Event) {
         use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+        if ev.need_rescan() {
+            // Events were lost: a close among them would never come.
+            self.open.clear();
+            return;
+        }
         for p in &ev.paths {
             match ev.kind {
-                EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => {
-                    self.open.insert(resolved(p));
+                // Data written to a regular file: a symlink or a directory
+                // made in the directory never gets a close.
+                EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any)
+                    if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()) =>
+                {
+                    if self.open.len() >= MAX_WRITERS {
+                        self.open.retain(|_, at| at.elapsed() < SETTLE_MAX);
+                    }
+                    if self.open.len() < MAX_WRITERS {
+                        self.open.insert(file_key(p), Instant::now());
+                    }
                 }
-                EventKind::Access(AccessKind::Close(AccessMode::Write)) | EventKind::Remove(_) => {
-                    self.open.remove(p);
-                    self.open.remove(&resolved(p));
-                }
-                // Renamed away: whatever now has the name was written elsewhere.
-                EventKind::Modify(ModifyKind::Name(_)) => {
-                    self.open.remove(p);
+                // Closed, removed, or renamed (whatever has the name now was
+                // written elsewhere).
+                EventKind::Access(AccessKind::Close(AccessMode::Write))
+                | EventKind::Remove(_)
+                | EventKind::Modify(ModifyKind::Name(_)) => {
+                    self.open.remove(&file_key(p));
                 }
                 _ => {}
             }
@@ -295,7 +313,19 @@ impl Writers {
 
     /// Whether `list` (or the file its symlinks lead to) is being written.
     fn writing(&self, list: &Path) -> bool {
-        self.open.contains(list) || self.open.contains(&resolved(list))
+        let marked = |p: &Path| self.open.get(&file_key(p)).is_some_and(|at| at.elapsed() < SETTLE_MAX);
+        marked(list) || marked(&resolved(list))
+    }
+}
+
+/// One name per file, however the path to it was spelled: its directory
+/// with every symlink followed, and its own name (the file may be gone).
+fn file_key(p: &Path) -> PathBuf {
+    match (p.parent(), p.file_name()) {
+        (Some(dir), Some(name)) => canonical(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })
+            .unwrap_or_else(|| dir.to_path_buf())
+            .join(name),
+        _ => p.to_path_buf(),
     }
 }
 
@@ -459,7 +489,24 @@ mod tests {
         expect_quiet(&mut rx, "after it").await;
     }
 
-    /// A download that pauses mid-line, longer than the quiet time: read
+    /// A list symlink pointed elsewhere by unlink and symlink (`ln -sf`):
+    /// the new link is created, never written or closed, and must not read
+    /// as a file still being written (which would hold the reload 30 s).
+    #[tokio::test]
+    async fn a_symlink_pointed_elsewhere_reloads_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("v1.txt"), "a.example\n").unwrap();
+        fs::write(dir.path().join("v2.txt"), "b.example\n").unwrap();
+        let list = dir.path().join("block.txt");
+        symlink("v1.txt", &list).unwrap();
+        let (_w, mut rx) = watch(&list);
+        fs::remove_file(&list).unwrap();
+        symlink("v2.txt", &list).unwrap();
+        expect_reload(&mut rx, "the link re-pointed").await;
+        assert_eq!(fs::read_to_string(&list).unwrap(), "b.example\n");
+    }
+
+    /// A download that pauses mid-line, longer than the quiet time: read    /// A download that pauses mid-line, longer than the quiet time: read
     /// once the line is whole, not with its last name cut short.
     #[tokio::test]
     async fn a_file_that_stops_mid_line_is_read_once_the_line_ends() {
