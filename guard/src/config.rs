@@ -754,32 +754,43 @@ enum Frame {
 #[derive(Default)]
 struct TreeBuilder {
     stack: Vec<Frame>,
-    /// Each anchored node, with how many nodes it holds.
-    anchors: HashMap<usize, (Node, usize)>,
+    /// Each anchored node, with its size.
+    anchors: HashMap<usize, (Node, NodeSize)>,
     docs: Vec<Node>,
-    /// Nodes copied by aliases so far: each copy is a deep clone, so nested
-    /// aliases grow exponentially (the "billion laughs").
-    expanded: usize,
-    /// The line of the alias that went past [`MAX_ALIAS_NODES`].
+    /// What aliases copied so far: each copy is a deep clone, so nested
+    /// aliases grow exponentially (the "billion laughs"), and one long
+    /// value aliased many times adds up too.
+    expanded: NodeSize,
+    /// The line of the alias that went past [`MAX_ALIAS_NODES`] or
+    /// [`MAX_ALIAS_BYTES`].
     alias_bomb: Option<usize>,
 }
 
-/// Far more than any config needs; a few MiB of nodes at most.
+/// Far more than any config needs.
 const MAX_ALIAS_NODES: usize = 10_000;
+const MAX_ALIAS_BYTES: usize = 1 << 20;
 
-/// How many nodes `node` holds, itself included.
-fn node_count(node: &Node) -> usize {
+/// Nodes, itself included, and bytes of scalar text.
+#[derive(Clone, Copy, Default)]
+struct NodeSize {
+    nodes: usize,
+    bytes: usize,
+}
+
+fn node_size(node: &Node) -> NodeSize {
+    let sum = |a: NodeSize, b: NodeSize| NodeSize { nodes: a.nodes + b.nodes, bytes: a.bytes + b.bytes };
+    let one = NodeSize { nodes: 1, bytes: 0 };
     match node {
-        Node::Scalar { .. } => 1,
-        Node::Seq { items, .. } => 1 + items.iter().map(node_count).sum::<usize>(),
-        Node::Map { entries, .. } => 1 + entries.iter().map(|(k, v)| node_count(k) + node_count(v)).sum::<usize>(),
+        Node::Scalar { text, .. } => NodeSize { nodes: 1, bytes: text.len() },
+        Node::Seq { items, .. } => items.iter().map(node_size).fold(one, sum),
+        Node::Map { entries, .. } => entries.iter().map(|(k, v)| sum(node_size(k), node_size(v))).fold(one, sum),
     }
 }
 
 impl TreeBuilder {
     fn insert(&mut self, node: Node, anchor: usize) {
         if anchor > 0 {
-            self.anchors.insert(anchor, (node.clone(), node_count(&node)));
+            self.anchors.insert(anchor, (node.clone(), node_size(&node)));
         }
         match self.stack.last_mut() {
             None => self.docs.push(node),
@@ -827,9 +838,10 @@ impl MarkedEventReceiver for TreeBuilder {
             },
             Event::Alias(id) => {
                 // The parser rejects unknown anchors, so the lookup succeeds.
-                let Some((node, count)) = self.anchors.get(&id) else { return };
-                self.expanded += count;
-                if self.expanded > MAX_ALIAS_NODES {
+                let Some((node, size)) = self.anchors.get(&id) else { return };
+                self.expanded.nodes += size.nodes;
+                self.expanded.bytes += size.bytes;
+                if self.expanded.nodes > MAX_ALIAS_NODES || self.expanded.bytes > MAX_ALIAS_BYTES {
                     // Stands in for the copy; the file is refused anyway.
                     self.alias_bomb.get_or_insert(line);
                     self.insert(Node::Scalar { text: String::new(), plain: true, line }, 0);
@@ -922,7 +934,10 @@ fn parse_inner(text: &str, path: &Path) -> (Config, Vec<FileRef>, Vec<ConfigIssu
     if let Some(at) = builder.alias_bomb {
         cx.err(
             at,
-            format!("YAML aliases here expand to more than {MAX_ALIAS_NODES} values; write the values out instead"),
+            format!(
+                "YAML aliases here expand to more than {MAX_ALIAS_NODES} values or {} KiB of text; write the values out instead",
+                MAX_ALIAS_BYTES >> 10
+            ),
         );
         return (Config::default(), Vec::new(), cx.issues);
     }
@@ -1897,6 +1912,10 @@ kubernetes:
         );
         let e = one_err(&text);
         assert!(e.contains("guard.yaml:3: YAML aliases here expand to more than 10000 values"), "{e}");
+        // Few values, but long: 64 KiB aliased 20 times is 1.25 MiB.
+        let text = format!("a: &a {}\nb: [{}]\n", "x".repeat(64 << 10), vec!["*a"; 20].join(", "));
+        let e = one_err(&text);
+        assert!(e.contains("guard.yaml:2: YAML aliases here expand to more than 10000 values or 1024 KiB of text"), "{e}");
     }
 
     #[test]
