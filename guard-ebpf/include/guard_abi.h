@@ -177,6 +177,11 @@ struct guard_config {
  */
 #define GUARD_DYNBLOCK_MAX 4096
 
+/* Bytes in the verdict-event ring buffer. Each event takes its size plus an
+ * 8-byte record header, so it holds about 3,360 of them: the reader knows
+ * every older event was read once it has read that many since. */
+#define GUARD_EVENTS_RING_BYTES (1 << 20)
+
 struct guard_dynblock {
 	__u64 expires_ns; /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) deadline */
 	__u8 action;      /* enum guard_action */

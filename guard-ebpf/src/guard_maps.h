@@ -74,7 +74,7 @@ struct {
 /* Verdict events (struct guard_event) for the verdict log. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 20);
+	__uint(max_entries, GUARD_EVENTS_RING_BYTES);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } guard_events SEC(".maps");
 

@@ -13,7 +13,7 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use guard_ebpf::{
-    abi::{guard_event, guard_reason, guard_rule_flags, GUARD_FAMILY_IPV4},
+    abi::{guard_event, guard_reason, guard_rule_flags, GUARD_EVENTS_RING_BYTES, GUARD_FAMILY_IPV4},
     table::suffix_keys,
 };
 use tokio::io::unix::AsyncFd;
@@ -243,7 +243,7 @@ pub async fn stream_events(ring: RingBuf<MapData>, index: SharedRuleIndex, log: 
     // in while the reader slept find their rules.
     let snapshot = || index.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(RuleIndex::snapshot);
     loop {
-        let (ix, emptied) = tokio::select! {
+        let (ix, read) = tokio::select! {
             ready = fd.readable_mut() => {
                 let mut ready = match ready {
                     Ok(r) => r,
@@ -253,18 +253,18 @@ pub async fn stream_events(ring: RingBuf<MapData>, index: SharedRuleIndex, log: 
                     }
                 };
                 let ix = snapshot();
-                let emptied = drain(ready.get_inner_mut(), &mut folds, &log, ix.as_ref());
+                let read = drain(ready.get_inner_mut(), &mut folds, &log, ix.as_ref());
                 // Left ready when not emptied: the loop comes straight back.
-                if emptied {
+                if read < BATCH {
                     ready.clear_ready();
                 }
-                (ix, emptied)
+                (ix, read)
             }
             _ = stop.cancelled() => {
                 let ix = snapshot();
                 // Bounded: a flood still going would never let the ring empty.
                 for _ in 0..STOP_BATCHES {
-                    if drain(fd.get_mut(), &mut folds, &log, ix.as_ref()) {
+                    if drain(fd.get_mut(), &mut folds, &log, ix.as_ref()) < BATCH {
                         break;
                     }
                 }
@@ -275,42 +275,51 @@ pub async fn stream_events(ring: RingBuf<MapData>, index: SharedRuleIndex, log: 
                 // Also drains, so the previous table is let go soon after a reload
                 // even when no event wakes the reader.
                 let ix = snapshot();
-                let emptied = drain(fd.get_mut(), &mut folds, &log, ix.as_ref());
+                let read = drain(fd.get_mut(), &mut folds, &log, ix.as_ref());
                 let due = folds.due(Instant::now());
                 if !due.is_empty() {
                     write_folded(&log, due, ix.as_ref());
                 }
-                (ix, emptied)
+                (ix, read)
             }
         };
-        if !emptied {
+        // Every event from before the swap has been read, so the old table
+        // can go: the ring was emptied, or a whole ring's worth was read
+        // after the snapshot (events are read in order, and no more than
+        // RING_EVENTS were queued when it was taken). A flood that never
+        // lets the ring empty still lets it go.
+        if read < BATCH || read >= RING_EVENTS {
+            if let Some(seed) = ix.as_ref().filter(|ix| ix.previous.is_some()).map(|ix| ix.seed) {
+                let mut current = index.write().unwrap_or_else(|p| p.into_inner());
+                if let Some(cur) = current.as_mut().filter(|cur| cur.seed == seed) {
+                    cur.previous = None;
+                }
+            }
+        }
+        if read == BATCH {
             // A flood queues an event per packet: let the proxy's tasks,
             // which share the two workers, run between batches.
             tokio::task::yield_now().await;
-            continue;
-        }
-        // Every event from before the swap has been read: forget the old table.
-        if let Some(seed) = ix.as_ref().filter(|ix| ix.previous.is_some()).map(|ix| ix.seed) {
-            let mut current = index.write().unwrap_or_else(|p| p.into_inner());
-            if let Some(cur) = current.as_mut().filter(|cur| cur.seed == seed) {
-                cur.previous = None;
-            }
         }
     }
     write_folded(&log, folds.flush(), None);
 }
 
-/// Events read in one go before the reader yields.
+/// Events read in one go before the reader yields: more than the ring holds.
 const BATCH: usize = 4096;
+/// The most events the ring holds: each is a `guard_event` and an 8-byte
+/// record header.
+const RING_EVENTS: usize = GUARD_EVENTS_RING_BYTES as usize / (std::mem::size_of::<guard_event>() + 8);
+const _: () = assert!(BATCH > RING_EVENTS);
 /// Batches read at shutdown, at most.
 const STOP_BATCHES: usize = 16;
 
 /// Reads up to [`BATCH`] queued events; repeats fold, the rest become
-/// lines. Whether the ring was emptied.
-fn drain(ring: &mut RingBuf<MapData>, folds: &mut Coalescer, log: &VerdictLog, ix: Option<&RuleIndex>) -> bool {
+/// lines. How many it read: fewer than `BATCH` once the ring is empty.
+fn drain(ring: &mut RingBuf<MapData>, folds: &mut Coalescer, log: &VerdictLog, ix: Option<&RuleIndex>) -> usize {
     let now = Instant::now();
-    for _ in 0..BATCH {
-        let Some(item) = ring.next() else { return true };
+    for read in 0..BATCH {
+        let Some(item) = ring.next() else { return read };
         match XdpEvent::decode(&item) {
             Some(ev) => {
                 if let Some(ev) = folds.offer(ev, now) {
@@ -320,7 +329,7 @@ fn drain(ring: &mut RingBuf<MapData>, folds: &mut Coalescer, log: &VerdictLog, i
             None => warn!(len = item.len(), "short event in ring buffer"),
         }
     }
-    false
+    BATCH
 }
 
 fn write_folded(log: &VerdictLog, due: Vec<(XdpEvent, u64)>, ix: Option<&RuleIndex>) {
