@@ -78,8 +78,8 @@ def test_rendered_objects_pass_the_kubernetes_schemas(rendered, version):
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count(" passed for resource ") == len(docs), r.stdout
     assert {(d["kind"], d["metadata"]["name"]) for d in docs} == {
-        ("ConfigMap", "coredns"), ("ConfigMap", "coredns-dns-guard"), ("ConfigMap", "dns-guard-config"),
-        ("ConfigMap", "dns-guard-lists"), ("Deployment", "coredns")}
+        ("ConfigMap", "coredns-dns-guard"), ("ConfigMap", "dns-guard-config"), ("ConfigMap", "dns-guard-lists"),
+        ("Deployment", "coredns")}
     assert all(d["metadata"]["namespace"] == "kube-system" for d in docs)
 
 
@@ -173,11 +173,12 @@ def test_corefile_forwards_to_the_sidecar(rendered):
 
 def test_replicas_without_the_sidecar_keep_their_corefile(rendered):
     """`kubectl apply -k` reaches the running replicas before the rollout replaces them, and
-    they have no sidecar: the Corefile they mount must not start forwarding to 127.0.0.1:5353
-    (CoreDNS's `reload` would pick it up, and every outside name would SERVFAIL)."""
+    they have no sidecar: the Corefile they mount must not change under them, neither to
+    forward to 127.0.0.1:5353 (CoreDNS's `reload` would pick it up, and every outside name
+    would SERVFAIL) nor back to kubeadm's default (a customised one would lose its stub
+    domains). So the overlay renders no `coredns` ConfigMap at all."""
     _, docs = rendered
-    kept = obj(docs, "ConfigMap", "coredns")["data"]["Corefile"]
-    assert forwards(kept) == [". /etc/resolv.conf"], forwards(kept)
+    assert not [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "coredns"]
 
 
 def test_guard_yaml_passes_dns_guard_check(rendered, tmp_path):
