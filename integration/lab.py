@@ -427,13 +427,18 @@ class Guard:
         return self.dir / f"stderr-{self.runs}.log"
 
     def start(self, ready_timeout: float = 20.0) -> "Guard":
+        self.spawn()
+        self.wait_stderr("dns-guard ready", ready_timeout, what="ready")
+        return self
+
+    def spawn(self) -> "Guard":
+        """Starts `dns-guard run` without waiting for it to be ready."""
         if self.proc and self.proc.poll() is None:
             raise GuardError("guard already running")
         self.runs += 1
         self.proc = self.lab.spawn(
             self.pod, [str(self.binary), "run", "--config", str(self.config_path)],
             f"guard-{self.dir.name}-{self.runs}", stdout=self.stdout_path, stderr=self.stderr_path)
-        self.wait_stderr("dns-guard ready", ready_timeout, what="ready")
         return self
 
     restart = start

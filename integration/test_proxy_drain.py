@@ -102,3 +102,34 @@ def test_sigterm_keeps_answering_through_the_lameduck(lab, hierarchy, start_prox
     assert rc == 0, f"dns-guard exited {rc}:\n{guard.stderr_tail()}"
     assert lameduck - 0.3 < exited_after < lameduck + 3, f"exited {exited_after:.1f}s after SIGTERM"
     assert "still answering for proxy.lameduck_s" in guard.stderr(), guard.stderr_tail()
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether the process has a SIGTERM handler (bit 15 of SigCgt in /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+@pytest.mark.needs_guard
+def test_a_sigterm_during_startup_is_handled(lab, hierarchy, guard_binary):
+    """dns-guard is PID 1 in its container, and the kernel discards a signal sent to a
+    namespace's init that has no handler: a SIGTERM while the lists load would be lost and the
+    pod would wait for SIGKILL. The handler must be there from the start, long before ready
+    (a large list makes start-up last); the stop then waits for start-up, drains, exits 0."""
+    names = "".join(f"n{i}.startup.test\n" for i in range(600_000))
+    guard = lab.prepare_guard(hierarchy.proxy_config(dnssec="off", anchor=None), {"block.txt": names})
+    try:
+        guard.spawn()
+        pid = guard.proc.pid
+        assert _wait_for(lambda: guard.proc.poll() is not None or _catches_sigterm(pid), 10, 0.005), \
+            f"no SIGTERM handler within 10 s:\n{guard.stderr_tail()}"
+        assert "dns-guard ready" not in guard.stderr(), \
+            "the SIGTERM handler came only after start-up: a SIGTERM while starting would be lost as PID 1"
+        os.kill(pid, signal.SIGTERM)
+        rc = guard.proc.wait(timeout=30)
+    finally:
+        if guard.alive():
+            guard.proc.kill()
+    assert rc == 0, f"dns-guard exited {rc} on a SIGTERM during start-up:\n{guard.stderr_tail()}"
+    assert re.search(r"drained abandoned=0\b", guard.stderr()), guard.stderr_tail()

@@ -267,6 +267,7 @@ fn record_reload(metrics: &Metrics, ok: bool) {
 /// `dns-guard run`: attach, enforce, log verdicts, reload on change.
 pub async fn run(path: &Path) -> Result<(), Failure> {
     let cfg = load_config(path)?;
+    let mut signals = Signals::install();
     raise_open_file_limit();
     let list_paths: Vec<_> = cfg.blocklists.iter().chain(&cfg.allowlists).cloned().collect();
     // Before the first load: a list that changes while the process starts
@@ -361,10 +362,6 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
     let trim_late = cfg.proxy_enabled.then(|| Duration::from_millis(cfg.proxy.query_timeout_ms));
     trim_heap_soon(trim_late);
 
-    // Registered once, before the loop, so a SIGTERM that lands while a
-    // reload is running is not missed.
-    let terminated = shutdown_signal();
-    tokio::pin!(terminated);
     // SIGTERM is the kubelet stopping the pod, CoreDNS beside us included:
     // it goes on answering (and forwarding to us) for its lameduck time.
     let lameduck_s = if cfg.proxy_enabled { cfg.proxy.lameduck_s } else { 0 };
@@ -378,8 +375,8 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
             changed = changes.recv() => {
                 if changed.is_none() {
                     warn!("list watcher stopped; lists will no longer reload");
-                    let stop = (&mut terminated).await;
-                    return drain(&shutdown, &admin, &log, guard.is_some(), lameduck(stop)).await;
+                    let stop = signals.next().await;
+                    return drain(&shutdown, &admin, &log, guard.is_some(), lameduck(stop), &mut signals).await;
                 }
                 generation += 1;
                 // Parsing a large list takes about a second: keep it off the
@@ -432,14 +429,21 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
                 // Whatever the outcome, a whole list was parsed and let go.
                 trim_heap_soon(trim_late);
             }
-            stop = &mut terminated => return drain(&shutdown, &admin, &log, guard.is_some(), lameduck(stop)).await,
+            stop = signals.next() => return drain(&shutdown, &admin, &log, guard.is_some(), lameduck(stop), &mut signals).await,
         }
     }
 }
 
 /// SIGTERM: unready, go on answering for `lameduck`, stop accepting, let
 /// in-flight queries finish, then write out the last verdicts.
-async fn drain(shutdown: &Shutdown, admin: &Admin, log: &VerdictLog, xdp: bool, lameduck: Duration) -> Result<(), Failure> {
+async fn drain(
+    shutdown: &Shutdown,
+    admin: &Admin,
+    log: &VerdictLog,
+    xdp: bool,
+    lameduck: Duration,
+    signals: &mut Signals,
+) -> Result<(), Failure> {
     if !lameduck.is_zero() {
         admin.readiness.start_draining();
         info!(
@@ -448,7 +452,7 @@ async fn drain(shutdown: &Shutdown, admin: &Admin, log: &VerdictLog, xdp: bool, 
         );
         tokio::select! {
             _ = tokio::time::sleep(lameduck) => {}
-            _ = shutdown_signal() => info!("lameduck cut short"),
+            _ = signals.next() => info!("lameduck cut short"),
         }
     }
     if xdp {
@@ -471,12 +475,32 @@ enum Stop {
     Interrupt,
 }
 
-async fn shutdown_signal() -> Stop {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => Stop::Term,
-        _ = tokio::signal::ctrl_c() => Stop::Interrupt,
+/// SIGTERM and SIGINT, handled from the start of `run`: dns-guard is PID 1
+/// in its container, and the kernel discards a signal sent to a namespace's
+/// init that has no handler, so a handler installed once the main loop
+/// first waits would lose a SIGTERM sent during start-up (or during the
+/// first reload), and the pod would wait for SIGKILL. Signals that arrive
+/// before `next` is awaited are kept for it.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            interrupt: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+        }
+    }
+
+    /// The next stop signal (cancel-safe).
+    async fn next(&mut self) -> Stop {
+        tokio::select! {
+            _ = self.term.recv() => Stop::Term,
+            _ = self.interrupt.recv() => Stop::Interrupt,
+        }
     }
 }
 
