@@ -108,7 +108,12 @@ go_tool() {  # go_tool NAME MODULE VERSION VERSION-COMMAND...
   elif command -v go >/dev/null; then
     say "building $name $version (go install, a few minutes the first time)"
     mkdir -p "$cache_bin"
-    GOBIN="$cache_bin" GOTOOLCHAIN=local GOFLAGS=-buildvcs=false go install "$module@$version"
+    if ! GOBIN="$cache_bin" GOTOOLCHAIN=local GOFLAGS=-buildvcs=false go install "$module@$version"; then
+      # An older Go than the module's go.mod asks for, or no module proxy.
+      # The demo needs neither tool, so only CI stops here.
+      say "WARNING: go install $module@$version failed with $(go version); tests that need $name skip (and fail under CI)"
+      [[ -z ${CI:-} ]] || exit 1
+    fi
   else
     say "WARNING: no Go toolchain: $name not built; tests that need it skip (and fail under CI)"
   fi
@@ -119,7 +124,10 @@ venv="$repo/.cache/venv"
 if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -qF "$KUBERNETES_VALIDATE_VERSION"; then
   say "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $venv"
   /usr/bin/python3 -m venv "$venv"
-  "$venv/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+  if ! "$venv/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"; then
+    say "WARNING: kubernetes-validate not installed; the manifest tests skip (and fail under CI)"
+    [[ -z ${CI:-} ]] || exit 1
+  fi
 else
   say "kubernetes-validate $KUBERNETES_VALIDATE_VERSION: cached"
 fi
