@@ -133,3 +133,28 @@ def test_a_sigterm_during_startup_is_handled(lab, hierarchy, guard_binary):
             guard.proc.kill()
     assert rc == 0, f"dns-guard exited {rc} on a SIGTERM during start-up:\n{guard.stderr_tail()}"
     assert re.search(r"drained abandoned=0\b", guard.stderr()), guard.stderr_tail()
+
+
+@pytest.mark.needs_guard
+def test_sigterm_during_a_reload_turns_unready_at_once(lab, hierarchy, start_proxy):
+    """A reload of a large list keeps the main loop busy for a second or more; a SIGTERM then
+    must still turn /readyz 503 at once, so the Service stops sending queries before the
+    reload ends."""
+    names = lambda tag: "".join(f"{tag}{i}.reload.test\n" for i in range(1_000_000))
+    guard = start_proxy(hierarchy.proxy_config(dnssec="off", anchor=None), {"block.txt": names("a")},
+                        ready_timeout=60)
+    ready = f"http://{guard.admin_addr()}/readyz"
+    assert http_get(lab, guard.pod, ready)[0] == 200
+    (guard.dir / "lists" / "block.txt").write_text(names("b"))
+    guard.wait_stderr("list file changed", 10, "the reload's start")
+    os.kill(guard.proc.pid, signal.SIGTERM)
+    try:
+        code = http_get(lab, guard.pod, ready)[0]
+        reloaded = "lists reloaded" in guard.stderr()
+        rc = guard.proc.wait(timeout=DRAIN_GRACE_S + 20)
+    finally:
+        if guard.alive():
+            guard.proc.kill()
+    assert not reloaded, "the reload ended before /readyz was asked: nothing tested (a faster machine?)"
+    assert code == 503, f"/readyz answered {code} after SIGTERM, while the reload ran"
+    assert rc == 0, guard.stderr_tail()

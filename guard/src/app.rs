@@ -19,7 +19,7 @@ use crate::{
         events::{stream_events, RuleIndex, SharedRuleIndex},
         AttachMode, RateLimitSettings, XdpGuard, XdpSettings,
     },
-    admin::{Admin, Component, Shutdown, XdpStats, DRAIN_GRACE},
+    admin::{Admin, Component, Readiness, Shutdown, XdpStats, DRAIN_GRACE},
     k8s::{self, PodIndex, PodWatch},
     lists::{self, RuleSet},
     metrics::{ListLabels, Metrics, ResultLabels},
@@ -298,6 +298,7 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
     // ---- admin: /metrics, /healthz, /readyz on metrics.listen -----------
     // Declared before anything starts, so readiness cannot latch early.
     let admin = Admin::new(metrics.clone());
+    unready_on_sigterm(admin.readiness.clone());
     let shutdown = Shutdown::default();
     if cfg.interface.is_some() {
         admin.readiness.require(Component::Xdp);
@@ -504,3 +505,16 @@ impl Signals {
     }
 }
 
+/// Turns `/readyz` 503 the moment SIGTERM arrives, even while the main
+/// loop is busy with a list reload (a second or more with a large
+/// list) and has not yet seen it: the Service must stop sending
+/// queries at once. Every listener is told of a signal.
+fn unready_on_sigterm(readiness: Arc<Readiness>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::spawn(async move {
+        if term.recv().await.is_some() {
+            readiness.start_draining();
+        }
+    });
+}
