@@ -284,16 +284,14 @@ pub async fn stream_events(ring: RingBuf<MapData>, index: SharedRuleIndex, log: 
             }
         };
         // Every event from before the swap has been read, so the old table
-        // can go: the ring was emptied, or a whole ring's worth was read
-        // after the snapshot (events are read in order, and no more than
-        // RING_EVENTS were queued when it was taken). A flood that never
-        // lets the ring empty still lets it go.
-        if read < BATCH || read >= RING_EVENTS {
-            if let Some(seed) = ix.as_ref().filter(|ix| ix.previous.is_some()).map(|ix| ix.seed) {
-                let mut current = index.write().unwrap_or_else(|p| p.into_inner());
-                if let Some(cur) = current.as_mut().filter(|cur| cur.seed == seed) {
-                    cur.previous = None;
-                }
+        // can go: the drain either emptied the ring or read a full batch,
+        // which is more than the ring held when the snapshot was taken
+        // (events are read in order). So a flood that never lets the ring
+        // empty still lets it go.
+        if let Some(seed) = ix.as_ref().filter(|ix| ix.previous.is_some()).map(|ix| ix.seed) {
+            let mut current = index.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(cur) = current.as_mut().filter(|cur| cur.seed == seed) {
+                cur.previous = None;
             }
         }
         if read == BATCH {
@@ -305,7 +303,8 @@ pub async fn stream_events(ring: RingBuf<MapData>, index: SharedRuleIndex, log: 
     write_folded(&log, folds.flush(), None);
 }
 
-/// Events read in one go before the reader yields: more than the ring holds.
+/// Events read in one go before the reader yields: more than the ring
+/// holds, which the old table's release relies on.
 const BATCH: usize = 4096;
 /// The most events the ring holds: each is a `guard_event` and an 8-byte
 /// record header.
