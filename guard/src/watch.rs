@@ -506,7 +506,7 @@ mod tests {
         assert_eq!(fs::read_to_string(&list).unwrap(), "b.example\n");
     }
 
-    /// A download that pauses mid-line, longer than the quiet time: read    /// A download that pauses mid-line, longer than the quiet time: read
+    /// A download that pauses mid-line, longer than the quiet time: read
     /// once the line is whole, not with its last name cut short.
     #[tokio::test]
     async fn a_file_that_stops_mid_line_is_read_once_the_line_ends() {
