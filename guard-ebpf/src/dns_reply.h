@@ -84,8 +84,15 @@ static __always_inline int udp_sum(void *data, void *data_end, __u64 l4_off,
 		t += 2;
 	}
 	barrier_var(t);
+	/* The words above are summed in host order; the padded odd byte is the
+	 * high byte of its word in network order, so on a big-endian target it
+	 * weighs 256 times what it does on a little-endian one. */
 	if (t + 1 <= data_end)
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+		*sum += (__u64)*t << 8;
+#else
 		*sum += *t;
+#endif
 	return 0;
 }
 
