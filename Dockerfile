@@ -8,7 +8,7 @@
 FROM rust:1.95-bookworm AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      build-essential pkg-config clang llvm libclang-dev libbpf-dev bpftool linux-libc-dev gcc-multilib \
+      build-essential pkg-config clang llvm libclang-dev libbpf-dev bpftool linux-libc-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

@@ -7,6 +7,7 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     let include = PathBuf::from("include");
     let clang = env::var("GUARD_CLANG").unwrap_or_else(|_| "clang".into());
+    let multiarch_include = multiarch_include();
 
     println!("cargo:rerun-if-changed=include");
     println!("cargo:rerun-if-changed=src");
@@ -20,7 +21,7 @@ fn main() {
         .arg("-I")
         .arg(&include)
         .arg("-I")
-        .arg("/usr/include/x86_64-linux-gnu")
+        .arg(&multiarch_include)
         .args(["-c", "src/guard.bpf.c", "-o"])
         .arg(&object)
         .status()
@@ -32,7 +33,7 @@ fn main() {
     let status = Command::new(&clang)
         .args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-mcpu=v3"])
         .arg("-I")
-        .arg("/usr/include/x86_64-linux-gnu")
+        .arg(&multiarch_include)
         .args(["-c", "src/xdp_pass.bpf.c", "-o"])
         .arg(&pass_object)
         .status()
@@ -46,7 +47,7 @@ fn main() {
         .args(["-O2", "-g", "-target", "bpf", "-I"])
         .arg(&include)
         .arg("-I")
-        .arg("/usr/include/x86_64-linux-gnu")
+        .arg(&multiarch_include)
         .args(["-c", "src/abi_check.bpf.c", "-o"])
         .arg(&abi_object)
         .status()
@@ -74,4 +75,22 @@ fn main() {
         .include(&include)
         .warnings_into_errors(true)
         .compile("guard_hash_host");
+}
+
+/// Debian keeps `asm/types.h` (linux-libc-dev) under the host's multiarch
+/// directory, which `-target bpf` does not search: /usr/include/x86_64-linux-gnu
+/// on amd64, /usr/include/aarch64-linux-gnu on arm64. The compiler that cargo
+/// builds with names it (`-print-multiarch`); the target triple is the fallback.
+fn multiarch_include() -> PathBuf {
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into());
+    let triplet = Command::new("gcc")
+        .arg("-print-multiarch")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| s.starts_with(arch.as_str()))
+        .unwrap_or_else(|| format!("{arch}-linux-gnu"));
+    PathBuf::from("/usr/include").join(triplet)
 }

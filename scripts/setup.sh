@@ -22,8 +22,8 @@ die() { printf 'setup.sh: %s\n' "$*" >&2; exit 1; }
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 packages=(
-  # build: clang compiles the BPF C, bindgen needs libclang, asm/types.h comes via gcc-multilib
-  build-essential pkg-config clang llvm libclang-dev libbpf-dev bpftool linux-libc-dev gcc-multilib
+  # build: clang compiles the BPF C, bindgen needs libclang, asm/types.h comes from linux-libc-dev
+  build-essential pkg-config clang llvm libclang-dev libbpf-dev bpftool linux-libc-dev
   # lab: namespaces, resolvers, clients, load and packet crafting
   iproute2 util-linux dnsmasq-base unbound dnsutils knot-dnsutils dnsperf
   openssl  # DNS over TLS tests: a throwaway CA and server certificate
