@@ -182,10 +182,11 @@ __attribute__((noinline)) int dns_reply(struct xdp_md *ctx,
 	/* The question stays where it is; everything after it goes, including
 	 * any Ethernet padding, so lengths come from our offsets. */
 	new_len = qend + (keep_opt ? DNS_OPT_LEN : 0);
-	cur_len = bpf_xdp_get_buff_len(ctx);
+	/* SEC("xdp") without frags: the driver hands over one linear buffer,
+	 * so its length is the frame's (bpf_xdp_get_buff_len needs 5.18). */
+	cur_len = data_end - data;
 	if (new_len > cur_len)
 		return DNS_REPLY_UNTOUCHED;
-	/* the whole reply must sit in the linear part (no XDP frags) */
 	if (data + new_len > data_end)
 		return DNS_REPLY_UNTOUCHED;
 	udp_len = new_len - l4_off;
@@ -206,8 +207,9 @@ __attribute__((noinline)) int dns_reply(struct xdp_md *ctx,
 
 	if (pd->family == GUARD_FAMILY_IPV4) {
 		struct iphdr *iph = data + l3_off;
-		__u16 old_ttl, old_len;
+		__u16 old_ttl, old_len, *opt;
 		__be32 addr;
+		int i, opt_words;
 
 		if (iph + 1 > data_end)
 			return DNS_REPLY_MANGLED;
@@ -220,6 +222,22 @@ __attribute__((noinline)) int dns_reply(struct xdp_md *ctx,
 		iph->tot_len = bpf_htons(new_len - l3_off);
 		csum_replace2(&iph->check, old_ttl, *(__u16 *)&iph->ttl);
 		csum_replace2(&iph->check, old_len, iph->tot_len);
+		/* RFC 791 options record the query's path (a route recorded, a
+		 * source route followed); they are not the reply's. Each byte
+		 * becomes a NOP (type 1) and the header keeps its length. */
+		opt_words = (iph->ihl - 5) * 2;
+		opt = (__u16 *)(iph + 1);
+#pragma clang loop unroll(disable)
+		for (i = 0; i < GUARD_IPV4_OPTION_WORDS; i++) {
+			barrier_var(opt);
+			if (i >= opt_words)
+				break;
+			if (opt + 1 > data_end)
+				return DNS_REPLY_MANGLED;
+			csum_replace2(&iph->check, *opt, IPV4_OPT_NOP_WORD);
+			*opt = IPV4_OPT_NOP_WORD;
+			opt++;
+		}
 		sum += iph->saddr;
 		sum += iph->daddr;
 	} else {

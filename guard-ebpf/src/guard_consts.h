@@ -76,6 +76,10 @@
 
 /* TTL / hop limit of synthesized replies. */
 #define GUARD_REPLY_TTL 64
+/* RFC 791: at most 40 bytes of IPv4 options, 20 16-bit words. */
+#define GUARD_IPV4_OPTION_WORDS 20
+/* Two NOP options (type 1), the same in either byte order. */
+#define IPV4_OPT_NOP_WORD 0x0101
 
 /* Longest synthesized UDP datagram: header, DNS header, question, OPT. */
 #define GUARD_REPLY_UDP_MAX (8 + DNS_HDR_LEN + GUARD_QNAME_MAX + DNS_QTAIL_LEN + DNS_OPT_LEN)

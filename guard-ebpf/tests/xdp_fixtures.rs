@@ -1003,16 +1003,22 @@ fn ipv6_vlan_and_ip_options() {
         &fr.reply(q.reply(NXDOMAIN, false, None)).bytes(),
     );
 
-    // 8 bytes of options (NOPs, then end of list): ihl = 7.
+    // 8 bytes of options, a Record Route with one hop recorded and the end
+    // of the list: ihl = 7. The query's route is not the reply's: the
+    // reply keeps the header's length with every option byte a NOP.
     let fr = Frame {
-        ip_options: vec![1, 1, 1, 1, 1, 1, 1, 0],
+        ip_options: vec![7, 7, 8, 198, 18, 0, 1, 0],
         ..Frame::v4(q.bytes())
+    };
+    let expected = Frame {
+        ip_options: vec![1; 8],
+        ..fr.clone()
     };
     g.expect_reply(
         "ipv4 options",
         &fr.bytes(),
         GUARD_REASON_BLOCK_SUFFIX,
-        &fr.reply(q.reply(NXDOMAIN, false, None)).bytes(),
+        &expected.reply(q.reply(NXDOMAIN, false, None)).bytes(),
     );
 
     // Ethernet padding after the IP packet is not DNS: the reply is cut to
