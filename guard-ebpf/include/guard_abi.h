@@ -227,13 +227,13 @@ enum guard_reason {
 	GUARD_REASON_BLOCK_SUFFIX,         /* subdomain of a blocklisted suffix */
 	GUARD_REASON_RATELIMIT,            /* client prefix over its rate */
 	GUARD_REASON_MALFORMED_TRUNCATED_HEADER,
-	GUARD_REASON_MALFORMED_OPCODE,     /* opcode is not QUERY */
+	GUARD_REASON_MALFORMED_OPCODE,     /* opcode is not QUERY (NOTIFY, UPDATE too): passed */
 	GUARD_REASON_MALFORMED_QDCOUNT,    /* QDCOUNT != 1 */
-	GUARD_REASON_MALFORMED_LABEL_TOO_LONG,
+	GUARD_REASON_MALFORMED_LABEL_TOO_LONG, /* over 63 bytes, or a 0x40/0x80 label type */
 	GUARD_REASON_MALFORMED_NAME_TOO_LONG,
-	GUARD_REASON_MALFORMED_COMPRESSION, /* pointer or reserved label type in a query */
+	GUARD_REASON_MALFORMED_COMPRESSION, /* a compression pointer in the question */
 	GUARD_REASON_MALFORMED_TRUNCATED_QUESTION,
-	GUARD_REASON_TX_FAILED,            /* reply could not be built: passed */
+	GUARD_REASON_TX_FAILED,            /* reply could not be built: passed (dropped if half-written) */
 	GUARD_REASON_NO_TABLE,             /* no table installed: lists not checked */
 	GUARD_REASON_BLOCK_DYNAMIC,        /* subdomain of a zone under a dynamic block */
 	GUARD_REASON__COUNT,

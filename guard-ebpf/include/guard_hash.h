@@ -99,8 +99,8 @@ GUARD_INLINE __u32 guard_deep_bit(__u64 group_key)
 /*
  * Reference implementation for hosts: fills out[i] with the key of the
  * suffix starting at label i of a wire-format name, returns the label count
- * or -1 if the name is not a valid uncompressed wire name. The kernel inlines
- * the same steps over its scratch buffer.
+ * or -1 if the name is not a valid uncompressed wire name. The kernel takes
+ * the same steps over the packet's bytes (guard_table.h).
  */
 static inline int guard_suffix_keys(const __u8 *name, __u32 len, __u64 seed,
 				    __u64 *out, __u32 out_cap)

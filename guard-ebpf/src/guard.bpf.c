@@ -6,7 +6,9 @@
  * Ethernet/VLAN, IPv4/IPv6, UDP port, DNS header, question, name table,
  * rate limit, action. Anything that is not a well-formed DNS query is
  * passed (fail-open): this program only ever drops or answers queries it
- * fully understood. Each outcome has a reason code, counted per CPU.
+ * fully understood, with one exception: a malformed packet from a client
+ * over its rate limit is dropped, since no reply can be built for it.
+ * Each outcome has a reason code, counted per CPU.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>

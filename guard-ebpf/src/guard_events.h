@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR MIT) */
 /*
  * guard_events.h - per-reason counters and verdict events. Every packet the
- * program handles bumps exactly one reason counter; every non-pass verdict,
- * log match and malformed query also becomes one event. A full ring buffer
- * is itself counted, so nothing is lost silently.
+ * program handles bumps exactly one reason counter, except in a rate-limit
+ * dry run, where a query over its rate counts over_rate beside its own
+ * reason (what enforcing would have dropped); every non-pass verdict, log
+ * match and malformed query also becomes one event (two in that dry run).
+ * A full ring buffer is itself counted, so nothing is lost silently.
  */
 #ifndef GUARD_EVENTS_H
 #define GUARD_EVENTS_H

@@ -2,8 +2,10 @@
 /*
  * guard_ratelimit.h - per client-prefix rate limit, GCRA (a token bucket
  * kept as one "theoretical arrival time" word, so an update is one CAS).
- * Prefixes as in dnsdist's MaxQPSIPRule and xdp-dnsrrl: a /24 or /48 shares
- * one budget, so rotating through addresses of one network does not help.
+ * Clients are grouped by prefix as in dnsdist's MaxQPSIPRule and xdp-dnsrrl:
+ * /32 and /64 by default (dnsdist's), so one budget per address; a wider
+ * ipv4_prefix/ipv6_prefix (a /24 or /48) makes rotating through the
+ * addresses of one network no help.
  */
 #ifndef GUARD_RATELIMIT_H
 #define GUARD_RATELIMIT_H
