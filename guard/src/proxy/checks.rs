@@ -113,6 +113,23 @@ fn unparseable(expected: &Expected, raw: &[u8]) -> Rejection {
     }
 }
 
+/// A datagram found `Unreadable` whose header has TC set: an answer cut at
+/// the datagram's limit may end mid-record (RFC 2181 §9 lets a server cut
+/// anywhere), so its header and question stand for it, and the caller
+/// retries over TCP (RFC 7766 §5) instead of giving up on the upstream.
+pub fn truncated_head(raw: &[u8]) -> Option<Message> {
+    let mut decoder = BinDecoder::new(raw);
+    let header = Header::read(&mut decoder).ok()?;
+    if !header.metadata.truncation {
+        return None;
+    }
+    let query = Query::read(&mut decoder).ok()?;
+    let mut head = Message::new(header.metadata.id, header.metadata.message_type, header.metadata.op_code);
+    head.metadata = header.metadata;
+    head.add_query(query);
+    Some(head)
+}
+
 /// Check 1. RFC 5452 §4.1: "the response [must] come from the same
 /// address and port the query was sent to". Our socket is unconnected on
 /// purpose, so datagrams from anyone reach us and can be counted.

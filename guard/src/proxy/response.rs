@@ -121,6 +121,10 @@ pub fn forward_reply(client: &ClientQuery, sent: &Name, mut up: Message, ede: Op
     h.authoritative = up.metadata.authoritative;
     h.checking_disabled = client.cd;
     h.authentic_data = false;
+    // Set only when the answer came over a stream and still did not fit
+    // (the UDP path retries a truncated answer over TCP): the client, and
+    // CoreDNS's cache, must know it is partial.
+    h.truncation = up.metadata.truncation;
     h.response_code = up.metadata.response_code;
     m.add_query(client.query.clone());
     let original = client.query.name();

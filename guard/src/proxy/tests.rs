@@ -530,6 +530,44 @@ async fn truncated_answers_are_retried_over_tcp() {
     assert_eq!(p.log.lines()[0]["reason"], "ok-tcp");
 }
 
+/// An answer cut at the datagram's limit mid-record, with TC set, does not
+/// parse; it is still a truncated answer, retried over TCP, not an
+/// unreadable one answered SERVFAIL.
+#[tokio::test]
+async fn a_truncated_answer_cut_mid_record_is_retried_over_tcp() {
+    let script: Script = Arc::new(|q: &Message| {
+        let owner = q.queries[0].name().clone();
+        let mut m = answer(q, &[a_record(&owner, [192, 0, 2, 1]), a_record(&owner, [192, 0, 2, 2])]);
+        m.metadata.truncation = true;
+        let raw = m.to_vec().unwrap();
+        vec![Reply::RealBytes(raw[..raw.len() - 3].to_vec())]
+    });
+    let up = FakeUpstream::start(script, answers_with([192, 0, 2, 7])).await;
+    let p = proxy(settings(vec![up.addr])).await;
+    let m = p.ask("cut.example.").await;
+    assert_eq!(ips(&m), ["192.0.2.7"], "{m}");
+    assert!(!m.metadata.truncation);
+    assert_eq!(up.tcp_queries.load(Ordering::SeqCst), 1);
+    assert_eq!(p.log.lines()[0]["reason"], "ok-tcp");
+}
+
+/// An answer that is still truncated over TCP (over 64 KiB, or TC from a
+/// confused server) keeps TC on its way to the client: CoreDNS must not
+/// cache it as whole.
+#[tokio::test]
+async fn an_answer_truncated_over_tcp_reaches_the_client_with_tc() {
+    let tcp_truncated: Script = Arc::new(|q: &Message| {
+        let mut m = answer(q, &[a_record(q.queries[0].name(), [192, 0, 2, 7])]);
+        m.metadata.truncation = true;
+        vec![Reply::Real(m)]
+    });
+    let up = FakeUpstream::start(truncated_over_udp(), tcp_truncated).await;
+    let p = proxy(settings(vec![up.addr])).await;
+    let m = p.ask("huge.example.").await;
+    assert!(m.metadata.truncation, "{m}");
+    assert_eq!(up.tcp_queries.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn a_dead_upstream_fails_over_and_all_dead_is_servfail() {
     // Bound and never read: a blackholed upstream.

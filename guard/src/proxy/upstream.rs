@@ -29,7 +29,7 @@ use tokio_rustls::rustls::ClientConfig;
 use tracing::{debug, warn};
 
 use super::{
-    checks::{expect, verify_response, Expected, Rejection},
+    checks::{expect, truncated_head, verify_response, Expected, Rejection},
     response::EDNS_PAYLOAD,
     tls::{DotClient, DotError},
     Telemetry,
@@ -378,7 +378,10 @@ impl Upstreams {
             let (datagram, from) = timeout_at(deadline, recv_datagram(&sock)).await.map_err(|_| ExchangeError::Timeout)??;
             match verify_response(expected, from, &datagram) {
                 Ok(m) => break m,
-                Err(Rejection::Unreadable) => return Err(ExchangeError::Unreadable),
+                Err(Rejection::Unreadable) => match truncated_head(&datagram) {
+                    Some(head) => break head,
+                    None => return Err(ExchangeError::Unreadable),
+                },
                 Err(rej) => self.on_spoof(u, rej, from, ctx),
             }
         };
