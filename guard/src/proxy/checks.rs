@@ -11,7 +11,7 @@ use std::{
 
 use hickory_proto::{
     dnssec::rdata::DNSSECRData,
-    op::{Header, Message, MessageType, OpCode, Query},
+    op::{Header, Message, MessageType, OpCode, Query, ResponseCode},
     rr::{rdata::svcb::SvcParamValue, Name, RData, Record, RecordType},
     serialize::binary::{BinDecodable, BinDecoder},
 };
@@ -55,6 +55,12 @@ pub enum Rejection {
     /// case bits to send it, so it is the upstream's own answer that we
     /// cannot read: a failed exchange, not a spoof.
     Unreadable,
+    /// Right source and txid, QR set, an error rcode and no question: what
+    /// a server says to a query it could not parse (FORMERR), or will not
+    /// serve. Without a question RFC 5452 §4 cannot match it to ours, so it
+    /// is no answer; but it is no forgery sign either, and counting it as
+    /// one would move an honest upstream to TCP.
+    ErrorWithoutQuestion(ResponseCode),
 }
 
 impl Rejection {
@@ -68,6 +74,7 @@ impl Rejection {
             Rejection::NotResponse => "not_response",
             Rejection::Malformed => "malformed",
             Rejection::Unreadable => "unreadable",
+            Rejection::ErrorWithoutQuestion(_) => "error_without_question",
         }
     }
 
@@ -81,6 +88,7 @@ impl Rejection {
             Rejection::NotResponse => "not-response",
             Rejection::Malformed => "malformed",
             Rejection::Unreadable => "unreadable",
+            Rejection::ErrorWithoutQuestion(_) => "error-without-question",
         }
     }
 }
@@ -93,6 +101,13 @@ pub fn verify_response(expected: &Expected, from: SocketAddr, raw: &[u8]) -> Res
         Ok(m) => m,
         Err(_) => return Err(unparseable(expected, raw)),
     };
+    let rcode = msg.metadata.response_code;
+    if msg.queries.is_empty()
+        && matches!(rcode, ResponseCode::FormErr | ResponseCode::ServFail | ResponseCode::NotImp | ResponseCode::Refused)
+        && check_header(expected, &msg).is_ok()
+    {
+        return Err(Rejection::ErrorWithoutQuestion(rcode));
+    }
     check_question(expected, &msg)?;
     check_header(expected, &msg)?;
     Ok(msg)
@@ -688,6 +703,24 @@ mod tests {
         m.add_additional(a("www.victim.test.", "192.0.2.66"));
         scrub_bailiwick(&q, &mut m);
         assert_eq!(owners(&m.additionals), ["mail.bank.test. A"]);
+    }
+
+    #[test]
+    fn only_an_error_rcode_without_a_question_is_told_apart_from_a_wrong_question() {
+        let q = Query::query(name("wWw.ExAmple.com."), RecordType::A);
+        let exp = expect(server(), 0x0102, &q);
+        let without = |rcode| {
+            let mut m = Message::error_msg(0x0102, OpCode::Query, rcode);
+            m.metadata.message_type = MessageType::Response;
+            verify_response(&exp, server(), &m.to_vec().unwrap()).unwrap_err()
+        };
+        for rcode in [ResponseCode::FormErr, ResponseCode::ServFail, ResponseCode::NotImp, ResponseCode::Refused] {
+            assert_eq!(without(rcode), Rejection::ErrorWithoutQuestion(rcode));
+        }
+        // A denial without a question would be a forged negative answer
+        // that skipped the question and 0x20 checks: still a spoof.
+        assert_eq!(without(ResponseCode::NXDomain), Rejection::WrongQuestion);
+        assert_eq!(without(ResponseCode::NoError), Rejection::WrongQuestion);
     }
 
     #[test]

@@ -350,6 +350,57 @@ async fn the_upstreams_unparseable_answer_is_a_servfail_not_a_spoof() {
     assert!(text.contains(&format!(r#"dns_guard_upstream_healthy{{upstream="{}"}} 1"#, up.addr)), "{text}");
 }
 
+/// An error without a question from the upstream's own address and txid.
+fn error_without_question(q: &Message, rcode: ResponseCode) -> Reply {
+    let mut m = Message::error_msg(q.metadata.id, OpCode::Query, rcode);
+    m.metadata.recursion_available = true;
+    Reply::Real(m)
+}
+
+/// A server that does not know EDNS answers FORMERR, with no question, to
+/// the OPT record (RFC 6891 §7): it is asked again without one, and its
+/// error is no spoofing sign.
+#[tokio::test]
+async fn a_formerr_to_edns_is_asked_again_without_it() {
+    let script: Script = Arc::new(|q: &Message| {
+        if q.edns.is_some() {
+            vec![error_without_question(q, ResponseCode::FormErr)]
+        } else {
+            vec![Reply::Real(answer(q, &[a_record(q.queries[0].name(), [192, 0, 2, 9])]))]
+        }
+    });
+    let up = FakeUpstream::start(script, answers_with([192, 0, 2, 1])).await;
+    let p = proxy(settings(vec![up.addr])).await;
+    assert_eq!(ips(&p.ask("old-server.example.").await), ["192.0.2.9"]);
+    assert_eq!(up.udp_queries.load(Ordering::SeqCst), 2);
+    let text = p.metrics.encode();
+    assert!(!text.contains("dns_guard_spoof_responses_total{"), "{text}");
+}
+
+/// A REFUSED without a question matches no query: the next upstream is
+/// asked at once. It is not counted as a forgery, and since anyone who
+/// guessed port and txid could have sent it, its upstream stays healthy.
+#[tokio::test]
+async fn an_error_without_a_question_fails_over_and_is_no_spoof() {
+    let refusing: Script = Arc::new(|q: &Message| vec![error_without_question(q, ResponseCode::Refused)]);
+    let bad = FakeUpstream::start(refusing, answers_with([192, 0, 2, 1])).await;
+    let good = FakeUpstream::start(answers_with([192, 0, 2, 5]), answers_with([192, 0, 2, 5])).await;
+    let mut s = settings(vec![bad.addr, good.addr]);
+    s.timeout = Duration::from_secs(3);
+    s.spoof = SpoofConfig { threshold: 1, window_s: 60, tcp_cooldown_s: 60 };
+    let p = proxy(s).await;
+    let started = std::time::Instant::now();
+    for i in 0..4 {
+        assert_eq!(ips(&p.ask(&format!("r{i}.example.")).await), ["192.0.2.5"]);
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "waited {:?}", started.elapsed());
+    assert_eq!(bad.udp_queries.load(Ordering::SeqCst), 4);
+    let text = p.metrics.encode();
+    assert!(!text.contains("dns_guard_spoof_responses_total{"), "{text}");
+    assert!(text.contains(&format!(r#"dns_guard_upstream_tcp_forced{{upstream="{}"}} 0"#, bad.addr)), "{text}");
+    assert!(text.contains(&format!(r#"dns_guard_upstream_healthy{{upstream="{}"}} 1"#, bad.addr)), "{text}");
+}
+
 #[tokio::test]
 async fn forgeries_are_counted_and_the_real_answer_still_wins() {
     // The forger answers first, with every wrong field; the real answer

@@ -16,7 +16,7 @@ use std::{
 };
 
 use hickory_proto::{
-    op::{Edns, Message, MessageType, OpCode, Query},
+    op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
     rr::{Name, RecordType},
 };
 use socket2::{Domain, Protocol, Socket, Type};
@@ -78,6 +78,8 @@ pub enum ExchangeError {
     Encode(String),
     #[error("the answer has the right id and question but does not parse")]
     Unreadable,
+    #[error("answered {0} without a question, which no answer can be matched by")]
+    ErrorWithoutQuestion(ResponseCode),
 }
 
 impl ExchangeError {
@@ -99,6 +101,13 @@ impl ExchangeError {
     /// again must not mark every upstream down in turn.
     fn is_the_answers(&self) -> bool {
         matches!(self, ExchangeError::Unreadable | ExchangeError::TcpRejected(Rejection::Unreadable) | ExchangeError::TlsRejected(Rejection::Unreadable))
+    }
+
+    /// An error without a question matches no query, so anyone who guessed
+    /// the port and txid could have sent it: the attempt ends (the next
+    /// upstream is asked), but the upstream is not marked down for it.
+    fn is_unmatched(&self) -> bool {
+        matches!(self, ExchangeError::ErrorWithoutQuestion(_))
     }
 }
 
@@ -304,7 +313,7 @@ impl Upstreams {
                 Err(e) => {
                     debug!(upstream = %u.label, error = %e, "upstream exchange failed");
                     let budget_timeout = cut_short && matches!(e, ExchangeError::Timeout);
-                    if !(e.is_local() || e.is_the_answers() || budget_timeout) {
+                    if !(e.is_local() || e.is_the_answers() || e.is_unmatched() || budget_timeout) {
                         self.failed(&u, &e);
                     }
                     last = Some((u.label.clone(), e));
@@ -329,11 +338,40 @@ impl Upstreams {
         ctx: &QueryCtx,
     ) -> Result<Answer, ExchangeError> {
         let (mut msg, sent) = build_query(query, cd, dnssec_ok, u.mixed_case);
+        let first = self.exchange_msg(u, &mut msg, &sent, deadline, ctx, cut_short).await;
+        // RFC 6891 §7: a server that does not implement EDNS may answer
+        // FORMERR to a query with an OPT record; it is asked once more
+        // without one, on a new id. Not over TLS: its padding is EDNS
+        // (RFC 8467), and a DoT server knows EDNS.
+        let formerr = match &first {
+            Ok(a) => a.msg.metadata.response_code == ResponseCode::FormErr,
+            Err(e) => matches!(e, ExchangeError::ErrorWithoutQuestion(ResponseCode::FormErr)),
+        };
+        if !formerr || u.dot.is_some() || msg.edns.is_none() {
+            return first;
+        }
+        debug!(upstream = %u.label, "FORMERR to a query with EDNS; asking again without it");
+        msg.edns = None;
+        msg.metadata.id = rand::random();
+        self.exchange_msg(u, &mut msg, &sent, deadline, ctx, cut_short).await
+    }
+
+    /// One query message to one upstream, as `exchange` describes.
+    async fn exchange_msg(
+        &self,
+        u: &UpstreamState,
+        msg: &mut Message,
+        sent: &Name,
+        deadline: Instant,
+        ctx: &QueryCtx,
+        cut_short: bool,
+    ) -> Result<Answer, ExchangeError> {
+        let sent = sent.clone();
         if let Some(dot) = &u.dot {
             // Spoof counting and the TCP switch have nothing to do here:
             // an answer on an authenticated connection is the server's.
             // Checks 2-4 still run: a confused server is a failed upstream.
-            let raw = dot.exchange(&mut msg, deadline, cut_short).await?;
+            let raw = dot.exchange(msg, deadline, cut_short).await?;
             let expected = Expected { match_case: false, ..expect(u.addr, msg.metadata.id, &msg.queries[0]) };
             let reply = verify_response(&expected, u.addr, &raw).map_err(|r| rejected(r, ExchangeError::TlsRejected))?;
             return Ok(Answer { msg: reply, sent, upstream: u.label.clone(), latency: Duration::ZERO, via: Via::Tls, differing: false });
@@ -341,9 +379,9 @@ impl Upstreams {
         let expected = Expected { match_case: u.mixed_case, ..expect(u.addr, msg.metadata.id, &msg.queries[0]) };
         let mut tcp = self.tcp_forced(u);
         let (reply, differing) = if tcp {
-            (tcp_exchange(&msg, &expected, deadline).await?, false)
+            (tcp_exchange(msg, &expected, deadline).await?, false)
         } else {
-            self.udp_exchange(u, &msg, &expected, deadline, ctx).await?
+            self.udp_exchange(u, msg, &expected, deadline, ctx).await?
         };
         let (reply, differing) = if reply.metadata.truncation && !tcp {
             // RFC 7766 §5: a truncated UDP answer is retried over TCP,
@@ -382,6 +420,7 @@ impl Upstreams {
                     Some(head) => break head,
                     None => return Err(ExchangeError::Unreadable),
                 },
+                Err(Rejection::ErrorWithoutQuestion(rcode)) => return Err(ExchangeError::ErrorWithoutQuestion(rcode)),
                 Err(rej) => self.on_spoof(u, rej, from, ctx),
             }
         };
@@ -394,7 +433,7 @@ impl Upstreams {
             let (datagram, from) = r?;
             match verify_response(expected, from, &datagram) {
                 Ok(m) if !same_answer(&first, &m) => differing = true,
-                Ok(_) | Err(Rejection::Unreadable) => {}
+                Ok(_) | Err(Rejection::Unreadable | Rejection::ErrorWithoutQuestion(_)) => {}
                 Err(rej) => self.on_spoof(u, rej, from, ctx),
             }
         }
@@ -562,10 +601,10 @@ async fn tcp_exchange(msg: &Message, expected: &Expected, deadline: Instant) -> 
 /// A stream answer that failed checks 1-4: the connection's peer is the
 /// server, so an unreadable answer is its own, as on UDP.
 fn rejected(r: Rejection, wrap: fn(Rejection) -> ExchangeError) -> ExchangeError {
-    if r == Rejection::Unreadable {
-        ExchangeError::Unreadable
-    } else {
-        wrap(r)
+    match r {
+        Rejection::Unreadable => ExchangeError::Unreadable,
+        Rejection::ErrorWithoutQuestion(rcode) => ExchangeError::ErrorWithoutQuestion(rcode),
+        r => wrap(r),
     }
 }
 
