@@ -9,7 +9,7 @@ use std::{
 };
 
 use hickory_proto::{
-    op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
+    op::{Message, MessageType, OpCode, Query, ResponseCode},
     rr::{RData, RecordType},
 };
 use tracing::debug;
@@ -19,7 +19,7 @@ use super::{
     dname,
     dnssec::{cap_authenticated_ttls, Security, Validator},
     response::{
-        encode_udp, formerr_raw, forward_reply, EDNS_PAYLOAD, header_reply, local_reply, ClientQuery, Ede, EDE_BLOCKED,
+        encode_udp, formerr_raw, forward_reply, header_reply, local_reply, ClientQuery, Ede, EDE_BLOCKED,
         EDE_DNSSEC_BOGUS, EDE_NO_REACHABLE_AUTHORITY, EDE_OTHER,
     },
     upstream::{ExchangeError, QueryCtx, Upstreams, Via, QUERY_DEADLINE},
@@ -98,10 +98,7 @@ pub fn parse_request(raw: &[u8]) -> Parsed {
     // RFC 6891 §6.1.3: an EDNS version we do not implement gets BADVERS,
     // carried in our own OPT (version 0), as CoreDNS and the XDP layer answer.
     if req.edns.as_ref().is_some_and(|e| e.version() > 0) {
-        let mut m = header_reply(&req, ResponseCode::BADVERS);
-        let mut e = Edns::new();
-        e.set_max_payload(EDNS_PAYLOAD);
-        m.set_edns(e);
+        let m = header_reply(&req, ResponseCode::BADVERS);
         return match m.to_vec() {
             Ok(b) => Parsed::Reply(b, "edns-version"),
             Err(_) => Parsed::Ignore,
@@ -482,7 +479,7 @@ pub fn rcode_name(r: ResponseCode) -> String {
 mod tests {
     use super::*;
     use super::super::response::ede_of;
-    use hickory_proto::op::Query;
+    use hickory_proto::op::{Edns, Query};
     use hickory_proto::rr::Name;
     use std::str::FromStr;
 
@@ -577,6 +574,38 @@ mod tests {
         let mut m = m.clone();
         m.set_edns(Edns::new());
         assert!(matches!(parse_request(&m.to_vec().unwrap()), Parsed::Query(_)));
+    }
+
+    /// RFC 6891 §7: a request with an OPT record gets one back, on the
+    /// error replies composed from the header too, its DO bit echoed.
+    #[test]
+    fn error_replies_to_an_edns_request_carry_an_opt() {
+        let with_edns = |qs: &[&str], op: OpCode, qtype: RecordType, do_bit: bool| {
+            let mut m = Message::new(77, MessageType::Query, op);
+            for q in qs {
+                m.add_query(Query::query(Name::from_str(q).unwrap(), qtype));
+            }
+            let mut e = Edns::new();
+            e.set_dnssec_ok(do_bit);
+            m.set_edns(e);
+            let Parsed::Reply(b, why) = parse_request(&m.to_vec().unwrap()) else { panic!() };
+            (Message::from_vec(&b).unwrap(), why)
+        };
+        for (qs, op, qtype, want) in [
+            (&["a.example."][..], OpCode::Update, RecordType::A, "opcode"),
+            (&["a.example.", "b.example."][..], OpCode::Query, RecordType::A, "qdcount"),
+            (&["a.example."][..], OpCode::Query, RecordType::AXFR, "zone-transfer"),
+        ] {
+            for do_bit in [false, true] {
+                let (reply, why) = with_edns(qs, op, qtype, do_bit);
+                assert_eq!(why, want);
+                let e = reply.edns.as_ref().unwrap_or_else(|| panic!("{want}: no OPT"));
+                assert_eq!((e.version(), e.max_payload(), e.flags().dnssec_ok), (0, 1232, do_bit), "{want}");
+            }
+        }
+        // Without one, none.
+        let Parsed::Reply(b, _) = parse_request(&query_bytes(&["a.example."], OpCode::Update)) else { panic!() };
+        assert!(Message::from_vec(&b).unwrap().edns.is_none());
     }
 
     #[test]

@@ -208,11 +208,18 @@ pub fn formerr_raw(raw: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// An error reply to a parsed request that is not a plain query: same id
-/// and opcode, no sections.
+/// and opcode, no sections but our OPT when the request had one (RFC 6891
+/// §7: a responder that implements EDNS includes it), DO echoed.
 pub fn header_reply(req: &Message, rcode: ResponseCode) -> Message {
     let mut m = Message::new(req.metadata.id, MessageType::Response, req.metadata.op_code);
     m.metadata.response_code = rcode;
     m.metadata.recursion_desired = req.metadata.recursion_desired;
+    if let Some(theirs) = &req.edns {
+        let mut e = Edns::new();
+        e.set_max_payload(EDNS_PAYLOAD);
+        e.set_dnssec_ok(theirs.flags().dnssec_ok);
+        m.set_edns(e);
+    }
     m
 }
 
