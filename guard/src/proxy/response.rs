@@ -6,7 +6,7 @@
 use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
     rr::{
-        rdata::{opt::EdnsOption, CNAME, NS, PTR},
+        rdata::{opt::{EdnsCode, EdnsOption}, CNAME, NS, PTR},
         Name, RData,
     },
 };
@@ -182,12 +182,44 @@ pub fn restore_case(n: &mut Name, sent: &Name, original: &Name) {
 
 /// Encodes for UDP: over the client's limit, the answer is cut to the
 /// header and question with TC=1 (RFC 1035 §4.2.1) so it retries on TCP.
+/// An EDE text (a long rule) can push even a reply without records over a
+/// 512-byte limit: the text goes first, the code stays (RFC 8914 §2 makes
+/// the text optional), then the records.
 pub fn encode_udp(m: &Message, limit: usize) -> Option<Vec<u8>> {
     let bytes = m.to_vec().ok()?;
     if bytes.len() <= limit {
         return Some(bytes);
     }
-    m.truncate().to_vec().ok()
+    let mut short = m.clone();
+    if ede_codes_only(&mut short) {
+        let bytes = short.to_vec().ok()?;
+        if bytes.len() <= limit {
+            return Some(bytes);
+        }
+    }
+    short.truncate().to_vec().ok()
+}
+
+/// Drops the text of every EDE option; `true` if there was any.
+fn ede_codes_only(m: &mut Message) -> bool {
+    let Some(e) = m.edns.as_mut() else { return false };
+    let codes: Vec<EdnsOption> = e
+        .options()
+        .as_ref()
+        .iter()
+        .filter_map(|(_, o)| match o {
+            EdnsOption::Unknown(EDE_OPTION, v) if v.len() > 2 => Some(EdnsOption::Unknown(EDE_OPTION, v[..2].to_vec())),
+            _ => None,
+        })
+        .collect();
+    if codes.is_empty() {
+        return false;
+    }
+    e.options_mut().remove(EdnsCode::from(EDE_OPTION));
+    for o in codes {
+        e.options_mut().insert(o);
+    }
+    true
 }
 
 /// FORMERR for a request too broken to parse (RFC 1035 §4.1.1): id and
@@ -312,6 +344,32 @@ mod tests {
         let back = Message::from_vec(&wire).unwrap();
         assert!(back.metadata.truncation);
         assert!(back.answers.is_empty());
+    }
+
+    /// A blocked 240-byte name for a client of 512 bytes: with the rule's
+    /// text the reply would be 531 bytes. The text goes, the code stays,
+    /// and the answer is whole (no TC).
+    #[test]
+    fn a_long_ede_text_gives_way_to_the_clients_limit() {
+        let label = "a".repeat(60);
+        let qname = format!("{label}.{label}.{label}.{label}.");
+        let c = ClientQuery {
+            query: Query::query(Name::from_ascii(&qname).unwrap(), RecordType::A),
+            edns_payload: Some(512),
+            ..client(true)
+        };
+        let ede = Ede::new(EDE_BLOCKED, format!("blocked by ||{}^", &qname[..qname.len() - 1]));
+        let m = local_reply(&c, ResponseCode::NXDomain, Some(&ede));
+        assert!(m.to_vec().unwrap().len() > 512);
+        let wire = encode_udp(&m, c.udp_limit()).unwrap();
+        assert!(wire.len() <= 512, "{}", wire.len());
+        let back = Message::from_vec(&wire).unwrap();
+        assert!(!back.metadata.truncation);
+        assert_eq!(back.metadata.response_code, ResponseCode::NXDomain);
+        assert_eq!(ede_of(&back), [(EDE_BLOCKED, String::new())]);
+        // With room for it, the text stays.
+        let back = Message::from_vec(&encode_udp(&m, 1232).unwrap()).unwrap();
+        assert_eq!(ede_of(&back), [(EDE_BLOCKED, ede.text.clone())]);
     }
 
     #[test]
