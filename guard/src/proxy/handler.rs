@@ -167,13 +167,14 @@ impl Handler {
             Parsed::Query(c) => c,
             Parsed::Reply(bytes, why) => {
                 // The action names the rcode actually sent back.
-                let action = match why {
-                    "opcode" => "notimp",
-                    "zone-transfer" => "refused",
-                    "edns-version" => "badvers",
-                    _ => "formerr",
+                let (action, rcode) = match why {
+                    "opcode" => ("notimp", "NOTIMP"),
+                    "zone-transfer" => ("refused", "REFUSED"),
+                    "edns-version" => ("badvers", "BADVERS"),
+                    _ => ("formerr", "FORMERR"),
                 };
                 let mut v = Verdict::new("proxy", "malformed", action, why);
+                v.rcode = Some(rcode.into());
                 v.client = Some(client.ip());
                 v.client_port = Some(client.port());
                 self.tel.emit(v, "malformed", "");

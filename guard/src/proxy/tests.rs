@@ -840,6 +840,8 @@ async fn garbage_gets_formerr_and_tcp_clients_are_served() {
     let p = proxy(settings(vec![up.addr])).await;
     let m = p.ask_raw(&[0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0x3f]).await.unwrap();
     assert_eq!((m.metadata.id, m.metadata.response_code), (0xabcd, ResponseCode::FormErr));
+    let line = &p.log.lines()[0];
+    assert_eq!((line["verdict"].as_str(), line["action"].as_str(), line["rcode"].as_str()), (Some("malformed"), Some("formerr"), Some("FORMERR")));
 
     let mut q = Message::new(7, MessageType::Query, OpCode::Query);
     q.add_query(Query::query(name("tcp.example."), RecordType::A));
