@@ -58,6 +58,9 @@ pub const MAX_INFLIGHT: usize = 4096;
 pub const MAX_TCP_CONNECTIONS: usize = 256;
 /// An idle client TCP connection is closed after this (RFC 7766 §6.2.3).
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Queries answered at once on one client TCP connection; the next is read
+/// when one of them is done.
+pub const TCP_PIPELINE: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -303,46 +306,71 @@ async fn serve_tcp(listener: TcpListener, handler: Arc<Handler>, inflight: Arc<S
     }
 }
 
-/// RFC 7766: length-prefixed messages, answered in order, until the
-/// client closes or idles, or the drain starts (the query being answered
-/// then still gets its answer; the connection closes after it).
+/// RFC 7766: length-prefixed messages until the client closes or idles,
+/// or the drain starts. Pipelined queries are answered concurrently, each
+/// as soon as it is ready (§6.2.1.1: out of order, matched by id), so one
+/// slow name does not hold up the queries behind it; at most
+/// `TCP_PIPELINE` per connection. The connection ends only after every
+/// query it read has had its answer written (or the client stopped
+/// reading them).
 async fn serve_tcp_conn(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     handler: Arc<Handler>,
     inflight: Arc<Semaphore>,
     token: CancellationToken,
 ) -> io::Result<()> {
-    loop {
+    let (mut reader, writer) = stream.into_split();
+    let writer = Arc::new(tokio::sync::Mutex::new(writer));
+    // Ends the reading when a reply cannot be written: the client is gone
+    // or not reading.
+    let broken = CancellationToken::new();
+    let mut answering = tokio::task::JoinSet::new();
+    let result = loop {
+        while answering.len() >= TCP_PIPELINE {
+            answering.join_next().await;
+        }
+        // Reap what finished, so the set holds only queries in flight.
+        while answering.try_join_next().is_some() {}
         let read = tokio::select! {
             biased;
-            _ = token.cancelled() => return Ok(()),
-            r = tokio::time::timeout(TCP_IDLE, stream.read_u16()) => r,
+            _ = token.cancelled() => break Ok(()),
+            _ = broken.cancelled() => break Ok(()),
+            r = tokio::time::timeout(TCP_IDLE, reader.read_u16()) => r,
         };
         let len = match read {
             Ok(Ok(n)) => n as usize,
-            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Ok(()),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => break Ok(()),
+            Ok(Err(e)) => break Err(e),
+            Err(_) => break Ok(()),
         };
         let mut buf = vec![0u8; len];
-        tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut buf))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request body"))??;
-        // The in-flight slot covers the answering, not the write: a client
-        // that stops reading must not hold one.
-        let answered = {
-            let Ok(_permit) = inflight.acquire().await else { return Ok(()) };
-            handler.handle(&buf, peer, Transport::Tcp).await
-        };
-        let Some(out) = answered else { continue };
-        let Ok(n) = u16::try_from(out.len()) else { continue };
-        let mut framed = n.to_be_bytes().to_vec();
-        framed.extend_from_slice(&out);
-        tokio::time::timeout(TCP_IDLE, stream.write_all(&framed))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "reply not read"))??;
-    }
+        match tokio::time::timeout(TCP_IDLE, reader.read_exact(&mut buf)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => break Err(e),
+            Err(_) => break Err(io::Error::new(io::ErrorKind::TimedOut, "request body")),
+        }
+        let (handler, inflight, writer, broken) = (handler.clone(), inflight.clone(), writer.clone(), broken.clone());
+        answering.spawn(async move {
+            // The in-flight slot covers the answering, not the write: a
+            // client that stops reading must not hold one.
+            let answered = {
+                let Ok(_permit) = inflight.acquire().await else { return };
+                handler.handle(&buf, peer, Transport::Tcp).await
+            };
+            let Some(out) = answered else { return };
+            let Ok(n) = u16::try_from(out.len()) else { return };
+            let mut framed = n.to_be_bytes().to_vec();
+            framed.extend_from_slice(&out);
+            let write = async { writer.lock().await.write_all(&framed).await };
+            if !matches!(tokio::time::timeout(TCP_IDLE, write).await, Ok(Ok(()))) {
+                debug!(%peer, "TCP reply not written; closing the connection");
+                broken.cancel();
+            }
+        });
+    };
+    while answering.join_next().await.is_some() {}
+    result
 }
 
 #[cfg(test)]

@@ -858,6 +858,44 @@ async fn garbage_gets_formerr_and_tcp_clients_are_served() {
     }
 }
 
+/// RFC 7766 §6.2.1.1: queries pipelined on one TCP connection are
+/// answered as each is ready. The first asks a name the upstream never
+/// answers; the second's answer must not wait for its timeout.
+#[tokio::test]
+async fn pipelined_tcp_queries_are_answered_as_each_is_ready() {
+    let script: Script = Arc::new(|q: &Message| {
+        if q.queries[0].name().to_lowercase().to_ascii().starts_with("stuck.") {
+            vec![]
+        } else {
+            vec![Reply::Real(answer(q, &[a_record(q.queries[0].name(), [192, 0, 2, 3])]))]
+        }
+    });
+    let up = FakeUpstream::start(script, answers_with([192, 0, 2, 1])).await;
+    let mut s = settings(vec![up.addr]);
+    s.timeout = Duration::from_secs(2);
+    let p = proxy(s).await;
+    let mut conn = tokio::net::TcpStream::connect(p.handle.local_addr).await.unwrap();
+    for (id, qname) in [(1, "stuck.example."), (2, "quick.example.")] {
+        let mut q = Message::new(id, MessageType::Query, OpCode::Query);
+        q.add_query(Query::query(name(qname), RecordType::A));
+        let b = q.to_vec().unwrap();
+        conn.write_all(&[&(b.len() as u16).to_be_bytes()[..], &b].concat()).await.unwrap();
+    }
+    let mut read_one = async || {
+        let n = conn.read_u16().await.unwrap() as usize;
+        let mut buf = vec![0u8; n];
+        conn.read_exact(&mut buf).await.unwrap();
+        Message::from_vec(&buf).unwrap()
+    };
+    let started = std::time::Instant::now();
+    let first = read_one().await;
+    assert!(started.elapsed() < Duration::from_secs(1), "waited {:?}", started.elapsed());
+    assert_eq!((first.metadata.id, ips(&first)), (2, vec!["192.0.2.3".to_string()]));
+    // The stuck one still gets its answer on the same connection.
+    let second = read_one().await;
+    assert_eq!((second.metadata.id, second.metadata.response_code), (1, ResponseCode::ServFail));
+}
+
 /// Echoes the question in lower case, as some middleboxes and old
 /// servers do: useless with 0x20, fine without it.
 fn folds_case(seen: Arc<Mutex<Vec<Name>>>) -> Script {
