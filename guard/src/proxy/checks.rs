@@ -56,10 +56,11 @@ pub enum Rejection {
     /// cannot read: a failed exchange, not a spoof.
     Unreadable,
     /// Right source and txid, QR set, an error rcode and no question: what
-    /// a server says to a query it could not parse (FORMERR), or will not
-    /// serve. Without a question RFC 5452 §4 cannot match it to ours, so it
-    /// is no answer; but it is no forgery sign either, and counting it as
-    /// one would move an honest upstream to TCP.
+    /// a server says to a query it could not parse, or will not serve.
+    /// Without a question RFC 5452 §4 cannot match it to ours, so it is no
+    /// answer and does not end the wait for one (a forger who guessed port
+    /// and txid, but not the 0x20 case, could have sent it); nor is it
+    /// counted as a spoof, which would move an honest upstream to TCP.
     ErrorWithoutQuestion(ResponseCode),
 }
 

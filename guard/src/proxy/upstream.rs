@@ -78,7 +78,7 @@ pub enum ExchangeError {
     Encode(String),
     #[error("the answer has the right id and question but does not parse")]
     Unreadable,
-    #[error("answered {0} without a question, which no answer can be matched by")]
+    #[error("no answer within the timeout, only {0} without a question, which matches no query")]
     ErrorWithoutQuestion(ResponseCode),
 }
 
@@ -103,12 +103,6 @@ impl ExchangeError {
         matches!(self, ExchangeError::Unreadable | ExchangeError::TcpRejected(Rejection::Unreadable) | ExchangeError::TlsRejected(Rejection::Unreadable))
     }
 
-    /// An error without a question matches no query, so anyone who guessed
-    /// the port and txid could have sent it: the attempt ends (the next
-    /// upstream is asked), but the upstream is not marked down for it.
-    fn is_unmatched(&self) -> bool {
-        matches!(self, ExchangeError::ErrorWithoutQuestion(_))
-    }
 }
 
 /// Why a query got no upstream answer at all.
@@ -313,7 +307,7 @@ impl Upstreams {
                 Err(e) => {
                     debug!(upstream = %u.label, error = %e, "upstream exchange failed");
                     let budget_timeout = cut_short && matches!(e, ExchangeError::Timeout);
-                    if !(e.is_local() || e.is_the_answers() || e.is_unmatched() || budget_timeout) {
+                    if !(e.is_local() || e.is_the_answers() || budget_timeout) {
                         self.failed(&u, &e);
                     }
                     last = Some((u.label.clone(), e));
@@ -339,15 +333,16 @@ impl Upstreams {
     ) -> Result<Answer, ExchangeError> {
         let (mut msg, sent) = build_query(query, cd, dnssec_ok, u.mixed_case);
         let first = self.exchange_msg(u, &mut msg, &sent, deadline, ctx, cut_short).await;
-        // RFC 6891 §7: a server that does not implement EDNS may answer
-        // FORMERR to a query with an OPT record; it is asked once more
-        // without one, on a new id. Not over TLS: its padding is EDNS
-        // (RFC 8467), and a DoT server knows EDNS.
-        let formerr = match &first {
-            Ok(a) => a.msg.metadata.response_code == ResponseCode::FormErr,
-            Err(e) => matches!(e, ExchangeError::ErrorWithoutQuestion(ResponseCode::FormErr)),
-        };
-        if !formerr || u.dot.is_some() || msg.edns.is_none() {
+        // RFC 6891 §7: a server that does not implement EDNS answers a
+        // query with an OPT record FORMERR, without an OPT of its own; it is
+        // asked once more without one, on a new id. A FORMERR with an OPT
+        // comes from a server that knows EDNS and objects to something
+        // else. Not when DO is wanted (validating, or the client asked):
+        // without EDNS no signature comes back. Not over TLS: its padding is
+        // EDNS (RFC 8467), and a DoT server knows EDNS.
+        let edns_refused =
+            first.as_ref().is_ok_and(|a| a.msg.metadata.response_code == ResponseCode::FormErr && a.msg.edns.is_none());
+        if !edns_refused || dnssec_ok || u.dot.is_some() || msg.edns.is_none() {
             return first;
         }
         debug!(upstream = %u.label, "FORMERR to a query with EDNS; asking again without it");
@@ -412,15 +407,22 @@ impl Upstreams {
     ) -> Result<(Message, bool), ExchangeError> {
         let bytes = msg.to_vec().map_err(|e| ExchangeError::Encode(e.to_string()))?;
         let sock = send_on_fresh_socket(u.addr, &bytes)?;
+        let mut unmatched = None;
         let first = loop {
-            let (datagram, from) = timeout_at(deadline, recv_datagram(&sock)).await.map_err(|_| ExchangeError::Timeout)??;
+            let Ok(received) = timeout_at(deadline, recv_datagram(&sock)).await else {
+                return Err(unmatched.map_or(ExchangeError::Timeout, ExchangeError::ErrorWithoutQuestion));
+            };
+            let (datagram, from) = received?;
             match verify_response(expected, from, &datagram) {
                 Ok(m) => break m,
                 Err(Rejection::Unreadable) => match truncated_head(&datagram) {
                     Some(head) => break head,
                     None => return Err(ExchangeError::Unreadable),
                 },
-                Err(Rejection::ErrorWithoutQuestion(rcode)) => return Err(ExchangeError::ErrorWithoutQuestion(rcode)),
+                Err(Rejection::ErrorWithoutQuestion(rcode)) => {
+                    debug!(upstream = %u.label, %rcode, "an error without a question; waiting on for the answer");
+                    unmatched.get_or_insert(rcode);
+                }
                 Err(rej) => self.on_spoof(u, rej, from, ctx),
             }
         };
