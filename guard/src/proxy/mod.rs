@@ -61,6 +61,10 @@ pub const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Queries answered at once on one client TCP connection; the next is read
 /// when one of them is done.
 pub const TCP_PIPELINE: usize = 64;
+/// Queries from all client TCP connections together, read and not yet
+/// answered: a quarter of `MAX_INFLIGHT`, so TCP clients cannot take the
+/// slots UDP needs, and at most 64 MiB of 64 KiB requests held.
+pub const MAX_TCP_INFLIGHT: usize = MAX_INFLIGHT / 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -278,6 +282,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, handler: Arc<Handler>, inflight: Arc<Se
 
 async fn serve_tcp(listener: TcpListener, handler: Arc<Handler>, inflight: Arc<Semaphore>, shutdown: Shutdown) {
     let conns = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    let tcp_inflight = Arc::new(Semaphore::new(MAX_TCP_INFLIGHT));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -297,9 +302,10 @@ async fn serve_tcp(listener: TcpListener, handler: Arc<Handler>, inflight: Arc<S
             continue;
         };
         let (handler, inflight, token) = (handler.clone(), inflight.clone(), shutdown.token.clone());
+        let tcp_inflight = tcp_inflight.clone();
         shutdown.tracker.spawn(async move {
             let _conn = conn;
-            if let Err(e) = serve_tcp_conn(stream, peer, handler, inflight, token).await {
+            if let Err(e) = serve_tcp_conn(stream, peer, handler, inflight, tcp_inflight, token).await {
                 debug!(%peer, error = %e, "proxy TCP connection ended");
             }
         });
@@ -318,12 +324,14 @@ async fn serve_tcp_conn(
     peer: SocketAddr,
     handler: Arc<Handler>,
     inflight: Arc<Semaphore>,
+    tcp_inflight: Arc<Semaphore>,
     token: CancellationToken,
 ) -> io::Result<()> {
     let (mut reader, writer) = stream.into_split();
-    let writer = Arc::new(tokio::sync::Mutex::new(writer));
-    // Ends the reading when a reply cannot be written: the client is gone
-    // or not reading.
+    // Taken (and so shut) at the first reply that cannot be written: the
+    // client is gone or not reading, and after a frame cut short no later
+    // one would be read right.
+    let writer = Arc::new(tokio::sync::Mutex::new(Some(writer)));
     let broken = CancellationToken::new();
     let mut answering = tokio::task::JoinSet::new();
     let result = loop {
@@ -344,6 +352,14 @@ async fn serve_tcp_conn(
             Ok(Err(e)) => break Err(e),
             Err(_) => break Ok(()),
         };
+        // Before the body is read: the slot bounds the memory it takes.
+        let slot = tokio::select! {
+            biased;
+            _ = token.cancelled() => break Ok(()),
+            _ = broken.cancelled() => break Ok(()),
+            s = tcp_inflight.clone().acquire_owned() => s,
+        };
+        let Ok(slot) = slot else { break Ok(()) };
         let mut buf = vec![0u8; len];
         match tokio::time::timeout(TCP_IDLE, reader.read_exact(&mut buf)).await {
             Ok(Ok(_)) => {}
@@ -352,19 +368,23 @@ async fn serve_tcp_conn(
         }
         let (handler, inflight, writer, broken) = (handler.clone(), inflight.clone(), writer.clone(), broken.clone());
         answering.spawn(async move {
-            // The in-flight slot covers the answering, not the write: a
+            // The in-flight slots cover the answering, not the write: a
             // client that stops reading must not hold one.
             let answered = {
+                let _slot = slot;
                 let Ok(_permit) = inflight.acquire().await else { return };
                 handler.handle(&buf, peer, Transport::Tcp).await
             };
+            drop(buf);
             let Some(out) = answered else { return };
             let Ok(n) = u16::try_from(out.len()) else { return };
             let mut framed = n.to_be_bytes().to_vec();
             framed.extend_from_slice(&out);
-            let write = async { writer.lock().await.write_all(&framed).await };
-            if !matches!(tokio::time::timeout(TCP_IDLE, write).await, Ok(Ok(()))) {
+            let mut w = writer.lock().await;
+            let Some(stream) = w.as_mut() else { return };
+            if !matches!(tokio::time::timeout(TCP_IDLE, stream.write_all(&framed)).await, Ok(Ok(()))) {
                 debug!(%peer, "TCP reply not written; closing the connection");
+                w.take();
                 broken.cancel();
             }
         });
