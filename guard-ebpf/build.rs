@@ -77,20 +77,38 @@ fn main() {
         .compile("guard_hash_host");
 }
 
-/// Debian keeps `asm/types.h` (linux-libc-dev) under the host's multiarch
-/// directory, which `-target bpf` does not search: /usr/include/x86_64-linux-gnu
-/// on amd64, /usr/include/aarch64-linux-gnu on arm64. The compiler that cargo
-/// builds with names it (`-print-multiarch`); the target triple is the fallback.
+/// Debian keeps `asm/types.h` (linux-libc-dev) under a multiarch directory,
+/// which `-target bpf` does not search: /usr/include/x86_64-linux-gnu on
+/// amd64, /usr/include/aarch64-linux-gnu on arm64. The BPF object only needs
+/// the kernel's UAPI types, the same on every architecture, so the first of
+/// these that has them will do: the target's, then the host's (gcc's
+/// `-print-multiarch`).
 fn multiarch_include() -> PathBuf {
-    let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into());
-    let triplet = Command::new("gcc")
+    let debian = |arch: &str| match arch {
+        "x86" => "i386-linux-gnu".to_owned(),
+        "arm" => "arm-linux-gnueabihf".to_owned(),
+        "powerpc64" => "powerpc64le-linux-gnu".to_owned(),
+        other => format!("{other}-linux-gnu"),
+    };
+    let mut candidates = Vec::new();
+    if let Ok(arch) = env::var("CARGO_CFG_TARGET_ARCH") {
+        candidates.push(debian(&arch));
+    }
+    if let Some(host) = Command::new("gcc")
         .arg("-print-multiarch")
         .output()
         .ok()
         .filter(|o| o.status.success())
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map(|s| s.trim().to_owned())
-        .filter(|s| s.starts_with(arch.as_str()))
-        .unwrap_or_else(|| format!("{arch}-linux-gnu"));
-    PathBuf::from("/usr/include").join(triplet)
+        .filter(|s| !s.is_empty())
+    {
+        candidates.push(host);
+    }
+    candidates.push(debian(env::consts::ARCH));
+    let dirs: Vec<PathBuf> = candidates.iter().map(|c| PathBuf::from("/usr/include").join(c)).collect();
+    dirs.iter()
+        .find(|d| d.join("asm/types.h").exists())
+        .cloned()
+        .unwrap_or_else(|| dirs[0].clone())
 }
