@@ -599,6 +599,19 @@ class Guard:
 # --------------------------------------------------------------------------- the lab
 
 
+def _multiarch_include() -> list[str]:
+    """-I for the directory Debian keeps asm/types.h in (linux-libc-dev), which clang's
+    -target bpf does not search; as guard-ebpf/build.rs finds it."""
+    try:
+        triplet = subprocess.run(["gcc", "-print-multiarch"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        triplet = ""
+    for d in (Path("/usr/include") / t for t in (triplet, f"{os.uname().machine}-linux-gnu") if t):
+        if (d / "asm" / "types.h").exists():
+            return ["-I", str(d)]
+    return []
+
+
 class Lab:
     def __init__(self, resolver: str | None = None, binary: str | os.PathLike | None = None,
                  prefix: str | None = None, peer_xdp: bool | None = None):
@@ -726,7 +739,8 @@ class Lab:
         src, obj = self.workdir / "peer_pass.c", self.workdir / "peer_pass.o"
         if not obj.exists():
             src.write_text(PEER_XDP_PASS_C)
-            r = subprocess.run(["clang", "-O2", "-target", "bpf", "-c", str(src), "-o", str(obj)],
+            r = subprocess.run(["clang", "-O2", "-target", "bpf", *_multiarch_include(),
+                                "-c", str(src), "-o", str(obj)],
                                capture_output=True, text=True)
             if r.returncode != 0:
                 raise LabError(f"compiling the peer XDP_PASS program failed: {r.stderr}")
