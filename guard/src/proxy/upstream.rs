@@ -78,7 +78,8 @@ pub enum ExchangeError {
     Encode(String),
     #[error("the answer has the right id and question but does not parse")]
     Unreadable,
-    #[error("no answer within the timeout, only {0} without a question, which matches no query")]
+    /// Over UDP only once the deadline passed with no answer after it.
+    #[error("only {0} without a question came back, which matches no query")]
     ErrorWithoutQuestion(ResponseCode),
 }
 
@@ -102,7 +103,6 @@ impl ExchangeError {
     fn is_the_answers(&self) -> bool {
         matches!(self, ExchangeError::Unreadable | ExchangeError::TcpRejected(Rejection::Unreadable) | ExchangeError::TlsRejected(Rejection::Unreadable))
     }
-
 }
 
 /// Why a query got no upstream answer at all.
