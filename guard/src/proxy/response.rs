@@ -200,19 +200,24 @@ pub fn encode_udp(m: &Message, limit: usize) -> Option<Vec<u8>> {
     short.truncate().to_vec().ok()
 }
 
-/// Drops the text of every EDE option; `true` if there was any.
+/// Drops the text of every EDE option, keeping each code; `true` if any
+/// had text.
 fn ede_codes_only(m: &mut Message) -> bool {
     let Some(e) = m.edns.as_mut() else { return false };
+    let mut had_text = false;
     let codes: Vec<EdnsOption> = e
         .options()
         .as_ref()
         .iter()
         .filter_map(|(_, o)| match o {
-            EdnsOption::Unknown(EDE_OPTION, v) if v.len() > 2 => Some(EdnsOption::Unknown(EDE_OPTION, v[..2].to_vec())),
+            EdnsOption::Unknown(EDE_OPTION, v) if v.len() >= 2 => {
+                had_text |= v.len() > 2;
+                Some(EdnsOption::Unknown(EDE_OPTION, v[..2].to_vec()))
+            }
             _ => None,
         })
         .collect();
-    if codes.is_empty() {
+    if !had_text {
         return false;
     }
     e.options_mut().remove(EdnsCode::from(EDE_OPTION));
@@ -359,17 +364,19 @@ mod tests {
             ..client(true)
         };
         let ede = Ede::new(EDE_BLOCKED, format!("blocked by ||{}^", &qname[..qname.len() - 1]));
-        let m = local_reply(&c, ResponseCode::NXDomain, Some(&ede));
+        let mut m = local_reply(&c, ResponseCode::NXDomain, Some(&ede));
+        // A second EDE with no text of its own stays as it is.
+        m.edns.as_mut().unwrap().options_mut().insert(Ede::new(EDE_DNSSEC_BOGUS, "").option());
         assert!(m.to_vec().unwrap().len() > 512);
         let wire = encode_udp(&m, c.udp_limit()).unwrap();
         assert!(wire.len() <= 512, "{}", wire.len());
         let back = Message::from_vec(&wire).unwrap();
         assert!(!back.metadata.truncation);
         assert_eq!(back.metadata.response_code, ResponseCode::NXDomain);
-        assert_eq!(ede_of(&back), [(EDE_BLOCKED, String::new())]);
+        assert_eq!(ede_of(&back), [(EDE_BLOCKED, String::new()), (EDE_DNSSEC_BOGUS, String::new())]);
         // With room for it, the text stays.
         let back = Message::from_vec(&encode_udp(&m, 1232).unwrap()).unwrap();
-        assert_eq!(ede_of(&back), [(EDE_BLOCKED, ede.text.clone())]);
+        assert_eq!(ede_of(&back), [(EDE_BLOCKED, ede.text.clone()), (EDE_DNSSEC_BOGUS, String::new())]);
     }
 
     #[test]
