@@ -483,8 +483,12 @@ mod tests {
         let metric = Counter::default();
         let log = VerdictLog::threaded(|| Stalled, Some(metric.clone()));
         let v = Verdict::new("proxy", "allow", "forward", "ok");
-        // About 8 MiB of lines against a 4 MiB queue, every emit returning.
-        for _ in 0..40_000 {
+        // About 12 MiB of lines, every emit returning. The queue holds
+        // 4 MiB, and the writer may have taken up to as much again as its
+        // batch before it stalled (how much depends on when its thread
+        // woke), so at least 4 MiB, 20,000 lines, find no room.
+        const LINES: u64 = 60_000;
+        for _ in 0..LINES {
             log.emit(&v);
         }
         assert!(log.dropped() > 10_000, "dropped {}", log.dropped());
@@ -497,7 +501,7 @@ mod tests {
         log.close();
         assert!(started.elapsed() < Duration::from_secs(5), "close waited {:?}", started.elapsed());
         // All but the batch the writer holds.
-        assert!(log.dropped() > refused + 10_000 && log.dropped() < 40_000, "{} then {}", refused, log.dropped());
+        assert!(log.dropped() > refused + 10_000 && log.dropped() < LINES, "{} then {}", refused, log.dropped());
         *OPEN.0.lock().unwrap() = true;
         OPEN.1.notify_all();
     }
